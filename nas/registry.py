@@ -1,0 +1,79 @@
+"""Named plug-ins of one kind (search spaces, strategies, sparsifiers, datasets).
+
+Plug-ins are classes with a ``Params`` pydantic model; the registries fill themselves from the
+``nas.<kind>`` entry-point groups on first use, so third-party packages can add entries and
+``nas`` itself never imports the packages that extend it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import threading
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from nas.errors import UnknownName
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> class map; registering a name twice is an error."""
+
+    def __init__(self, kind: str, entry_point_group: str) -> None:
+        self.kind = kind
+        self._group = entry_point_group
+        self._entries: dict[str, type[T]] = {}
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    def register(self, name: str, cls: type[T]) -> type[T]:
+        existing = self._entries.get(name)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"{self.kind} {name!r} is already registered as {existing!r}")
+        if not isinstance(getattr(cls, "Params", None), type) or not issubclass(cls.Params, BaseModel):
+            raise TypeError(f"{self.kind} {name!r} needs a pydantic `Params` model")
+        self._entries[name] = cls
+        return cls
+
+    def _load_entry_points(self) -> None:
+        with self._lock:
+            if self._loaded:
+                return
+            for ep in importlib.metadata.entry_points(group=self._group):
+                self.register(ep.name, ep.load())
+            self._loaded = True
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> type[T]:
+        self._load_entry_points()
+        try:
+            return self._entries[name]
+        except KeyError:
+            valid = ", ".join(self.names()) or "(none)"
+            raise UnknownName(f"unknown {self.kind} {name!r}; valid: {valid}") from None
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Catalog entries: name, first docstring line and the JSON Schema of the params."""
+        out = []
+        for name in self.names():
+            cls = self._entries[name]
+            doc = (cls.__doc__ or "").strip().splitlines()
+            out.append(
+                {
+                    "name": name,
+                    "description": doc[0] if doc else "",
+                    "params_schema": cls.Params.model_json_schema(),
+                }
+            )
+        return out
+
+
+search_spaces: Registry[Any] = Registry("search space", "nas.search_spaces")
+strategies: Registry[Any] = Registry("strategy", "nas.strategies")
+sparsifiers: Registry[Any] = Registry("sparsifier", "nas.sparsifiers")
+datasets: Registry[Any] = Registry("dataset", "nas.datasets")

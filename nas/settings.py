@@ -1,0 +1,54 @@
+"""Server settings, read from the environment when asked for (never at import time)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("NAS_HOME") or Path.home() / ".local" / "share" / "nas")
+
+
+def _default_data_dir(home: Path) -> Path:
+    return Path(os.environ.get("NAS_DATA_DIR") or home / "data")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where state lives and how to reach the database and Ray.
+
+    ``database_url`` defaults to a SQLite file under ``home``; ``ray_address`` ``None`` means a
+    local Ray instance started by the server.
+    """
+
+    home: Path = field(default_factory=_default_home)
+    database_url: str = ""
+    data_dir: Path | None = None
+    ray_address: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'nas.db'}")
+        if self.data_dir is None:
+            object.__setattr__(self, "data_dir", _default_data_dir(self.home))
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Settings from ``NAS_*`` and ``RAY_ADDRESS``; explicit non-None overrides win."""
+        env: dict[str, object] = {
+            "database_url": os.environ.get("NAS_DATABASE_URL", ""),
+            "ray_address": os.environ.get("RAY_ADDRESS") or None,
+            "host": os.environ.get("NAS_HOST", "127.0.0.1"),
+            "port": int(os.environ.get("NAS_PORT", "8000")),
+        }
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**env)  # type: ignore[arg-type]

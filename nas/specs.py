@@ -1,0 +1,228 @@
+"""The job specification and the job/trial records, validated once at the edge.
+
+Names of plug-ins resolve through :mod:`nas.registry`; each plug-in's ``params`` are validated
+by its own ``Params`` model and stored with every default filled in, so a stored spec says
+exactly what ran.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nas import registry
+from nas.registry import Registry
+
+# Metrics every complete trial reports; objectives and constraints may name only these.
+TRIAL_METRICS: dict[str, str] = {
+    "accuracy": "test accuracy after the last epoch (0..1)",
+    "loss": "test cross-entropy after the last epoch",
+    "sparsity": "fraction of prunable weights that are zero",
+    "nonzero_params": "parameters that are not zero",
+    "params": "all parameters",
+    "flops": "multiply-accumulates of one dense forward pass, times two",
+    "nonzero_flops": "FLOPs that touch a nonzero weight",
+    "latency_ms": "measured median latency on the target",
+    "predicted_latency_ms": "latency predicted before training",
+    "train_time_s": "wall time of training",
+}
+
+TARGETS = ("cpu",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginRef(_Strict):
+    """``{name, params}`` naming a registered plug-in; params are checked by its ``Params``."""
+
+    registry: ClassVar[Registry[Any]]
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
+        cls.registry.get(name)  # raises UnknownName listing the valid names
+        return name
+
+    @model_validator(mode="after")
+    def _valid_params(self) -> PluginRef:
+        params_model = self.registry.get(self.name).Params
+        try:
+            self.params = params_model.model_validate(self.params).model_dump(mode="json")
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ValueError(f"invalid params for {self.registry.kind} {self.name!r}: {problems}") from None
+        return self
+
+
+class SearchSpaceRef(PluginRef):
+    registry = registry.search_spaces
+
+
+class StrategyRef(PluginRef):
+    registry = registry.strategies
+
+
+class SparsifierRef(PluginRef):
+    registry = registry.sparsifiers
+
+
+class DatasetRef(PluginRef):
+    registry = registry.datasets
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(3, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, le=65536)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class Objective(_Strict):
+    metric: str
+    direction: Literal["maximize", "minimize"]
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in TRIAL_METRICS:
+            raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(TRIAL_METRICS)}")
+        return metric
+
+
+class Constraints(_Strict):
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_params: int | None = Field(None, gt=0)
+
+
+class Budget(_Strict):
+    max_trials: int = Field(10, ge=1, le=10000)
+    max_concurrent: int = Field(2, ge=1, le=256)
+    timeout_s: float | None = Field(None, gt=0)
+    max_retries: int = Field(1, ge=0, le=10)
+
+
+class JobSpec(_Strict):
+    """What a user submits: a search over a space, with a strategy, data and a budget."""
+
+    name: str = Field("search", min_length=1, max_length=200)
+    search_space: SearchSpaceRef
+    strategy: StrategyRef = Field(default_factory=lambda: StrategyRef(name="random"))
+    dataset: DatasetRef
+    sparsifier: SparsifierRef = Field(default_factory=lambda: SparsifierRef(name="magnitude"))
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(metric="accuracy", direction="maximize")], min_length=1, max_length=4
+    )
+    target: str = "cpu"
+    constraints: Constraints = Field(default_factory=Constraints)
+    budget: Budget = Field(default_factory=Budget)
+    seed: int = Field(0, ge=0, lt=2**31)
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, target: str) -> str:
+        if target not in TARGETS:
+            raise ValueError(f"unknown or unavailable target {target!r}; valid: {', '.join(TARGETS)}")
+        return target
+
+    @field_validator("objectives")
+    @classmethod
+    def _distinct_objectives(cls, objectives: list[Objective]) -> list[Objective]:
+        metrics = [o.metric for o in objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objectives repeat a metric: {metrics}")
+        return objectives
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class TrialState(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    complete = "complete"
+    pruned = "pruned"
+    failed = "failed"
+    infeasible = "infeasible"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (TrialState.queued, TrialState.running)
+
+
+class Job(BaseModel):
+    """A job as the API returns it."""
+
+    id: str
+    name: str
+    owner: str
+    status: JobStatus
+    spec: dict[str, Any] = Field(description="the validated JobSpec, every default filled in")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    n_trials: int = 0
+    n_complete: int = 0
+    n_finished: int = Field(0, description="trials in a final state (complete, pruned, failed, infeasible)")
+    best_trial_id: str | None = None
+    error: str | None = None
+
+
+class LayerInfo(BaseModel):
+    name: str
+    shape: list[int]
+    density: float
+    pattern: str
+
+
+class EpochMetrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    epoch: int
+    metrics: dict[str, float]
+
+
+class Trial(BaseModel):
+    """A trial as the API returns it; ``history`` and ``layers`` are filled on ``GET /trials/{id}``."""
+
+    id: str
+    job_id: str
+    number: int
+    state: TrialState
+    arch: dict[str, Any]
+    parent_id: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    layers: list[LayerInfo] = Field(default_factory=list)
+    history: list[EpochMetrics] = Field(default_factory=list)
+    node_id: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    has_model: bool = False
+
+
+class Page(BaseModel):
+    items: list[Any]
+    next_cursor: str | None = None

@@ -1,0 +1,471 @@
+"""The store: a narrow repository over the tables that enforces the job and trial state machines.
+
+Everything that reads or writes jobs and trials goes through here. The runner is the only writer
+of a job's trials; the API creates jobs and requests cancellation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, Select, case, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from nas.arch import fingerprint
+from nas.errors import IllegalTransition, NotFound
+from nas.specs import EpochMetrics, Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState
+from nas.store.tables import ApiKeyRow, ArtifactRow, JobRow, TrialEpochRow, TrialLayerRow, TrialRow, utcnow
+
+# Allowed trial transitions; a finished trial never changes again.
+TRIAL_TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
+    TrialState.queued: frozenset({TrialState.running, TrialState.infeasible, TrialState.failed}),
+    TrialState.running: frozenset(
+        {TrialState.complete, TrialState.pruned, TrialState.failed, TrialState.queued}
+    ),
+}
+JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled, JobStatus.failed}),
+    JobStatus.running: frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: an owner name, and whether the key may see every owner's jobs."""
+
+    owner: str
+    is_admin: bool = False
+
+
+@dataclass(frozen=True)
+class Artifact:
+    trial_id: str
+    kind: str
+    format: str
+    path: str
+    size_bytes: int
+    sha256: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Store:
+    """Repository of jobs, trials, metrics, layers, artifacts and API keys."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = engine.execution_options(sqlite_immediate=True)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @staticmethod
+    def _lock(stmt: Select[Any], session: Session) -> Select[Any]:
+        """Row locks where the backend has them; SQLite's BEGIN IMMEDIATE already serialises."""
+        return stmt if session.bind.dialect.name == "sqlite" else stmt.with_for_update()
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    def create_api_key(self, owner: str, is_admin: bool = False) -> str:
+        """Mint a key; only its hash is stored, so this is the one time it is seen."""
+        if not owner.strip():
+            raise ValueError("an API key needs an owner name")
+        key = "nas_" + secrets.token_urlsafe(32)
+        with self._write() as s:
+            s.add(ApiKeyRow(owner=owner, key_hash=hash_key(key), is_admin=is_admin))
+        return key
+
+    def authenticate(self, key: str) -> Principal | None:
+        digest = hash_key(key)
+        with self._read() as s:
+            row = s.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest)).first()
+        if row is None or row.revoked or not hmac.compare_digest(row.key_hash, digest):
+            return None
+        return Principal(owner=row.owner, is_admin=row.is_admin)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def create_job(self, spec: JobSpec, owner: str) -> Job:
+        row = JobRow(
+            id=_new_id(),
+            name=spec.name,
+            owner=owner,
+            status=JobStatus.queued.value,
+            spec=spec.model_dump(mode="json"),
+            cancel_requested=False,
+            next_trial_number=0,
+        )
+        with self._write() as s:
+            s.add(row)
+            s.flush()
+            return self._job(s, row)
+
+    def get_job(self, job_id: str, viewer: Principal | None = None) -> Job:
+        with self._read() as s:
+            return self._job(s, self._job_row(s, job_id, viewer))
+
+    def list_jobs(
+        self,
+        viewer: Principal | None = None,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> tuple[list[Job], int | None]:
+        """Newest first; the cursor is the last row's sequence number."""
+        stmt = select(JobRow).order_by(JobRow.seq.desc()).limit(limit + 1)
+        if viewer is not None and not viewer.is_admin:
+            stmt = stmt.where(JobRow.owner == viewer.owner)
+        if status is not None:
+            stmt = stmt.where(JobRow.status == status.value)
+        if cursor is not None:
+            stmt = stmt.where(JobRow.seq < cursor)
+        with self._read() as s:
+            rows = list(s.scalars(stmt))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            counts = self._trial_counts(s, [r.id for r in rows])
+            jobs = [self._job(s, r, counts.get(r.id, (0, 0, 0))) for r in rows]
+        return jobs, (rows[-1].seq if more and rows else None)
+
+    def request_cancel(self, job_id: str, viewer: Principal | None = None) -> Job:
+        """Cancel a queued job now; ask the runner of a running job to stop it."""
+        with self._write() as s:
+            row = self._job_row(s, job_id, viewer, lock=True)
+            status = JobStatus(row.status)
+            if status.finished:
+                raise IllegalTransition(f"job {job_id} is already {status.value}")
+            row.cancel_requested = True
+            if status is JobStatus.queued:
+                row.status = JobStatus.cancelled.value
+                row.finished_at = utcnow()
+                row.error = "cancelled before it started"
+            s.flush()
+            return self._job(s, row)
+
+    def claim_job(self, runner_id: str, lease_s: float) -> str | None:
+        """Take the oldest queued job, or a running one whose runner's lease ran out."""
+        now = utcnow()
+        claimable = (JobRow.status == JobStatus.queued.value) | (
+            (JobRow.status == JobStatus.running.value) & (JobRow.lease_expires_at < now)
+        )
+        stmt = select(JobRow).where(claimable).order_by(JobRow.seq).limit(1)
+        with self._write() as s:
+            if s.bind.dialect.name != "sqlite":
+                stmt = stmt.with_for_update(skip_locked=True)
+            row = s.scalars(stmt).first()
+            if row is None:
+                return None
+            if row.status == JobStatus.queued.value:
+                row.status = JobStatus.running.value
+                row.started_at = now
+            row.lease_owner = runner_id
+            row.lease_expires_at = now + timedelta(seconds=lease_s)
+            return row.id
+
+    def renew_lease(self, job_id: str, runner_id: str, lease_s: float) -> bool:
+        """Extend the lease; ``False`` when another runner took the job over."""
+        with self._write() as s:
+            result = s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.lease_owner == runner_id)
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+            )
+            return result.rowcount == 1
+
+    def release_lease(self, job_id: str, runner_id: str) -> None:
+        """Give a job back at shutdown so another runner can take it at once."""
+        with self._write() as s:
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.lease_owner == runner_id)
+                .values(lease_owner=None, lease_expires_at=utcnow())
+            )
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._read() as s:
+            return bool(s.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
+
+    def finish_job(self, job_id: str, status: JobStatus, error: str | None = None) -> Job:
+        with self._write() as s:
+            row = self._job_row(s, job_id, None, lock=True)
+            current = JobStatus(row.status)
+            if status not in JOB_TRANSITIONS.get(current, frozenset()):
+                raise IllegalTransition(f"job {job_id}: {current.value} -> {status.value} is not allowed")
+            row.status = status.value
+            row.error = error
+            row.finished_at = utcnow()
+            row.lease_owner = None
+            row.lease_expires_at = None
+            s.flush()
+            return self._job(s, row)
+
+    def set_best_trial(self, job_id: str, trial_id: str | None) -> None:
+        with self._write() as s:
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(best_trial_id=trial_id))
+
+    # -- trials -----------------------------------------------------------------------------
+
+    def create_trial(
+        self,
+        job_id: str,
+        arch: dict[str, Any],
+        parent_id: str | None = None,
+        state: TrialState = TrialState.queued,
+        error: str | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> Trial:
+        """Add a trial with the job's next number; numbers never repeat within a job."""
+        with self._write() as s:
+            job = self._job_row(s, job_id, None, lock=True)
+            number = job.next_trial_number
+            job.next_trial_number = number + 1
+            now = utcnow()
+            row = TrialRow(
+                id=_new_id(),
+                job_id=job_id,
+                number=number,
+                state=state.value,
+                arch=arch,
+                fingerprint=fingerprint(arch),
+                parent_id=parent_id,
+                metrics=metrics or {},
+                error=error,
+                attempts=0,
+                created_at=now,
+                finished_at=now if state.finished else None,
+            )
+            s.add(row)
+            s.flush()
+            return self._trial(row)
+
+    def start_trial(self, trial_id: str, node_id: str | None = None) -> Trial:
+        with self._write() as s:
+            row = self._transition(s, trial_id, TrialState.running)
+            row.attempts += 1
+            row.node_id = node_id
+            row.started_at = utcnow()
+            s.execute(delete(TrialEpochRow).where(TrialEpochRow.trial_id == trial_id))
+            return self._trial(row)
+
+    def report_epoch(self, trial_id: str, epoch: int, metrics: dict[str, float]) -> None:
+        with self._write() as s:
+            state = s.scalar(select(TrialRow.state).where(TrialRow.id == trial_id))
+            if state is None:
+                raise NotFound(f"trial {trial_id} not found")
+            if state != TrialState.running.value:
+                raise IllegalTransition(f"trial {trial_id} is {state}; only a running trial reports")
+            s.add(TrialEpochRow(trial_id=trial_id, epoch=epoch, metrics=metrics))
+
+    def finish_trial(
+        self,
+        trial_id: str,
+        state: TrialState,
+        metrics: dict[str, float] | None = None,
+        layers: Sequence[LayerInfo] = (),
+        error: str | None = None,
+        node_id: str | None = None,
+    ) -> Trial:
+        if not state.finished:
+            raise ValueError(f"{state.value} is not a final trial state")
+        with self._write() as s:
+            row = self._transition(s, trial_id, state)
+            row.finished_at = utcnow()
+            row.error = error
+            row.node_id = node_id or row.node_id
+            if metrics is not None:
+                row.metrics = metrics
+            for position, layer in enumerate(layers):
+                s.add(TrialLayerRow(trial_id=trial_id, position=position, **layer.model_dump()))
+            return self._trial(row)
+
+    def requeue_trial(self, trial_id: str, error: str | None = None, count_attempt: bool = True) -> Trial:
+        """Send a running trial back to the queue (its worker died or its runner stopped).
+
+        ``count_attempt=False`` (a graceful server stop) does not spend one of its retries.
+        """
+        with self._write() as s:
+            row = self._transition(s, trial_id, TrialState.queued)
+            row.error = error
+            if not count_attempt:
+                row.attempts -= 1
+            row.node_id = None
+            return self._trial(row)
+
+    def get_trial(self, trial_id: str, viewer: Principal | None = None) -> Trial:
+        """A trial with its per-epoch history and per-layer report."""
+        with self._read() as s:
+            row = s.get(TrialRow, trial_id)
+            if row is None:
+                raise NotFound(f"trial {trial_id} not found")
+            self._job_row(s, row.job_id, viewer)  # ownership check
+            history = s.scalars(
+                select(TrialEpochRow).where(TrialEpochRow.trial_id == trial_id).order_by(TrialEpochRow.epoch)
+            )
+            layers = s.scalars(
+                select(TrialLayerRow).where(TrialLayerRow.trial_id == trial_id).order_by(TrialLayerRow.position)
+            )
+            trial = self._trial(row, has_model=self._has_model(s, [trial_id]))
+            trial.history = [EpochMetrics(epoch=h.epoch, metrics=h.metrics) for h in history]
+            trial.layers = [
+                LayerInfo(name=l.name, shape=l.shape, density=l.density, pattern=l.pattern) for l in layers
+            ]
+            return trial
+
+    def list_trials(
+        self,
+        job_id: str,
+        viewer: Principal | None = None,
+        state: TrialState | None = None,
+        limit: int | None = None,
+        cursor: int | None = None,
+    ) -> tuple[list[Trial], int | None]:
+        """Trials in number order; the cursor is the last trial's number."""
+        stmt = select(TrialRow).where(TrialRow.job_id == job_id).order_by(TrialRow.number)
+        if state is not None:
+            stmt = stmt.where(TrialRow.state == state.value)
+        if cursor is not None:
+            stmt = stmt.where(TrialRow.number > cursor)
+        if limit is not None:
+            stmt = stmt.limit(limit + 1)
+        with self._read() as s:
+            self._job_row(s, job_id, viewer)
+            rows = list(s.scalars(stmt))
+            more = limit is not None and len(rows) > limit
+            rows = rows[:limit] if limit is not None else rows
+            with_model = self._has_model(s, [r.id for r in rows])
+        return [self._trial(r, r.id in with_model) for r in rows], (rows[-1].number if more else None)
+
+    # -- artifacts --------------------------------------------------------------------------
+
+    def add_artifact(self, artifact: Artifact) -> None:
+        with self._write() as s:
+            s.execute(
+                delete(ArtifactRow).where(
+                    ArtifactRow.trial_id == artifact.trial_id,
+                    ArtifactRow.kind == artifact.kind,
+                    ArtifactRow.format == artifact.format,
+                )
+            )
+            s.add(ArtifactRow(**artifact.__dict__))
+
+    def get_artifact(self, trial_id: str, kind: str, fmt: str, viewer: Principal | None = None) -> Artifact:
+        with self._read() as s:
+            job_id = s.scalar(select(TrialRow.job_id).where(TrialRow.id == trial_id))
+            if job_id is None:
+                raise NotFound(f"trial {trial_id} not found")
+            self._job_row(s, job_id, viewer)
+            row = s.scalars(
+                select(ArtifactRow).where(
+                    ArtifactRow.trial_id == trial_id, ArtifactRow.kind == kind, ArtifactRow.format == fmt
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"trial {trial_id} has no {kind} in {fmt} format")
+            return Artifact(row.trial_id, row.kind, row.format, row.path, row.size_bytes, row.sha256)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _job_row(self, s: Session, job_id: str, viewer: Principal | None, lock: bool = False) -> JobRow:
+        stmt = select(JobRow).where(JobRow.id == job_id)
+        if lock:
+            stmt = self._lock(stmt, s)
+        row = s.scalars(stmt).first()
+        if row is None or (viewer is not None and not viewer.is_admin and row.owner != viewer.owner):
+            raise NotFound(f"job {job_id} not found")
+        return row
+
+    def _transition(self, s: Session, trial_id: str, new: TrialState) -> TrialRow:
+        row = s.scalars(self._lock(select(TrialRow).where(TrialRow.id == trial_id), s)).first()
+        if row is None:
+            raise NotFound(f"trial {trial_id} not found")
+        current = TrialState(row.state)
+        if new not in TRIAL_TRANSITIONS.get(current, frozenset()):
+            raise IllegalTransition(f"trial {trial_id}: {current.value} -> {new.value} is not allowed")
+        row.state = new.value
+        return row
+
+    @staticmethod
+    def _trial_counts(s: Session, job_ids: list[str]) -> dict[str, tuple[int, int, int]]:
+        """Per job: trials, complete trials, finished trials."""
+        if not job_ids:
+            return {}
+        complete = func.sum(case((TrialRow.state == TrialState.complete.value, 1), else_=0))
+        unfinished = (TrialState.queued.value, TrialState.running.value)
+        finished = func.sum(case((TrialRow.state.in_(unfinished), 0), else_=1))
+        rows = s.execute(
+            select(TrialRow.job_id, func.count(), complete, finished)
+            .where(TrialRow.job_id.in_(job_ids))
+            .group_by(TrialRow.job_id)
+        )
+        return {job_id: (int(n), int(c or 0), int(f or 0)) for job_id, n, c, f in rows}
+
+    @staticmethod
+    def _has_model(s: Session, trial_ids: list[str]) -> set[str]:
+        if not trial_ids:
+            return set()
+        return set(
+            s.scalars(
+                select(ArtifactRow.trial_id).where(ArtifactRow.trial_id.in_(trial_ids), ArtifactRow.kind == "model")
+            )
+        )
+
+    def _job(self, s: Session, row: JobRow, counts: tuple[int, int, int] | None = None) -> Job:
+        if counts is None:
+            counts = self._trial_counts(s, [row.id]).get(row.id, (0, 0, 0))
+        return Job(
+            id=row.id,
+            name=row.name,
+            owner=row.owner,
+            status=JobStatus(row.status),
+            spec=row.spec,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            n_trials=counts[0],
+            n_complete=counts[1],
+            n_finished=counts[2],
+            best_trial_id=row.best_trial_id,
+            error=row.error,
+        )
+
+    @staticmethod
+    def _trial(row: TrialRow, has_model: bool = False) -> Trial:
+        return Trial(
+            id=row.id,
+            job_id=row.job_id,
+            number=row.number,
+            state=TrialState(row.state),
+            arch=row.arch,
+            parent_id=row.parent_id,
+            metrics=row.metrics or {},
+            node_id=row.node_id,
+            attempts=row.attempts,
+            error=row.error,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            has_model=has_model,
+        )
