@@ -32,6 +32,7 @@ class Settings:
     max_body_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'nas.db'}")
         if self.data_dir is None:

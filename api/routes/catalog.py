@@ -1,0 +1,34 @@
+"""The catalog, generated from the registries, and liveness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from api.deps import PrincipalDep, StoreDep
+from nas import __version__, registry
+from nas.specs import TARGETS, TRIAL_METRICS, JobSpec
+
+router = APIRouter(tags=["catalog"])
+
+
+@router.get("/catalog")
+def catalog(principal: PrincipalDep) -> dict[str, Any]:
+    return {
+        "search_spaces": registry.search_spaces.describe(),
+        "strategies": registry.strategies.describe(),
+        "sparsifiers": registry.sparsifiers.describe(),
+        "datasets": registry.datasets.describe(),
+        "targets": [{"name": name, "description": "this server's CPU", "params_schema": {}} for name in TARGETS],
+        "metrics": [{"name": name, "description": text} for name, text in TRIAL_METRICS.items()],
+        "job_spec_schema": JobSpec.model_json_schema(),
+    }
+
+
+@router.get("/healthz", tags=["health"])
+def healthz(store: StoreDep) -> dict[str, str]:
+    with store.engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    return {"status": "ok", "version": __version__}

@@ -1,0 +1,1 @@
+"""Execution: the dispatcher that claims jobs and the Ray Tune runner that executes them."""

@@ -1,0 +1,340 @@
+"""Runs one job on Ray Tune: our strategy behind a Tune ``Searcher``, persistence in callbacks.
+
+The database is the truth. At start the runner rebuilds the strategy from the job's trials,
+re-queues trials that were running when an earlier runner died, and continues; trial numbers
+come from the store, so they never repeat. A heartbeat thread renews the job's lease and watches
+for cancellation; Tune's ``Stopper`` ends the experiment within a controller step of either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # results live in our database
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+from ray import tune  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+
+from nas import registry  # noqa: E402
+from nas.errors import IllegalTransition  # noqa: E402
+from nas.pareto import best_trial  # noqa: E402
+from nas.settings import Settings  # noqa: E402
+from nas.specs import Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState  # noqa: E402
+from nas.store import Store  # noqa: E402
+from nas.strategies import Strategy  # noqa: E402
+from workers.artifacts import save_model  # noqa: E402
+from workers.trainable import EPOCH_METRICS, FINAL, train_trial  # noqa: E402
+
+log = logging.getLogger(__name__)
+# Tune's result grid looks for per-trial result files, which we do not write (see above).
+logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+# Tune pickles its searcher, stopper and callbacks into its own experiment checkpoints. Ours
+# carry only the job id and find their runner here, so nothing unpicklable travels with them.
+_RUNNERS: dict[str, JobRunner] = {}
+
+
+class _RunnerRef:
+    def __init__(self, job_id: str) -> None:
+        self._job_id = job_id
+
+    @property
+    def _runner(self) -> JobRunner:
+        return _RUNNERS[self._job_id]
+
+
+class _StrategySearcher(_RunnerRef, Searcher):
+    """Adapts our ask/tell strategy to Tune; re-queued trials are offered before new ones."""
+
+    def __init__(self, job_id: str) -> None:
+        Searcher.__init__(self)
+        _RunnerRef.__init__(self, job_id)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        trial = self._runner.next_trial()
+        if trial is None:
+            return Searcher.FINISHED if self._runner.exhausted() else None
+        return self._runner.trial_config(trial)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # the persistence callback tells the strategy, once the store has the outcome
+
+    # The search state lives in the database, not in Tune's experiment checkpoints.
+    def save(self, checkpoint_path: str) -> None:
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial-{trial.config['number']}-{trial.trial_id}"
+
+
+class _Stop(_RunnerRef, tune.Stopper):
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self._runner.stop_reason is not None
+
+
+class _Persist(_RunnerRef, tune.Callback):
+    """Writes each report to the store as it arrives."""
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._runner.guard(self._runner.store.start_trial, trial.config["trial_id"])
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        trial_id = trial.config["trial_id"]
+        if FINAL in result:
+            # Drop the model bytes from the result Tune keeps in memory for every trial.
+            self._runner.guard(self._runner.complete_trial, trial_id, result[FINAL], result.pop("model"))
+        elif EPOCH_METRICS in result:
+            self._runner.guard(self._runner.store.report_epoch, trial_id, result["epoch"], result[EPOCH_METRICS])
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = _error_text(trial)
+        self._runner.guard(self._runner.trial_errored, trial.config["trial_id"], error)
+
+
+def _error_text(trial: Any) -> str:
+    """The last line of the trial's traceback, which names the exception."""
+    try:
+        text = Path(trial.error_file).read_text().strip()
+    except (OSError, TypeError):
+        return "the trial's worker failed"
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1][:2000] if lines else "the trial's worker failed"
+
+
+class JobRunner:
+    """Executes one claimed job to its end (or until the server stops or loses the lease)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        job_id: str,
+        runner_id: str,
+        lease_s: float = 15.0,
+        trainable: Callable[[dict[str, Any]], None] = train_trial,
+    ) -> None:
+        self.store = store
+        self.trainable = trainable
+        self.settings = settings
+        self.job_id = job_id
+        self.runner_id = runner_id
+        self.lease_s = lease_s
+        self.stop_reason: str | None = None  # "cancel", "shutdown", "lease_lost"
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: deque[Trial] = deque()
+        self._live: set[str] = set()
+        self._strategy_done = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        heartbeat = threading.Thread(target=self._heartbeat, name=f"lease-{self.job_id[:8]}", daemon=True)
+        heartbeat.start()
+        try:
+            job = self.store.get_job(self.job_id)
+            if self.store.cancel_requested(self.job_id):
+                self.stop_reason = "cancel"
+            else:
+                self._prepare(job)
+                self._fit(self.spec)
+            self._conclude()
+        except Exception as exc:  # a bug must end the job visibly, never leave it running
+            log.exception("job %s failed in its runner", self.job_id)
+            self._fail_unfinished(f"runner error: {exc}")
+            self.guard(self.store.finish_job, self.job_id, JobStatus.failed, f"runner error: {exc!r}")
+        finally:
+            self._stopped.set()
+            heartbeat.join()
+
+    def stop(self) -> None:
+        """Server shutdown: stop the trials and give the job back for another runner."""
+        if self.stop_reason is None:
+            self.stop_reason = "shutdown"
+
+    def _prepare(self, job: Job) -> None:
+        spec = JobSpec.model_validate(job.spec)
+        trials, _ = self.store.list_trials(self.job_id)
+        for trial in trials:
+            if trial.state is TrialState.running:  # its runner died mid-trial
+                if trial.attempts <= spec.budget.max_retries:
+                    self._pending.append(self.store.requeue_trial(trial.id, "its runner stopped; re-run"))
+                else:
+                    self.store.finish_trial(trial.id, TrialState.failed, error="its runner stopped too often")
+            elif trial.state is TrialState.queued:
+                self._pending.append(trial)
+        trials, _ = self.store.list_trials(self.job_id)
+        self._n_trials = len(trials)
+        space_cls = registry.search_spaces.get(spec.search_space.name)
+        self.space = space_cls(space_cls.Params.model_validate(spec.search_space.params))
+        strategy_cls: type[Strategy] = registry.strategies.get(spec.strategy.name)
+        params = strategy_cls.Params.model_validate(spec.strategy.params)
+        self.strategy = strategy_cls.from_history(params, self.space, spec, trials)
+        self.spec = spec
+        self._best = best_trial(trials, spec.objectives)
+
+    def _fit(self, spec: JobSpec) -> None:
+        elapsed = 0.0
+        job = self.store.get_job(self.job_id)
+        if job.started_at is not None:
+            elapsed = time.time() - job.started_at.timestamp()
+        time_budget = None if spec.budget.timeout_s is None else max(spec.budget.timeout_s - elapsed, 0.001)
+        tuner = tune.Tuner(
+            tune.with_resources(self.trainable, {"cpu": 1}),
+            tune_config=tune.TuneConfig(
+                search_alg=_StrategySearcher(self.job_id),
+                num_samples=-1,
+                max_concurrent_trials=spec.budget.max_concurrent,
+                reuse_actors=True,
+                time_budget_s=time_budget,
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=f"job-{self.job_id}",
+                storage_path=str(self.settings.home / "ray_results"),
+                stop=_Stop(self.job_id),
+                callbacks=[_Persist(self.job_id)],
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        _RUNNERS[self.job_id] = self
+        try:
+            tuner.fit()
+        finally:
+            del _RUNNERS[self.job_id]
+
+    def _conclude(self) -> None:
+        if self.stop_reason == "lease_lost":
+            return  # another runner owns the job now
+        if self.stop_reason == "shutdown":
+            for trial in self._unfinished():
+                if trial.state is TrialState.running:
+                    self.guard(self.store.requeue_trial, trial.id, "server stopped; re-run", False)
+            self.store.release_lease(self.job_id, self.runner_id)
+            return
+        if self.stop_reason == "cancel":
+            self._fail_unfinished("job cancelled")
+            self.store.finish_job(self.job_id, JobStatus.cancelled, "cancelled by its owner")
+            return
+        self._fail_unfinished("job ended before this trial ran (time budget)")
+        trials, _ = self.store.list_trials(self.job_id)
+        if any(t.state is TrialState.complete for t in trials):
+            self.store.finish_job(self.job_id, JobStatus.succeeded)
+        else:
+            errors = sorted({t.error for t in trials if t.error})[:3]
+            reason = "no trial completed" + (": " + "; ".join(errors) if errors else "")
+            self.store.finish_job(self.job_id, JobStatus.failed, reason)
+
+    def _unfinished(self) -> list[Trial]:
+        trials, _ = self.store.list_trials(self.job_id)
+        return [t for t in trials if not t.state.finished]
+
+    def _fail_unfinished(self, reason: str) -> None:
+        for trial in self._unfinished():
+            self.guard(self.store.finish_trial, trial.id, TrialState.failed, None, (), reason)
+
+    def _heartbeat(self) -> None:
+        interval = min(2.0, self.lease_s / 4)
+        while not self._stopped.wait(interval):
+            try:
+                if not self.store.renew_lease(self.job_id, self.runner_id, self.lease_s):
+                    self.stop_reason = "lease_lost"
+                elif self.stop_reason is None and self.store.cancel_requested(self.job_id):
+                    self.stop_reason = "cancel"
+            except Exception:  # the database may be away for a moment; the lease has slack
+                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+
+    # -- called from the searcher and the callbacks (Tune's controller thread) -----------------
+
+    def next_trial(self) -> Trial | None:
+        """A re-queued trial, or a new one from the strategy while the budget lasts."""
+        with self._lock:
+            if self.stop_reason is not None:
+                return None
+            if self._pending:
+                trial = self._pending.popleft()
+            elif self._n_trials < self.spec.budget.max_trials:
+                plan = self.strategy.ask()
+                if plan is None:
+                    self._strategy_done = True
+                    return None
+                trial = self.store.create_trial(self.job_id, plan.arch, parent_id=plan.parent_id)
+                self._n_trials += 1
+            else:
+                return None
+            self._live.add(trial.id)
+            return trial
+
+    def exhausted(self) -> bool:
+        with self._lock:
+            budget_used = self._n_trials >= self.spec.budget.max_trials or self._strategy_done
+            return budget_used and not self._pending and not self._live
+
+    def trial_config(self, trial: Trial) -> dict[str, Any]:
+        return {
+            "trial_id": trial.id,
+            "number": trial.number,
+            "arch": trial.arch,
+            "spec": self.spec.model_dump(mode="json"),
+            "data_dir": str(self.settings.data_dir),
+        }
+
+    def complete_trial(self, trial_id: str, final: dict[str, Any], model: bytes) -> None:
+        self.store.add_artifact(save_model(self.settings.artifact_dir, self.job_id, trial_id, model))
+        trial = self.store.finish_trial(
+            trial_id,
+            TrialState.complete,
+            metrics=final["metrics"],
+            layers=[LayerInfo.model_validate(layer) for layer in final["layers"]],
+            node_id=final.get("node_id"),
+        )
+        self._finished(trial)
+        best = best_trial([t for t in (self._best, trial) if t is not None], self.spec.objectives)
+        if best is not None and best is not self._best:
+            self._best = best
+            self.store.set_best_trial(self.job_id, best.id)
+
+    def trial_errored(self, trial_id: str, error: str) -> None:
+        trial = self.store.get_trial(trial_id)
+        if trial.state is not TrialState.running:
+            return
+        if self.stop_reason is None and trial.attempts <= self.spec.budget.max_retries:
+            requeued = self.store.requeue_trial(trial_id, error)
+            with self._lock:
+                self._live.discard(trial_id)
+                self._pending.append(requeued)
+            return
+        self._finished(self.store.finish_trial(trial_id, TrialState.failed, error=error))
+
+    def _finished(self, trial: Trial) -> None:
+        with self._lock:
+            self._live.discard(trial.id)
+            self.strategy.tell(trial)
+
+    def guard(self, fn: Any, *args: Any) -> Any:
+        """Run a store call from a Tune hook without letting an exception break Tune's loop."""
+        try:
+            return fn(*args)
+        except IllegalTransition as exc:
+            log.info("job %s: %s", self.job_id, exc)
+        except Exception:
+            log.exception("job %s: %s failed", self.job_id, getattr(fn, "__name__", fn))
+        return None

@@ -1,0 +1,43 @@
+"""The Ray Tune trainable: one trial on a Ray worker.
+
+Workers need no database credentials: they report per-epoch metrics and, in a last report, the
+final metrics, the layer report and the model bytes, which the runner persists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+FINAL = "nas_final"
+EPOCH_METRICS = "nas_epoch_metrics"
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    import ray
+
+    from nas.specs import JobSpec
+    from nas.training import run_trial
+
+    spec = JobSpec.model_validate(config["spec"])
+    # A worker node may keep its data elsewhere than the server that planned the trial.
+    data_dir = Path(os.environ.get("NAS_DATA_DIR") or config["data_dir"])
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        tune.report({"epoch": epoch, EPOCH_METRICS: metrics, **metrics})
+
+    outcome = run_trial(spec, config["arch"], data_dir, report)
+    tune.report(
+        {
+            **outcome.metrics,
+            FINAL: {
+                "metrics": outcome.metrics,
+                "layers": outcome.layers,
+                "node_id": ray.get_runtime_context().get_node_id(),
+            },
+            "model": outcome.model_bytes,
+        }
+    )
