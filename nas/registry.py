@@ -57,6 +57,11 @@ class Registry(Generic[T]):
             valid = ", ".join(self.names()) or "(none)"
             raise UnknownName(f"unknown {self.kind} {name!r}; valid: {valid}") from None
 
+    def create(self, name: str, params: dict[str, Any]) -> T:
+        """An instance of ``name`` built from its validated ``Params``."""
+        cls = self.get(name)
+        return cls(cls.Params.model_validate(params))
+
     def describe(self) -> list[dict[str, Any]]:
         """Catalog entries: name, first docstring line and the JSON Schema of the params."""
         out = []

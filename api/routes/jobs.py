@@ -32,13 +32,12 @@ class TrialList(BaseModel):
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Job)
 def submit_job(spec: JobSpec, store: StoreDep, settings: SettingsDep, principal: PrincipalDep) -> Job:
-    dataset_cls = registry.datasets.get(spec.dataset.name)
-    dataset = dataset_cls(dataset_cls.Params.model_validate(spec.dataset.params))
+    dataset = registry.datasets.create(spec.dataset.name, spec.dataset.params)
     try:
         dataset.check_available(settings.data_dir)
     except ValueError as exc:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            422,
             [{"loc": ["body", "dataset", "name"], "msg": str(exc), "type": "value_error"}],
         ) from None
     return store.create_job(spec, principal.owner)

@@ -1,0 +1,76 @@
+"""MNIST from the four standard IDX ``.gz`` files under ``<data_dir>/mnist``; never downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nas.data import DataSplits, Dataset
+
+if TYPE_CHECKING:
+    import numpy as np
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+MEAN, STD = 0.1307, 0.3081  # of the training pixels scaled to [0, 1]
+
+
+class MNIST(Dataset):
+    """60,000 training and 10,000 test 28x28 handwritten digits, normalised with the usual mean and std."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        train_limit: int | None = Field(
+            None, ge=1, le=60_000, description="use only the first N training examples (quick runs); all if null"
+        )
+        test_limit: int | None = Field(
+            None, ge=1, le=10_000, description="use only the first N test examples; all if null"
+        )
+
+    params: Params
+
+    def check_available(self, data_dir: Path) -> None:
+        folder = Path(data_dir) / "mnist"
+        missing = [name for name in FILES.values() if not (folder / name).is_file()]
+        if missing:
+            raise ValueError(
+                f"MNIST files missing from {folder}: {', '.join(missing)}. Nothing is downloaded: copy the four "
+                f"standard IDX files ({', '.join(FILES.values())}, e.g. from a mirror of "
+                f"http://yann.lecun.com/exdb/mnist/) into that folder, or point NAS_DATA_DIR at the folder "
+                f"that contains mnist/."
+            )
+
+    def load(self, data_dir: Path) -> DataSplits:
+        self.check_available(data_dir)
+        folder = Path(data_dir) / "mnist"
+        x_train, y_train = _read_split(folder, "train", self.params.train_limit)
+        x_test, y_test = _read_split(folder, "test", self.params.test_limit)
+        return DataSplits(x_train, y_train, x_test, y_test, input_shape=(1, 28, 28), num_classes=10)
+
+
+def _read_split(folder: Path, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images as normalised float32 ``(N, 1, 28, 28)`` and labels as int64, checked against each other."""
+    import numpy as np
+
+    from nas.data.idx import read_idx
+
+    images_path, labels_path = folder / FILES[f"{split}_images"], folder / FILES[f"{split}_labels"]
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"{images_path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}")
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise ValueError(f"{labels_path}: expected uint8 labels of shape (N,), got {labels.dtype} {labels.shape}")
+    if len(images) != len(labels):
+        raise ValueError(f"{folder}: {len(images)} {split} images but {len(labels)} labels")
+    if labels.size and labels.max() > 9:
+        raise ValueError(f"{labels_path}: label {int(labels.max())} is outside 0..9")
+    images, labels = images[:limit], labels[:limit]  # slice before converting: a limit keeps memory small
+    x = (images.astype(np.float32) / 255.0 - MEAN) / STD
+    return x[:, None, :, :], labels.astype(np.int64)

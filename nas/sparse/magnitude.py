@@ -1,0 +1,78 @@
+"""One-shot magnitude pruning (Han et al., 2015): train, prune the smallest weights once, fine-tune."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nas.sparse.base import Sparsifier
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class MagnitudePruning(Sparsifier):
+    """Zeroes the smallest-magnitude weights once, part-way through training, then fine-tunes under that mask."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        sparsity: float = Field(
+            0.9, ge=0.0, lt=1.0, description="fraction of the prunable weights set to zero (1.0 would remove every weight)"
+        )
+        scope: Literal["layer", "global"] = Field(
+            "layer",
+            description="'layer': every layer loses exactly that fraction; 'global': one magnitude threshold over all layers",
+        )
+        prune_at: float = Field(
+            0.5,
+            ge=0.0,
+            le=1.0,
+            description="fraction of the training steps after which to prune; the rest fine-tunes under the fixed mask",
+        )
+
+    params: Params
+
+    def __init__(self, params: Params) -> None:
+        super().__init__(params)
+        self._prune_step = 0
+        self._layer_sparsity: dict[str, float] = {}
+        self._pruned = False
+
+    def attach(self, model: nn.Module, total_steps: int, layer_sparsity: dict[str, float] | None) -> None:
+        """Layers named in ``layer_sparsity`` get their own target, in either scope; the rest get ``sparsity``."""
+        from nas.sparse.masks import prunable_layers
+
+        unknown = sorted(set(layer_sparsity or {}) - set(prunable_layers(model)))
+        if unknown:
+            raise ValueError(f"layer_sparsity names layers the model has no prunable weight for: {unknown}")
+        self._layer_sparsity = dict(layer_sparsity or {})
+        self._prune_step = round(self.params.prune_at * total_steps)
+        self._pruned = False
+        if self._prune_step == 0:
+            self._prune(model)
+
+    def on_step(self, model: nn.Module, step: int) -> None:
+        if not self._pruned and step >= self._prune_step:
+            self._prune(model)
+
+    def finalize(self, model: nn.Module) -> None:
+        if not self._pruned:  # training ran fewer steps than announced
+            self._prune(model)
+
+    def _prune(self, model: nn.Module) -> None:
+        from nas.sparse.masks import magnitude_masks, prunable_layers, set_mask
+
+        layers = prunable_layers(model)
+        weights = {name: layer.weight for name, layer in layers.items()}
+        default = self.params.sparsity
+        if self.params.scope == "layer":
+            groups = [({name: w}, self._layer_sparsity.get(name, default)) for name, w in weights.items()]
+        else:
+            groups = [({name: weights[name]}, target) for name, target in self._layer_sparsity.items()]
+            groups.append(({name: w for name, w in weights.items() if name not in self._layer_sparsity}, default))
+        for group, target in groups:
+            for name, mask in magnitude_masks(group, target).items():
+                set_mask(layers[name], mask)
+        self._pruned = True

@@ -1,0 +1,146 @@
+"""Multi-layer perceptrons in the style of LeNet-300-100, optionally with a sparsity per layer.
+
+An architecture is a flat dict such as ``{"depth": 2, "width_0": 300, "width_1": 100,
+"activation": "relu"}``, plus ``sparsity_fc0 .. sparsity_out`` when layer sparsities are searched.
+Only the keys that the sampled depth uses are present, so equal networks have equal dicts.
+Importing this module does not import torch or optuna (the API server loads it for validation).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+
+Activation = Literal["relu", "tanh", "gelu", "silu"]
+_ACTIVATION_MODULES: dict[str, str] = {"relu": "ReLU", "tanh": "Tanh", "gelu": "GELU", "silu": "SiLU"}
+
+
+@dataclass(frozen=True)
+class _Arch:
+    """An architecture checked against the space."""
+
+    widths: tuple[int, ...]
+    activation: str
+    sparsity: dict[str, float] | None
+
+
+def _layer_names(depth: int) -> list[str]:
+    """Names of the Linear layers, as ``named_modules`` reports them: fc0 .. fc<depth-1>, out."""
+    return [f"fc{i}" for i in range(depth)] + ["out"]
+
+
+class SparseMLP:
+    """Fully connected networks (Flatten, then Linear + activation per hidden layer, then a Linear classifier)."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        min_depth: int = Field(1, ge=1, le=16, description="fewest hidden layers")
+        max_depth: int = Field(3, ge=1, le=16, description="most hidden layers")
+        width_choices: list[Annotated[int, Field(ge=1, le=16384)]] = Field(
+            [32, 64, 100, 128, 256, 300],
+            min_length=1,
+            description="units a hidden layer may have",
+        )
+        activation_choices: list[Activation] = Field(
+            ["relu", "tanh", "gelu"],
+            min_length=1,
+            description="activations the hidden layers may share",
+        )
+        layer_sparsity_choices: list[Annotated[float, Field(ge=0.0, lt=1.0)]] | None = Field(
+            None,
+            min_length=1,
+            description="sparsities each Linear layer may get; null leaves every layer to the sparsifier's target",
+        )
+
+        @model_validator(mode="after")
+        def _consistent(self) -> SparseMLP.Params:
+            if self.min_depth > self.max_depth:
+                raise ValueError(f"min_depth {self.min_depth} exceeds max_depth {self.max_depth}")
+            for name in ("width_choices", "activation_choices", "layer_sparsity_choices"):
+                choices = getattr(self, name)
+                if choices is not None and len(set(choices)) != len(choices):
+                    raise ValueError(f"{name} repeats a value: {choices}")
+            return self
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        """A uniformly drawn architecture, as a flat JSON-able dict."""
+        p = self.params
+        depth = rng.randint(p.min_depth, p.max_depth)
+        arch: dict[str, Any] = {"depth": depth}
+        arch.update({f"width_{i}": rng.choice(p.width_choices) for i in range(depth)})
+        arch["activation"] = rng.choice(p.activation_choices)
+        if p.layer_sparsity_choices is not None:
+            arch.update({f"sparsity_{name}": rng.choice(p.layer_sparsity_choices) for name in _layer_names(depth)})
+        return arch
+
+    def dimensions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """Every key an architecture may have; ``width_i`` and ``sparsity_fc<i>`` apply only when ``i < depth``."""
+        from optuna.distributions import CategoricalDistribution, IntDistribution
+
+        p = self.params
+        dims: dict[str, optuna.distributions.BaseDistribution] = {"depth": IntDistribution(p.min_depth, p.max_depth)}
+        dims.update({f"width_{i}": CategoricalDistribution(p.width_choices) for i in range(p.max_depth)})
+        dims["activation"] = CategoricalDistribution(p.activation_choices)
+        if p.layer_sparsity_choices is not None:
+            dims.update(
+                {f"sparsity_{name}": CategoricalDistribution(p.layer_sparsity_choices) for name in _layer_names(p.max_depth)}
+            )
+        return dims
+
+    def build(self, arch: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
+        """The network for ``arch``, with layers named flatten, fc0, act0, ..., out."""
+        from torch import nn
+
+        a = self._parse(arch)
+        layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+        in_features = math.prod(input_shape)
+        for i, width in enumerate(a.widths):
+            layers.append((f"fc{i}", nn.Linear(in_features, width)))
+            layers.append((f"act{i}", getattr(nn, _ACTIVATION_MODULES[a.activation])()))
+            in_features = width
+        layers.append(("out", nn.Linear(in_features, num_classes)))
+        return nn.Sequential(OrderedDict(layers))
+
+    def layer_sparsity(self, arch: dict[str, Any]) -> dict[str, float] | None:
+        """Per-layer sparsity targets keyed by module name, or ``None`` when the space does not search them."""
+        return self._parse(arch).sparsity
+
+    def _parse(self, arch: dict[str, Any]) -> _Arch:
+        """Check ``arch`` against the space; ``ValueError`` names the first offending key."""
+        p = self.params
+        depth = arch.get("depth")
+        if not isinstance(depth, int) or isinstance(depth, bool) or not p.min_depth <= depth <= p.max_depth:
+            raise ValueError(f"arch depth {depth!r} is not an integer in {p.min_depth}..{p.max_depth}")
+        expected = {"depth", "activation"} | {f"width_{i}" for i in range(depth)}
+        if p.layer_sparsity_choices is not None:
+            expected |= {f"sparsity_{name}" for name in _layer_names(depth)}
+        if set(arch) != expected:
+            missing, extra = sorted(expected - set(arch)), sorted(set(arch) - expected)
+            raise ValueError(f"arch keys do not match depth {depth}: missing {missing}, unexpected {extra}")
+
+        def choice(key: str, choices: list[Any]) -> Any:
+            if arch[key] not in choices:
+                raise ValueError(f"arch {key}={arch[key]!r} is not one of {choices}")
+            return arch[key]
+
+        widths = tuple(int(choice(f"width_{i}", p.width_choices)) for i in range(depth))
+        activation = choice("activation", p.activation_choices)
+        sparsity = None
+        if p.layer_sparsity_choices is not None:
+            sparsity = {
+                name: float(choice(f"sparsity_{name}", p.layer_sparsity_choices)) for name in _layer_names(depth)
+            }
+        return _Arch(widths, activation, sparsity)

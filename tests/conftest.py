@@ -1,0 +1,31 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# the store fixtures (sqlite and postgresql backends): store, engine, engine_url, make_spec
+pytest_plugins = ["tests.fixtures_store"]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The datasets folder: ``NAS_DATA_DIR``, else the ``shared/data`` folder beside the checkout."""
+    path = Path(os.environ.get("NAS_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not (path / "mnist").is_dir():
+        pytest.skip(f"no MNIST at {path / 'mnist'}; set NAS_DATA_DIR to a folder that holds mnist/")
+    return path
+
+
+@pytest.fixture
+def torch_single_thread():
+    """Run torch on one thread, as trial workers do: small models are slower, and erratic, with more."""
+    import torch  # here, not at the top: tests that check what importing `nas` pulls in stay unaffected
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
