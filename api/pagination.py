@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from fastapi import HTTPException, status
+from fastapi import HTTPException
 
 
 def encode_cursor(position: int | None) -> str | None:
@@ -20,4 +20,4 @@ def decode_cursor(cursor: str | None) -> int | None:
         padded = cursor + "=" * (-len(cursor) % 4)
         return int(base64.urlsafe_b64decode(padded.encode()).decode())
     except (ValueError, UnicodeDecodeError):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"invalid cursor {cursor!r}") from None
+        raise HTTPException(422, f"invalid cursor {cursor!r}") from None

@@ -11,7 +11,7 @@ import enum
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from nas import registry
 from nas.registry import Registry
@@ -42,7 +42,7 @@ class PluginRef(_Strict):
 
     registry: ClassVar[Registry[Any]]
     name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
 
     @field_validator("name")
     @classmethod
@@ -50,17 +50,13 @@ class PluginRef(_Strict):
         cls.registry.get(name)  # raises UnknownName listing the valid names
         return name
 
-    @model_validator(mode="after")
-    def _valid_params(self) -> PluginRef:
-        params_model = self.registry.get(self.name).Params
-        try:
-            self.params = params_model.model_validate(self.params).model_dump(mode="json")
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-            )
-            raise ValueError(f"invalid params for {self.registry.kind} {self.name!r}: {problems}") from None
-        return self
+    @field_validator("params")
+    @classmethod
+    def _valid_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "name" not in info.data:
+            return params  # the name was already refused
+        # Errors raised here keep their location: ``sparsifier.params.sparsity``.
+        return cls.registry.get(info.data["name"]).Params.model_validate(params).model_dump(mode="json")
 
 
 class SearchSpaceRef(PluginRef):

@@ -327,7 +327,7 @@ class Store:
             layers = s.scalars(
                 select(TrialLayerRow).where(TrialLayerRow.trial_id == trial_id).order_by(TrialLayerRow.position)
             )
-            trial = self._trial(row, has_model=self._has_model(s, [trial_id]))
+            trial = self._trial(row, has_model=trial_id in self._has_model(s, [trial_id]))
             trial.history = [EpochMetrics(epoch=h.epoch, metrics=h.metrics) for h in history]
             trial.layers = [
                 LayerInfo(name=l.name, shape=l.shape, density=l.density, pattern=l.pattern) for l in layers

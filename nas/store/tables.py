@@ -34,9 +34,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
-        return value
+        # PostgreSQL answers in the session's time zone (PGTZ, the server's TimeZone setting)
+        return value.astimezone(timezone.utc)
 
 
 def utcnow() -> datetime:
