@@ -24,7 +24,8 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 
-out = Console()
+# Piped output keeps whole ids on one line, so scripts can read them.
+out = Console(width=None if sys.stdout.isatty() else 240)
 err = Console(stderr=True)
 
 DatabaseUrl = Annotated[
