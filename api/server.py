@@ -6,6 +6,7 @@ The API itself never talks to Ray; this module only starts both side by side.
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Annotated, Optional
 
 import typer
@@ -49,6 +50,9 @@ def serve(
     upgrade(engine)
     store = Store(engine)
     connect_ray(settings)
+    # ray.init makes SIGTERM exit at once with status 15; uvicorn handles SIGTERM itself while it
+    # serves (a graceful shutdown, then the drain below), so the process then ends with 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     dispatcher = Dispatcher(store, settings, max_jobs=max_jobs)
     dispatcher.start()
     if demo:

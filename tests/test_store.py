@@ -53,6 +53,17 @@ def test_migrations_reach_head_and_are_idempotent(store: Store) -> None:
     assert {"api_keys", "jobs", "trials", "trial_epochs", "trial_layers", "artifacts"} <= tables
 
 
+def test_migrations_build_exactly_the_tables_the_code_declares(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from nas.store.tables import Base
+
+    with store.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
+
+
 # -- API keys ----------------------------------------------------------------------------------
 
 

@@ -107,6 +107,9 @@ class _Persist(_RunnerRef, tune.Callback):
         error = _error_text(trial)
         self._runner.guard(self._runner.trial_errored, trial.config["trial_id"], error)
 
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._runner.guard(self._runner.trial_ended, trial.config["trial_id"])
+
 
 def _error_text(trial: Any) -> str:
     """The last line of the trial's traceback, which names the exception."""
@@ -311,9 +314,21 @@ class JobRunner:
             self._best = best
             self.store.set_best_trial(self.job_id, best.id)
 
+    def trial_ended(self, trial_id: str) -> None:
+        """Tune ended a trial; one that never sent its final report has failed."""
+        trial = self.store.get_trial(trial_id)
+        if trial.state is TrialState.running and self.stop_reason is None:
+            self._finished(
+                self.store.finish_trial(trial_id, TrialState.failed, error="the trial ended without its final report")
+            )
+        with self._lock:
+            self._live.discard(trial_id)
+
     def trial_errored(self, trial_id: str, error: str) -> None:
         trial = self.store.get_trial(trial_id)
         if trial.state is not TrialState.running:
+            with self._lock:
+                self._live.discard(trial_id)
             return
         if self.stop_reason is None and trial.attempts <= self.spec.budget.max_retries:
             requeued = self.store.requeue_trial(trial_id, error)
