@@ -11,7 +11,8 @@ import enum
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from nas import registry
 from nas.registry import Registry
@@ -25,7 +26,8 @@ TRIAL_METRICS: dict[str, str] = {
     "params": "all parameters",
     "flops": "multiply-accumulates of one dense forward pass, times two",
     "nonzero_flops": "FLOPs that touch a nonzero weight",
-    "latency_ms": "measured median latency on the target",
+    "latency_ms": "measured median latency of the sparse inference model on the target (batch 1)",
+    "masked_latency_ms": "measured median latency of the trained masked model run dense (batch 1)",
     "predicted_latency_ms": "latency predicted before training",
     "train_time_s": "wall time of training",
 }
@@ -140,6 +142,34 @@ class JobSpec(_Strict):
             raise ValueError(f"objectives repeat a metric: {metrics}")
         return objectives
 
+    @model_validator(mode="after")
+    def _sparsifier_fits_the_space(self) -> JobSpec:
+        """Refuse at submission a sparsifier that cannot prune some weight the space can produce.
+
+        Asks ``sparsifier.check`` about the space's ``weight_specs`` for the dataset's shape; a
+        search space without ``weight_specs`` is not checked. Builds no model and imports no torch.
+        """
+        space = registry.search_spaces.create(self.search_space.name, self.search_space.params)
+        if not hasattr(space, "weight_specs"):
+            return self
+        dataset = registry.datasets.create(self.dataset.name, self.dataset.params)
+        sparsifier = registry.sparsifiers.create(self.sparsifier.name, self.sparsifier.params)
+        problems = sparsifier.check(space.weight_specs(*dataset.shape()))
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        # the message goes in through the context: a template would read its braces as fields
+                        type=PydanticCustomError("sparsifier_incompatible", "{reason}", {"reason": message}),
+                        loc=("sparsifier", *loc),
+                        input=self.sparsifier.model_dump(mode="json"),
+                    )
+                    for loc, message in problems
+                ],
+            )
+        return self
+
 
 class JobStatus(str, enum.Enum):
     queued = "queued"
@@ -185,10 +215,13 @@ class Job(BaseModel):
 
 
 class LayerInfo(BaseModel):
-    name: str
+    """One prunable weight of a trained model."""
+
+    name: str = Field(description="the weight's state_dict name, e.g. fc0.weight")
     shape: list[int]
-    density: float
-    pattern: str
+    density: float = Field(description="fraction of nonzero entries")
+    pattern: str = Field(description="dense, unstructured, N:M (e.g. 2:4) or channel")
+    kernel: str | None = Field(None, description="what the sparse inference model runs: dense, csr or shrunk")
 
 
 class EpochMetrics(BaseModel):

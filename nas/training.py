@@ -20,8 +20,9 @@ from nas import registry
 from nas.arch import fingerprint
 from nas.data import DataSplits
 from nas.latency import measure
+from nas.sparse.inference import to_inference
 from nas.sparse.serialization import load_model, read_metadata, save_model
-from nas.sparse.stats import layer_report, model_stats, weight_sparsity
+from nas.sparse.stats import layer_report, model_stats, weight_densities, weight_sparsity
 from nas.specs import JobSpec, TrainingSpec
 
 _EVAL_BATCH = 1024
@@ -41,10 +42,11 @@ def run_trial(
 ) -> TrialOutcome:
     """Train ``arch`` as ``spec`` says, calling ``report(epoch, metrics)`` after every (1-based) epoch.
 
-    ``metrics`` are ``train_loss``, ``loss`` and ``accuracy`` on the test split, ``sparsity`` and
-    ``epoch_time_s`` (training plus evaluation); an exception raised by ``report`` (early stopping,
-    cancellation) stops the trial. Torch's thread count is left to the caller, and the result is
-    deterministic for a given spec seed and architecture when torch runs single-threaded.
+    ``metrics`` are ``train_loss``, ``loss`` and ``accuracy`` on the test split, ``sparsity``,
+    ``epoch_time_s`` (training plus evaluation), ``density:<weight name>`` for every prunable
+    weight and the sparsifier's ``epoch_metrics``; an exception raised by ``report`` (early
+    stopping, cancellation) stops the trial. Torch's thread count is left to the caller, and the
+    result is deterministic for a given spec seed and architecture when torch runs single-threaded.
     """
     data = load_dataset(spec.dataset.name, spec.dataset.params, data_dir)
     space = registry.search_spaces.create(spec.search_space.name, spec.search_space.params)
@@ -54,11 +56,12 @@ def run_trial(
     seed = int(fingerprint({"seed": spec.seed, "arch": arch})[:8], 16)
     torch.manual_seed(seed)
     model = space.build(arch, data.input_shape, data.num_classes)
-    optimizer = _optimizer(model, spec.training)
+    optimizer = _optimizer(model, spec.training)  # before attach, so sparsifiers can reset its state
     x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     batch_size, epochs = spec.training.batch_size, spec.training.epochs
-    sparsifier.attach(model, epochs * math.ceil(len(x_train) / batch_size), space.layer_sparsity(arch))
+    total_steps = epochs * math.ceil(len(x_train) / batch_size)
+    sparsifier.attach(model, optimizer, total_steps, space.layer_sparsity(arch))
 
     shuffle = torch.Generator().manual_seed(seed)
     step, train_time = 0, 0.0
@@ -67,11 +70,12 @@ def run_trial(
         model.train()
         loss_sum = 0.0
         for batch in torch.randperm(len(x_train), generator=shuffle).split(batch_size):
+            step += 1
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
             loss.backward()
+            sparsifier.on_after_backward(model, step)
             optimizer.step()
-            step += 1
             sparsifier.on_step(model, step)
             loss_sum += loss.item() * len(batch)
         sparsifier.on_epoch_end(model, epoch)
@@ -88,18 +92,27 @@ def run_trial(
                 "accuracy": accuracy,
                 "sparsity": weight_sparsity(model),
                 "epoch_time_s": epoch_time,
+                **{f"density:{name}": density for name, density in weight_densities(model).items()},
+                **sparsifier.epoch_metrics(model),
             },
         )
 
-    latency = measure(model, data.input_shape, target=spec.target, batch_size=1)
+    # Latency is that of the sparse inference model (CSR or shrunk layers where they measure
+    # faster), which computes the same function as the trained masked model.
+    inference, decisions = to_inference(model, data.input_shape, batch_size=1, target=spec.target)
+    kernels = {decision["name"]: decision["kernel"] for decision in decisions}
+    latency = measure(inference, data.input_shape, target=spec.target, batch_size=1)
+    dense_latency = measure(model, data.input_shape, target=spec.target, batch_size=1)
     metrics = {
         **model_stats(model, data.input_shape),
         "accuracy": accuracy,
         "loss": test_loss,
         "latency_ms": latency["median_ms"],
         "latency_iqr_ms": latency["iqr_ms"],
+        "masked_latency_ms": dense_latency["median_ms"],
         "train_time_s": train_time,
     }
+    layers = [{**layer, "kernel": kernels.get(layer["name"])} for layer in layer_report(model, sparsifier)]
     metadata = {
         "search_space": spec.search_space.name,
         "search_space_params": json.dumps(spec.search_space.params, sort_keys=True),
@@ -108,7 +121,7 @@ def run_trial(
         "input_shape": json.dumps(list(data.input_shape)),
         "num_classes": str(data.num_classes),
     }
-    return TrialOutcome(metrics=metrics, layers=layer_report(model), model_bytes=save_model(model, metadata))
+    return TrialOutcome(metrics=metrics, layers=layers, model_bytes=save_model(model, metadata))
 
 
 def load_trained_model(model_bytes: bytes) -> nn.Module:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from nas.sparse.base import WeightSpec
+
 if TYPE_CHECKING:
     import optuna
     import torch
@@ -115,8 +117,18 @@ class SparseMLP:
         return nn.Sequential(OrderedDict(layers))
 
     def layer_sparsity(self, arch: dict[str, Any]) -> dict[str, float] | None:
-        """Per-layer sparsity targets keyed by module name, or ``None`` when the space does not search them."""
-        return self._parse(arch).sparsity
+        """Per-layer sparsity targets keyed by weight name (``"fc0.weight"``), or ``None`` when not searched."""
+        sparsity = self._parse(arch).sparsity
+        return None if sparsity is None else {f"{name}.weight": target for name, target in sparsity.items()}
+
+    def weight_specs(self, input_shape: tuple[int, ...], num_classes: int) -> list[WeightSpec]:
+        """Every Linear weight any architecture of the space can have, with its possible fan-ins."""
+        p = self.params
+        widths = frozenset(p.width_choices)
+        specs = [WeightSpec("fc0.weight", "linear", frozenset({math.prod(input_shape)}))]
+        specs += [WeightSpec(f"fc{i}.weight", "linear", widths) for i in range(1, p.max_depth)]
+        specs.append(WeightSpec("out.weight", "linear", widths))
+        return specs
 
     def _parse(self, arch: dict[str, Any]) -> _Arch:
         """Check ``arch`` against the space; ``ValueError`` names the first offending key."""

@@ -73,6 +73,7 @@ def test_mnist_loads_the_standard_splits(mnist) -> None:
     assert mnist.x_test.shape == (10_000, 1, 28, 28) and mnist.x_test.dtype == np.float32
     assert mnist.y_train.dtype == np.int64 and mnist.y_test.dtype == np.int64
     assert mnist.input_shape == (1, 28, 28) and mnist.num_classes == 10
+    assert MNIST(MNIST.Params(train_limit=5)).shape() == (mnist.input_shape, mnist.num_classes)
     assert mnist.y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # the original order
     assert mnist.y_test[:5].tolist() == [7, 2, 1, 0, 4]
     assert set(np.unique(mnist.y_train)) == set(range(10))
@@ -94,6 +95,11 @@ def test_mnist_params_are_validated() -> None:
         MNIST.Params(test_limit=10_001)
     with pytest.raises(ValidationError):
         MNIST.Params(download=True)
+
+
+def test_shape_needs_no_data_files() -> None:
+    assert MNIST(MNIST.Params()).shape() == ((1, 28, 28), 10)  # no data folder is given: shape() reads nothing
+    assert Digits(Digits.Params(test_fraction=0.5)).shape() == ((1, 8, 8), 10)
 
 
 def test_mnist_names_missing_files_and_where_they_belong(tmp_path: Path) -> None:
@@ -140,6 +146,7 @@ def test_digits_split_is_stratified_scaled_and_seeded() -> None:
     assert splits.x_train.shape == (1347, 1, 8, 8) and splits.x_test.shape == (450, 1, 8, 8)
     assert splits.x_train.dtype == np.float32 and splits.y_train.dtype == np.int64
     assert splits.input_shape == (1, 8, 8) and splits.num_classes == 10
+    assert Digits(Digits.Params()).shape() == (splits.input_shape, splits.num_classes)
     assert splits.x_train.min() == 0.0 and splits.x_train.max() == 1.0
     # Stratified: every class is held out in proportion to its size, to within one example.
     all_labels = np.concatenate([splits.y_train, splits.y_test])

@@ -45,7 +45,13 @@ def test_sample_build_round_trip(space: SparseMLP, seed: int) -> None:
     if space is DEFAULT:
         assert targets is None
     else:
-        assert targets == {name: arch[f"sparsity_{name}"] for name in linears}
+        assert targets == {f"{name}.weight": arch[f"sparsity_{name}"] for name in linears}
+
+    # every weight the architecture has is announced by weight_specs, with its actual fan-in
+    specs = {spec.name: spec for spec in space.weight_specs((1, 28, 28), 10)}
+    for name, layer in linears.items():
+        spec = specs[f"{name}.weight"]
+        assert spec.kind == "linear" and spec.kernel_size == 1 and layer.in_features in spec.in_features
 
 
 def test_samples_cover_the_space() -> None:
@@ -76,6 +82,15 @@ def test_build_uses_the_sampled_activation() -> None:
 def test_build_rejects_architectures_outside_the_space(arch: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DEFAULT.build(arch, (1, 8, 8), 10)
+
+
+def test_weight_specs_list_each_possible_weight_with_every_fan_in() -> None:
+    space = SparseMLP(SparseMLP.Params(min_depth=1, max_depth=2, width_choices=[32, 100]))
+    assert [(s.name, s.kind, sorted(s.in_features)) for s in space.weight_specs((1, 8, 8), 10)] == [
+        ("fc0.weight", "linear", [64]),
+        ("fc1.weight", "linear", [32, 100]),
+        ("out.weight", "linear", [32, 100]),
+    ]
 
 
 def test_layer_sparsity_keys_are_required_when_searched() -> None:

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 LENET = {"depth": 2, "width_0": 300, "width_1": 100, "activation": "relu"}
 FINAL_METRICS = {
     "accuracy", "loss", "sparsity", "nonzero_params", "params", "flops", "nonzero_flops",
-    "latency_ms", "latency_iqr_ms", "train_time_s",
+    "latency_ms", "latency_iqr_ms", "masked_latency_ms", "train_time_s",
 }  # fmt: skip
 
 
@@ -28,9 +28,12 @@ def test_lenet_on_digits_learns_and_hits_the_target_sparsity(data_dir: Path) -> 
     outcome = run_trial(job, LENET, data_dir, lambda epoch, metrics: reports.append((epoch, metrics)))
 
     assert [epoch for epoch, _ in reports] == [1, 2, 3]
+    densities = {"density:fc0.weight", "density:fc1.weight", "density:out.weight"}
     for _, metrics in reports:
-        assert metrics.keys() == {"train_loss", "loss", "accuracy", "sparsity", "epoch_time_s"}
+        assert metrics.keys() == {"train_loss", "loss", "accuracy", "sparsity", "epoch_time_s"} | densities
     assert reports[0][1]["sparsity"] == 0.0  # prune_at=0.5: dense for the first half
+    assert reports[0][1]["density:fc0.weight"] == 1.0
+    assert reports[-1][1]["density:fc1.weight"] == pytest.approx(0.1, abs=1e-4)
     assert reports[-1][1]["accuracy"] == outcome.metrics["accuracy"]
 
     metrics = outcome.metrics
@@ -41,9 +44,11 @@ def test_lenet_on_digits_learns_and_hits_the_target_sparsity(data_dir: Path) -> 
     assert metrics["nonzero_params"] < 0.11 * metrics["params"]
     assert metrics["nonzero_flops"] == pytest.approx(0.1 * metrics["flops"], rel=0.01)
     assert metrics["latency_ms"] > 0 and metrics["train_time_s"] > 0
-    assert [(layer["name"], layer["shape"]) for layer in outcome.layers] == [
-        ("fc0", [300, 64]), ("fc1", [100, 300]), ("out", [10, 100]),
+    assert [(layer["name"], layer["shape"], layer["pattern"]) for layer in outcome.layers] == [
+        ("fc0.weight", [300, 64], "unstructured"), ("fc1.weight", [100, 300], "unstructured"),
+        ("out.weight", [10, 100], "unstructured"),
     ]  # fmt: skip
+    assert all(layer["kernel"] in {"dense", "csr", "shrunk"} for layer in outcome.layers)
 
     # The serialised model alone rebuilds the trained, masked network.
     model = load_trained_model(outcome.model_bytes)

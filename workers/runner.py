@@ -41,6 +41,7 @@ logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERRO
 # Tune pickles its searcher, stopper and callbacks into its own experiment checkpoints. Ours
 # carry only the job id and find their runner here, so nothing unpicklable travels with them.
 _RUNNERS: dict[str, JobRunner] = {}
+_TUNE_REGISTRY_LOCK = threading.Lock()
 
 
 class _RunnerRef:
@@ -198,8 +199,13 @@ class JobRunner:
         if job.started_at is not None:
             elapsed = time.time() - job.started_at.timestamp()
         time_budget = None if spec.budget.timeout_s is None else max(spec.budget.timeout_s - elapsed, 0.001)
+        # Tune's trainable registry is process-global and not thread-safe; registering under a
+        # lock here means the jobs' own fits find the name and register nothing concurrently.
+        trainable_name = f"nas-job-{self.job_id}"
+        with _TUNE_REGISTRY_LOCK:
+            tune.register_trainable(trainable_name, tune.with_resources(self.trainable, {"cpu": 1}))
         tuner = tune.Tuner(
-            tune.with_resources(self.trainable, {"cpu": 1}),
+            trainable_name,
             tune_config=tune.TuneConfig(
                 search_alg=_StrategySearcher(self.job_id),
                 num_samples=-1,

@@ -40,5 +40,9 @@ class Dataset(ABC):
         """
 
     @abstractmethod
+    def shape(self) -> tuple[tuple[int, ...], int]:
+        """``(input_shape, num_classes)`` without loading anything, for checking a job at submission."""
+
+    @abstractmethod
     def load(self, data_dir: Path) -> DataSplits:
         """The splits, read from ``data_dir``."""

@@ -21,6 +21,9 @@ class Digits(Dataset):
 
     params: Params
 
+    def shape(self) -> tuple[tuple[int, ...], int]:
+        return (1, 8, 8), 10
+
     def load(self, data_dir: Path) -> DataSplits:
         """The digits scaled to [0, 1] (pixels are 0..16); ``data_dir`` is unused, they ship with scikit-learn."""
         import numpy as np
@@ -33,4 +36,5 @@ class Digits(Dataset):
         x_train, x_test, y_train, y_test = train_test_split(
             x, y, test_size=self.params.test_fraction, random_state=self.params.split_seed, stratify=y
         )
-        return DataSplits(x_train, y_train, x_test, y_test, input_shape=(1, 8, 8), num_classes=10)
+        input_shape, num_classes = self.shape()
+        return DataSplits(x_train, y_train, x_test, y_test, input_shape=input_shape, num_classes=num_classes)

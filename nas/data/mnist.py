@@ -36,6 +36,9 @@ class MNIST(Dataset):
 
     params: Params
 
+    def shape(self) -> tuple[tuple[int, ...], int]:
+        return (1, 28, 28), 10
+
     def check_available(self, data_dir: Path) -> None:
         folder = Path(data_dir) / "mnist"
         missing = [name for name in FILES.values() if not (folder / name).is_file()]
@@ -52,7 +55,8 @@ class MNIST(Dataset):
         folder = Path(data_dir) / "mnist"
         x_train, y_train = _read_split(folder, "train", self.params.train_limit)
         x_test, y_test = _read_split(folder, "test", self.params.test_limit)
-        return DataSplits(x_train, y_train, x_test, y_test, input_shape=(1, 28, 28), num_classes=10)
+        input_shape, num_classes = self.shape()
+        return DataSplits(x_train, y_train, x_test, y_test, input_shape=input_shape, num_classes=num_classes)
 
 
 def _read_split(folder: Path, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,6 @@ Importing this package (or a sparsifier plug-in) does not import torch; the torc
 plug-ins import when they run.
 """
 
-from nas.sparse.base import Sparsifier
+from nas.sparse.base import Sparsifier, WeightSpec
 
-__all__ = ["Sparsifier"]
+__all__ = ["Sparsifier", "WeightSpec"]

@@ -1,30 +1,63 @@
-"""The sparsifier contract: hooks the trainer calls around training."""
+"""The sparsifier contract: hooks the trainer calls around training, and the submission-time check."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
+
+ALL_KINDS: frozenset[str] = frozenset({"linear", "conv2d", "lstm", "gru", "rnn"})
+
+Problem = tuple[tuple[str | int, ...], str]
+"""A location inside the sparsifier spec (e.g. ``("params", "m")``) and what is wrong there."""
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One prunable weight a search space can produce, across all of its architectures.
+
+    Lets a sparsifier refuse a job at submission (``Sparsifier.check``) without building a model.
+    """
+
+    name: str  # state_dict path, e.g. "fc1.weight"
+    kind: str  # "linear" | "conv2d" | "lstm" | "gru" | "rnn"
+    in_features: frozenset[int]  # possible fan-in per output unit along the input-channel axis
+    kernel_size: int = 1  # Conv2d kh*kw, 1 otherwise
 
 
 class Sparsifier:
     """Base class of registered sparsifiers; every hook is a no-op, so subclasses override only what they use.
 
-    The trainer calls ``attach`` once before training, ``on_step`` after every optimizer step,
-    ``on_epoch_end`` after every epoch and ``finalize`` once after the last step, before the
-    final evaluation. Prunable weights are those of ``Linear`` and ``Conv2d`` layers.
+    Per step the trainer calls ``zero_grad``, forward, ``backward``, ``on_after_backward``,
+    ``optimizer.step()``, ``on_step``; ``attach`` comes once before training (after the
+    optimizer is built), ``on_epoch_end`` after every epoch and ``finalize`` once after the last
+    step, before the final evaluation. Weights are named by their ``state_dict`` path
+    (``"fc0.weight"``, ``"rnn.weight_hh_l0"``); see :mod:`nas.sparse.masks`.
     """
 
     Params: ClassVar[type[BaseModel]]
+    supported_kinds: ClassVar[frozenset[str]] = ALL_KINDS
+    pattern: ClassVar[str] = "unstructured"
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
 
-    def attach(self, model: nn.Module, total_steps: int, layer_sparsity: dict[str, float] | None) -> None:
-        """Prepare for ``total_steps`` optimizer steps; ``layer_sparsity`` maps layer names to targets."""
+    def attach(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        layer_sparsity: dict[str, float] | None,
+    ) -> None:
+        """Prepare for ``total_steps`` optimizer steps; ``layer_sparsity`` maps weight names to target sparsities."""
+
+    def on_after_backward(self, model: nn.Module, step: int) -> None:
+        """After ``loss.backward()`` of step ``step`` (1-based), before ``optimizer.step()``."""
 
     def on_step(self, model: nn.Module, step: int) -> None:
         """After optimizer step number ``step`` (1 .. total_steps)."""
@@ -34,3 +67,23 @@ class Sparsifier:
 
     def finalize(self, model: nn.Module) -> None:
         """After training; the masks must be final when this returns."""
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Extra metrics the trainer reports after every epoch (e.g. mask flips); none by default."""
+        return {}
+
+    def pattern_of(self, name: str) -> str:
+        """How the masked weight ``name`` is reported in the trial's layers: ``"unstructured"``, ``"2:4"``, ..."""
+        return self.pattern
+
+    def check(self, weights: list[WeightSpec]) -> list[Problem]:
+        """Problems running on ``weights``, each located inside the sparsifier spec; none means compatible.
+
+        The default refuses weight kinds outside ``supported_kinds``.
+        """
+        return [
+            (("name",), f"{w.name} is a {w.kind} weight, which this sparsifier does not support "
+             f"(supported: {', '.join(sorted(self.supported_kinds))})")
+            for w in weights
+            if w.kind not in self.supported_kinds
+        ]  # fmt: skip

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from nas.sparse.base import Sparsifier
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 
@@ -40,14 +41,13 @@ class MagnitudePruning(Sparsifier):
         self._layer_sparsity: dict[str, float] = {}
         self._pruned = False
 
-    def attach(self, model: nn.Module, total_steps: int, layer_sparsity: dict[str, float] | None) -> None:
-        """Layers named in ``layer_sparsity`` get their own target, in either scope; the rest get ``sparsity``."""
-        from nas.sparse.masks import prunable_layers
+    def attach(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int, layer_sparsity: dict[str, float] | None
+    ) -> None:
+        """Weights named in ``layer_sparsity`` get their own target, in either scope; the rest get ``sparsity``."""
+        from nas.sparse.masks import checked_targets
 
-        unknown = sorted(set(layer_sparsity or {}) - set(prunable_layers(model)))
-        if unknown:
-            raise ValueError(f"layer_sparsity names layers the model has no prunable weight for: {unknown}")
-        self._layer_sparsity = dict(layer_sparsity or {})
+        self._layer_sparsity = checked_targets(model, layer_sparsity)
         self._prune_step = round(self.params.prune_at * total_steps)
         self._pruned = False
         if self._prune_step == 0:
@@ -62,17 +62,7 @@ class MagnitudePruning(Sparsifier):
             self._prune(model)
 
     def _prune(self, model: nn.Module) -> None:
-        from nas.sparse.masks import magnitude_masks, prunable_layers, set_mask
+        from nas.sparse.masks import magnitude_prune
 
-        layers = prunable_layers(model)
-        weights = {name: layer.weight for name, layer in layers.items()}
-        default = self.params.sparsity
-        if self.params.scope == "layer":
-            groups = [({name: w}, self._layer_sparsity.get(name, default)) for name, w in weights.items()]
-        else:
-            groups = [({name: weights[name]}, target) for name, target in self._layer_sparsity.items()]
-            groups.append(({name: w for name, w in weights.items() if name not in self._layer_sparsity}, default))
-        for group, target in groups:
-            for name, mask in magnitude_masks(group, target).items():
-                set_mask(layers[name], mask)
+        magnitude_prune(model, self.params.sparsity, self._layer_sparsity, self.params.scope)
         self._pruned = True

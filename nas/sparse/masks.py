@@ -2,7 +2,10 @@
 
 Because the mask multiplies the weight inside the forward pass, masked weights stay exactly zero
 whatever the optimizer does to the underlying parameter (momentum, Adam moments, weight decay),
-and their gradients are exactly zero too.
+and their gradients are exactly zero too. The same holds for the weights of ``nn.LSTM``,
+``nn.GRU`` and ``nn.RNN``, which read their (parametrized) weights on every forward pass.
+
+A prunable weight is named by its ``state_dict`` path: ``"fc0.weight"``, ``"rnn.weight_hh_l0"``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-PRUNABLE = (nn.Linear, nn.Conv2d)
+_KINDS: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.Linear, "linear"),
+    (nn.Conv2d, "conv2d"),
+    (nn.LSTM, "lstm"),
+    (nn.GRU, "gru"),
+    (nn.RNN, "rnn"),
+)
 
 
 class WeightMask(nn.Module):
@@ -25,46 +34,87 @@ class WeightMask(nn.Module):
         return weight * self.mask
 
 
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The ``Linear`` and ``Conv2d`` layers of ``model`` by ``named_modules`` name, in module order."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, PRUNABLE)}
+def weight_kind(module: nn.Module) -> str:
+    """``"linear"``, ``"conv2d"``, ``"lstm"``, ``"gru"`` or ``"rnn"``; ``ValueError`` for other modules."""
+    for cls, kind in _KINDS:
+        if isinstance(module, cls):
+            return kind
+    raise ValueError(f"{type(module).__name__} has no prunable weights")
 
 
-def get_mask(layer: nn.Module) -> torch.Tensor | None:
-    """The 0/1 mask on ``layer.weight``, or ``None`` if it has none."""
-    if not parametrize.is_parametrized(layer, "weight"):
+def _weight_attrs(module: nn.Module) -> list[str]:
+    """The prunable weight attributes of one module: ``weight``, or an RNN's input and recurrent weights."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        return ["weight"]
+    if isinstance(module, nn.RNNBase):
+        return [n for n in module._flat_weights_names if n.startswith(("weight_ih_l", "weight_hh_l"))]
+    return []
+
+
+def prunable_weights(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Every prunable weight of ``model``, ``name -> (owning module, attribute)``, in module order.
+
+    Biases (and LSTM projection weights) are never pruned.
+    """
+    return {
+        f"{prefix}.{attr}" if prefix else attr: (module, attr)
+        for prefix, module in model.named_modules()
+        for attr in _weight_attrs(module)
+    }
+
+
+def raw_weight(module: nn.Module, attr: str) -> nn.Parameter:
+    """The trainable tensor behind ``module.<attr>``: the parametrization's ``original`` when there is one."""
+    if parametrize.is_parametrized(module, attr):
+        return module.parametrizations[attr].original
+    return getattr(module, attr)
+
+
+def get_mask(module: nn.Module, attr: str) -> torch.Tensor | None:
+    """The current 0/1 mask of ``module.<attr>`` from any parametrization on it with a ``mask``, else ``None``."""
+    if not parametrize.is_parametrized(module, attr):
         return None
-    return next((p.mask for p in layer.parametrizations.weight if isinstance(p, WeightMask)), None)
+    return next((p.mask for p in module.parametrizations[attr] if getattr(p, "mask", None) is not None), None)
 
 
 def masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every mask in ``model``, keyed by the name of the layer it masks."""
-    return {name: mask for name, module in model.named_modules() if (mask := get_mask(module)) is not None}
+    """Every mask in ``model``, keyed by the name of the weight it masks."""
+    return {
+        name: mask
+        for name, (module, attr) in prunable_weights(model).items()
+        if (mask := get_mask(module, attr)) is not None
+    }
 
 
-def set_mask(layer: nn.Module, mask: torch.Tensor) -> None:
-    """Mask ``layer.weight`` with ``mask`` (nonzero = keep), replacing an earlier mask.
+def set_mask(module: nn.Module, attr: str, mask: torch.Tensor) -> None:
+    """Mask ``module.<attr>`` with ``mask`` (nonzero = keep), replacing an earlier ``WeightMask``.
 
     The underlying parameter is zeroed where masked too, so it is clean however it is read later;
     it stays the same ``Parameter`` object, so an optimizer built earlier keeps updating it.
     """
-    weight = layer.weight
+    weight = raw_weight(module, attr)
     if mask.shape != weight.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match weight shape {tuple(weight.shape)}")
     mask = mask.detach().to(device=weight.device).bool().to(weight.dtype)
     with torch.no_grad():
-        current = get_mask(layer)
+        current = _weight_mask(module, attr)
         if current is None:
-            parametrize.register_parametrization(layer, "weight", WeightMask(mask))
+            parametrize.register_parametrization(module, attr, WeightMask(mask))
         else:
-            current.copy_(mask)
-        layer.parametrizations.weight.original.mul_(mask)
+            current.mask.copy_(mask)
+        weight.mul_(mask)
+
+
+def _weight_mask(module: nn.Module, attr: str) -> WeightMask | None:
+    if not parametrize.is_parametrized(module, attr):
+        return None
+    return next((p for p in module.parametrizations[attr] if isinstance(p, WeightMask)), None)
 
 
 def strip_masks(model: nn.Module) -> nn.Module:
-    """Bake every mask into its weight and drop the parametrization, leaving plain layers (e.g. for export)."""
-    for name in masks(model):
-        parametrize.remove_parametrizations(model.get_submodule(name), "weight", leave_parametrized=True)
+    """Bake every masked weight into a plain parameter and drop its parametrizations (e.g. for export)."""
+    for module, attr in [prunable_weights(model)[name] for name in masks(model)]:
+        parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     return model
 
 
@@ -72,7 +122,8 @@ def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[s
     """Boolean keep-masks zeroing exactly ``round(sparsity * n)`` of the smallest-magnitude entries.
 
     ``n`` counts all the given weights together, so one weight gives layer-wise pruning and
-    several give a single global threshold. Ties are broken by position, so the count is exact.
+    several give a single global threshold (Han et al., 2015). Ties are broken by position, so
+    the count is exact.
     """
     if not weights:
         return {}
@@ -81,3 +132,30 @@ def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[s
     keep[torch.argsort(flat, stable=True)[: round(sparsity * flat.numel())]] = False
     parts = keep.split([w.numel() for w in weights.values()])
     return {name: part.view_as(w) for (name, w), part in zip(weights.items(), parts)}
+
+
+def checked_targets(model: nn.Module, layer_sparsity: dict[str, float] | None) -> dict[str, float]:
+    """``layer_sparsity`` as a dict, after checking that it names only prunable weights of ``model``."""
+    unknown = sorted(set(layer_sparsity or {}) - set(prunable_weights(model)))
+    if unknown:
+        raise ValueError(f"layer_sparsity names weights the model does not have: {unknown}")
+    return dict(layer_sparsity or {})
+
+
+def magnitude_prune(model: nn.Module, sparsity: float, overrides: dict[str, float], scope: str) -> None:
+    """Mask the smallest-magnitude weights of ``model``: ``overrides`` give some weights their own sparsity.
+
+    ``scope="layer"``: every other weight loses ``sparsity`` of its entries; ``"global"``: one
+    threshold over all the other weights together. Magnitudes are those the forward pass sees, so
+    weights masked before are the first to go again.
+    """
+    owners = prunable_weights(model)
+    weights = {name: getattr(module, attr) for name, (module, attr) in owners.items()}
+    if scope == "layer":
+        groups = [({name: w}, overrides.get(name, sparsity)) for name, w in weights.items()]
+    else:
+        groups = [({name: weights[name]}, target) for name, target in overrides.items()]
+        groups.append(({name: w for name, w in weights.items() if name not in overrides}, sparsity))
+    for group, target in groups:
+        for name, mask in magnitude_masks(group, target).items():
+            set_mask(*owners[name], mask)

@@ -1,8 +1,11 @@
-"""A trained masked model as safetensors bytes: the effective weights plus each layer's mask.
+"""A trained masked model as safetensors bytes: the effective weights plus each weight's mask.
 
-The file holds plain ``state_dict`` names (``fc0.weight``, ``fc0.bias``), with masked weights as
-the forward pass sees them and ``<layer>.weight_mask`` beside them, so any safetensors reader
-gets a usable dense-with-zeros model, and :func:`load_model` restores the masks exactly.
+The file holds plain ``state_dict`` names (``fc0.weight``, ``fc0.bias``, ``rnn.weight_hh_l0``),
+with parametrized weights as the forward pass sees them and ``<weight name>_mask`` beside each
+masked one (``fc0.weight_mask``, ``rnn.weight_hh_l0_mask``), so any safetensors reader gets a
+usable dense-with-zeros model, and :func:`load_model` restores the masks exactly, as hard
+``WeightMask`` parametrizations. Method-specific parametrization state (e.g. scores) is not kept:
+the saved model is the final masked network.
 """
 
 from __future__ import annotations
@@ -12,14 +15,11 @@ import struct
 
 import safetensors.torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from nas.sparse.masks import masks, set_mask
+from nas.sparse.masks import masks, prunable_weights, set_mask
 
-_MASK_SUFFIX = "weight_mask"
-
-
-def _key(layer: str, attr: str) -> str:
-    return f"{layer}.{attr}" if layer else attr
+_MASK_SUFFIX = "_mask"
 
 
 def _is_parametrization_key(key: str) -> bool:
@@ -27,11 +27,14 @@ def _is_parametrization_key(key: str) -> bool:
 
 
 def save_model(model: nn.Module, metadata: dict[str, str]) -> bytes:
-    """Safetensors bytes of ``model`` (masked weights and masks) with string ``metadata``."""
+    """Safetensors bytes of ``model`` (effective weights and masks) with string ``metadata``."""
     tensors = {k: v for k, v in model.state_dict().items() if not _is_parametrization_key(k)}
+    for prefix, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for attr in module.parametrizations:
+                tensors[f"{prefix}.{attr}" if prefix else attr] = getattr(module, attr).detach()
     for name, mask in masks(model).items():
-        tensors[_key(name, "weight")] = model.get_submodule(name).weight.detach()
-        tensors[_key(name, _MASK_SUFFIX)] = mask.bool()
+        tensors[name + _MASK_SUFFIX] = mask.bool()
     return safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
 
 
@@ -41,18 +44,17 @@ def load_model(model: nn.Module, data: bytes) -> None:
     Raises ``ValueError`` if the file's tensors do not match the model's.
     """
     tensors = safetensors.torch.load(data)
-    for mask_key in [k for k in tensors if k.rpartition(".")[2] == _MASK_SUFFIX]:
-        layer_name = mask_key.rpartition(".")[0]
-        try:
-            layer = model.get_submodule(layer_name)
-        except AttributeError:
-            raise ValueError(f"model file masks {layer_name!r}, which the model does not have") from None
-        weight_key = _key(layer_name, "weight")
-        if weight_key not in tensors:
-            raise ValueError(f"model file has {mask_key!r} but no {weight_key!r}")
-        set_mask(layer, tensors.pop(mask_key))
+    weights = prunable_weights(model)
+    masked = sorted(name for k in tensors if k.endswith(_MASK_SUFFIX) and (name := k.removesuffix(_MASK_SUFFIX)) in tensors)
+    unknown = [name for name in masked if name not in weights]
+    if unknown:
+        raise ValueError(f"model file masks {unknown}, which the model does not have as prunable weights")
+    for name in masked:
+        module, attr = weights[name]
+        set_mask(module, attr, tensors.pop(name + _MASK_SUFFIX))
         # Under a mask the stored weight is the parametrization's original.
-        tensors[_key(layer_name, "parametrizations.weight.original")] = tensors.pop(weight_key)
+        prefix = name.removesuffix(attr)
+        tensors[f"{prefix}parametrizations.{attr}.original"] = tensors.pop(name)
     mask_buffers = {k for k in model.state_dict() if _is_parametrization_key(k) and not k.endswith(".original")}
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = sorted(set(missing) - mask_buffers)
@@ -68,4 +70,3 @@ def read_metadata(data: bytes) -> dict[str, str]:
     if len(data) < 8 + header_len:
         raise ValueError("not a safetensors file: header runs past the end")
     return json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-

@@ -330,7 +330,8 @@ class Store:
             trial = self._trial(row, has_model=trial_id in self._has_model(s, [trial_id]))
             trial.history = [EpochMetrics(epoch=h.epoch, metrics=h.metrics) for h in history]
             trial.layers = [
-                LayerInfo(name=l.name, shape=l.shape, density=l.density, pattern=l.pattern) for l in layers
+                LayerInfo(name=l.name, shape=l.shape, density=l.density, pattern=l.pattern, kernel=l.kernel)
+                for l in layers
             ]
             return trial
 

@@ -127,6 +127,7 @@ class TrialLayerRow(Base):
     shape: Mapped[list[Any]]
     density: Mapped[float] = mapped_column(Float)
     pattern: Mapped[str] = mapped_column(String(32))
+    kernel: Mapped[str | None] = mapped_column(String(32))
 
 
 class ArtifactRow(Base):
