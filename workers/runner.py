@@ -321,14 +321,18 @@ class JobRunner:
             self.store.set_best_trial(self.job_id, best.id)
 
     def trial_ended(self, trial_id: str) -> None:
-        """Tune ended a trial; one that never sent its final report has failed."""
-        trial = self.store.get_trial(trial_id)
-        if trial.state is TrialState.running and self.stop_reason is None:
-            self._finished(
-                self.store.finish_trial(trial_id, TrialState.failed, error="the trial ended without its final report")
-            )
+        """Tune ended a trial; one still live never sent its final report, so it has failed."""
         with self._lock:
-            self._live.discard(trial_id)
+            unreported = trial_id in self._live
+        try:
+            if unreported and self.stop_reason is None:
+                failed = self.store.finish_trial(
+                    trial_id, TrialState.failed, error="the trial ended without its final report"
+                )
+                self._finished(failed)
+        finally:
+            with self._lock:
+                self._live.discard(trial_id)
 
     def trial_errored(self, trial_id: str, error: str) -> None:
         trial = self.store.get_trial(trial_id)
