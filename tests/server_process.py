@@ -41,11 +41,12 @@ class ServerProcess:
         assert result.returncode == 0, result.stderr
         return result.stdout.strip().splitlines()[-1]
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, *args: str, timeout: float = 120.0) -> None:
+        """Start ``nas serve`` with extra ``args`` and wait until it answers."""
         self._starts += 1
         log = open(self.home / f"serve-{self._starts}.log", "wb")
         self.process = subprocess.Popen(
-            ["nas", "serve", "--port", str(self.port)], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            ["nas", "serve", "--port", str(self.port), *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

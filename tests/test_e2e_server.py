@@ -8,6 +8,7 @@ trial.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,6 +93,18 @@ def check_complete_job(client: Client, job_id: str, n_trials: int, min_accuracy:
         assert trial.layers and all(0 < layer.density <= 1 for layer in trial.layers)
         assert trial.has_model and trial.node_id
     assert job.best_trial_id in {t.id for t in trials}
+
+
+def test_the_demo_search_of_the_quick_start_finishes(server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory()
+    server.start("--demo")
+    match = re.search(r"NAS_API_KEY=(\S+) nas trials (\w+)", server.log())
+    assert match, server.log()[-3000:]
+    key, job_id = match.groups()
+    with Client(server.url, key) as client:
+        job = client.wait(job_id, progress=False, poll_s=1, timeout=600)
+        assert job.status is JobStatus.succeeded, job.error
+        assert job.n_complete == job.spec["budget"]["max_trials"]
 
 
 def test_digits_job_on_sqlite_via_cli(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
