@@ -26,6 +26,14 @@ def weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {name: tuple(getattr(module, attr).shape) for name, (module, attr) in prunable_weights(model).items()}
 
 
+def random_keep(weight: torch.Tensor, density: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Boolean mask of ``weight``'s shape keeping :func:`keep_count` entries, drawn uniformly from ``generator``
+    (torch's global generator if ``None``)."""
+    keep = torch.zeros(weight.numel(), dtype=torch.bool)
+    keep[torch.randperm(weight.numel(), generator=generator)[: keep_count(weight.numel(), density)]] = True
+    return keep.view(weight.shape)
+
+
 class DynamicMasks:
     """The masks of one model under dynamic sparse training, and the optimizer whose state they reset.
 
@@ -49,11 +57,7 @@ class DynamicMasks:
         self._grads: dict[str, torch.Tensor] = {}
         self._hooks: list[RemovableHandle] = []
         for name, (module, attr) in self._weights.items():
-            weight = getattr(module, attr)
-            keep = torch.zeros(weight.numel(), dtype=torch.bool)
-            chosen = torch.randperm(weight.numel(), generator=generator)[: keep_count(weight.numel(), densities[name])]
-            keep[chosen] = True
-            set_mask(module, attr, keep.view(weight.shape))
+            set_mask(module, attr, random_keep(getattr(module, attr), densities[name], generator))
             if capture_gradients:
                 parametrization = module.parametrizations[attr]
                 self._hooks.append(parametrization.register_forward_hook(self._retainer(name)))

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nas.sparse.stats import run_hooked
+
 _LAYERS = (nn.Linear, nn.Conv2d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _CHANNELWISE = (
@@ -89,12 +91,7 @@ def _output_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Mo
         shapes.setdefault(module, output.shape)
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, _LAYERS)]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_hooked(model, input_shape, hooks)
     return shapes
 
 

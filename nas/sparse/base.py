@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -87,3 +88,45 @@ class Sparsifier:
             for w in weights
             if w.kind not in self.supported_kinds
         ]  # fmt: skip
+
+
+class OneShotSparsifier(Sparsifier, ABC):
+    """Prunes once, after ``round(params.prune_at * total_steps)`` optimizer steps, then fine-tunes under that mask.
+
+    Subclasses implement :meth:`_prune` and have a ``prune_at`` fraction in their ``Params``; one
+    that overrides ``attach`` sets up what ``_prune`` needs first, then calls ``super().attach``.
+    """
+
+    def __init__(self, params: BaseModel) -> None:
+        super().__init__(params)
+        self._prune_step = 0
+        self._pruned = False
+
+    def attach(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        layer_sparsity: dict[str, float] | None,
+    ) -> None:
+        """Fix the pruning step for ``total_steps``; a pruning step of 0 prunes here, before training."""
+        self._prune_step = round(self.params.prune_at * total_steps)
+        self._pruned = False
+        if self._prune_step == 0:
+            self._prune_once(model)
+
+    def on_step(self, model: nn.Module, step: int) -> None:
+        if not self._pruned and step >= self._prune_step:
+            self._prune_once(model)
+
+    def finalize(self, model: nn.Module) -> None:
+        if not self._pruned:  # training ran fewer steps than announced
+            self._prune_once(model)
+
+    def _prune_once(self, model: nn.Module) -> None:
+        self._prune(model)
+        self._pruned = True
+
+    @abstractmethod
+    def _prune(self, model: nn.Module) -> None:
+        """Mask ``model``: runs once per training run, at the pruning step or else in ``finalize``."""

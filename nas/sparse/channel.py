@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nas.sparse.base import Sparsifier
+from nas.sparse.base import OneShotSparsifier
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 
-class ChannelPruning(Sparsifier):
+class ChannelPruning(OneShotSparsifier):
     """Masks whole output rows of ``Linear`` and output channels of ``Conv2d`` weights once, then fine-tunes.
 
     ``layer_sparsity`` entries set a weight's own fraction of units removed; one naming the
@@ -56,10 +56,8 @@ class ChannelPruning(Sparsifier):
 
     def __init__(self, params: Params) -> None:
         super().__init__(params)
-        self._prune_step = 0
         self._layer_sparsity: dict[str, float] = {}
         self._batchnorms: list[nn.Module] = []
-        self._pruned = False
 
     def attach(
         self,
@@ -72,12 +70,9 @@ class ChannelPruning(Sparsifier):
         from nas.sparse.masks import checked_targets
 
         self._layer_sparsity = checked_targets(model, layer_sparsity)
-        self._prune_step = round(self.params.prune_at * total_steps)
         use_slimming = self.params.criterion == "bn" and self.params.slimming > 0
         self._batchnorms = list(following_batchnorms(model).values()) if use_slimming else []
-        self._pruned = False
-        if self._prune_step == 0:
-            self._prune(model)
+        super().attach(model, optimizer, total_steps, layer_sparsity)
 
     def on_after_backward(self, model: nn.Module, step: int) -> None:
         if not self._pruned and self._batchnorms:
@@ -85,16 +80,7 @@ class ChannelPruning(Sparsifier):
 
             slimming_penalty(self._batchnorms, self.params.slimming)
 
-    def on_step(self, model: nn.Module, step: int) -> None:
-        if not self._pruned and step >= self._prune_step:
-            self._prune(model)
-
-    def finalize(self, model: nn.Module) -> None:
-        if not self._pruned:  # training ran fewer steps than announced
-            self._prune(model)
-
     def _prune(self, model: nn.Module) -> None:
         from nas.sparse._channel import prune_channels
 
         prune_channels(model, self.params.sparsity, self._layer_sparsity, self.params.criterion)
-        self._pruned = True

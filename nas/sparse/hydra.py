@@ -150,18 +150,14 @@ class Hydra(Sparsifier):
 
     def _fix_masks(self, model: nn.Module) -> None:
         """Replace every score mask by a hard mask; drop the scores from the optimizer; unfreeze the weights."""
-        from torch.nn.utils import parametrize
-
         from nas.sparse.layers import get_score_mask
-        from nas.sparse.masks import prunable_weights, set_mask
+        from nas.sparse.masks import harden_mask, prunable_weights
 
         scores: set[int] = set()
         for module, attr in prunable_weights(model).values():
             parametrization = get_score_mask(module, attr)
-            mask = parametrization.mask
             scores.add(id(parametrization.scores))
-            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-            set_mask(module, attr, mask)
+            harden_mask(module, attr, parametrization.mask)
         optimizer = self._optimizer
         for group in list(optimizer.param_groups):
             for p in [p for p in group["params"] if id(p) in scores]:

@@ -26,6 +26,7 @@ from nas.latency import TARGETS, measure
 from nas.sparse._csr import csr_layer
 from nas.sparse._shrink import shrink
 from nas.sparse.masks import prunable_weights
+from nas.sparse.stats import run_hooked
 
 KERNELS = ("dense", "csr", "shrunk")
 _LAYERS = (nn.Linear, nn.Conv2d)
@@ -154,13 +155,8 @@ def _input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Mod
     def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         shapes.setdefault(module, tuple(args[0].shape[1:]))
 
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, _LAYERS)]
+    run_hooked(model, input_shape, hooks)
     return shapes
 
 

@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nas.sparse.base import Sparsifier
+from nas.sparse.base import OneShotSparsifier
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 
-class MagnitudePruning(Sparsifier):
+class MagnitudePruning(OneShotSparsifier):
     """Zeroes the smallest-magnitude weights once, part-way through training, then fine-tunes under that mask."""
 
     class Params(BaseModel):
@@ -37,9 +37,7 @@ class MagnitudePruning(Sparsifier):
 
     def __init__(self, params: Params) -> None:
         super().__init__(params)
-        self._prune_step = 0
         self._layer_sparsity: dict[str, float] = {}
-        self._pruned = False
 
     def attach(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int, layer_sparsity: dict[str, float] | None
@@ -48,21 +46,9 @@ class MagnitudePruning(Sparsifier):
         from nas.sparse.masks import checked_targets
 
         self._layer_sparsity = checked_targets(model, layer_sparsity)
-        self._prune_step = round(self.params.prune_at * total_steps)
-        self._pruned = False
-        if self._prune_step == 0:
-            self._prune(model)
-
-    def on_step(self, model: nn.Module, step: int) -> None:
-        if not self._pruned and step >= self._prune_step:
-            self._prune(model)
-
-    def finalize(self, model: nn.Module) -> None:
-        if not self._pruned:  # training ran fewer steps than announced
-            self._prune(model)
+        super().attach(model, optimizer, total_steps, layer_sparsity)
 
     def _prune(self, model: nn.Module) -> None:
         from nas.sparse.masks import magnitude_prune
 
         magnitude_prune(model, self.params.sparsity, self._layer_sparsity, self.params.scope)
-        self._pruned = True

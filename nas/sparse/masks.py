@@ -105,6 +105,17 @@ def set_mask(module: nn.Module, attr: str, mask: torch.Tensor) -> None:
         weight.mul_(mask)
 
 
+def harden_mask(module: nn.Module, attr: str, mask: torch.Tensor) -> None:
+    """Replace every parametrization on ``module.<attr>`` by a hard :class:`WeightMask` of ``mask``.
+
+    For fixing the mask of a parametrization that computes its own (scores, N:M): given the mask
+    that parametrization applies, the forward pass sees the same values before and after. The
+    weight goes back to its underlying parameter, the same ``Parameter`` object (see :func:`set_mask`).
+    """
+    parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+    set_mask(module, attr, mask)
+
+
 def _weight_mask(module: nn.Module, attr: str) -> WeightMask | None:
     if not parametrize.is_parametrized(module, attr):
         return None

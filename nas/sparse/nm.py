@@ -95,14 +95,11 @@ class NM(Sparsifier):
 
     def finalize(self, model: nn.Module) -> None:
         """Fix each weight's N:M mask of its final dense values as a hard mask."""
-        from torch.nn.utils import parametrize
-
-        from nas.sparse.masks import prunable_weights, set_mask
+        from nas.sparse.masks import harden_mask, prunable_weights
 
         final = self._masks(model)
         for name, (module, attr) in prunable_weights(model).items():
-            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-            set_mask(module, attr, final[name])
+            harden_mask(module, attr, final[name])
 
     def pattern_of(self, name: str) -> str:
         return f"{self.params.n}:{self.params.m}"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from nas.sparse.base import Sparsifier
-from nas.sparse.rigl import Distribution, keep_count, target_densities
+from nas.sparse.rigl import Distribution, target_densities
 
 if TYPE_CHECKING:
     import torch
@@ -41,17 +41,11 @@ class RandomMask(Sparsifier):
         """Mask every weight at random; weights named in ``layer_sparsity`` get their own sparsity, the rest
         share ``sparsity`` by ``distribution``. Drawn from torch's global generator, which the trainer seeds
         per trial, so a trial reproduces its masks."""
-        import torch
-
+        from nas.sparse._dst import random_keep, weight_shapes
         from nas.sparse.masks import checked_targets, prunable_weights, set_mask
 
-        weights = prunable_weights(model)
-        shapes = {name: tuple(getattr(m, attr).shape) for name, (m, attr) in weights.items()}
         densities = target_densities(
-            shapes, self.params.sparsity, self.params.distribution, checked_targets(model, layer_sparsity)
+            weight_shapes(model), self.params.sparsity, self.params.distribution, checked_targets(model, layer_sparsity)
         )
-        for name, (module, attr) in weights.items():
-            numel = getattr(module, attr).numel()
-            keep = torch.zeros(numel, dtype=torch.bool)
-            keep[torch.randperm(numel)[: keep_count(numel, densities[name])]] = True
-            set_mask(module, attr, keep.view_as(getattr(module, attr)))
+        for name, (module, attr) in prunable_weights(model).items():
+            set_mask(module, attr, random_keep(getattr(module, attr), densities[name]))

@@ -6,6 +6,7 @@ parametrization — a hard mask or a method's own scores — is accounted for.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,6 +17,8 @@ from torch.nn.utils.rnn import PackedSequence
 from nas.sparse.masks import get_mask, prunable_weights
 
 if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
+
     from nas.sparse.base import Sparsifier
 
 
@@ -55,6 +58,17 @@ def _time_steps(inputs: tuple[Any, ...]) -> int:
     return x.shape[:-1].numel()  # (seq, batch), (batch, seq) or unbatched (seq,)
 
 
+def run_hooked(model: nn.Module, input_shape: tuple[int, ...], hooks: Iterable[RemovableHandle]) -> None:
+    """Pass one all-zero example of ``input_shape`` (batch size 1) through ``model`` without gradients,
+    then remove ``hooks`` (the hooks registered to observe that pass), even if it raised."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def model_stats(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
     """``params``, ``nonzero_params``, ``sparsity``, ``flops`` and ``nonzero_flops`` of ``model``.
 
@@ -84,11 +98,8 @@ def model_stats(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, flo
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+        run_hooked(model, input_shape, handles)
     finally:
-        for handle in handles:
-            handle.remove()
         model.train(was_training)
     return {
         "params": sum(t.numel() for t in tensors),
