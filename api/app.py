@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.metrics import metrics_registry
+from api.metrics import router as metrics_router
+from api.ratelimit import FailureLimiter
+from api.request_context import RequestContext, install_log_record_factory
 from api.routes import catalog, jobs, trials
 from nas import __version__
 from nas.errors import IllegalTransition, NotFound
@@ -74,14 +81,37 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # closed unless origins are named: no CORS headers at all
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    # Outermost, so that every answer (a 413 or CORS preflight too) carries a request id.
+    app.add_middleware(RequestContext)
+    install_log_record_factory()
     app.state.store = store
     app.state.settings = settings
+    app.state.metrics_registry = metrics_registry(store)
+    app.state.auth_limiter = FailureLimiter(settings.auth_failures_per_minute)
     for router in (jobs.router, trials.router, catalog.router):
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(metrics_router, prefix=API_PREFIX)
+    app.include_router(metrics_router, include_in_schema=False)  # Prometheus' default path
 
     @app.exception_handler(NotFound)
     def _not_found(request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers 400 for a body it cannot decode (bytes that are not UTF-8, JSON nested
+        # past Python's recursion limit); such a body is invalid like malformed JSON, so 422.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            deep = isinstance(exc.__cause__, RecursionError)
+            message = "JSON nested too deeply" if deep else "the body is not valid UTF-8 JSON"
+            error = {"type": "json_invalid", "loc": ["body"], "msg": message, "input": None}
+            return JSONResponse({"detail": [error]}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(IllegalTransition)
     def _conflict(request: Request, exc: IllegalTransition) -> JSONResponse:

@@ -5,9 +5,8 @@ The API itself never talks to Ray; this module only starts both side by side.
 
 from __future__ import annotations
 
-import logging
 import signal
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -34,18 +33,47 @@ def serve(
     ] = None,
     max_jobs: Annotated[int, typer.Option(help="jobs this server runs at once")] = 2,
     demo: Annotated[bool, typer.Option("--demo", help="mint a 'demo' key and submit a demo search")] = False,
+    log_format: Annotated[
+        Literal["auto", "json", "text"],
+        typer.Option(
+            envvar="NAS_LOG_FORMAT",
+            help="json: one object per line; text: for people; auto: text on a terminal, else json",
+        ),
+    ] = "auto",
+    cors_origin: Annotated[
+        Optional[list[str]],
+        typer.Option("--cors-origin", help="browser origin allowed to call the API (repeatable; env NAS_CORS_ORIGINS, comma-separated)"),
+    ] = None,
+    limit_active_jobs: Annotated[
+        Optional[int], typer.Option(envvar="NAS_LIMIT_ACTIVE_JOBS", min=1, help="queued+running jobs per owner")
+    ] = None,
+    limit_trials_per_job: Annotated[
+        Optional[int], typer.Option(envvar="NAS_LIMIT_TRIALS_PER_JOB", min=1, help="most budget.max_trials")
+    ] = None,
+    limit_params: Annotated[
+        Optional[int], typer.Option(envvar="NAS_LIMIT_PARAMS", min=1, help="most parameters of any architecture")
+    ] = None,
+    limit_trial_epochs: Annotated[
+        Optional[int],
+        typer.Option(envvar="NAS_LIMIT_TRIAL_EPOCHS", min=1, help="most budget.max_trials × training.epochs per job"),
+    ] = None,
 ) -> None:
     """Start the REST API and the job dispatcher (SQLite and a local Ray by default)."""
     import uvicorn
 
     from api.app import create_app
+    from api.logging_setup import configure_logging
     from nas.settings import Settings
     from nas.specs import JobSpec
     from nas.store import Store, make_engine, upgrade
     from workers.dispatcher import Dispatcher, connect_ray
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env(host=host, port=port, database_url=database_url, ray_address=ray_address)
+    configure_logging(log_format)
+    settings = Settings.from_env(
+        host=host, port=port, database_url=database_url, ray_address=ray_address,
+        cors_origins=tuple(cors_origin) if cors_origin else None, limit_active_jobs=limit_active_jobs,
+        limit_trials_per_job=limit_trials_per_job, limit_params=limit_params, limit_trial_epochs=limit_trial_epochs,
+    )
     engine = make_engine(settings.database_url)
     upgrade(engine)
     store = Store(engine)
@@ -61,6 +89,9 @@ def serve(
         typer.echo(f"demo job {job.id} submitted; follow it with:\n"
                    f"  NAS_URL=http://{host}:{port} NAS_API_KEY={key} nas trials {job.id}")
     try:
-        uvicorn.run(create_app(store, settings), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(
+            create_app(store, settings), host=settings.host, port=settings.port,
+            log_config=None, access_log=False,  # our handler formats uvicorn's records; RequestContext logs access
+        )
     finally:
         dispatcher.stop()

@@ -52,7 +52,14 @@ class SpecError(ApiError):
 
 
 class ServerError(ApiError):
-    """5xx: the server failed."""
+    """5xx: the server failed. ``request_id`` (from the ``X-Request-ID`` header) finds the failure
+    in the server's log; quote it when reporting the problem."""
+
+    def __init__(self, status: int, detail: Any, request_id: str | None = None) -> None:
+        super().__init__(status, detail)
+        self.request_id = request_id
+        if request_id:
+            self.args = (f"{self.args[0]} (request id {request_id})",)
 
 
 _ERRORS: dict[int, type[ApiError]] = {401: AuthenticationError, 404: NotFoundError, 409: ConflictError, 422: SpecError}
@@ -106,8 +113,9 @@ class Client:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
-            error = _ERRORS.get(response.status_code, ServerError if response.status_code >= 500 else ApiError)
-            raise error(response.status_code, detail)
+            if response.status_code >= 500:
+                raise ServerError(response.status_code, detail, response.headers.get("x-request-id"))
+            raise _ERRORS.get(response.status_code, ApiError)(response.status_code, detail)
         return response
 
     # -- jobs -----------------------------------------------------------------------------

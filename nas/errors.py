@@ -16,3 +16,7 @@ class IllegalTransition(NasError):
 class UnknownName(NasError, ValueError):
     """A name that is not registered; the message lists the valid ones."""
 
+
+
+class TooManyJobs(NasError):
+    """The owner already has as many queued and running jobs as the server allows (HTTP 429)."""

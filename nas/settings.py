@@ -15,6 +15,16 @@ def _default_data_dir(home: Path) -> Path:
     return Path(os.environ.get("NAS_DATA_DIR") or home / "data")
 
 
+# Settings fields read from integer environment variables.
+LIMIT_ENV = {
+    "limit_active_jobs": "NAS_LIMIT_ACTIVE_JOBS",
+    "limit_trials_per_job": "NAS_LIMIT_TRIALS_PER_JOB",
+    "limit_params": "NAS_LIMIT_PARAMS",
+    "limit_trial_epochs": "NAS_LIMIT_TRIAL_EPOCHS",
+    "auth_failures_per_minute": "NAS_AUTH_FAILURES_PER_MINUTE",
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where state lives and how to reach the database and Ray.
@@ -30,6 +40,15 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 1 << 20
+    # Per-owner limits, checked at submission (see api/limits.py); they bind admins too.
+    limit_active_jobs: int = 10
+    limit_trials_per_job: int = 500
+    limit_params: int = 50_000_000
+    limit_trial_epochs: int = 10_000
+    # Failed authentications one client address may make per minute before it gets 429.
+    auth_failures_per_minute: int = 10
+    # Origins allowed to call the API from a browser; empty keeps CORS closed.
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
@@ -50,6 +69,8 @@ class Settings:
             "ray_address": os.environ.get("RAY_ADDRESS") or None,
             "host": os.environ.get("NAS_HOST", "127.0.0.1"),
             "port": int(os.environ.get("NAS_PORT", "8000")),
+            "cors_origins": tuple(o.strip() for o in os.environ.get("NAS_CORS_ORIGINS", "").split(",") if o.strip()),
         }
+        env.update({name: int(os.environ[var]) for name, var in LIMIT_ENV.items() if os.environ.get(var)})
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)  # type: ignore[arg-type]

@@ -108,6 +108,8 @@ class Budget(_Strict):
     max_concurrent: int = Field(2, ge=1, le=256)
     timeout_s: float | None = Field(None, gt=0)
     max_retries: int = Field(1, ge=0, le=10)
+    # A trial silent this long (no epoch reported) is stopped and retried; None never stops one.
+    trial_stall_s: float | None = Field(3600, gt=0)
 
 
 class JobSpec(_Strict):
@@ -245,6 +247,7 @@ class Trial(BaseModel):
     history: list[EpochMetrics] = Field(default_factory=list)
     node_id: str | None = None
     attempts: int = 0
+    heartbeat_at: datetime | None = None
     error: str | None = None
     created_at: datetime
     started_at: datetime | None = None

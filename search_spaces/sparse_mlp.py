@@ -130,6 +130,20 @@ class SparseMLP:
         specs.append(WeightSpec("out.weight", "linear", widths))
         return specs
 
+    def max_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:
+        """The most parameters (weights and biases) any architecture of the space has.
+
+        Lets the server refuse a space too large for it at submission, without building a model.
+        Every layer's count grows with both its widths, so the widest choice at every depth wins.
+        """
+        p = self.params
+        width = max(p.width_choices)
+        fan_in = math.prod(input_shape)
+        return max(
+            (fan_in + 1) * width + (depth - 1) * (width + 1) * width + (width + 1) * num_classes
+            for depth in range(p.min_depth, p.max_depth + 1)
+        )
+
     def _parse(self, arch: dict[str, Any]) -> _Arch:
         """Check ``arch`` against the space; ``ValueError`` names the first offending key."""
         p = self.params

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,15 @@ def fails_first_attempt(config: dict[str, Any]) -> None:
     succeeds(config)
 
 
+def hangs_first_attempt(config: dict[str, Any]) -> None:
+    marker = Path(config["data_dir"]) / f"hung-{config['number']}"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        time.sleep(3600)  # a deadlocked trial: alive, silent
+    succeeds(config)
+
+
 def test_a_job_of_good_trials_succeeds_with_every_trial_persisted(store: Store, settings: Settings) -> None:
     job_id = run_job(store, settings, succeeds)
     job = store.get_job(job_id)
@@ -117,3 +127,18 @@ def test_a_trial_whose_worker_dies_is_retried_once_and_the_job_succeeds(store: S
     trials, _ = store.list_trials(job_id)
     assert [t.number for t in trials] == [0, 1, 2]
     assert all(t.state is TrialState.complete and t.attempts == 2 for t in trials)
+
+
+def test_a_trial_that_stalls_is_stopped_and_retried(store: Store, settings: Settings) -> None:
+    job_id = run_job(store, settings, hangs_first_attempt, max_trials=2, max_retries=1, trial_stall_s=3)
+    assert store.get_job(job_id).status is JobStatus.succeeded
+    trials, _ = store.list_trials(job_id)
+    assert all(t.state is TrialState.complete and t.attempts == 2 for t in trials)
+
+
+def test_a_trial_that_stalls_past_its_retries_fails_with_the_reason(store: Store, settings: Settings) -> None:
+    job_id = run_job(store, settings, hangs_first_attempt, max_trials=1, max_retries=0, trial_stall_s=3)
+    assert store.get_job(job_id).status is JobStatus.failed
+    (trial,) = store.list_trials(job_id)[0]
+    assert trial.state is TrialState.failed and "trial_stall_s" in trial.error
+    assert trial.heartbeat_at is not None

@@ -230,9 +230,12 @@ def test_finish_job_transitions(store: Store, make_spec: Any) -> None:
     _assert_utc(done.started_at)
     _assert_utc(done.finished_at)
     assert done.finished_at >= done.started_at
-    for status in JobStatus:
+    for status in set(JobStatus) - {JobStatus.succeeded}:
         with pytest.raises(IllegalTransition):
             store.finish_job(job.id, status)
+    assert store.finish_job(job.id, JobStatus.succeeded).finished_at == done.finished_at  # a retry: no-op
+    with pytest.raises(IllegalTransition):
+        store.finish_job(job.id, JobStatus.succeeded, error="a different outcome")
     assert store.get_job(job.id).status is JobStatus.succeeded
 
     queued = _job(store, make_spec)

@@ -2,8 +2,10 @@
 
 The database is the truth. At start the runner rebuilds the strategy from the job's trials,
 re-queues trials that were running when an earlier runner died, and continues; trial numbers
-come from the store, so they never repeat. A heartbeat thread renews the job's lease and watches
-for cancellation; Tune's ``Stopper`` ends the experiment within a controller step of either.
+come from the store, so they never repeat. A heartbeat thread renews the job's lease, marks its
+running trials alive, stops trials silent for ``budget.trial_stall_s`` and watches for
+cancellation; Tune's ``Stopper`` ends the experiment within a controller step of a cancel or a
+lost lease.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # results live
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
+import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from nas import registry  # noqa: E402
 from nas.errors import IllegalTransition  # noqa: E402
+from nas.metrics import observe_trial  # noqa: E402
 from nas.pareto import best_trial  # noqa: E402
 from nas.settings import Settings  # noqa: E402
 from nas.specs import Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState  # noqa: E402
@@ -94,10 +98,13 @@ class _Persist(_RunnerRef, tune.Callback):
     """Writes each report to the store as it arrives."""
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._runner.guard(self._runner.store.start_trial, trial.config["trial_id"])
+        config = trial.config
+        self._runner.guard(self._runner.store.start_trial, config["trial_id"], None, config["attempt"])
+        self._runner.progressed(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         trial_id = trial.config["trial_id"]
+        self._runner.progressed(trial)
         if FINAL in result:
             # Drop the model bytes from the result Tune keeps in memory for every trial.
             self._runner.guard(self._runner.complete_trial, trial_id, result[FINAL], result.pop("model"))
@@ -145,6 +152,10 @@ class JobRunner:
         self._lock = threading.Lock()
         self._pending: deque[Trial] = deque()
         self._live: set[str] = set()
+        # Stall watch: the Tune trial and the monotonic time of its last start or report.
+        self._stall_s: float | None = None
+        self._progress: dict[str, tuple[Any, float]] = {}
+        self._stalled: set[str] = set()
         self._strategy_done = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -191,6 +202,7 @@ class JobRunner:
         params = strategy_cls.Params.model_validate(spec.strategy.params)
         self.strategy = strategy_cls.from_history(params, self.space, spec, trials)
         self.spec = spec
+        self._stall_s = spec.budget.trial_stall_s
         self._best = best_trial(trials, spec.objectives)
 
     def _fit(self, spec: JobSpec) -> None:
@@ -267,10 +279,38 @@ class JobRunner:
                     self.stop_reason = "lease_lost"
                 elif self.stop_reason is None and self.store.cancel_requested(self.job_id):
                     self.stop_reason = "cancel"
+                with self._lock:
+                    live = list(self._live)
+                self.store.touch_trials(live)
+                self._stop_stalled()
             except Exception:  # the database may be away for a moment; the lease has slack
                 log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
 
+    def _stop_stalled(self) -> None:
+        """Kill the actor of a trial silent for ``budget.trial_stall_s``: a hung trial then fails
+        like one whose worker died (retried, or failed), instead of staying running forever."""
+        if self._stall_s is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            for trial_id in set(self._progress) - self._live:
+                del self._progress[trial_id]
+            stalled = [(trial_id, tune_trial) for trial_id, (tune_trial, seen) in self._progress.items()
+                       if now - seen > self._stall_s and trial_id not in self._stalled]
+            self._stalled.update(trial_id for trial_id, _ in stalled)
+        for trial_id, tune_trial in stalled:
+            actor = tune_trial.temporary_state.ray_actor
+            log.warning("job %s: trial %s reported nothing for %g s; stopping its worker",
+                        self.job_id, trial_id, self._stall_s)
+            if actor is not None:
+                ray.kill(actor)
+
     # -- called from the searcher and the callbacks (Tune's controller thread) -----------------
+
+    def progressed(self, tune_trial: Any) -> None:
+        """A trial started or reported: it is not stalled."""
+        with self._lock:
+            self._progress[tune_trial.config["trial_id"]] = (tune_trial, time.monotonic())
 
     def next_trial(self) -> Trial | None:
         """A re-queued trial, or a new one from the strategy while the budget lasts."""
@@ -289,6 +329,7 @@ class JobRunner:
             else:
                 return None
             self._live.add(trial.id)
+            self._progress.pop(trial.id, None)
             return trial
 
     def exhausted(self) -> bool:
@@ -300,6 +341,7 @@ class JobRunner:
         return {
             "trial_id": trial.id,
             "number": trial.number,
+            "attempt": trial.attempts + 1,  # makes a retried start_trial write a no-op
             "arch": trial.arch,
             "spec": self.spec.model_dump(mode="json"),
             "data_dir": str(self.settings.data_dir),
@@ -335,6 +377,10 @@ class JobRunner:
                 self._live.discard(trial_id)
 
     def trial_errored(self, trial_id: str, error: str) -> None:
+        with self._lock:
+            if trial_id in self._stalled:
+                self._stalled.discard(trial_id)
+                error = f"no report for {self._stall_s:g} s (budget.trial_stall_s); its worker was stopped"
         trial = self.store.get_trial(trial_id)
         if trial.state is not TrialState.running:
             with self._lock:
@@ -349,6 +395,7 @@ class JobRunner:
         self._finished(self.store.finish_trial(trial_id, TrialState.failed, error=error))
 
     def _finished(self, trial: Trial) -> None:
+        observe_trial(trial)
         with self._lock:
             self._live.discard(trial.id)
             self.strategy.tell(trial)

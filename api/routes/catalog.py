@@ -8,13 +8,14 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from api.deps import PrincipalDep, StoreDep
+from api.responses import errors
 from nas import __version__, registry
 from nas.specs import TARGETS, TRIAL_METRICS, JobSpec
 
 router = APIRouter(tags=["catalog"])
 
 
-@router.get("/catalog")
+@router.get("/catalog", responses=errors())
 def catalog(principal: PrincipalDep) -> dict[str, Any]:
     return {
         "search_spaces": registry.search_spaces.describe(),

@@ -8,14 +8,19 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel
 
 from api.deps import PrincipalDep, SettingsDep, StoreDep
+from api.limits import check_spec
 from api.pagination import decode_cursor, encode_cursor
+from api.responses import errors
 from nas import registry
+from nas.errors import TooManyJobs
 from nas.pareto import pareto_front
 from nas.specs import Job, JobSpec, JobStatus, Page, Trial, TrialState
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
+# an opaque cursor from a previous page (URL-safe base64)
+Cursor = Annotated[str | None, Query(min_length=1, pattern="^[A-Za-z0-9_-]+$")]
 
 
 class JobPage(Page):
@@ -30,8 +35,10 @@ class TrialList(BaseModel):
     items: list[Trial]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=Job)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=Job, responses=errors(413, 422))
 def submit_job(spec: JobSpec, store: StoreDep, settings: SettingsDep, principal: PrincipalDep) -> Job:
+    """Queue a job; 422 if it exceeds a per-job limit, 429 if the owner has too many active jobs."""
+    check_spec(spec, settings)
     dataset = registry.datasets.create(spec.dataset.name, spec.dataset.params)
     try:
         dataset.check_available(settings.data_dir)
@@ -40,45 +47,48 @@ def submit_job(spec: JobSpec, store: StoreDep, settings: SettingsDep, principal:
             422,
             [{"loc": ["body", "dataset", "name"], "msg": str(exc), "type": "value_error"}],
         ) from None
-    return store.create_job(spec, principal.owner)
+    try:
+        return store.create_job(spec, principal.owner, max_active=settings.limit_active_jobs)
+    except TooManyJobs as exc:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc)) from None
 
 
-@router.get("", response_model=JobPage)
+@router.get("", response_model=JobPage, responses=errors(422))
 def list_jobs(
     store: StoreDep,
     principal: PrincipalDep,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> JobPage:
     jobs, next_seq = store.list_jobs(principal, status_, limit, decode_cursor(cursor))
     return JobPage(items=jobs, next_cursor=encode_cursor(next_seq))
 
 
-@router.get("/{job_id}", response_model=Job)
+@router.get("/{job_id}", response_model=Job, responses=errors(404))
 def get_job(job_id: str, store: StoreDep, principal: PrincipalDep) -> Job:
     return store.get_job(job_id, principal)
 
 
-@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=Job)
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=Job, responses=errors(404, 409))
 def cancel_job(job_id: str, store: StoreDep, principal: PrincipalDep) -> Job:
     return store.request_cancel(job_id, principal)
 
 
-@router.get("/{job_id}/trials", response_model=TrialPage)
+@router.get("/{job_id}/trials", response_model=TrialPage, responses=errors(404, 422))
 def list_trials(
     job_id: str,
     store: StoreDep,
     principal: PrincipalDep,
     state: TrialState | None = None,
     limit: Limit = 100,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> TrialPage:
     trials, next_number = store.list_trials(job_id, principal, state, limit, decode_cursor(cursor))
     return TrialPage(items=trials, next_cursor=encode_cursor(next_number))
 
 
-@router.get("/{job_id}/pareto", response_model=TrialList)
+@router.get("/{job_id}/pareto", response_model=TrialList, responses=errors(404))
 def pareto(job_id: str, store: StoreDep, principal: PrincipalDep) -> TrialList:
     job = store.get_job(job_id, principal)
     trials, _ = store.list_trials(job_id, principal, TrialState.complete)

@@ -8,18 +8,19 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from api.deps import PrincipalDep, SettingsDep, StoreDep
+from api.responses import errors
 from nas.errors import NotFound
 from nas.specs import Trial
 
 router = APIRouter(prefix="/trials", tags=["trials"])
 
 
-@router.get("/{trial_id}", response_model=Trial)
+@router.get("/{trial_id}", response_model=Trial, responses=errors(404))
 def get_trial(trial_id: str, store: StoreDep, principal: PrincipalDep) -> Trial:
     return store.get_trial(trial_id, principal)
 
 
-@router.get("/{trial_id}/model", response_class=FileResponse)
+@router.get("/{trial_id}/model", response_class=FileResponse, responses=errors(404, 422))
 def download_model(
     trial_id: str,
     store: StoreDep,

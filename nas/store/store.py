@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, case, delete, func, select, update
+from sqlalchemy import Engine, Select, case, delete, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from nas.arch import fingerprint
-from nas.errors import IllegalTransition, NotFound
+from nas.errors import IllegalTransition, NotFound, TooManyJobs
 from nas.specs import EpochMetrics, Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState
+from nas.store.retry import CommitUncertain, is_transient, retrying
 from nas.store.tables import ApiKeyRow, ArtifactRow, JobRow, TrialEpochRow, TrialLayerRow, TrialRow, utcnow
 
 # Allowed trial transitions; a finished trial never changes again.
@@ -79,8 +81,16 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        with Session(self._writer, expire_on_commit=False) as session, session.begin():
-            yield session
+        """A transaction; a connection lost while committing raises :class:`CommitUncertain`."""
+        with Session(self._writer, expire_on_commit=False) as session:
+            session.begin()
+            yield session  # an exception here leaves the transaction to close()'s rollback
+            try:
+                session.commit()
+            except DBAPIError as exc:
+                if is_transient(exc):
+                    raise CommitUncertain() from exc
+                raise
 
     @staticmethod
     def _lock(stmt: Select[Any], session: Session) -> Select[Any]:
@@ -89,6 +99,7 @@ class Store:
 
     # -- API keys ---------------------------------------------------------------------------
 
+    @retrying(idempotent=False)
     def create_api_key(self, owner: str, is_admin: bool = False) -> str:
         """Mint a key; only its hash is stored, so this is the one time it is seen."""
         if not owner.strip():
@@ -98,6 +109,7 @@ class Store:
             s.add(ApiKeyRow(owner=owner, key_hash=hash_key(key), is_admin=is_admin))
         return key
 
+    @retrying(idempotent=True)
     def authenticate(self, key: str) -> Principal | None:
         digest = hash_key(key)
         with self._read() as s:
@@ -108,7 +120,9 @@ class Store:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def create_job(self, spec: JobSpec, owner: str) -> Job:
+    @retrying(idempotent=False)
+    def create_job(self, spec: JobSpec, owner: str, max_active: int | None = None) -> Job:
+        """Queue a job; with ``max_active``, ``TooManyJobs`` if the owner already has that many active."""
         row = JobRow(
             id=_new_id(),
             name=spec.name,
@@ -119,14 +133,18 @@ class Store:
             next_trial_number=0,
         )
         with self._write() as s:
+            if max_active is not None:
+                self._check_active(s, owner, max_active)
             s.add(row)
             s.flush()
             return self._job(s, row)
 
+    @retrying(idempotent=True)
     def get_job(self, job_id: str, viewer: Principal | None = None) -> Job:
         with self._read() as s:
             return self._job(s, self._job_row(s, job_id, viewer))
 
+    @retrying(idempotent=True)
     def list_jobs(
         self,
         viewer: Principal | None = None,
@@ -150,6 +168,7 @@ class Store:
             jobs = [self._job(s, r, counts.get(r.id, (0, 0, 0))) for r in rows]
         return jobs, (rows[-1].seq if more and rows else None)
 
+    @retrying(idempotent=False)
     def request_cancel(self, job_id: str, viewer: Principal | None = None) -> Job:
         """Cancel a queued job now; ask the runner of a running job to stop it."""
         with self._write() as s:
@@ -165,6 +184,7 @@ class Store:
             s.flush()
             return self._job(s, row)
 
+    @retrying(idempotent=False)
     def claim_job(self, runner_id: str, lease_s: float) -> str | None:
         """Take the oldest queued job, or a running one whose runner's lease ran out."""
         now = utcnow()
@@ -185,6 +205,7 @@ class Store:
             row.lease_expires_at = now + timedelta(seconds=lease_s)
             return row.id
 
+    @retrying(idempotent=True)
     def renew_lease(self, job_id: str, runner_id: str, lease_s: float) -> bool:
         """Extend the lease; ``False`` when another runner took the job over."""
         with self._write() as s:
@@ -195,6 +216,7 @@ class Store:
             )
             return result.rowcount == 1
 
+    @retrying(idempotent=True)
     def release_lease(self, job_id: str, runner_id: str) -> None:
         """Give a job back at shutdown so another runner can take it at once."""
         with self._write() as s:
@@ -204,14 +226,18 @@ class Store:
                 .values(lease_owner=None, lease_expires_at=utcnow())
             )
 
+    @retrying(idempotent=True)
     def cancel_requested(self, job_id: str) -> bool:
         with self._read() as s:
             return bool(s.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
 
+    @retrying(idempotent=True)
     def finish_job(self, job_id: str, status: JobStatus, error: str | None = None) -> Job:
         with self._write() as s:
             row = self._job_row(s, job_id, None, lock=True)
             current = JobStatus(row.status)
+            if current.finished and current is status and row.error == error:
+                return self._job(s, row)  # the same outcome again (a retried write): nothing to do
             if status not in JOB_TRANSITIONS.get(current, frozenset()):
                 raise IllegalTransition(f"job {job_id}: {current.value} -> {status.value} is not allowed")
             row.status = status.value
@@ -222,6 +248,7 @@ class Store:
             s.flush()
             return self._job(s, row)
 
+    @retrying(idempotent=True)
     def set_best_trial(self, job_id: str, trial_id: str | None) -> None:
         with self._write() as s:
             s.execute(update(JobRow).where(JobRow.id == job_id).values(best_trial_id=trial_id))
@@ -238,13 +265,29 @@ class Store:
         metrics: dict[str, float] | None = None,
     ) -> Trial:
         """Add a trial with the job's next number; numbers never repeat within a job."""
+        return self._create_trial(_new_id(), job_id, arch, parent_id, state, error, metrics)
+
+    @retrying(idempotent=True)
+    def _create_trial(
+        self,
+        trial_id: str,
+        job_id: str,
+        arch: dict[str, Any],
+        parent_id: str | None,
+        state: TrialState,
+        error: str | None,
+        metrics: dict[str, float] | None,
+    ) -> Trial:
         with self._write() as s:
+            existing = s.get(TrialRow, trial_id)
+            if existing is not None:  # an earlier try committed before its connection broke
+                return self._trial(existing)
             job = self._job_row(s, job_id, None, lock=True)
             number = job.next_trial_number
             job.next_trial_number = number + 1
             now = utcnow()
             row = TrialRow(
-                id=_new_id(),
+                id=trial_id,
                 job_id=job_id,
                 number=number,
                 state=state.value,
@@ -261,24 +304,48 @@ class Store:
             s.flush()
             return self._trial(row)
 
-    def start_trial(self, trial_id: str, node_id: str | None = None) -> Trial:
+    @retrying(idempotent=True)
+    def start_trial(self, trial_id: str, node_id: str | None = None, attempt: int | None = None) -> Trial:
+        """Mark a trial running; given the ``attempt`` it starts, a repeat of this call is a no-op."""
         with self._write() as s:
+            row = self._trial_row(s, trial_id)
+            if attempt is not None and row.state == TrialState.running.value and row.attempts == attempt:
+                return self._trial(row)
             row = self._transition(s, trial_id, TrialState.running)
             row.attempts += 1
             row.node_id = node_id
-            row.started_at = utcnow()
+            row.started_at = row.heartbeat_at = utcnow()
             s.execute(delete(TrialEpochRow).where(TrialEpochRow.trial_id == trial_id))
             return self._trial(row)
 
+    @retrying(idempotent=True)
     def report_epoch(self, trial_id: str, epoch: int, metrics: dict[str, float]) -> None:
         with self._write() as s:
-            state = s.scalar(select(TrialRow.state).where(TrialRow.id == trial_id))
-            if state is None:
-                raise NotFound(f"trial {trial_id} not found")
-            if state != TrialState.running.value:
-                raise IllegalTransition(f"trial {trial_id} is {state}; only a running trial reports")
-            s.add(TrialEpochRow(trial_id=trial_id, epoch=epoch, metrics=metrics))
+            row = self._trial_row(s, trial_id)
+            if row.state != TrialState.running.value:
+                raise IllegalTransition(f"trial {trial_id} is {row.state}; only a running trial reports")
+            row.heartbeat_at = utcnow()
+            done = s.scalar(
+                select(TrialEpochRow.metrics).where(TrialEpochRow.trial_id == trial_id, TrialEpochRow.epoch == epoch)
+            )
+            if done is None:
+                s.add(TrialEpochRow(trial_id=trial_id, epoch=epoch, metrics=metrics))
+            elif done != metrics:
+                raise IllegalTransition(f"trial {trial_id} already reported a different epoch {epoch}")
 
+    @retrying(idempotent=True)
+    def touch_trials(self, trial_ids: Sequence[str]) -> None:
+        """Heartbeat: the runner holding these trials is alive (``heartbeat_at`` of the running ones)."""
+        if not trial_ids:
+            return
+        with self._write() as s:
+            s.execute(
+                update(TrialRow)
+                .where(TrialRow.id.in_(list(trial_ids)), TrialRow.state == TrialState.running.value)
+                .values(heartbeat_at=utcnow())
+            )
+
+    @retrying(idempotent=True)
     def finish_trial(
         self,
         trial_id: str,
@@ -291,6 +358,9 @@ class Store:
         if not state.finished:
             raise ValueError(f"{state.value} is not a final trial state")
         with self._write() as s:
+            row = self._trial_row(s, trial_id)
+            if row.state == state.value and row.error == error and metrics in (None, row.metrics):
+                return self._trial(row)  # the same outcome again (a retried write): nothing to do
             row = self._transition(s, trial_id, state)
             row.finished_at = utcnow()
             row.error = error
@@ -301,12 +371,16 @@ class Store:
                 s.add(TrialLayerRow(trial_id=trial_id, position=position, **layer.model_dump()))
             return self._trial(row)
 
+    @retrying(idempotent=True)
     def requeue_trial(self, trial_id: str, error: str | None = None, count_attempt: bool = True) -> Trial:
         """Send a running trial back to the queue (its worker died or its runner stopped).
 
         ``count_attempt=False`` (a graceful server stop) does not spend one of its retries.
         """
         with self._write() as s:
+            row = self._trial_row(s, trial_id)
+            if row.state == TrialState.queued.value and row.error == error and row.started_at is not None:
+                return self._trial(row)  # already re-queued for this reason (a retried write)
             row = self._transition(s, trial_id, TrialState.queued)
             row.error = error
             if not count_attempt:
@@ -314,6 +388,7 @@ class Store:
             row.node_id = None
             return self._trial(row)
 
+    @retrying(idempotent=True)
     def get_trial(self, trial_id: str, viewer: Principal | None = None) -> Trial:
         """A trial with its per-epoch history and per-layer report."""
         with self._read() as s:
@@ -335,6 +410,7 @@ class Store:
             ]
             return trial
 
+    @retrying(idempotent=True)
     def list_trials(
         self,
         job_id: str,
@@ -361,6 +437,7 @@ class Store:
 
     # -- artifacts --------------------------------------------------------------------------
 
+    @retrying(idempotent=True)
     def add_artifact(self, artifact: Artifact) -> None:
         with self._write() as s:
             s.execute(
@@ -372,6 +449,7 @@ class Store:
             )
             s.add(ArtifactRow(**artifact.__dict__))
 
+    @retrying(idempotent=True)
     def get_artifact(self, trial_id: str, kind: str, fmt: str, viewer: Principal | None = None) -> Artifact:
         with self._read() as s:
             job_id = s.scalar(select(TrialRow.job_id).where(TrialRow.id == trial_id))
@@ -387,7 +465,37 @@ class Store:
                 raise NotFound(f"trial {trial_id} has no {kind} in {fmt} format")
             return Artifact(row.trial_id, row.kind, row.format, row.path, row.size_bytes, row.sha256)
 
+    # -- metrics --------------------------------------------------------------------------
+
+    @retrying(idempotent=True)
+    def count_jobs_by_status(self) -> dict[JobStatus, int]:
+        """Jobs per status over every owner, in one aggregate query (for ``/metrics``)."""
+        with self._read() as s:
+            rows = s.execute(select(JobRow.status, func.count()).group_by(JobRow.status))
+            return {JobStatus(status): int(n) for status, n in rows}
+
+    @retrying(idempotent=True)
+    def count_trials_by_state(self) -> dict[TrialState, int]:
+        """Trials per state over every job, in one aggregate query (for ``/metrics``)."""
+        with self._read() as s:
+            rows = s.execute(select(TrialRow.state, func.count()).group_by(TrialRow.state))
+            return {TrialState(state): int(n) for state, n in rows}
+
     # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_active(s: Session, owner: str, max_active: int) -> None:
+        """Count the owner's queued and running jobs, serialised per owner so that two racing
+        submissions cannot both pass (SQLite's BEGIN IMMEDIATE already serialises writers)."""
+        if s.bind.dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": owner})
+        active = s.scalar(
+            select(func.count()).select_from(JobRow).where(
+                JobRow.owner == owner, JobRow.status.in_([JobStatus.queued.value, JobStatus.running.value])
+            )
+        )
+        if active >= max_active:
+            raise TooManyJobs(f"{owner} already has {active} queued or running jobs (limit {max_active})")
 
     def _job_row(self, s: Session, job_id: str, viewer: Principal | None, lock: bool = False) -> JobRow:
         stmt = select(JobRow).where(JobRow.id == job_id)
@@ -398,10 +506,14 @@ class Store:
             raise NotFound(f"job {job_id} not found")
         return row
 
-    def _transition(self, s: Session, trial_id: str, new: TrialState) -> TrialRow:
+    def _trial_row(self, s: Session, trial_id: str) -> TrialRow:
         row = s.scalars(self._lock(select(TrialRow).where(TrialRow.id == trial_id), s)).first()
         if row is None:
             raise NotFound(f"trial {trial_id} not found")
+        return row
+
+    def _transition(self, s: Session, trial_id: str, new: TrialState) -> TrialRow:
+        row = self._trial_row(s, trial_id)
         current = TrialState(row.state)
         if new not in TRIAL_TRANSITIONS.get(current, frozenset()):
             raise IllegalTransition(f"trial {trial_id}: {current.value} -> {new.value} is not allowed")
@@ -464,6 +576,7 @@ class Store:
             metrics=row.metrics or {},
             node_id=row.node_id,
             attempts=row.attempts,
+            heartbeat_at=row.heartbeat_at,
             error=row.error,
             created_at=row.created_at,
             started_at=row.started_at,

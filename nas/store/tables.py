@@ -103,6 +103,8 @@ class TrialRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Last sign of life of a running trial: an epoch report, or its runner's heartbeat.
+    heartbeat_at: Mapped[datetime | None]
 
 
 class TrialEpochRow(Base):

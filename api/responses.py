@@ -1,0 +1,27 @@
+"""Error responses the routes declare in OpenAPI, so clients (and schemathesis) know every status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+_DESCRIPTIONS = {
+    401: "missing, invalid or revoked API key",
+    404: "unknown, or owned by someone else",
+    409: "illegal state change",
+    413: "request body too large",
+    422: "invalid request, naming the field",
+    429: "too many failed authentications from this address, or too many active jobs",
+}
+
+
+class ErrorDetail(BaseModel):
+    """Every error answers JSON with ``detail``: a message, or a list of field errors for 422."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: the given statuses plus 401 and 429, which every keyed route has."""
+    return {code: {"model": ErrorDetail, "description": _DESCRIPTIONS[code]} for code in sorted({401, 429, *codes})}
