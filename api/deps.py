@@ -1,4 +1,9 @@
-"""Request dependencies: the store, the settings and the caller's identity."""
+"""Request dependencies: the store, the settings and the caller's identity.
+
+They are ``async def`` on purpose: FastAPI runs every plain ``def`` dependency in the thread pool,
+and those hand-offs, not the queries, dominated a request's cost under load (BENCHMARKS.md, Load).
+The one query here, the key lookup by its hash, is an indexed point read.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +20,11 @@ from nas.store import Principal, Store
 _bearer = HTTPBearer(auto_error=False, description="an API key from `nas keys create`")
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -27,7 +32,7 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     store: Annotated[Store, Depends(get_store)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],

@@ -29,7 +29,7 @@ def catalog(principal: PrincipalDep) -> dict[str, Any]:
 
 
 @router.get("/healthz", tags=["health"])
-def healthz(store: StoreDep) -> dict[str, str]:
+async def healthz(store: StoreDep) -> dict[str, str]:
     with store.engine.connect() as connection:
         connection.execute(text("SELECT 1"))
     return {"status": "ok", "version": __version__}

@@ -16,7 +16,7 @@ router = APIRouter(prefix="/trials", tags=["trials"])
 
 
 @router.get("/{trial_id}", response_model=Trial, responses=errors(404))
-def get_trial(trial_id: str, store: StoreDep, principal: PrincipalDep) -> Trial:
+async def get_trial(trial_id: str, store: StoreDep, principal: PrincipalDep) -> Trial:
     return store.get_trial(trial_id, principal)
 
 
