@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,27 +15,11 @@ from nas.sparse.lottery import LotteryTicket, survivors_by_rate, survivors_to_ta
 from nas.sparse.masks import get_mask, masks, prunable_weights, raw_weight
 from nas.specs import JobSpec
 from nas.training import load_dataset, run_trial
+from tests.models import lenet
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 LENET_SIZES = {"fc0.weight": 784 * 300, "fc1.weight": 300 * 100, "out.weight": 100 * 10}
-
-
-def lenet(in_features: int, seed: int = 0) -> nn.Sequential:
-    """LeNet-300-100 with the layer names of the sparse_mlp search space."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        OrderedDict(
-            [
-                ("flatten", nn.Flatten()),
-                ("fc0", nn.Linear(in_features, 300)),
-                ("act0", nn.ReLU()),
-                ("fc1", nn.Linear(300, 100)),
-                ("act1", nn.ReLU()),
-                ("out", nn.Linear(100, 10)),
-            ]
-        )
-    )
 
 
 class ConvRecurrent(nn.Module):

@@ -24,25 +24,9 @@ from nas.sparse.masks import (
 )
 from nas.sparse.serialization import load_model, read_metadata, save_model
 from nas.sparse.stats import layer_report, model_stats, weight_densities, weight_sparsity
+from tests.models import lenet
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-
-
-def lenet(in_features: int = 784, seed: int = 0) -> nn.Sequential:
-    """LeNet-300-100 with the layer names the search space uses."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        OrderedDict(
-            [
-                ("flatten", nn.Flatten()),
-                ("fc0", nn.Linear(in_features, 300)),
-                ("act0", nn.ReLU()),
-                ("fc1", nn.Linear(300, 100)),
-                ("act1", nn.ReLU()),
-                ("out", nn.Linear(100, 10)),
-            ]
-        )
-    )
 
 
 def small_cnn(seed: int = 0) -> nn.Sequential:
