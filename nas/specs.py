@@ -77,6 +77,10 @@ class DatasetRef(PluginRef):
     registry = registry.datasets
 
 
+class EarlyStoppingRef(PluginRef):
+    registry = registry.early_stopping
+
+
 class TrainingSpec(_Strict):
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=65536)
@@ -127,6 +131,7 @@ class JobSpec(_Strict):
     target: str = "cpu"
     constraints: Constraints = Field(default_factory=Constraints)
     budget: Budget = Field(default_factory=Budget)
+    early_stopping: EarlyStoppingRef | None = Field(None, description="a rule that stops unpromising trials early; null runs every trial to its last epoch")
     seed: int = Field(0, ge=0, lt=2**31)
 
     @field_validator("target")
@@ -145,29 +150,43 @@ class JobSpec(_Strict):
         return objectives
 
     @model_validator(mode="after")
-    def _sparsifier_fits_the_space(self) -> JobSpec:
-        """Refuse at submission a sparsifier that cannot prune some weight the space can produce.
+    def _plugins_fit_together(self) -> JobSpec:
+        """Refuse at submission a job whose plug-ins cannot run together, naming where.
 
-        Asks ``sparsifier.check`` about the space's ``weight_specs`` for the dataset's shape; a
-        search space without ``weight_specs`` is not checked. Builds no model and imports no torch.
+        Asks the sparsifier about the space's ``weight_specs`` for the dataset's shape (a space
+        without them is not checked), the strategy's ``check_spec`` and the early-stopping rule's
+        ``check``. Builds no model and imports no torch.
         """
+        problems: list[tuple[str, tuple[str | int, ...], str]] = []  # (error type, location, message)
         space = registry.search_spaces.create(self.search_space.name, self.search_space.params)
-        if not hasattr(space, "weight_specs"):
-            return self
         dataset = registry.datasets.create(self.dataset.name, self.dataset.params)
-        sparsifier = registry.sparsifiers.create(self.sparsifier.name, self.sparsifier.params)
-        problems = sparsifier.check(space.weight_specs(*dataset.shape()))
+        if hasattr(space, "weight_specs"):
+            sparsifier = registry.sparsifiers.create(self.sparsifier.name, self.sparsifier.params)
+            weights = space.weight_specs(*dataset.shape())
+            problems += [("sparsifier_incompatible", ("sparsifier", *loc), text) for loc, text in sparsifier.check(weights)]
+        if self.constraints.max_params is not None and hasattr(space, "min_params"):
+            least = space.min_params(*dataset.shape())
+            if self.constraints.max_params < least:
+                problems.append(
+                    ("constraint_impossible", ("constraints", "max_params"), f"no architecture of the space has at most {self.constraints.max_params} parameters (the smallest has {least})")
+                )
+        strategy = registry.strategies.get(self.strategy.name)
+        strategy_params = strategy.Params.model_validate(self.strategy.params)
+        problems += [("strategy_incompatible", loc, text) for loc, text in strategy.check_spec(strategy_params, self)]
+        if self.early_stopping is not None:
+            rule = registry.early_stopping.create(self.early_stopping.name, self.early_stopping.params)
+            problems += [("early_stopping_incompatible", loc, text) for loc, text in rule.check(self)]
         if problems:
             raise ValidationError.from_exception_data(
                 type(self).__name__,
                 [
                     InitErrorDetails(
                         # the message goes in through the context: a template would read its braces as fields
-                        type=PydanticCustomError("sparsifier_incompatible", "{reason}", {"reason": message}),
-                        loc=("sparsifier", *loc),
-                        input=self.sparsifier.model_dump(mode="json"),
+                        type=PydanticCustomError(error_type, "{reason}", {"reason": message}),
+                        loc=loc,
+                        input=getattr(self, str(loc[0]), None) if loc else None,
                     )
-                    for loc, message in problems
+                    for error_type, loc, message in problems
                 ],
             )
         return self
@@ -252,6 +271,10 @@ class Trial(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    updated_at: datetime | None = Field(None, description="last change of state, metrics or history")
+    outputs: dict[str, Any] = Field(
+        default_factory=dict, description="strategy-specific results, e.g. the cell a DASS search derived"
+    )
     has_model: bool = False
 
 

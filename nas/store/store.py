@@ -298,6 +298,7 @@ class Store:
                 error=error,
                 attempts=0,
                 created_at=now,
+                updated_at=now,
                 finished_at=now if state.finished else None,
             )
             s.add(row)
@@ -342,7 +343,7 @@ class Store:
             s.execute(
                 update(TrialRow)
                 .where(TrialRow.id.in_(list(trial_ids)), TrialRow.state == TrialState.running.value)
-                .values(heartbeat_at=utcnow())
+                .values(heartbeat_at=utcnow(), updated_at=TrialRow.updated_at)  # not a visible change
             )
 
     @retrying(idempotent=True)
@@ -354,6 +355,7 @@ class Store:
         layers: Sequence[LayerInfo] = (),
         error: str | None = None,
         node_id: str | None = None,
+        outputs: dict[str, Any] | None = None,
     ) -> Trial:
         if not state.finished:
             raise ValueError(f"{state.value} is not a final trial state")
@@ -367,6 +369,8 @@ class Store:
             row.node_id = node_id or row.node_id
             if metrics is not None:
                 row.metrics = metrics
+            if outputs is not None:
+                row.outputs = outputs
             for position, layer in enumerate(layers):
                 s.add(TrialLayerRow(trial_id=trial_id, position=position, **layer.model_dump()))
             return self._trial(row)
@@ -481,6 +485,35 @@ class Store:
             rows = s.execute(select(TrialRow.state, func.count()).group_by(TrialRow.state))
             return {TrialState(state): int(n) for state, n in rows}
 
+    @retrying(idempotent=True)
+    def trial_durations(self) -> list[tuple[TrialState, float]]:
+        """``(state, seconds from last start to end)`` of every finished trial that started (for ``/metrics``)."""
+        stmt = select(TrialRow.state, TrialRow.started_at, TrialRow.finished_at).where(
+            TrialRow.started_at.is_not(None), TrialRow.finished_at.is_not(None)
+        )
+        with self._read() as s:
+            return [
+                (TrialState(state), max((end - start).total_seconds(), 0.0)) for state, start, end in s.execute(stmt)
+            ]
+
+    @retrying(idempotent=True)
+    def latency_predictions(self, limit: int = 1000) -> list[tuple[str, float, float]]:
+        """``(target, predicted ms, measured ms)`` of the latest complete trials that have both."""
+        stmt = (
+            select(JobRow.spec, TrialRow.metrics)
+            .join(JobRow, JobRow.id == TrialRow.job_id)
+            .where(TrialRow.state == TrialState.complete.value)
+            .order_by(TrialRow.finished_at.desc())
+            .limit(limit)
+        )
+        with self._read() as s:
+            rows = s.execute(stmt).all()
+        return [
+            (spec.get("target", "cpu"), float(m["predicted_latency_ms"]), float(m["latency_ms"]))
+            for spec, m in rows
+            if m.get("predicted_latency_ms") is not None and m.get("latency_ms")
+        ]
+
     # -- helpers ----------------------------------------------------------------------------
 
     @staticmethod
@@ -581,5 +614,7 @@ class Store:
             created_at=row.created_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
+            updated_at=row.updated_at,
+            outputs=row.outputs or {},
             has_model=has_model,
         )

@@ -87,6 +87,7 @@ class TrialRow(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "number", name="uq_trials_job_number"),
         Index("ix_trials_job_state", "job_id", "state"),
+        Index("ix_trials_job_updated", "job_id", "updated_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -105,6 +106,11 @@ class TrialRow(Base):
     finished_at: Mapped[datetime | None]
     # Last sign of life of a running trial: an epoch report, or its runner's heartbeat.
     heartbeat_at: Mapped[datetime | None]
+    # Strategy-specific results (a derived DASS cell, a lottery chain's rewind point), as JSON.
+    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Last change of anything a viewer sees (state, metrics, epochs); heartbeats leave it alone.
+    # Live views poll on it.
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class TrialEpochRow(Base):
