@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,23 @@ class TrialOutcome:
     metrics: dict[str, float]
     layers: list[dict[str, Any]]
     model_bytes: bytes
+    outputs: dict[str, Any] = field(default_factory=dict)  # strategy-specific, stored as Trial.outputs
 
 
 def run_trial(
-    spec: JobSpec, arch: dict[str, Any], data_dir: Path, report: Callable[[int, dict[str, float]], None]
+    spec: JobSpec,
+    arch: dict[str, Any],
+    data_dir: Path,
+    report: Callable[[int, dict[str, float]], None],
+    layer_sparsity: dict[str, float] | None = None,
 ) -> TrialOutcome:
     """Train ``arch`` as ``spec`` says, calling ``report(epoch, metrics)`` after every (1-based) epoch.
 
     ``metrics`` are ``train_loss``, ``loss`` and ``accuracy`` on the test split, ``sparsity``,
     ``epoch_time_s`` (training plus evaluation), ``density:<weight name>`` for every prunable
-    weight and the sparsifier's ``epoch_metrics``; an exception raised by ``report`` (early
+    weight and the sparsifier's ``epoch_metrics``. ``layer_sparsity`` (weight name -> sparsity)
+    replaces the space's per-layer targets, e.g. for a control trial at another trial's densities.
+    An exception raised by ``report`` (early
     stopping, cancellation) stops the trial. Torch's thread count is left to the caller, and the
     result is deterministic for a given spec seed and architecture when torch runs single-threaded.
     """
@@ -61,7 +68,9 @@ def run_trial(
     x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     batch_size, epochs = spec.training.batch_size, spec.training.epochs
     total_steps = epochs * math.ceil(len(x_train) / batch_size)
-    sparsifier.attach(model, optimizer, total_steps, space.layer_sparsity(arch))
+    if hasattr(space, "layer_patterns"):
+        sparsifier.layer_patterns = space.layer_patterns(arch)
+    sparsifier.attach(model, optimizer, total_steps, layer_sparsity or space.layer_sparsity(arch))
 
     shuffle = torch.Generator().manual_seed(seed)
     step, train_time = 0, 0.0

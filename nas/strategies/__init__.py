@@ -1,5 +1,5 @@
 """Search strategies: ask/tell objects rebuilt from a job's trial history."""
 
-from nas.strategies.base import Strategy, TrialPlan
+from nas.strategies.base import WAIT, Strategy, TrialPlan
 
-__all__ = ["Strategy", "TrialPlan"]
+__all__ = ["WAIT", "Strategy", "TrialPlan"]

@@ -7,13 +7,29 @@ the job's trial history, so a restarted job continues exactly where it stopped.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from pydantic import BaseModel
 
 from nas.specs import JobSpec, Trial
+
+if TYPE_CHECKING:
+    from nas.training import TrialOutcome
+
+Problem = tuple[tuple[str | int, ...], str]
+"""A location inside the job spec (e.g. ``("search_space", "name")``) and what is wrong there."""
+
+
+class _Wait:
+    def __repr__(self) -> str:
+        return "WAIT"
+
+
+WAIT: Final = _Wait()
+"""What ``ask`` returns when its next plan depends on trials still running (a child needs its parent)."""
 
 
 @dataclass
@@ -36,11 +52,47 @@ class Strategy(ABC):
         self.spec = spec
 
     @abstractmethod
-    def ask(self) -> TrialPlan | None:
-        """The next plan, or ``None`` when the strategy has nothing more to propose."""
+    def ask(self) -> TrialPlan | _Wait | None:
+        """The next plan; ``WAIT`` when the next one needs running trials to finish first; ``None`` when done."""
 
     def tell(self, trial: Trial) -> None:
         """Learn from a finished trial (complete, pruned, failed or infeasible)."""
+
+    @classmethod
+    def check_spec(cls, params: BaseModel, spec: JobSpec) -> list[Problem]:
+        """Problems that make ``spec`` impossible for this strategy; each becomes a 422 at its location."""
+        return []
+
+    @classmethod
+    def space_arch(cls, arch: dict[str, Any]) -> dict[str, Any]:
+        """The part of a trial's arch the search space builds; strategies may add keys of their own
+        (a lottery round's number, a ticket's kind)."""
+        return arch
+
+    @classmethod
+    def planned_density(cls, arch: dict[str, Any]) -> float | None:
+        """The fraction of weights the trial of ``arch`` will keep, when the strategy decides it
+        (a lottery round prunes further each round); ``None`` leaves it to the space and sparsifier."""
+        return None
+
+    @classmethod
+    def run_trial(
+        cls,
+        spec: JobSpec,
+        arch: dict[str, Any],
+        data_dir: Path,
+        report: Callable[[int, dict[str, float]], None],
+        parent_model: bytes | None,
+    ) -> TrialOutcome:
+        """Train one trial on a worker. The default trains ``arch`` under the job's sparsifier.
+
+        Strategies whose trials train differently (a supernet, a pruning round that starts from
+        its parent's weights) override this; ``parent_model`` holds the saved model of the trial's
+        parent, when it has one.
+        """
+        from nas.training import run_trial
+
+        return run_trial(spec, arch, data_dir, report)
 
     @classmethod
     def from_history(cls, params: BaseModel, space: Any, spec: JobSpec, trials: Iterable[Trial]) -> Strategy:
