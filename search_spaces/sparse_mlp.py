@@ -144,6 +144,16 @@ class SparseMLP:
             for depth in range(p.min_depth, p.max_depth + 1)
         )
 
+    def min_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:
+        """The fewest parameters any architecture of the space has: the narrowest choice at every depth."""
+        p = self.params
+        width = min(p.width_choices)
+        fan_in = math.prod(input_shape)
+        return min(
+            (fan_in + 1) * width + (depth - 1) * (width + 1) * width + (width + 1) * num_classes
+            for depth in range(p.min_depth, p.max_depth + 1)
+        )
+
     def _parse(self, arch: dict[str, Any]) -> _Arch:
         """Check ``arch`` against the space; ``ValueError`` names the first offending key."""
         p = self.params

@@ -114,3 +114,25 @@ def test_layer_sparsity_keys_are_required_when_searched() -> None:
 def test_params_are_validated(params: dict) -> None:
     with pytest.raises(ValidationError):
         SparseMLP.Params(**params)
+
+
+def test_min_and_max_params_bound_every_built_network() -> None:
+    space = SparseMLP(SparseMLP.Params(min_depth=1, max_depth=3, width_choices=[8, 32, 64]))
+    rng = random.Random(0)
+    counts = [sum(p.numel() for p in space.build(space.sample(rng), (1, 8, 8), 10).parameters()) for _ in range(60)]
+    assert space.min_params((1, 8, 8), 10) == min(counts) == (64 + 1) * 8 + (8 + 1) * 10
+    widest = {"depth": 3, "width_0": 64, "width_1": 64, "width_2": 64, "activation": "relu"}
+    assert max(counts) <= space.max_params((1, 8, 8), 10)
+    assert space.max_params((1, 8, 8), 10) == sum(p.numel() for p in space.build(widest, (1, 8, 8), 10).parameters())
+
+
+def test_a_max_params_no_architecture_meets_is_refused_at_its_field() -> None:
+    from nas.specs import JobSpec
+
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate(
+            {"search_space": {"name": "sparse_mlp", "params": {"width_choices": [8]}}, "dataset": {"name": "digits"},
+             "constraints": {"max_params": 100}}
+        )
+    (error,) = info.value.errors()
+    assert error["loc"] == ("constraints", "max_params") and "smallest has 610" in error["msg"]
