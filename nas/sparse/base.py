@@ -44,6 +44,7 @@ class Sparsifier:
     Params: ClassVar[type[BaseModel]]
     supported_kinds: ClassVar[frozenset[str]] = ALL_KINDS
     pattern: ClassVar[str] = "unstructured"
+    layer_patterns: dict[str, str] | None = None  # weight name -> pattern, set by the trainer before attach
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
