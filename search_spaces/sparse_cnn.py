@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from nas.arch import uniform_suggest
+
 from nas.sparse.base import WeightSpec
 from nas.sparse.magnitude import parse_pattern
 
@@ -215,36 +217,41 @@ class SparseCNN:
     # --- sampling ------------------------------------------------------------------------------
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
-        """A uniformly drawn architecture, as a flat JSON-able dict."""
+        """A uniformly drawn architecture, as a flat JSON-able dict: :meth:`arch_from` with uniform draws."""
+        return self.arch_from(uniform_suggest(rng, self.dimensions()))
+
+    def arch_from(self, suggest: Callable[[str], Any]) -> dict[str, Any]:
+        """The architecture whose keys ``suggest(key)`` gives, asked for only the keys it uses.
+
+        ``suggest(key)`` returns a value of ``dimensions()[key]``. Deciding keys come first: the
+        family, then each depth before the layers it makes, a block's expansion before whether it
+        has an expand layer, a layer's pattern before whether it has a sparsity. So an Optuna
+        trial's ``suggest_*`` samples define-by-run, and never samples a key the network lacks.
+        """
         p = self.params
-        family = rng.choice(p.families)
+        family = suggest("family")
         arch: dict[str, Any] = {"family": family}
         if family == "conv":
-            blocks = rng.randint(p.conv_min_blocks, p.conv_max_blocks)
-            arch["conv_blocks"] = blocks
+            blocks = arch["conv_blocks"] = suggest("conv_blocks")
             for i in range(2 * blocks):
-                arch[f"width_conv{i}"] = rng.choice(p.conv_width_choices)
-                arch[f"kernel_conv{i}"] = rng.choice(p.conv_kernel_choices)
-            fcs = rng.randint(p.fc_min_depth, p.fc_max_depth)
-            arch["fc_depth"] = fcs
-            arch.update({f"width_fc{j}": rng.choice(p.fc_width_choices) for j in range(fcs)})
+                arch[f"width_conv{i}"] = suggest(f"width_conv{i}")
+                arch[f"kernel_conv{i}"] = suggest(f"kernel_conv{i}")
+            fcs = arch["fc_depth"] = suggest("fc_depth")
+            arch.update({f"width_fc{j}": suggest(f"width_fc{j}") for j in range(fcs)})
             layers = _conv_layers(2 * blocks, fcs)
         else:
-            blocks = rng.randint(p.mobilenet_min_blocks, p.mobilenet_max_blocks)
-            arch["mobilenet_blocks"] = blocks
-            arch["width_stem"] = rng.choice(p.mobilenet_stem_choices)
+            blocks = arch["mobilenet_blocks"] = suggest("mobilenet_blocks")
+            arch["width_stem"] = suggest("width_stem")
             for b in range(blocks):
-                arch[f"expand_block{b}"] = rng.choice(p.mobilenet_expand_choices)
-                arch[f"kernel_block{b}"] = rng.choice(p.mobilenet_kernel_choices)
-                arch[f"width_block{b}"] = rng.choice(p.mobilenet_width_choices)
+                for kind in ("expand", "kernel", "width"):
+                    arch[f"{kind}_block{b}"] = suggest(f"{kind}_block{b}")
             layers = _mobilenet_layers([arch[f"expand_block{b}"] for b in range(blocks)])
-        eligible = self._eligible_patterns() if p.pattern_choices is not None else {}
         for layer in layers:
             pattern = None
             if p.pattern_choices is not None:
-                pattern = arch[f"pattern_{layer}"] = rng.choice(eligible[layer])
+                pattern = arch[f"pattern_{layer}"] = suggest(f"pattern_{layer}")
             if p.layer_sparsity_choices is not None and (pattern is None or pattern in _SPARSE_PATTERNS):
-                arch[f"sparsity_{layer}"] = rng.choice(p.layer_sparsity_choices)
+                arch[f"sparsity_{layer}"] = suggest(f"sparsity_{layer}")
         return arch
 
     def dimensions(self) -> dict[str, optuna.distributions.BaseDistribution]:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import math
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from nas.arch import uniform_suggest
 
 from nas.sparse.base import WeightSpec
 
@@ -78,14 +81,22 @@ class SparseMLP:
         self.params = params
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
-        """A uniformly drawn architecture, as a flat JSON-able dict."""
+        """A uniformly drawn architecture, as a flat JSON-able dict: :meth:`arch_from` with uniform draws."""
+        return self.arch_from(uniform_suggest(rng, self.dimensions()))
+
+    def arch_from(self, suggest: Callable[[str], Any]) -> dict[str, Any]:
+        """The architecture whose keys ``suggest(key)`` gives, asked for only the keys it uses, ``depth`` first.
+
+        ``suggest(key)`` returns a value of ``dimensions()[key]``; an Optuna trial's ``suggest_*``
+        samples this way define-by-run, so a key the depth leaves out is never sampled.
+        """
         p = self.params
-        depth = rng.randint(p.min_depth, p.max_depth)
+        depth = suggest("depth")
         arch: dict[str, Any] = {"depth": depth}
-        arch.update({f"width_{i}": rng.choice(p.width_choices) for i in range(depth)})
-        arch["activation"] = rng.choice(p.activation_choices)
+        arch.update({f"width_{i}": suggest(f"width_{i}") for i in range(depth)})
+        arch["activation"] = suggest("activation")
         if p.layer_sparsity_choices is not None:
-            arch.update({f"sparsity_{name}": rng.choice(p.layer_sparsity_choices) for name in _layer_names(depth)})
+            arch.update({f"sparsity_{name}": suggest(f"sparsity_{name}") for name in _layer_names(depth)})
         return arch
 
     def dimensions(self) -> dict[str, optuna.distributions.BaseDistribution]:

@@ -12,10 +12,13 @@ direction shares its layer's sparsities. Importing this module imports neither t
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from nas.arch import uniform_suggest
 
 from nas.sparse.base import WeightSpec
 
@@ -92,16 +95,19 @@ class SparseRNN:
         self.params = params
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
-        """A uniformly drawn architecture, as a flat JSON-able dict."""
+        """A uniformly drawn architecture, as a flat JSON-able dict: :meth:`arch_from` with uniform draws."""
+        return self.arch_from(uniform_suggest(rng, self.dimensions()))
+
+    def arch_from(self, suggest: Callable[[str], Any]) -> dict[str, Any]:
+        """The architecture whose keys ``suggest(key)`` gives, asked for only the keys it uses.
+
+        ``suggest(key)`` returns a value of ``dimensions()[key]``; ``layers`` is asked before the
+        per-layer sparsities it decides, so an Optuna trial's ``suggest_*`` samples define-by-run.
+        """
         p = self.params
-        arch: dict[str, Any] = {
-            "cell": rng.choice(p.cell_choices),
-            "hidden": rng.choice(p.hidden_choices),
-            "layers": rng.randint(p.min_layers, p.max_layers),
-            "bidirectional": rng.choice(p.bidirectional_choices),
-        }
+        arch: dict[str, Any] = {key: suggest(key) for key in ("cell", "hidden", "layers", "bidirectional")}
         if p.layer_sparsity_choices is not None:
-            arch.update({key: rng.choice(p.layer_sparsity_choices) for key in _sparsity_keys(arch["layers"])})
+            arch.update({key: suggest(key) for key in _sparsity_keys(arch["layers"])})
         return arch
 
     def dimensions(self) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -219,4 +225,3 @@ def _count(cell: str, hidden: int, layers: int, bidirectional: bool, features: i
         inputs = features if i == 0 else hidden * directions
         total += directions * gates * hidden * (inputs + hidden + 2)
     return total + (hidden * directions + 1) * num_classes
-

@@ -4,14 +4,17 @@ import json
 import random
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from pydantic import ValidationError
 from torch import nn
 
+from nas import registry
 from nas.sparse.masks import prunable_weights
 from nas.specs import JobSpec
+from nas.strategies.optuna_samplers import suggest
 from nas.training import load_trained_model, run_trial
 from search_spaces.sparse_cnn import SparseCNN, weight_name
 
@@ -311,3 +314,72 @@ def test_a_patterned_network_trains_on_digits_to_its_layer_densities(data_dir: P
     assert outcome.metrics["sparsity"] == pytest.approx(expected, abs=1e-3)
     model = load_trained_model(outcome.model_bytes)
     assert int((model.conv0.weight.flatten(1) != 0).any(dim=1).sum()) == 8  # whole channels gone
+
+
+def optuna_archs(space: SparseCNN, sampler: optuna.samplers.BaseSampler, n: int) -> list[tuple[dict, list[str]]]:
+    """``n`` architectures drawn define-by-run through Optuna trials, with the keys each trial was asked for.
+
+    Every trial is told its network's parameter count, so the sampler models the results it saw.
+    """
+    dims = space.dimensions()
+    study = optuna.create_study(sampler=sampler)
+    out = []
+    for _ in range(n):
+        trial, asked = study.ask(), []
+
+        def draw(key: str) -> object:
+            asked.append(key)
+            return suggest(trial, key, dims[key])
+
+        arch = space.arch_from(draw)
+        assert arch == trial.params  # Optuna recorded exactly the arch's keys and values
+        study.tell(trial, built_params(space.build(arch, (1, 8, 8), 10)))
+        out.append((arch, asked))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.parametrize("space_id", ["searched", "patterns-only"])
+@pytest.mark.parametrize("sampler_id", ["tpe", "nsga2"])
+def test_arch_from_samples_define_by_run_through_optuna(space_id: str, sampler_id: str) -> None:
+    space = SPACES[space_id]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = {
+        "tpe": lambda: optuna.samplers.TPESampler(n_startup_trials=4, multivariate=True, group=True, seed=0),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(population_size=4, seed=0),
+    }[sampler_id]()
+    dims = space.dimensions()
+    archs = optuna_archs(space, sampler, 16)
+    for arch, asked in archs:
+        assert len(asked) == len(set(asked)) and set(asked) <= set(dims)  # each key once, each a dimension
+        assert list(arch) == asked  # the arch holds only the keys it asked for
+        model = space.build(arch, (1, 8, 8), 10)
+        assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert {arch["family"] for arch, _ in archs} == {"conv", "mobilenet"}
+
+
+def test_sample_draws_each_key_uniformly_in_arch_froms_order() -> None:
+    dims = SEARCHED.dimensions()
+    rng = random.Random()
+
+    def draw(key: str) -> object:
+        dist = dims[key]
+        return rng.choice(dist.choices) if isinstance(dist, CategoricalDistribution) else rng.randint(dist.low, dist.high)
+
+    for seed in range(20):
+        rng.seed(seed)
+        arch = SEARCHED.arch_from(draw)
+        assert arch == SEARCHED.sample(random.Random(seed))
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2"])
+def test_tpe_and_nsga2_propose_sparse_cnn_networks(name: str) -> None:
+    params = {"pattern_choices": PATTERNS, "layer_sparsity_choices": [0.5, 0.8]}
+    spec = JobSpec(search_space={"name": "sparse_cnn", "params": params}, dataset={"name": "digits"},
+                   strategy={"name": name}, budget={"max_trials": 20})  # fmt: skip
+    cls = registry.strategies.get(name)
+    assert cls.check_spec(cls.Params(), spec) == []
+    strategy = cls(cls.Params(), SEARCHED, spec)
+    for _ in range(3):
+        arch = strategy.ask().arch
+        assert SEARCHED.build(arch, (1, 8, 8), 10)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)

@@ -3,12 +3,14 @@ from __future__ import annotations
 import json
 import random
 
+import optuna
 import pytest
 import torch
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from pydantic import ValidationError
 from torch import nn
 
+from nas.strategies.optuna_samplers import suggest
 from search_spaces.sparse_mlp import SparseMLP
 
 SEARCHED = SparseMLP(SparseMLP.Params(min_depth=1, max_depth=4, layer_sparsity_choices=[0.0, 0.5, 0.9]))
@@ -136,3 +138,26 @@ def test_a_max_params_no_architecture_meets_is_refused_at_its_field() -> None:
         )
     (error,) = info.value.errors()
     assert error["loc"] == ("constraints", "max_params") and "smallest has 610" in error["msg"]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_arch_from_samples_define_by_run_through_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dims = SEARCHED.dimensions()
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(n_startup_trials=4, multivariate=True, group=True, seed=0))
+    depths = set()
+    for _ in range(16):
+        trial, asked = study.ask(), []
+
+        def draw(key: str) -> object:
+            asked.append(key)
+            return suggest(trial, key, dims[key])
+
+        arch = SEARCHED.arch_from(draw)
+        assert len(asked) == len(set(asked)) and set(asked) <= set(dims)  # each key once, each a dimension
+        assert list(arch) == asked and arch == trial.params  # only the asked keys, as Optuna recorded them
+        model = SEARCHED.build(arch, (1, 8, 8), 10)
+        assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+        study.tell(trial, sum(p.numel() for p in model.parameters()))
+        depths.add(arch["depth"])
+    assert len(depths) > 1

@@ -4,14 +4,17 @@ import json
 import random
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from pydantic import ValidationError
 from torch import nn
 
+from nas import registry
 from nas.sparse.masks import prunable_weights
 from nas.specs import JobSpec
+from nas.strategies.optuna_samplers import suggest
 from nas.training import load_trained_model, run_trial
 from search_spaces.sparse_rnn import SparseRNN
 
@@ -199,3 +202,45 @@ def test_a_sparse_lstm_trains_on_sequential_digits_to_its_layer_sparsities(data_
     assert outcome.metrics["sparsity"] == pytest.approx(expected, abs=1e-3)
     model = load_trained_model(outcome.model_bytes)
     assert float((model.lstm.weight_hh_l0 == 0).float().mean()) == pytest.approx(0.75, abs=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.parametrize("sampler_id", ["tpe", "nsga2"])
+def test_arch_from_samples_define_by_run_through_optuna(sampler_id: str) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = {
+        "tpe": lambda: optuna.samplers.TPESampler(n_startup_trials=4, multivariate=True, group=True, seed=0),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(population_size=4, seed=0),
+    }[sampler_id]()
+    dims = SEARCHED.dimensions()
+    study = optuna.create_study(sampler=sampler)
+    layers = set()
+    for _ in range(16):
+        trial, asked = study.ask(), []
+
+        def draw(key: str) -> object:
+            asked.append(key)
+            return suggest(trial, key, dims[key])
+
+        arch = SEARCHED.arch_from(draw)
+        assert len(asked) == len(set(asked)) and set(asked) <= set(dims)  # each key once, each a dimension
+        assert list(arch) == asked and arch == trial.params  # only the asked keys, as Optuna recorded them
+        model = SEARCHED.build(arch, (1, 8, 8), 10)
+        assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+        study.tell(trial, SEARCHED.count_params(arch, (1, 8, 8), 10))
+        layers.add(arch["layers"])
+    assert len(layers) > 1
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2"])
+def test_tpe_and_nsga2_propose_sparse_rnn_networks(name: str) -> None:
+    params = {"hidden_choices": [8, 16], "max_layers": 3, "bidirectional_choices": [False, True],
+              "layer_sparsity_choices": [0.5, 0.9]}  # fmt: skip
+    spec = JobSpec(search_space={"name": "sparse_rnn", "params": params}, dataset={"name": "digits"},
+                   strategy={"name": name}, budget={"max_trials": 20})  # fmt: skip
+    cls = registry.strategies.get(name)
+    assert cls.check_spec(cls.Params(), spec) == []
+    strategy = cls(cls.Params(), SEARCHED, spec)
+    for _ in range(3):
+        arch = strategy.ask().arch
+        assert SEARCHED.build(arch, (1, 8, 8), 10)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)

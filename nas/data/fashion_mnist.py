@@ -1,14 +1,13 @@
 """Fashion-MNIST from its four IDX ``.gz`` files under ``<data_dir>/fashion_mnist``; never downloaded.
 
 The files have MNIST's names and format (Xiao et al., 2017, a drop-in replacement), so the MNIST
-reader does the reading and checking; only the folder and the normalisation differ.
+reader and loader do the reading and checking; only the folder and the normalisation differ.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from nas.data import DataSplits, mnist
 from nas.data.mnist import FILES, MNIST
 
 MEAN, STD = 0.2860, 0.3530  # of the training pixels scaled to [0, 1]
@@ -17,6 +16,10 @@ FOLDER = "fashion_mnist"
 
 class FashionMNIST(MNIST):
     """60,000 training and 10,000 test 28x28 grey-scale images of clothing in 10 classes, normalised."""
+
+    folder = FOLDER
+    mean = MEAN
+    std = STD
 
     def check_available(self, data_dir: Path) -> None:
         folder = Path(data_dir) / FOLDER
@@ -27,16 +30,3 @@ class FashionMNIST(MNIST):
                 f"four IDX files ({', '.join(FILES.values())}, from https://github.com/zalandoresearch/fashion-mnist) "
                 f"into that folder, or point NAS_DATA_DIR at the folder that contains {FOLDER}/."
             )
-
-    def load(self, data_dir: Path) -> DataSplits:
-        self.check_available(data_dir)
-        folder = Path(data_dir) / FOLDER
-        splits = []
-        for split, limit in (("train", self.params.train_limit), ("test", self.params.test_limit)):
-            x, y = mnist._read_split(folder, split, limit)
-            # The reader normalises with MNIST's statistics; map those values to Fashion-MNIST's own.
-            x *= mnist.STD / STD
-            x += (mnist.MEAN - MEAN) / STD
-            splits += [x, y]
-        input_shape, num_classes = self.shape()
-        return DataSplits(*splits, input_shape=input_shape, num_classes=num_classes)

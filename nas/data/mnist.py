@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,7 +22,14 @@ MEAN, STD = 0.1307, 0.3081  # of the training pixels scaled to [0, 1]
 
 
 class MNIST(Dataset):
-    """60,000 training and 10,000 test 28x28 handwritten digits, normalised with the usual mean and std."""
+    """60,000 training and 10,000 test 28x28 handwritten digits, normalised with the usual mean and std.
+
+    A dataset in MNIST's files and format (Fashion-MNIST) subclasses it with its own folder and statistics.
+    """
+
+    folder: ClassVar[str] = "mnist"  # under the data directory
+    mean: ClassVar[float] = MEAN
+    std: ClassVar[float] = STD
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -40,7 +47,7 @@ class MNIST(Dataset):
         return (1, 28, 28), 10
 
     def check_available(self, data_dir: Path) -> None:
-        folder = Path(data_dir) / "mnist"
+        folder = Path(data_dir) / self.folder
         missing = [name for name in FILES.values() if not (folder / name).is_file()]
         if missing:
             raise ValueError(
@@ -52,15 +59,18 @@ class MNIST(Dataset):
 
     def load(self, data_dir: Path) -> DataSplits:
         self.check_available(data_dir)
-        folder = Path(data_dir) / "mnist"
-        x_train, y_train = _read_split(folder, "train", self.params.train_limit)
-        x_test, y_test = _read_split(folder, "test", self.params.test_limit)
+        folder = Path(data_dir) / self.folder
+        x_train, y_train = read_split(folder, "train", self.params.train_limit, self.mean, self.std)
+        x_test, y_test = read_split(folder, "test", self.params.test_limit, self.mean, self.std)
         input_shape, num_classes = self.shape()
         return DataSplits(x_train, y_train, x_test, y_test, input_shape=input_shape, num_classes=num_classes)
 
 
-def _read_split(folder: Path, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Images as normalised float32 ``(N, 1, 28, 28)`` and labels as int64, checked against each other."""
+def read_split(
+    folder: Path, split: str, limit: int | None, mean: float = MEAN, std: float = STD
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``split`` ("train" or "test") of the IDX files in ``folder``, checked: images as float32
+    ``(N, 1, 28, 28)`` normalised as ``(pixel / 255 - mean) / std``, labels as int64 in 0..9."""
     import numpy as np
 
     from nas.data.idx import read_idx
@@ -76,5 +86,5 @@ def _read_split(folder: Path, split: str, limit: int | None) -> tuple[np.ndarray
     if labels.size and labels.max() > 9:
         raise ValueError(f"{labels_path}: label {int(labels.max())} is outside 0..9")
     images, labels = images[:limit], labels[:limit]  # slice before converting: a limit keeps memory small
-    x = (images.astype(np.float32) / 255.0 - MEAN) / STD
+    x = (images.astype(np.float32) / 255.0 - mean) / std
     return x[:, None, :, :], labels.astype(np.int64)
