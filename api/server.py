@@ -1,14 +1,19 @@
-"""``nas serve``: the REST API, with the dispatcher that runs jobs on Ray, in one process.
+"""``nas serve``: the REST API, and beside it (as a child process) the dispatcher that runs jobs on Ray.
 
-The API itself never talks to Ray; this module only starts both side by side.
+The API never talks to Ray. The dispatcher runs in a process of its own (``nas dispatch``) so
+that Ray Tune's work never competes with requests for the interpreter lock; it dies with the
+server, even when the server is killed with SIGKILL, and drains when the server stops.
 """
 
 from __future__ import annotations
 
-import signal
-from typing import Annotated, Literal, Optional
+import os
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 DEMO_SPEC = {
     "name": "demo: sparse MLPs on digits",
@@ -31,7 +36,10 @@ def serve(
     ray_address: Annotated[
         Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="existing Ray cluster")
     ] = None,
-    max_jobs: Annotated[int, typer.Option(help="jobs this server runs at once")] = 2,
+    max_jobs: Annotated[int, typer.Option(help="jobs this server runs at once (0: run no dispatcher here)")] = 2,
+    workers: Annotated[
+        int, typer.Option(envvar="NAS_WORKERS", min=1, help="API worker processes (the dispatcher is separate)")
+    ] = 1,
     demo: Annotated[bool, typer.Option("--demo", help="mint a 'demo' key and submit a demo search")] = False,
     log_format: Annotated[
         Literal["auto", "json", "text"],
@@ -61,12 +69,11 @@ def serve(
     """Start the REST API and the job dispatcher (SQLite and a local Ray by default)."""
     import uvicorn
 
-    from api.app import create_app
     from api.logging_setup import configure_logging
     from nas.settings import Settings
     from nas.specs import JobSpec
     from nas.store import Store, make_engine, upgrade
-    from workers.dispatcher import Dispatcher, connect_ray
+    from workers.dispatch_process import spawn_child, stop_child
 
     configure_logging(log_format)
     settings = Settings.from_env(
@@ -77,12 +84,9 @@ def serve(
     engine = make_engine(settings.database_url)
     upgrade(engine)
     store = Store(engine)
-    connect_ray(settings)
-    # ray.init makes SIGTERM exit at once with status 15; uvicorn handles SIGTERM itself while it
-    # serves (a graceful shutdown, then the drain below), so the process then ends with 0.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    dispatcher = Dispatcher(store, settings, max_jobs=max_jobs)
-    dispatcher.start()
+    # API workers and the dispatcher rebuild these settings from the environment.
+    os.environ.update({**settings.to_env(), "NAS_LOG_FORMAT": log_format})
+    dispatcher = spawn_child(max_jobs) if max_jobs > 0 else None
     if demo:
         key = store.create_api_key("demo")
         job = store.create_job(JobSpec.model_validate(DEMO_SPEC), "demo")
@@ -90,8 +94,21 @@ def serve(
                    f"  NAS_URL=http://{host}:{port} NAS_API_KEY={key} nas trials {job.id}")
     try:
         uvicorn.run(
-            create_app(store, settings), host=settings.host, port=settings.port,
+            "api.server:app_from_env", factory=True, workers=workers, host=settings.host, port=settings.port,
             log_config=None, access_log=False,  # our handler formats uvicorn's records; RequestContext logs access
         )
     finally:
-        dispatcher.stop()
+        if dispatcher is not None:
+            stop_child(dispatcher)
+
+
+def app_from_env() -> FastAPI:
+    """The API as one uvicorn worker builds it, from the settings ``nas serve`` put in the environment."""
+    from api.app import create_app
+    from api.logging_setup import configure_logging
+    from nas.settings import Settings
+    from nas.store import Store, make_engine
+
+    configure_logging(os.environ.get("NAS_LOG_FORMAT", "auto"))  # type: ignore[arg-type]
+    settings = Settings.from_env()
+    return create_app(Store(make_engine(settings.database_url)), settings)

@@ -10,7 +10,8 @@ What it does, start to end:
    (``--admin-url``, default ``postgresql://postgres@127.0.0.1:5432/postgres``), migrates it, and
    through the store mints one key per owner and fills in finished jobs with complete trials
    (metrics, per-epoch history, layers), as a real search would leave them;
-2. starts the real ``nas serve`` on it (``--max-jobs 1``, JSON logs, a temporary ``NAS_HOME``);
+2. starts the real ``nas serve`` on it (``--max-jobs 1``, ``--workers`` API processes (default 2),
+   JSON logs, a temporary ``NAS_HOME``); the dispatcher is its own process, as always;
 3. runs ``--clients`` asyncio clients (``httpx.AsyncClient``) for ``--duration`` seconds; each waits a
    random think time (uniform, mean ``--think-ms``) between requests, picks one of
    ``GET /jobs``, ``GET /jobs/{id}``, ``GET /jobs/{id}/trials``, ``GET /trials/{id}`` on its
@@ -121,14 +122,14 @@ def populate(database_url: str) -> list[dict[str, Any]]:
     return owners
 
 
-def start_server(database_url: str, home: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(database_url: str, home: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
     import httpx
 
     env = {**os.environ, "NAS_HOME": str(home), "NAS_LIMIT_ACTIVE_JOBS": "100000"}
     log = open(home / "serve.log", "wb")
     process = subprocess.Popen(
         ["nas", "serve", "--port", str(port), "--database-url", database_url, "--max-jobs", "1",
-         "--log-format", "json"],
+         "--workers", str(workers), "--log-format", "json"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 180
@@ -238,6 +239,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--think-ms", type=float, default=200.0, help="mean pause between a client's requests")
     parser.add_argument("--submit-every", type=float, default=30.0, help="seconds between a client's submissions")
+    parser.add_argument("--workers", type=int, default=2, help="API worker processes of nas serve")
     parser.add_argument("--admin-url", default=os.environ.get(
         "NAS_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args()
@@ -251,8 +253,9 @@ def main() -> None:
                   flush=True)
             owners = populate(database_url)
             port = free_port()
-            process = start_server(database_url, home, port)
-            print(f"nas serve on port {port}; {args.clients} clients for {args.duration:.0f} s", flush=True)
+            process = start_server(database_url, home, port, args.workers)
+            print(f"nas serve on port {port} ({args.workers} API workers); {args.clients} clients for "
+                  f"{args.duration:.0f} s", flush=True)
             load_before = uptime_load()
             rec = Recorder()
             url = f"http://127.0.0.1:{port}"

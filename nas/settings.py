@@ -61,6 +61,21 @@ class Settings:
     def artifact_dir(self) -> Path:
         return self.home / "artifacts"
 
+    def to_env(self) -> dict[str, str]:
+        """The environment from which :meth:`from_env` rebuilds these settings in another process."""
+        env = {
+            "NAS_HOME": str(self.home),
+            "NAS_DATABASE_URL": self.database_url,
+            "NAS_DATA_DIR": str(self.data_dir),
+            "NAS_HOST": self.host,
+            "NAS_PORT": str(self.port),
+            "NAS_CORS_ORIGINS": ",".join(self.cors_origins),
+            **{var: str(getattr(self, name)) for name, var in LIMIT_ENV.items()},
+        }
+        if self.ray_address:
+            env["RAY_ADDRESS"] = self.ray_address
+        return env
+
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Settings from ``NAS_*`` and ``RAY_ADDRESS``; explicit non-None overrides win."""

@@ -19,7 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from api.logging_setup import json_formatter
 from nas.client import Client, ServerError
-from nas.metrics import TRIAL_DURATION, observe_trial
 from nas.settings import Settings
 from nas.specs import JobStatus, TrialState
 from nas.store import Store
@@ -51,23 +50,15 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def completed_durations() -> float:
-    """How many complete trials this process's duration histogram holds (other tests add some)."""
-    family = TRIAL_DURATION.collect()[0]
-    return sum(s.value for s in family.samples if s.name.endswith("_count") and s.labels["state"] == "complete")
-
-
 def test_metrics_count_jobs_and_trials_from_the_store(client: TestClient, store: Store, make_spec: Any) -> None:
     queued = [store.create_job(make_spec(), "alice") for _ in range(3)]
     running = store.claim_job("test-runner", 60)
     assert running == queued[0].id
     done = store.create_trial(running, {"hidden": [8]})
     store.start_trial(done.id)
-    finished = store.finish_trial(done.id, TrialState.complete, {"accuracy": 0.5})
+    store.finish_trial(done.id, TrialState.complete, {"accuracy": 0.5, "latency_ms": 2.0, "predicted_latency_ms": 2.5})
     store.create_trial(running, {"hidden": [4]})
     store.create_trial(running, {"hidden": [2]}, state=TrialState.infeasible)
-    before = completed_durations()
-    observe_trial(finished)  # what the runner does when a trial ends
 
     response = client.get("/metrics", headers=auth(store.create_api_key("ops", is_admin=True)))
 
@@ -82,11 +73,10 @@ def test_metrics_count_jobs_and_trials_from_the_store(client: TestClient, store:
     assert found[("nas_trials", (("state", "queued"),))] == 1
     assert found[("nas_trials", (("state", "infeasible"),))] == 1
     assert found[("nas_trials", (("state", "running"),))] == 0
-    count = found[("nas_trial_duration_seconds_count", (("state", "complete"),))]
-    assert count == before + 1
-    families = {f.name: f for f in text_string_to_metric_families(response.text)}
-    assert families["nas_latency_predictor_error"].type == "gauge"
-    assert families["nas_latency_predictor_error"].samples == []  # no latency predictor yet
+    assert found[("nas_trial_duration_seconds_count", (("state", "complete"),))] == 1
+    assert found[("nas_trial_duration_seconds_bucket", (("le", "+Inf"), ("state", "complete")))] == 1
+    assert ("nas_trial_duration_seconds_count", (("state", "infeasible"),)) not in found  # never started
+    assert found[("nas_latency_predictor_error", (("target", "cpu"),))] == pytest.approx(0.25)
 
 
 def test_metrics_need_an_admin_key_and_answer_at_both_paths(client: TestClient, store: Store) -> None:
