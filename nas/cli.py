@@ -1,36 +1,101 @@
 """The ``nas`` command: client commands talk to a server over REST; admin commands use the database.
 
-``nas serve`` comes from the ``nas.commands`` entry-point group (provided by ``api.server``), so
-this module imports neither the API nor the workers.
+Client commands read ``NAS_URL`` and ``NAS_API_KEY``, print results on stdout (a table, or JSON
+with ``--json``) and messages on stderr, and exit with a code a script can branch on
+(:class:`ExitCode`). ``nas serve`` comes from the ``nas.commands`` entry-point group (provided
+by ``api.server``), so this module imports neither the API nor the workers.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib.metadata
+import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-import httpx
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-app = typer.Typer(help="Neural architecture search for sparse neural networks.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from nas.client import Client
+    from nas.specs import Job, Trial
+
+
+class ExitCode(enum.IntEnum):
+    """What a client command's exit status means."""
+
+    OK = 0
+    JOB_FAILED = 1  # the job failed or was cancelled (--wait), or the server refused a change (409, 429)
+    USAGE = 2  # bad arguments, an unreadable spec file, or a spec the server rejected (422, 413)
+    AUTH = 3  # missing, wrong or revoked API key (401)
+    NOT_FOUND = 4  # no such job or trial, or no model for it (404)
+    SERVER = 5  # the server failed (5xx) or could not be reached
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 job failed or cancelled (--wait), or change refused (409/429); "
+    "2 usage or invalid spec; 3 authentication; 4 not found; 5 server error or unreachable."
+)
+
+def _plugin_entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group="nas.commands")}
+
+
+class _PluginGroup(TyperGroup):
+    """The ``nas`` group, with the commands other installed packages provide (``nas serve``
+    among them, entry-point group ``nas.commands``) loaded only when one is run or listed: they
+    import the server and torch, which client commands have no use for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        own = super().list_commands(ctx)
+        return own + [name for name in _plugin_entry_points() if name not in own]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        entry_point = _plugin_entry_points().get(name)
+        if command is not None or entry_point is None:
+            return command
+        single = typer.Typer()
+        single.command(name=name)(entry_point.load())
+        return typer.main.get_command(single)
+
+
+app = typer.Typer(
+    help="Neural architecture search for sparse neural networks.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    cls=_PluginGroup,
+)
 db_app = typer.Typer(help="Database administration.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+from nas.cli_hardware import hardware_app  # noqa: E402  (its commands import torch only when run)
+
+app.add_typer(hardware_app, name="hardware")
 
 # Piped output keeps whole ids on one line, so scripts can read them.
-out = Console(width=None if sys.stdout.isatty() else 240)
-err = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 240, highlight=False)
+# Messages are never wrapped: a log line stays one line.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DatabaseUrl = Annotated[
     Optional[str], typer.Option("--database-url", envvar="NAS_DATABASE_URL", help="SQLAlchemy URL")
 ]
+JsonOutput = Annotated[bool, typer.Option("--json", help="print JSON on stdout, for scripts")]
+
+
+class ModelFormat(str, enum.Enum):
+    safetensors = "safetensors"
+    onnx = "onnx"
 
 
 def _store(database_url: str | None) -> Any:
@@ -43,22 +108,59 @@ def _store(database_url: str | None) -> Any:
     return Store(engine)
 
 
+def fail(message: str, code: ExitCode) -> typer.Exit:
+    """Print ``error: message`` on stderr; raise the returned ``typer.Exit``."""
+    err.print(f"[red]error:[/red] {escape(message)}")
+    return typer.Exit(int(code))
+
+
+def exit_code_for(exc: Exception) -> ExitCode:
+    from nas.client import (
+        AuthenticationError,
+        ConnectionFailed,
+        NotFoundError,
+        PayloadTooLarge,
+        ServerError,
+        ValidationError,
+    )
+
+    if isinstance(exc, AuthenticationError):
+        return ExitCode.AUTH
+    if isinstance(exc, NotFoundError):
+        return ExitCode.NOT_FOUND
+    if isinstance(exc, (ValidationError, PayloadTooLarge, ValueError)):
+        return ExitCode.USAGE
+    if isinstance(exc, (ServerError, ConnectionFailed)):
+        return ExitCode.SERVER
+    return ExitCode.JOB_FAILED  # refused changes (409, 429) and anything else the server said no to
+
+
 @contextmanager
-def _client() -> Iterator[Any]:
-    """A client from NAS_URL / NAS_API_KEY; API errors become a message and exit code 1."""
-    from nas.client import ApiError, Client
+def _client() -> Iterator[Client]:
+    """A client from NAS_URL / NAS_API_KEY; SDK errors become a message and an exit code."""
+    from nas.client import Client, NasError, ValidationError
 
     client = Client()
     try:
         yield client
-    except ApiError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    except httpx.TransportError as exc:
-        err.print(f"[red]error:[/red] cannot reach the server at {client.url}: {exc}")
-        raise typer.Exit(1) from None
+    except ValidationError as exc:
+        lines = "\n".join(f"  {e.path or '(request)'}: {e.message}" for e in exc.errors)
+        raise fail(f"HTTP 422: the server rejected the request:\n{lines}", ExitCode.USAGE) from None
+    except (NasError, ValueError) as exc:
+        raise fail(str(exc), exit_code_for(exc)) from None
     finally:
         client.close()
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _dump(items: Iterable[Any]) -> list[dict[str, Any]]:
+    return [item.model_dump(mode="json") for item in items]
+
+
+# -- admin -------------------------------------------------------------------------------------
 
 
 @db_app.command("upgrade")
@@ -82,32 +184,82 @@ def keys_create(
     print(key)
 
 
+# -- jobs --------------------------------------------------------------------------------------
+
+
+class _ProgressLines:
+    """``wait`` progress for a log or a pipe: one stderr line whenever the job's state changes."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.last: tuple[str, int, str | None] | None = None
+        self.best: Trial | None = None
+
+    def __call__(self, job: Job) -> None:
+        from nas.client.progress import best_text
+
+        state = (job.status.value, job.n_finished, job.best_trial_id)
+        if state == self.last or job.status.finished:  # the end gets its own summary
+            return
+        self.last = state
+        if job.best_trial_id and (self.best is None or self.best.id != job.best_trial_id):
+            self.best = self.client.trial(job.best_trial_id)
+        total = (job.spec.get("budget") or {}).get("max_trials", "?")
+        best = best_text(job, self.best)
+        err.print(escape(f"job {job.id} {job.status.value}: {job.n_finished}/{total} trials finished"
+                         + (f", {best}" if best else "")))
+
+
+def _follow(client: Client, job: Job, poll_s: float) -> Job:
+    """Wait for the job: a live progress bar on a terminal, plain lines otherwise."""
+    progress: bool | Callable[[Job], None] = True if err.is_terminal else _ProgressLines(client)
+    try:
+        return client.wait(job.id, progress=progress, poll_s=poll_s)
+    except KeyboardInterrupt:
+        err.print(f"stopped waiting; job {job.id} goes on (nas cancel {job.id} stops it)")
+        raise typer.Exit(130) from None
+
+
 @app.command()
 def submit(
     spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="job spec, YAML or JSON")],
     wait: Annotated[bool, typer.Option("--wait", help="follow the job until it ends")] = False,
+    poll: Annotated[float, typer.Option(min=0.1, help="seconds between polls with --wait")] = 1.0,
+    json_output: JsonOutput = False,
 ) -> None:
-    """Submit a job; prints its id. With --wait, exits 0 only if the job succeeded."""
+    """Submit a job and print its id; --wait follows it live and exits 0 only if it succeeded."""
     with _client() as client:
         job = client.submit(spec)
-        err.print(f"submitted job {job.name!r}")
-        print(job.id)
+        err.print(escape(f"submitted job {job.name!r}: {job.id}"))
+        if not json_output:
+            print(job.id, flush=True)
         if wait:
-            job = client.wait(job.id, progress=sys.stderr.isatty())
-            err.print(f"job {job.id} {job.status.value}: {job.n_complete}/{job.n_trials} trials complete"
-                      + (f" ({job.error})" if job.error else ""))
-            if job.status.value != "succeeded":
-                raise typer.Exit(1)
+            job = _follow(client, job, poll)
+            summary = f"job {job.id} {job.status.value}: {job.n_complete}/{job.n_trials} trials complete"
+            err.print(escape(summary + (f" ({job.error})" if job.error else "")))
+            if job.best_trial_id:
+                err.print(f"best trial: {job.best_trial_id}")
+        if json_output:
+            _print_json(job.model_dump(mode="json"))
+        if wait and job.status.value != "succeeded":
+            raise typer.Exit(int(ExitCode.JOB_FAILED))
 
 
 @app.command()
-def jobs(status: Annotated[Optional[str], typer.Option(help="only jobs with this status")] = None) -> None:
+def jobs(
+    status: Annotated[Optional[str], typer.Option(help="only jobs with this status")] = None,
+    json_output: JsonOutput = False,
+) -> None:
     """List your jobs, newest first."""
     with _client() as client:
-        table = Table("id", "name", "status", "trials", "complete", "created")
-        for job in client.jobs(status=status):
-            table.add_row(job.id, job.name, job.status.value, str(job.n_trials), str(job.n_complete),
-                          job.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        listed = list(client.jobs(status=status))
+        if json_output:
+            _print_json(_dump(listed))
+            return
+        table = Table("id", "name", "status", "trials", "complete", "best trial", "created")
+        for job in listed:
+            table.add_row(job.id, escape(job.name), job.status.value, str(job.n_trials), str(job.n_complete),
+                          job.best_trial_id or "-", job.created_at.strftime("%Y-%m-%d %H:%M:%S"))
         out.print(table)
 
 
@@ -122,31 +274,69 @@ def trials(
     job_id: Annotated[str, typer.Argument(help="job id")],
     state: Annotated[Optional[str], typer.Option(help="only trials in this state")] = None,
     pareto: Annotated[bool, typer.Option("--pareto", help="only the Pareto-optimal trials")] = False,
+    json_output: JsonOutput = False,
 ) -> None:
     """List a job's trials with their main metrics."""
     with _client() as client:
-        rows = client.pareto(job_id) if pareto else client.trials(job_id, state=state)
-        table = Table("#", "id", "state", "accuracy", "sparsity", "nonzero", "latency ms", "error")
+        rows = client.pareto(job_id) if pareto else list(client.trials(job_id, state=state))
+        if json_output:
+            _print_json(_dump(rows))
+            return
+        table = Table("#", "id", "state", "accuracy", "sparsity", "nonzero", "latency ms", "predicted ms", "error")
         for t in rows:
             m = t.metrics
             table.add_row(str(t.number), t.id, t.state.value, _fmt(m.get("accuracy")), _fmt(m.get("sparsity")),
-                          _fmt(m.get("nonzero_params")), _fmt(m.get("latency_ms")), (t.error or "")[:60])
+                          _fmt(m.get("nonzero_params")), _fmt(m.get("latency_ms")),
+                          _fmt(m.get("predicted_latency_ms")), escape((t.error or "")[:60]))
         out.print(table)
 
 
 @app.command()
-def cancel(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
+def cancel(job_id: Annotated[str, typer.Argument(help="job id")], json_output: JsonOutput = False) -> None:
     """Cancel a job: queued ones at once, running ones within seconds."""
     with _client() as client:
         job = client.cancel(job_id)
         err.print(f"job {job.id}: cancellation requested ({job.status.value})")
+        if json_output:
+            _print_json(job.model_dump(mode="json"))
 
 
-def _plugin_commands() -> None:
-    """Add commands that other installed packages provide (``nas serve`` among them)."""
-    for ep in importlib.metadata.entry_points(group="nas.commands"):
-        command: Callable[..., Any] = ep.load()
-        app.command(name=ep.name)(command)
+@app.command("export")
+def export_model(
+    trial_id: Annotated[str, typer.Argument(help="trial id")],
+    format: Annotated[ModelFormat, typer.Option("--format", "-f", help="file format")] = ModelFormat.safetensors,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="file to write (default: trial-<id>.<format> here)")
+    ] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Download a trial's trained model: safetensors (weights and masks) or ONNX (masks baked in)."""
+    with _client() as client:
+        path = client.download_model(trial_id, output if output is not None else Path.cwd(), format=format.value)
+        size = path.stat().st_size
+        err.print(escape(f"wrote the {format.value} model of trial {trial_id} to {path} ({size} bytes)"))
+        if json_output:
+            _print_json({"trial_id": trial_id, "format": format.value, "path": str(path), "bytes": size})
+        else:
+            print(path)
 
 
-_plugin_commands()
+@app.command("open")
+def open_dashboard(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    browser: Annotated[bool, typer.Option("--browser", help="also open it in the default web browser")] = False,
+    json_output: JsonOutput = False,
+) -> None:
+    """Print the dashboard URL of a job (NAS_URL/#/jobs/JOB); --browser opens it too."""
+    from nas.client._base import dashboard_url
+
+    url = dashboard_url(None, job_id)
+    if json_output:
+        _print_json({"job_id": job_id, "url": url})
+    else:
+        print(url)
+    if browser:
+        import webbrowser
+
+        if not webbrowser.open(url):
+            err.print("[yellow]warning:[/yellow] no web browser could be started; open the URL above")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-# the store fixtures (sqlite and postgresql backends): store, engine, engine_url, make_spec
-pytest_plugins = ["tests.fixtures_store"]
+# the store fixtures (sqlite and postgresql backends): store, engine, engine_url, make_spec;
+# the SDK's in-thread server and model fixtures
+pytest_plugins = ["tests.fixtures_store", "tests.sdk_fixtures"]
 
 
 @pytest.fixture(scope="session")

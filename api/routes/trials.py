@@ -1,18 +1,27 @@
-"""Trials: one trial with its history and layers, and its model."""
+"""Trials: one trial with its history and layers, and its model as safetensors or ONNX."""
 
 from __future__ import annotations
 
+import logging
+import threading
+from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import FileResponse
 
 from api.deps import PrincipalDep, SettingsDep, StoreDep
 from api.responses import errors
 from nas.errors import NotFound
-from nas.specs import Trial
+from nas.settings import Settings
+from nas.specs import Trial, TrialState
+from nas.store import Artifact, Principal, Store
 
 router = APIRouter(prefix="/trials", tags=["trials"])
+log = logging.getLogger(__name__)
+
+# ONNX exports are CPU-heavy and rare: one at a time per process, and never the same one twice.
+_export_lock = threading.Lock()
 
 
 @router.get("/{trial_id}", response_model=Trial, responses=errors(404))
@@ -20,7 +29,15 @@ async def get_trial(trial_id: str, store: StoreDep, principal: PrincipalDep) -> 
     return store.get_trial(trial_id, principal)
 
 
-@router.get("/{trial_id}/model", response_class=FileResponse, responses=errors(404, 422))
+@router.get(
+    "/{trial_id}/model",
+    response_class=FileResponse,
+    responses={
+        **errors(404, 422),
+        200: {"content": {"application/octet-stream": {}}, "description": "the model file"},
+        500: {"description": "the ONNX export failed; the detail says why"},
+    },
+)
 def download_model(
     trial_id: str,
     store: StoreDep,
@@ -28,8 +45,62 @@ def download_model(
     principal: PrincipalDep,
     format: Literal["safetensors", "onnx"] = "safetensors",
 ) -> FileResponse:
-    artifact = store.get_artifact(trial_id, "model", format, principal)
+    """The trained model: ``safetensors`` (weights as the forward pass sees them, and their masks)
+    or ``onnx`` (masks baked in), which is exported from the stored model on first request and
+    kept beside it. 404 says why a trial has no model."""
+    trial = store.get_trial(trial_id, principal)
+    if not trial.has_model:
+        raise NotFound(no_model_reason(trial))
+    try:
+        artifact = store.get_artifact(trial_id, "model", format, principal)
+    except NotFound:
+        if format != "onnx":
+            raise
+        artifact = _export_onnx(store, settings, trial, principal)
+    path = _artifact_file(settings, artifact, trial_id)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"trial-{trial_id}.{format}")
+
+
+def no_model_reason(trial: Trial) -> str:
+    """Why ``trial`` has no model, in words a user can act on."""
+    why = {
+        TrialState.queued: "it has not run yet (queued)",
+        TrialState.running: "it is still running; the model is saved when it completes",
+        TrialState.pruned: "early stopping pruned it before its last epoch",
+        TrialState.infeasible: "it was infeasible under the job's constraints and never trained",
+        TrialState.failed: f"it failed: {trial.error}" if trial.error else "it failed",
+        TrialState.complete: "its model was not stored",
+    }[trial.state]
+    return f"trial {trial.id} has no model: {why}"
+
+
+def _artifact_file(settings: Settings, artifact: Artifact, trial_id: str) -> Path:
     path = (settings.artifact_dir / artifact.path).resolve()
     if not path.is_relative_to(settings.artifact_dir.resolve()) or not path.is_file():
-        raise NotFound(f"the {format} model of trial {trial_id} is missing from the artifact store")
-    return FileResponse(path, media_type="application/octet-stream", filename=f"trial-{trial_id}.{format}")
+        raise NotFound(f"the {artifact.format} model of trial {trial_id} is missing from the artifact store")
+    return path
+
+
+def _export_onnx(store: Store, settings: Settings, trial: Trial, principal: Principal) -> Artifact:
+    """Export the stored safetensors model to ONNX and keep it as the trial's ``onnx`` artifact."""
+    from nas.export import ExportError, to_onnx
+    from workers.artifacts import save_model
+
+    with _export_lock:
+        try:  # exported while this request waited for the lock
+            return store.get_artifact(trial.id, "model", "onnx", principal)
+        except NotFound:
+            pass
+        source = store.get_artifact(trial.id, "model", "safetensors", principal)
+        model_bytes = _artifact_file(settings, source, trial.id).read_bytes()
+        try:
+            data = to_onnx(model_bytes)
+        except (ExportError, ValueError, KeyError) as exc:
+            log.exception("ONNX export of trial %s failed", trial.id)
+            raise HTTPException(
+                status.HTTP_500_INTERNAL_SERVER_ERROR, f"ONNX export of trial {trial.id} failed: {exc}"
+            ) from None
+        artifact = save_model(settings.artifact_dir, trial.job_id, trial.id, data, fmt="onnx")
+        store.add_artifact(artifact)
+        log.info("exported trial %s to ONNX (%d bytes)", trial.id, len(data))
+        return artifact

@@ -1,0 +1,61 @@
+"""Python SDK for the sparse-nas REST API: :class:`Client` and :class:`AsyncClient`.
+
+Light on purpose: importing it pulls in neither torch nor ray, so notebooks and CI scripts can
+drive a remote server. Results are the pydantic models of :mod:`nas.specs` (:class:`Job`,
+:class:`Trial`) and :mod:`nas.client.models`; failures raise the classes of
+:mod:`nas.client.errors`, all :class:`NasError`.
+"""
+
+from __future__ import annotations
+
+from nas.client._base import DEFAULT_URL, MODEL_FORMATS, RetryPolicy, load_spec
+from nas.client.aio import AsyncClient
+from nas.client.errors import (
+    ApiError,
+    AuthenticationError,
+    ConflictError,
+    ConnectionFailed,
+    FieldError,
+    NasError,
+    NotFoundError,
+    PayloadTooLarge,
+    RateLimited,
+    ServerError,
+    SpecError,
+    ValidationError,
+    WaitTimeout,
+)
+from nas.client.models import Event, JobPage, TrialPage
+from nas.client.sync import Client
+from nas.specs import Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState
+
+__all__ = [
+    "DEFAULT_URL",
+    "MODEL_FORMATS",
+    "ApiError",
+    "AsyncClient",
+    "AuthenticationError",
+    "Client",
+    "ConflictError",
+    "ConnectionFailed",
+    "Event",
+    "FieldError",
+    "Job",
+    "JobPage",
+    "JobSpec",
+    "JobStatus",
+    "LayerInfo",
+    "NasError",
+    "NotFoundError",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RetryPolicy",
+    "ServerError",
+    "SpecError",
+    "Trial",
+    "TrialPage",
+    "TrialState",
+    "ValidationError",
+    "WaitTimeout",
+    "load_spec",
+]

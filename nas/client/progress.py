@@ -1,0 +1,51 @@
+"""A live progress display for ``wait()``: trials finished of the budget, status, best so far."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from nas.client._base import objective_metric
+from nas.specs import Job, Trial
+
+
+class JobProgress:
+    """A rich progress bar on stderr (by default) for one job; a context manager."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}", style="bold", markup=False),  # job names are not markup
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("trials"),
+            TextColumn("{task.fields[best]}", markup=False),
+            TimeElapsedColumn(),
+            console=console or Console(stderr=True),
+        )
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> JobProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._progress.stop()
+
+    def update(self, job: Job, best: Trial | None = None) -> None:
+        total = (job.spec.get("budget") or {}).get("max_trials")
+        description = f"{job.name} [{job.status.value}]"
+        if self._task is None:
+            self._task = self._progress.add_task(description, total=total, best="")
+        self._progress.update(
+            self._task, description=description, total=total, completed=job.n_finished, best=best_text(job, best)
+        )
+
+
+def best_text(job: Job, best: Trial | None) -> str:
+    """``best accuracy 0.9312`` for the job's first objective, or nothing before a trial completes."""
+    metric = objective_metric(job.spec)
+    if best is None or metric is None or metric not in best.metrics:
+        return ""
+    return f"best {metric} {best.metrics[metric]:.4g}"
