@@ -71,10 +71,17 @@ def raw_weight(module: nn.Module, attr: str) -> nn.Parameter:
 
 
 def get_mask(module: nn.Module, attr: str) -> torch.Tensor | None:
-    """The current 0/1 mask of ``module.<attr>`` from any parametrization on it with a ``mask``, else ``None``."""
+    """The current 0/1 mask of ``module.<attr>``: the product of every parametrization's ``mask``
+    on it (a score mask of a SparseLinear and a sparsifier's mask stack), else ``None``."""
     if not parametrize.is_parametrized(module, attr):
         return None
-    return next((p.mask for p in module.parametrizations[attr] if getattr(p, "mask", None) is not None), None)
+    found = [p.mask for p in module.parametrizations[attr] if getattr(p, "mask", None) is not None]
+    if not found:
+        return None
+    combined = found[0]
+    for mask in found[1:]:
+        combined = combined * mask
+    return combined
 
 
 def masks(model: nn.Module) -> dict[str, torch.Tensor]:
