@@ -26,13 +26,12 @@ TRIAL_METRICS: dict[str, str] = {
     "params": "all parameters",
     "flops": "multiply-accumulates of one dense forward pass, times two",
     "nonzero_flops": "FLOPs that touch a nonzero weight",
-    "latency_ms": "measured median latency of the sparse inference model on the target (batch 1)",
-    "masked_latency_ms": "measured median latency of the trained masked model run dense (batch 1)",
+    "latency_ms": "measured latency of the sparse inference model on the target (batch 1): the 10th percentile of per-call times",
+    "latency_median_ms": "median of the same per-call times",
+    "masked_latency_ms": "measured latency (10th percentile) of the trained masked model run dense (batch 1)",
     "predicted_latency_ms": "latency predicted before training",
     "train_time_s": "wall time of training",
 }
-
-TARGETS = ("cpu",)
 
 
 class _Strict(BaseModel):
@@ -137,8 +136,11 @@ class JobSpec(_Strict):
     @field_validator("target")
     @classmethod
     def _known_target(cls, target: str) -> str:
-        if target not in TARGETS:
-            raise ValueError(f"unknown or unavailable target {target!r}; valid: {', '.join(TARGETS)}")
+        from nas.latency.targets import available_targets  # imports torch, as the runner does anyway
+
+        present = available_targets()
+        if target not in present:
+            raise ValueError(f"unknown target {target!r} or not present on this server; valid: {', '.join(present)}")
         return target
 
     @field_validator("objectives")
@@ -159,13 +161,17 @@ class JobSpec(_Strict):
         """
         problems: list[tuple[str, tuple[str | int, ...], str]] = []  # (error type, location, message)
         space = registry.search_spaces.create(self.search_space.name, self.search_space.params)
-        dataset = registry.datasets.create(self.dataset.name, self.dataset.params)
+        shape = registry.datasets.create(self.dataset.name, self.dataset.params).shape()
         if hasattr(space, "weight_specs"):
             sparsifier = registry.sparsifiers.create(self.sparsifier.name, self.sparsifier.params)
-            weights = space.weight_specs(*dataset.shape())
+            try:
+                weights = space.weight_specs(*shape)
+            except ValueError as exc:  # the space cannot take this dataset's inputs
+                weights = []
+                problems.append(("dataset_incompatible", ("dataset", "name"), str(exc)))
             problems += [("sparsifier_incompatible", ("sparsifier", *loc), text) for loc, text in sparsifier.check(weights)]
-        if self.constraints.max_params is not None and hasattr(space, "min_params"):
-            least = space.min_params(*dataset.shape())
+        if self.constraints.max_params is not None and hasattr(space, "min_params") and not problems:
+            least = space.min_params(*shape)
             if self.constraints.max_params < least:
                 problems.append(
                     ("constraint_impossible", ("constraints", "max_params"), f"no architecture of the space has at most {self.constraints.max_params} parameters (the smallest has {least})")

@@ -15,10 +15,13 @@ from typing import Any
 
 import pytest
 import ray
+from pydantic import BaseModel
 from ray import tune
 
+from nas import registry
 from nas.settings import Settings
-from nas.specs import JobSpec, JobStatus, TrialState
+from nas.strategies import WAIT, Strategy, TrialPlan
+from nas.specs import JobSpec, JobStatus, Trial, TrialState
 from nas.store import Store, make_engine, upgrade
 from workers.runner import JobRunner
 from workers.trainable import EPOCH_METRICS, FINAL
@@ -47,10 +50,13 @@ def store(settings: Settings) -> Store:
     return Store(engine)
 
 
-def run_job(store: Store, settings: Settings, trainable: Callable[[dict[str, Any]], None], **budget: Any) -> str:
+def run_job(
+    store: Store, settings: Settings, trainable: Callable[[dict[str, Any]], None], spec: dict[str, Any] | None = None,
+    **budget: Any,
+) -> str:
     spec = JobSpec.model_validate(
         {"search_space": {"name": "sparse_mlp"}, "dataset": {"name": "digits"},
-         "budget": {"max_trials": 3, "max_concurrent": 2, **budget}}
+         "budget": {"max_trials": 3, "max_concurrent": 2, **budget}, **(spec or {})}
     )
     job = store.create_job(spec, "tester")
     assert store.claim_job("test-runner", 60) == job.id
@@ -142,3 +148,71 @@ def test_a_trial_that_stalls_past_its_retries_fails_with_the_reason(store: Store
     (trial,) = store.list_trials(job_id)[0]
     assert trial.state is TrialState.failed and "trial_stall_s" in trial.error
     assert trial.heartbeat_at is not None
+
+
+class ParentThenChild(Strategy):
+    """Proposes a root, waits for it, then one child per root outcome: the shape of DASS and lottery chains."""
+
+    class Params(BaseModel):
+        pass
+
+    def __init__(self, params: Any, space: Any, spec: Any) -> None:
+        super().__init__(params, space, spec)
+        self.asked = 0
+        self.root: Trial | None = None
+
+    def ask(self) -> TrialPlan | object | None:
+        arch = {"depth": 1, "width_0": 32, "activation": "relu"}
+        if self.asked == 0:
+            self.asked = 1
+            return TrialPlan(arch)
+        if self.asked == 1 and self.root is None:
+            return WAIT
+        if self.asked == 1:
+            self.asked = 2
+            return TrialPlan(arch, parent_id=self.root.id)
+        return None
+
+    def tell(self, trial: Trial) -> None:
+        if trial.parent_id is None:
+            self.root = trial
+
+
+def reports_parent(config: dict[str, Any]) -> None:
+    """Succeeds with the parent's model size as a metric and its own trial number as an output."""
+    time.sleep(1)  # the runner asks while the root runs, and must wait for it
+    metrics = {"accuracy": 0.5, "loss": 1.0, "sparsity": 0.9, "parent_bytes": float(len(config["parent_model"] or b""))}
+    tune.report({"epoch": 1, EPOCH_METRICS: metrics, **metrics})
+    final = {"metrics": metrics, "layers": [], "node_id": "n", "outputs": {"number": config["number"]}}
+    tune.report({**metrics, FINAL: final, "model": b"root-weights"})
+
+
+def test_a_strategy_that_waits_gets_its_child_the_parent_model_and_outputs(store: Store, settings: Settings) -> None:
+    registry.strategies.register("test_parent_then_child", ParentThenChild)
+    job_id = run_job(store, settings, reports_parent, {"strategy": {"name": "test_parent_then_child"}}, max_trials=5)
+    assert store.get_job(job_id).status is JobStatus.succeeded
+    root, child = store.list_trials(job_id)[0]
+    assert root.state is child.state is TrialState.complete
+    assert child.parent_id == root.id and root.parent_id is None
+    assert root.metrics["parent_bytes"] == 0 and child.metrics["parent_bytes"] == len(b"root-weights")
+    assert root.outputs == {"number": 0} and child.outputs == {"number": 1}
+    assert root.created_at < child.created_at and child.updated_at >= child.created_at
+
+
+def test_candidates_over_a_constraint_are_infeasible_and_never_trained(store: Store, settings: Settings) -> None:
+    space = {"name": "sparse_mlp", "params": {"min_depth": 1, "max_depth": 1, "width_choices": [16, 256]}}
+    # 64 inputs, 10 classes: width 16 has 1,210 parameters, width 256 has 19,210.
+    job_id = run_job(
+        store, settings, succeeds, {"search_space": space, "constraints": {"max_params": 5000}}, max_trials=8
+    )
+    trials, _ = store.list_trials(job_id)
+    assert len(trials) == 8
+    by_width = {w: [t for t in trials if t.arch["width_0"] == w] for w in (16, 256)}
+    assert by_width[16] and by_width[256]
+    for trial in by_width[256]:
+        assert trial.state is TrialState.infeasible and "max_params=5000" in trial.error
+        assert trial.started_at is None and trial.attempts == 0 and trial.metrics["params"] == 19210
+        assert trial.metrics["predicted_latency_ms"] > 0
+    for trial in by_width[16]:
+        assert trial.state is TrialState.complete and trial.metrics["params"] == 1210
+        assert trial.metrics["predicted_latency_ms"] > 0 and trial.attempts == 1

@@ -28,13 +28,13 @@ from ray import tune  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from nas import registry  # noqa: E402
-from nas.errors import IllegalTransition  # noqa: E402
-from nas.metrics import observe_trial  # noqa: E402
+from nas.errors import IllegalTransition, NotFound  # noqa: E402
 from nas.pareto import best_trial  # noqa: E402
 from nas.settings import Settings  # noqa: E402
 from nas.specs import Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState  # noqa: E402
 from nas.store import Store  # noqa: E402
-from nas.strategies import Strategy  # noqa: E402
+from nas.strategies import WAIT, Strategy  # noqa: E402
+from workers.feasibility import planned_metrics, violation  # noqa: E402
 from workers.artifacts import save_model  # noqa: E402
 from workers.trainable import EPOCH_METRICS, FINAL, train_trial  # noqa: E402
 
@@ -109,7 +109,7 @@ class _Persist(_RunnerRef, tune.Callback):
             # Drop the model bytes from the result Tune keeps in memory for every trial.
             self._runner.guard(self._runner.complete_trial, trial_id, result[FINAL], result.pop("model"))
         elif EPOCH_METRICS in result:
-            self._runner.guard(self._runner.store.report_epoch, trial_id, result["epoch"], result[EPOCH_METRICS])
+            self._runner.epoch_reported(trial_id, result["epoch"], result[EPOCH_METRICS])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = _error_text(trial)
@@ -157,6 +157,11 @@ class JobRunner:
         self._progress: dict[str, tuple[Any, float]] = {}
         self._stalled: set[str] = set()
         self._strategy_done = False
+        self._waiting = False  # the strategy's last answer was WAIT
+        # Metrics known before training (params, predicted latency) and the last epoch's report,
+        # per live trial: a complete trial keeps the former, a pruned one ends with the latter.
+        self._planned: dict[str, dict[str, float]] = {}
+        self._last_epoch: dict[str, dict[str, float]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -216,10 +221,15 @@ class JobRunner:
         trainable_name = f"nas-job-{self.job_id}"
         with _TUNE_REGISTRY_LOCK:
             tune.register_trainable(trainable_name, tune.with_resources(self.trainable, {"cpu": 1}))
+        scheduler = None
+        if spec.early_stopping is not None:
+            rule = registry.early_stopping.create(spec.early_stopping.name, spec.early_stopping.params)
+            scheduler = rule.scheduler(spec)
         tuner = tune.Tuner(
             trainable_name,
             tune_config=tune.TuneConfig(
                 search_alg=_StrategySearcher(self.job_id),
+                scheduler=scheduler,
                 num_samples=-1,
                 max_concurrent_trials=spec.budget.max_concurrent,
                 reuse_actors=True,
@@ -313,32 +323,69 @@ class JobRunner:
             self._progress[tune_trial.config["trial_id"]] = (tune_trial, time.monotonic())
 
     def next_trial(self) -> Trial | None:
-        """A re-queued trial, or a new one from the strategy while the budget lasts."""
+        """A re-queued trial, or a new feasible one from the strategy while the budget lasts.
+
+        Candidates that break the job's constraints are recorded as ``infeasible`` without
+        training (they count against ``max_trials``) and the strategy is asked again.
+        """
         with self._lock:
             if self.stop_reason is not None:
                 return None
             if self._pending:
                 trial = self._pending.popleft()
-            elif self._n_trials < self.spec.budget.max_trials:
-                plan = self.strategy.ask()
-                if plan is None:
-                    self._strategy_done = True
-                    return None
-                trial = self.store.create_trial(self.job_id, plan.arch, parent_id=plan.parent_id)
-                self._n_trials += 1
             else:
-                return None
+                trial = self._new_feasible_trial()
+                if trial is None:
+                    return None
             self._live.add(trial.id)
+            self._planned[trial.id] = {k: v for k, v in trial.metrics.items() if k in ("params", "predicted_latency_ms")}
             self._progress.pop(trial.id, None)
             return trial
+
+    def _new_feasible_trial(self) -> Trial | None:
+        while self._n_trials < self.spec.budget.max_trials:
+            plan = self.strategy.ask()
+            if plan is WAIT:
+                self._waiting = True
+                return None
+            self._waiting = False
+            if plan is None:
+                self._strategy_done = True
+                return None
+            planned = planned_metrics(self.spec, self.space, type(self.strategy), plan.arch)
+            reason = violation(self.spec, planned)
+            self._n_trials += 1
+            if reason is None:
+                return self.store.create_trial(self.job_id, plan.arch, parent_id=plan.parent_id, metrics=planned)
+            refused = self.store.create_trial(
+                self.job_id, plan.arch, plan.parent_id, TrialState.infeasible, reason, planned
+            )
+            self.strategy.tell(refused)
+        return None
+
+    def epoch_reported(self, trial_id: str, epoch: int, metrics: dict[str, float]) -> None:
+        with self._lock:
+            self._last_epoch[trial_id] = {**metrics, "epoch": float(epoch)}
+        self.guard(self.store.report_epoch, trial_id, epoch, metrics)
 
     def exhausted(self) -> bool:
         with self._lock:
             budget_used = self._n_trials >= self.spec.budget.max_trials or self._strategy_done
-            return budget_used and not self._pending and not self._live
+            idle = not self._pending and not self._live
+            if idle and self._waiting and not budget_used:
+                log.warning("job %s: its strategy waits with no trial running; ending the job", self.job_id)
+            return idle and (budget_used or self._waiting)
 
     def trial_config(self, trial: Trial) -> dict[str, Any]:
+        parent_model = None
+        if trial.parent_id is not None:
+            try:
+                artifact = self.store.get_artifact(trial.parent_id, "model", "safetensors")
+                parent_model = (self.settings.artifact_dir / artifact.path).read_bytes()
+            except NotFound:
+                pass  # a parent that ended without a model (failed, pruned, infeasible)
         return {
+            "parent_model": parent_model,
             "trial_id": trial.id,
             "number": trial.number,
             "attempt": trial.attempts + 1,  # makes a retried start_trial write a no-op
@@ -349,12 +396,16 @@ class JobRunner:
 
     def complete_trial(self, trial_id: str, final: dict[str, Any], model: bytes) -> None:
         self.store.add_artifact(save_model(self.settings.artifact_dir, self.job_id, trial_id, model))
+        with self._lock:
+            planned = self._planned.pop(trial_id, {})
+            self._last_epoch.pop(trial_id, None)
         trial = self.store.finish_trial(
             trial_id,
             TrialState.complete,
-            metrics=final["metrics"],
+            metrics={**planned, **final["metrics"]},
             layers=[LayerInfo.model_validate(layer) for layer in final["layers"]],
             node_id=final.get("node_id"),
+            outputs=final.get("outputs") or {},
         )
         self._finished(trial)
         best = best_trial([t for t in (self._best, trial) if t is not None], self.spec.objectives)
@@ -363,15 +414,21 @@ class JobRunner:
             self.store.set_best_trial(self.job_id, best.id)
 
     def trial_ended(self, trial_id: str) -> None:
-        """Tune ended a trial; one still live never sent its final report, so it has failed."""
+        """Tune ended a trial. One still live never sent its final report: the early-stopping
+        rule stopped it after an epoch (``pruned``, with that epoch's metrics), or it failed."""
         with self._lock:
             unreported = trial_id in self._live
+            last_epoch = self._last_epoch.pop(trial_id, None)
+            planned = self._planned.pop(trial_id, {})
         try:
             if unreported and self.stop_reason is None:
-                failed = self.store.finish_trial(
-                    trial_id, TrialState.failed, error="the trial ended without its final report"
-                )
-                self._finished(failed)
+                if self.spec.early_stopping is not None and last_epoch is not None:
+                    ended = self.store.finish_trial(trial_id, TrialState.pruned, metrics={**planned, **last_epoch})
+                else:
+                    ended = self.store.finish_trial(
+                        trial_id, TrialState.failed, error="the trial ended without its final report"
+                    )
+                self._finished(ended)
         finally:
             with self._lock:
                 self._live.discard(trial_id)
@@ -395,7 +452,6 @@ class JobRunner:
         self._finished(self.store.finish_trial(trial_id, TrialState.failed, error=error))
 
     def _finished(self, trial: Trial) -> None:
-        observe_trial(trial)
         with self._lock:
             self._live.discard(trial.id)
             self.strategy.tell(trial)

@@ -19,8 +19,8 @@ EPOCH_METRICS = "nas_epoch_metrics"
 def train_trial(config: dict[str, Any]) -> None:
     import ray
 
+    from nas import registry
     from nas.specs import JobSpec
-    from nas.training import run_trial
 
     spec = JobSpec.model_validate(config["spec"])
     # A worker node may keep its data elsewhere than the server that planned the trial.
@@ -29,13 +29,15 @@ def train_trial(config: dict[str, Any]) -> None:
     def report(epoch: int, metrics: dict[str, float]) -> None:
         tune.report({"epoch": epoch, EPOCH_METRICS: metrics, **metrics})
 
-    outcome = run_trial(spec, config["arch"], data_dir, report)
+    strategy = registry.strategies.get(spec.strategy.name)
+    outcome = strategy.run_trial(spec, config["arch"], data_dir, report, config.get("parent_model"))
     tune.report(
         {
             **outcome.metrics,
             FINAL: {
                 "metrics": outcome.metrics,
                 "layers": outcome.layers,
+                "outputs": outcome.outputs,
                 "node_id": ray.get_runtime_context().get_node_id(),
             },
             "model": outcome.model_bytes,

@@ -10,7 +10,8 @@ from sqlalchemy import text
 from api.deps import PrincipalDep, StoreDep
 from api.responses import errors
 from nas import __version__, registry
-from nas.specs import TARGETS, TRIAL_METRICS, JobSpec
+from nas.latency import describe_targets
+from nas.specs import TRIAL_METRICS, JobSpec
 
 router = APIRouter(tags=["catalog"])
 
@@ -22,7 +23,7 @@ def catalog(principal: PrincipalDep) -> dict[str, Any]:
         "strategies": registry.strategies.describe(),
         "sparsifiers": registry.sparsifiers.describe(),
         "datasets": registry.datasets.describe(),
-        "targets": [{"name": name, "description": "this server's CPU", "params_schema": {}} for name in TARGETS],
+        "targets": describe_targets(),
         "metrics": [{"name": name, "description": text} for name, text in TRIAL_METRICS.items()],
         "job_spec_schema": JobSpec.model_json_schema(),
     }

@@ -1,5 +1,30 @@
-"""Inference latency of models on a target device."""
+"""Inference latency on a target device: measured, and predicted before a model is trained.
 
-from nas.latency.measure import TARGETS, measure
+* :func:`measure`: a tightened measurement (per-call quantiles, rounds, re-measurement when noisy);
+* :func:`predict`: sparsity-aware prediction for any ``nn.Module`` of standard layers, from a
+  calibrated (or bundled, rescaled) predictor; :func:`predict_details` says how;
+* :func:`refine`: feed a measured latency back, refitting the whole-model correction online;
+* :func:`available_targets`, :func:`describe_targets`: what this machine can time;
+* :func:`nas.latency.calibrate.calibrate` and :mod:`nas.latency.evaluate` back ``nas hardware``.
+"""
 
-__all__ = ["TARGETS", "measure"]
+from nas.latency.api import predict, predict_details, prepare_trace, refine
+from nas.latency.features import UnsupportedLayer
+from nas.latency.measure import measure, measure_interleaved
+from nas.latency.predictor import NoPredictor
+from nas.latency.targets import TARGETS, TargetUnavailable, available_targets, describe_targets
+
+__all__ = [
+    "TARGETS",
+    "NoPredictor",
+    "TargetUnavailable",
+    "UnsupportedLayer",
+    "available_targets",
+    "describe_targets",
+    "measure",
+    "measure_interleaved",
+    "predict",
+    "predict_details",
+    "prepare_trace",
+    "refine",
+]

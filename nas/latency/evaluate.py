@@ -1,0 +1,226 @@
+"""Accuracy of the predictor on held-out models, beside the noise ceiling and two baselines.
+
+From a calibration's measurements (``$NAS_HOME/latency/data/<key>.json``):
+
+* **same distribution**: 5-fold cross-validation over the measured models (the whole-model
+  correction is refitted without the fold; layer models never see whole models);
+* **held-out families**: each model family predicted by a correction fitted on the others;
+* **held-out sparsity**: layer models and correction fitted without anything sparser than 90%,
+  tested on the 95% and 98% sparse models (extrapolation along the sparsity axis);
+
+each as ±5% / ±10% accuracy, MAPE and Spearman's ρ, for all, dense and sparse models, beside
+the **noise ceiling** (how often the model's two independent measurement sessions agree within
+±10%) and the **FLOPs-only** (nonzero FLOPs) and **roofline-only** baselines fitted on the same
+training models.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from nas.latency.calibrate import truth
+from nas.latency.features import Layer, Trace
+from nas.latency.predictor import Correction, Predictor
+from nas.latency.roofline import Baselines
+from nas.latency.targets import TargetIdentity
+
+SPARSITY_SPLIT = 0.075  # densities below this (95%, 98% sparse) are held out
+
+
+def accuracy(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    """±5% and ±10% accuracy, MAPE and Spearman's ρ of ``predicted`` against ``measured``."""
+    p, y = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    if len(y) == 0:
+        return {"n": 0, "acc5": float("nan"), "acc10": float("nan"), "mape": float("nan"), "spearman": float("nan")}
+    error = np.abs(p / y - 1)
+    rho = float(spearmanr(p, y).statistic) if len(y) > 2 else float("nan")
+    return {
+        "n": int(len(y)),
+        "acc5": float(np.mean(error <= 0.05)),
+        "acc10": float(np.mean(error <= 0.10)),
+        "mape": float(np.mean(error)),
+        "spearman": rho,
+    }
+
+
+def noise_ceiling(records: Sequence[Mapping[str, Any]], statistic: str = "median_ms") -> dict[str, float]:
+    """How often two independent measurement sessions of the same model agree within ±10% (and ±5%)."""
+    if not records:
+        return {"acc10": float("nan"), "acc5": float("nan")}
+    a = np.array([r["sessions"][0][statistic] for r in records])
+    b = np.array([r["sessions"][1][statistic] for r in records])
+    error = np.abs(a / b - 1)
+    return {"acc10": float(np.mean(error <= 0.10)), "acc5": float(np.mean(error <= 0.05))}
+
+
+def _effective(trace: Trace) -> Trace:
+    """The trace with every sparse layer in its CSR form: what nonzero-FLOPs and roofline baselines count."""
+    layers = [layer.alt if layer.alt is not None else layer for layer in trace.layers]
+    return Trace(layers, trace.container_calls, trace.input_elements, trace.peak_elements, trace.params)
+
+
+def layer_predictor(data: Mapping[str, Any], keep: Callable[[Mapping[str, Any]], bool] | None = None) -> Predictor:
+    """Layer models fitted on the calibration's layer samples (those ``keep`` accepts)."""
+    target_id = TargetIdentity.from_dict(data["identity"])
+    samples = [(Layer.from_json(s["layer"]), float(s["ms"])) for s in data["layers"] if keep is None or keep(s)]
+    return Predictor.fit_layers(target_id, samples, data["constants"])
+
+
+class _Split:
+    """Layer-sum predictions of a set of models, with the correction refittable on any subset."""
+
+    def __init__(self, predictor: Predictor, records: Sequence[Mapping[str, Any]], statistic: str, kernels: str) -> None:
+        self.records = list(records)
+        self.traces = [Trace.from_json(r["trace"]) for r in self.records]
+        choices: Any = [r["kernels"] for r in self.records] if kernels == "converted" else "auto"
+        raw = predictor.predict_traces(self.traces, choices, correction=Correction())
+        self.sum_ms = np.array([p.sum_ms for p in raw])
+        self.features = np.array([Predictor.feature_vector(p.features) for p in raw]).reshape(len(raw), -1)
+        self.y = np.array([truth(r, statistic) for r in self.records])
+        self.effective = [_effective(t) for t in self.traces]
+
+    def predict(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        correction = Correction.fit(self.features[train], np.log(self.y[train] / self.sum_ms[train]))
+        return self.sum_ms[test] * np.exp(correction(self.features[test]))
+
+    def baselines(self, train: np.ndarray, test: np.ndarray, constants: dict[str, float]) -> dict[str, np.ndarray]:
+        fitted = Baselines(constants).fit([self.effective[i] for i in train], self.y[train])
+        tests = [self.effective[i] for i in test]
+        return {"flops": fitted.flops(tests), "roofline": fitted.roofline(tests)}
+
+
+def _rows(name: str, split: _Split, test: np.ndarray, predicted: np.ndarray, baselines: dict[str, np.ndarray],
+          statistic: str) -> list[dict[str, Any]]:  # fmt: skip
+    rows = []
+    for subset, pick in (("all", lambda r: True), ("dense", lambda r: not r["sparse"]), ("sparse", lambda r: r["sparse"])):
+        mask = np.array([pick(split.records[i]) for i in test], dtype=bool)
+        if not mask.any():
+            continue
+        chosen = [split.records[i] for i in test[mask]]
+        rows.append({
+            "split": name, "models": subset, **accuracy(predicted[mask], split.y[test][mask]),
+            "ceiling10": noise_ceiling(chosen, statistic)["acc10"], "ceiling5": noise_ceiling(chosen, statistic)["acc5"],
+            "flops": accuracy(baselines["flops"][mask], split.y[test][mask]),
+            "roofline": accuracy(baselines["roofline"][mask], split.y[test][mask]),
+        })  # fmt: skip
+    return rows
+
+
+def _gather(split: _Split, folds: Sequence[tuple[np.ndarray, np.ndarray]], constants: dict[str, float]) -> tuple[
+        np.ndarray, np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+    tests, predictions, flops, roofline = [], [], [], []
+    for train, test in folds:
+        if len(train) < 3 or len(test) == 0:
+            continue
+        tests.append(test)
+        predictions.append(split.predict(train, test))
+        base = split.baselines(train, test, constants)
+        flops.append(base["flops"])
+        roofline.append(base["roofline"])
+    return (np.concatenate(tests), np.concatenate(predictions),
+            {"flops": np.concatenate(flops), "roofline": np.concatenate(roofline)})  # fmt: skip
+
+
+def evaluate(data: Mapping[str, Any], statistic: str = "median_ms", folds: int = 5, seed: int = 0,
+             bundled: Predictor | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Every split's rows (see the module docstring)."""
+    records = data["models"]
+    constants = data["constants"]
+    rows: list[dict[str, Any]] = []
+    full = layer_predictor(data)
+
+    for kernels, label in (("auto", "same distribution"), ("converted", "same distribution, converter's kernels")):
+        split = _Split(full, records, statistic, kernels)
+        order = np.arange(len(records))
+        random.Random(seed).shuffle(order)
+        chunks = np.array_split(order, folds)
+        cv = [(np.concatenate([c for j, c in enumerate(chunks) if j != k]), chunk) for k, chunk in enumerate(chunks)]
+        test, predicted, base = _gather(split, cv, constants)
+        rows += _rows(label, split, test, predicted, base, statistic)
+
+    split = _Split(full, records, statistic, "auto")
+    families = sorted({r["family"] for r in records})
+    by_family = [(np.array([i for i, r in enumerate(records) if r["family"] != f]),
+                  np.array([i for i, r in enumerate(records) if r["family"] == f])) for f in families]  # fmt: skip
+    test, predicted, base = _gather(split, by_family, constants)
+    rows += _rows("held-out families", split, test, predicted, base, statistic)
+
+    def dense_enough(sample: Mapping[str, Any]) -> bool:
+        return float(sample["layer"]["x"].get("density", 1.0)) >= SPARSITY_SPLIT
+
+    partial = layer_predictor(data, dense_enough)
+    split = _Split(partial, records, statistic, "auto")
+    held = np.array([i for i, r in enumerate(records) if r["min_density"] < SPARSITY_SPLIT], dtype=int)
+    kept = np.array([i for i, r in enumerate(records) if r["min_density"] >= SPARSITY_SPLIT], dtype=int)
+    if len(held) and len(kept) >= 3:
+        test, predicted, base = _gather(split, [(kept, held)], constants)
+        rows += _rows("held-out sparsity (95-98%)", split, test, predicted, base, statistic)
+
+    if bundled is not None:
+        traces = [Trace.from_json(r["trace"]) for r in records]
+        scale = data["reference_ms"] / bundled.reference_ms if bundled.reference_ms else 1.0
+        predicted = np.array([p.latency_ms for p in bundled.predict_traces(traces, "auto", scale)])
+        split = _Split(full, records, statistic, "auto")
+        everything = np.arange(len(records))
+        base = split.baselines(everything, everything, constants)
+        rows += _rows("bundled predictor, rescaled (no fitting)", split, everything, predicted, base, statistic)
+    return rows
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.1f}%"
+
+
+def _rho(value: float) -> str:
+    return "n/a" if value != value else f"{value:.3f}"
+
+
+def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows as a markdown table."""
+    lines = [
+        "| split | models | n | ±5% | ±10% | MAPE | Spearman ρ | noise ceiling ±10% | FLOPs-only ±10% / ρ | roofline-only ±10% / ρ |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['split']} | {r['models']} | {r['n']} | {_pct(r['acc5'])} | {_pct(r['acc10'])} | {_pct(r['mape'])} | "
+            f"{_rho(r['spearman'])} | {_pct(r['ceiling10'])} | {_pct(r['flops']['acc10'])} / {_rho(r['flops']['spearman'])} | "
+            f"{_pct(r['roofline']['acc10'])} / {_rho(r['roofline']['spearman'])} |"
+        )
+    return "\n".join(lines)
+
+
+def layer_accuracy(data: Mapping[str, Any], seed: int = 0) -> list[dict[str, Any]]:
+    """Per layer kind: accuracy of layer models on a held-out fifth of the layer samples."""
+    samples = list(data["layers"])
+    rng = random.Random(seed)
+    rng.shuffle(samples)
+    cut = len(samples) // 5
+    test, train = samples[:cut], samples[cut:]
+    target_id = TargetIdentity.from_dict(data["identity"])
+    predictor = Predictor.fit_layers(target_id, [(Layer.from_json(s["layer"]), s["ms"]) for s in train],
+                                     data["constants"])  # fmt: skip
+    rows = []
+    for kind in sorted({s["layer"]["kind"] for s in test}):
+        chosen = [s for s in test if s["layer"]["kind"] == kind]
+        predicted = predictor.layer_times([Layer.from_json(s["layer"]) for s in chosen])
+        rows.append({"kind": kind, **accuracy(predicted, [s["ms"] for s in chosen])})
+    return rows
+
+
+def summary_line(rows: Sequence[Mapping[str, Any]]) -> str:
+    main = next((r for r in rows if r["split"] == "same distribution" and r["models"] == "all"), None)
+    if main is None:
+        return ""
+    return (f"same distribution: {_pct(main['acc10'])} within ±10% (ceiling {_pct(main['ceiling10'])}), "
+            f"ρ {_rho(main['spearman'])}, MAPE {_pct(main['mape'])}")  # fmt: skip
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
