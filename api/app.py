@@ -14,7 +14,8 @@ from api.metrics import metrics_registry
 from api.metrics import router as metrics_router
 from api.ratelimit import FailureLimiter
 from api.request_context import RequestContext, install_log_record_factory
-from api.routes import catalog, jobs, trials
+from api.routes import catalog, dashboard, dashboard_api, events, jobs, trials
+from api.routes.latency import router as latency_router
 from nas import __version__
 from nas.errors import IllegalTransition, NotFound
 from nas.settings import Settings
@@ -95,6 +96,10 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     app.state.auth_limiter = FailureLimiter(settings.auth_failures_per_minute)
     for router in (jobs.router, trials.router, catalog.router):
         app.include_router(router, prefix=API_PREFIX)
+    for router in (dashboard_api.router, events.router):
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(latency_router, prefix=API_PREFIX)
+    app.include_router(dashboard.router)  # the web dashboard at /
     app.include_router(metrics_router, prefix=API_PREFIX)
     app.include_router(metrics_router, include_in_schema=False)  # Prometheus' default path
 

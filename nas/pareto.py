@@ -15,23 +15,23 @@ def _signed(trial: Trial, objectives: Sequence[Objective]) -> tuple[float, ...]:
 
 
 def pareto_front(trials: Sequence[Trial], objectives: Sequence[Objective]) -> list[Trial]:
-    """Complete trials that no other complete trial beats on every objective.
+    """Complete trials that no other complete trial beats on every objective; ties are all kept.
 
-    O(n² · k), fine for the thousands of trials a job holds; ties are all kept.
+    Trials are visited best-first in lexicographic order, so anything that dominates a trial was
+    visited before it, and (dominance being transitive) it is enough to compare each trial with
+    the front found so far: O(n · front · k), not O(n² · k). Returned in the order given.
     """
     scored = [
-        (t, _signed(t, objectives))
-        for t in trials
+        (position, _signed(t, objectives))
+        for position, t in enumerate(trials)
         if t.state is TrialState.complete and all(o.metric in t.metrics for o in objectives)
     ]
-    front = []
-    for trial, values in scored:
-        dominated = any(
-            all(o >= v for o, v in zip(other, values)) and other != values for _, other in scored
-        )
+    front: list[tuple[int, tuple[float, ...]]] = []
+    for position, values in sorted(scored, key=lambda item: item[1], reverse=True):
+        dominated = any(all(o >= v for o, v in zip(other, values)) and other != values for _, other in front)
         if not dominated:
-            front.append(trial)
-    return front
+            front.append((position, values))
+    return [trials[position] for position in sorted(position for position, _ in front)]
 
 
 def best_trial(trials: Sequence[Trial], objectives: Sequence[Objective]) -> Trial | None:

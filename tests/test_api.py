@@ -480,3 +480,33 @@ def test_catalog_lists_every_registered_name(client: TestClient, keys: dict[str,
     assert "sparsity" in magnitude["params_schema"]["properties"]
     assert [t["name"] for t in catalog["targets"]] == ["cpu"]
     assert all("params_schema" in t for t in catalog["targets"])
+
+
+def test_pareto_front_agrees_with_brute_force_on_random_trials() -> None:
+    """The front's sweep (best-first, compared with the front so far) equals the definition."""
+    import random
+    from datetime import datetime, timezone
+
+    from nas.pareto import pareto_front
+    from nas.specs import Objective, Trial, TrialState
+
+    rng = random.Random(7)
+    objectives = [Objective(metric="accuracy", direction="maximize"), Objective(metric="latency_ms", direction="minimize"),
+                  Objective(metric="sparsity", direction="maximize")]
+    now = datetime.now(timezone.utc)
+    trials = [
+        Trial(id=str(i), job_id="j", number=i, state=rng.choice([TrialState.complete] * 4 + [TrialState.failed]),
+              arch={}, created_at=now,
+              metrics={"accuracy": rng.choice([0.8, 0.9, 0.95]), "latency_ms": rng.choice([1.0, 2.0, 3.0]),
+                       "sparsity": rng.choice([0.5, 0.9])})
+        for i in range(300)
+    ]
+
+    def beats(a: Trial, b: Trial) -> bool:
+        x = (a.metrics["accuracy"], -a.metrics["latency_ms"], a.metrics["sparsity"])
+        y = (b.metrics["accuracy"], -b.metrics["latency_ms"], b.metrics["sparsity"])
+        return all(p >= q for p, q in zip(x, y)) and x != y
+
+    complete = [t for t in trials if t.state is TrialState.complete]
+    expected = [t.id for t in complete if not any(beats(o, t) for o in complete)]
+    assert [t.id for t in pareto_front(trials, objectives)] == expected

@@ -23,6 +23,7 @@ def catalog(principal: PrincipalDep) -> dict[str, Any]:
         "strategies": registry.strategies.describe(),
         "sparsifiers": registry.sparsifiers.describe(),
         "datasets": registry.datasets.describe(),
+        "early_stopping": registry.early_stopping.describe(),
         "targets": describe_targets(),
         "metrics": [{"name": name, "description": text} for name, text in TRIAL_METRICS.items()],
         "job_spec_schema": JobSpec.model_json_schema(),

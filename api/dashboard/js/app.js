@@ -1,0 +1,51 @@
+// The single-page app: a hash router over the pages, and the signed-in frame around them.
+
+import { session } from './api.js';
+import { clear, errorBox } from './ui.js';
+
+const routes = [
+  { pattern: /^#\/signin$/, page: () => import('./pages/signin.js'), open: true, nav: null },
+  { pattern: /^#\/jobs$/, page: () => import('./pages/jobs.js'), nav: 'jobs' },
+  { pattern: /^#\/new$/, page: () => import('./pages/newjob.js'), nav: 'new' },
+  { pattern: /^#\/jobs\/([0-9a-f]{1,64})$/, page: () => import('./pages/job.js'), nav: 'jobs' },
+  { pattern: /^#\/trials\/([0-9a-f]{1,64})$/, page: () => import('./pages/trial.js'), nav: 'jobs' },
+];
+
+const view = document.getElementById('view');
+let cleanup = null;
+let generation = 0;
+
+function frame(signedIn, nav) {
+  document.getElementById('nav').hidden = !signedIn;
+  document.getElementById('session').hidden = !signedIn;
+  for (const link of document.querySelectorAll('[data-nav]')) link.classList.toggle('active', link.dataset.nav === nav);
+}
+
+async function route() {
+  const hash = location.hash || '#/jobs';
+  const match = routes.map((r) => ({ r, m: r.pattern.exec(hash) })).find((x) => x.m);
+  if (!match) { location.replace('#/jobs'); return; }
+  const { r, m } = match;
+  if (!r.open && !session.key()) {
+    sessionStorage.setItem('nas.afterSignin', hash);
+    location.replace('#/signin');
+    return;
+  }
+  const mine = ++generation;
+  if (cleanup) { try { cleanup(); } catch (e) { console.warn(e); } cleanup = null; }
+  frame(!r.open, r.nav);
+  window.scrollTo(0, 0);
+  try {
+    const module = await r.page();
+    if (mine !== generation) return;
+    clear(view);
+    cleanup = (await module.render(view, ...m.slice(1))) || null;
+  } catch (error) {
+    if (mine !== generation || error?.status === 401) return;
+    clear(view, errorBox(error));
+  }
+}
+
+document.getElementById('signout').addEventListener('click', () => session.signOut('Signed out.'));
+window.addEventListener('hashchange', route);
+route();

@@ -1,0 +1,204 @@
+// The trial page: metrics, per-epoch curves, predicted vs measured latency, the layers as a table,
+// lineage, the architecture, and model downloads.
+
+import { api, download, subscribe } from '../api.js';
+import { COLORS, Scatter } from '../charts.js';
+import { badge, card, clear, copyButton, elapsed, errorBox, fmt, formatMetric, h, kpi, metricLabel, throttle } from '../ui.js';
+
+const FINISHED = ['complete', 'pruned', 'failed', 'infeasible'];
+
+export async function render(view, trialId) {
+  let trial, lineage, job;
+  try {
+    [trial, lineage] = await Promise.all([api.get(`/trials/${trialId}`), api.get(`/trials/${trialId}/lineage`)]);
+    job = await api.get(`/dashboard/jobs/${trial.job_id}`);
+  } catch (error) {
+    if (error.status !== 401) clear(view, errorBox(error));
+    return null;
+  }
+  const curves = h('div', { class: 'chart', id: 'chart-epochs' });
+  const latency = h('div', { class: 'chart', id: 'chart-latency' });
+  const curveSelect = h('select', { 'aria-label': 'curve metric', onchange: () => paintCurves() });
+  let curvesChart = null;
+  const downloads = h('div', { class: 'downloads' });
+  const downloadMessage = h('div', { class: 'muted small', id: 'download-message' });
+  const metricsBox = h('div', { class: 'kpis' });
+  const allMetrics = h('div');
+  const head = h('div', { class: 'job-head' });
+  const layersBox = h('div', { class: 'table-wrap' });
+  const live = h('span', { class: 'live', hidden: true }, 'live');
+  let disposed = false;
+
+  function paintHead() {
+    const parent = lineage.ancestors[0];
+    clear(head,
+      h('div', { class: 'crumbs' }, h('a', { href: '#/jobs' }, 'Jobs'), ' / ', h('a', { href: `#/jobs/${job.id}` }, job.name), ' / ', h('span', {}, `Trial #${trial.number}`)),
+      h('div', { class: 'title-row' }, h('h1', {}, `Trial #${trial.number}`), badge(trial.state), live),
+      h('div', { class: 'meta' },
+        h('span', { class: 'mono' }, trial.id), copyButton(trial.id),
+        trial.started_at ? h('span', {}, `started ${fmt.time(trial.started_at)}`) : h('span', {}, `created ${fmt.time(trial.created_at)}`),
+        trial.started_at ? h('span', {}, `ran ${fmt.duration(elapsed(trial.started_at, trial.finished_at))}`) : null,
+        trial.attempts > 1 ? h('span', {}, `${trial.attempts} attempts`) : null,
+        trial.node_id ? h('span', { title: 'Ray node' }, `node ${fmt.shortId(trial.node_id)}`) : null,
+        parent ? h('span', {}, 'parent ', h('a', { href: `#/trials/${parent.id}`, class: 'mono' }, `#${parent.number}`)) : null),
+      trial.error ? h('pre', { class: 'alert alert-error pre' }, trial.error) : null);
+  }
+
+  function paintMetrics() {
+    const m = trial.metrics;
+    const predErr = m.latency_ms && m.predicted_latency_ms ? (m.predicted_latency_ms - m.latency_ms) / m.latency_ms : null;
+    clear(metricsBox,
+      kpi('Accuracy', formatMetric('accuracy', m.accuracy), m.loss !== undefined ? `loss ${fmt.num(m.loss)}` : null),
+      kpi('Sparsity', formatMetric('sparsity', m.sparsity), m.nonzero_params !== undefined ? `${fmt.compact(m.nonzero_params)} of ${fmt.compact(m.params)} weights nonzero` : null),
+      kpi('Latency (measured)', formatMetric('latency_ms', m.latency_ms), m.masked_latency_ms !== undefined ? `masked dense ${fmt.ms(m.masked_latency_ms)}` : 'batch 1, median'),
+      kpi('Latency (predicted)', formatMetric('predicted_latency_ms', m.predicted_latency_ms), predErr !== null ? `${predErr >= 0 ? '+' : ''}${(predErr * 100).toFixed(0)}% vs measured` : null),
+      kpi('FLOPs', fmt.compact(m.flops), m.nonzero_flops !== undefined ? `${fmt.compact(m.nonzero_flops)} nonzero` : null),
+      kpi('Train time', formatMetric('train_time_s', m.train_time_s)));
+    const names = Object.keys(m).sort();
+    clear(allMetrics, names.length
+      ? h('dl', { class: 'metric-list' }, names.map((k) => [h('dt', { title: k }, metricLabel(k)), h('dd', {}, formatMetric(k, m[k]))]))
+      : h('p', { class: 'muted' }, 'No metrics yet.'));
+  }
+
+  function paintDownloads() {
+    const reason = trial.has_model ? null : (FINISHED.includes(trial.state) ? `trial ${trial.state} without a saved model` : `no model until the trial completes (now ${trial.state})`);
+    const button = (format, label) => h('button', {
+      class: 'btn', type: 'button', id: `download-${format}`, disabled: !trial.has_model, title: reason || `Download the trained model as ${format}`,
+      onclick: async (e) => {
+        const b = e.currentTarget;
+        b.disabled = true;
+        downloadMessage.className = 'muted small';
+        downloadMessage.textContent = `Preparing ${format}…`;
+        try {
+          const file = await download(`/trials/${trial.id}/model`, { format }, `trial-${trial.id}.${format}`);
+          downloadMessage.textContent = `Downloaded ${file.name} (${fmt.compact(file.size)} bytes).`;
+        } catch (error) {
+          downloadMessage.className = 'field-error';
+          downloadMessage.textContent = `${format}: ${error.detail ?? error.message}`;
+        } finally { b.disabled = false; }
+      },
+    }, label);
+    clear(downloads, button('safetensors', '⬇ Model · safetensors'), button('onnx', '⬇ Model · ONNX'));
+    if (reason) downloadMessage.textContent = reason;
+  }
+
+  function paintLayers() {
+    const layers = trial.layers || [];
+    if (!layers.length) {
+      clear(layersBox, h('div', { class: 'empty' }, FINISHED.includes(trial.state) ? 'This trial reported no layers.' : 'Layers are reported when the trial finishes.'));
+      return;
+    }
+    const total = (l) => l.shape.reduce((a, b) => a * b, 1);
+    clear(layersBox, h('table', { class: 'table', id: 'layers-table' },
+      h('thead', {}, h('tr', {}, ['#', 'Layer', 'Shape', 'Weights', 'Nonzero', 'Density', 'Pattern', 'Kernel'].map((t, i) => h('th', { class: [0, 3, 4].includes(i) ? 'num' : '' }, t)))),
+      h('tbody', {}, layers.map((l, i) => h('tr', {},
+        h('td', { class: 'num muted' }, i),
+        h('td', { class: 'mono' }, l.name),
+        h('td', { class: 'mono' }, `${l.shape.join(' × ')}`),
+        h('td', { class: 'num' }, fmt.compact(total(l))),
+        h('td', { class: 'num' }, fmt.compact(Math.round(total(l) * l.density))),
+        h('td', {}, h('div', { class: 'density' }, h('div', { class: 'density-bar', style: { width: `${100 * l.density}%` } }), h('span', {}, fmt.pct(l.density, 1)))),
+        h('td', {}, h('span', { class: 'chip' }, l.pattern)),
+        h('td', {}, l.kernel ? h('span', { class: 'chip chip-kernel' }, l.kernel) : h('span', { class: 'muted' }, '—')))))));
+  }
+
+  function paintCurves() {
+    const history = trial.history || [];
+    if (!history.length) {
+      curvesChart?.destroy(); curvesChart = null;
+      clear(curves, h('div', { class: 'chart-empty' }, FINISHED.includes(trial.state) ? 'This trial reported no epochs.' : 'No epoch reported yet.'));
+      return;
+    }
+    const keys = [...new Set(history.flatMap((e) => Object.keys(e.metrics)))].sort();
+    const chosen = keys.includes(curveSelect.value) ? curveSelect.value : keys.includes('accuracy') ? 'accuracy' : keys[0];
+    clear(curveSelect, keys.map((k) => h('option', { value: k, selected: k === chosen }, metricLabel(k))));
+    const pts = history.filter((e) => typeof e.metrics[chosen] === 'number');
+    if (!curvesChart) curvesChart = new Scatter(curves);
+    curvesChart.set([
+      { type: 'line', x: pts.map((e) => e.epoch), y: pts.map((e) => e.metrics[chosen]), color: COLORS[0], width: 2 },
+      { type: 'points', x: pts.map((e) => e.epoch), y: pts.map((e) => e.metrics[chosen]), color: COLORS[0], size: 3.5, alpha: 1,
+        tip: (k) => [`epoch ${pts[k].epoch}`, ...Object.entries(pts[k].metrics).map(([name, v]) => `${metricLabel(name)} ${formatMetric(name, v)}`)] },
+    ], { x: { label: 'epoch', integer: true }, y: { label: metricLabel(chosen), format: chosen.includes('accuracy') ? (v) => `${Number((v * 100).toFixed(1))}%` : undefined } });
+  }
+
+  let latencyChart = null;
+  async function paintLatency() {
+    const points = await api.get(`/jobs/${trial.job_id}/points`, { metric: ['latency_ms', 'predicted_latency_ms', 'sparsity'] });
+    if (disposed) return;
+    const xs = points.metrics.predicted_latency_ms, ys = points.metrics.latency_ms;
+    const idx = points.id.map((_, i) => i).filter((i) => xs[i] !== null && ys[i] !== null);
+    if (!idx.length) { latencyChart?.destroy(); latencyChart = null; clear(latency, h('div', { class: 'chart-empty' }, 'No trial of this job has both latencies yet.')); return; }
+    const me = idx.find((i) => points.id[i] === trial.id);
+    let lo = Infinity, hi = -Infinity;
+    for (const i of idx) { lo = Math.min(lo, xs[i], ys[i]); hi = Math.max(hi, xs[i], ys[i]); }
+    if (!latencyChart) latencyChart = new Scatter(latency, { onClick: (id) => { location.hash = `#/trials/${id}`; } });
+    const tip = (i) => [`Trial #${points.number[i]}`, `predicted ${fmt.ms(xs[i])}`, `measured ${fmt.ms(ys[i])}`, `sparsity ${fmt.pct(points.metrics.sparsity[i])}`];
+    latencyChart.set([
+      { type: 'line', x: [lo, hi], y: [lo, hi], color: '#adb5bd', dash: [5, 4], width: 1, noDomain: true },
+      { type: 'points', x: idx.map((i) => xs[i]), y: idx.map((i) => ys[i]), color: '#91a7ff', alpha: 0.6, size: idx.length > 2000 ? 2.4 : 3.5, ids: idx.map((i) => points.id[i]), tip: (k) => tip(idx[k]) },
+      me !== undefined ? { type: 'points', x: [xs[me]], y: [ys[me]], color: '#e8590c', size: 6.5, alpha: 1, ids: [trial.id], tip: () => tip(me) } : null,
+    ].filter(Boolean), {
+      x: { label: 'predicted latency (ms)' }, y: { label: 'measured latency (ms)' },
+      legend: [{ label: 'trials of this job', color: '#91a7ff' }, { label: `trial #${trial.number}`, color: '#e8590c' }, { label: 'predicted = measured', color: '#adb5bd', kind: 'line' }],
+    });
+  }
+
+  function lineageCard() {
+    const chain = [...lineage.ancestors].reverse();
+    const link = (t) => h('a', { href: `#/trials/${t.id}`, class: 'lineage-node' }, h('span', { class: 'mono' }, `#${t.number}`), ' ', badge(t.state),
+      t.metrics.accuracy !== undefined ? h('span', { class: 'muted small' }, ` ${fmt.pct(t.metrics.accuracy)}`) : null,
+      t.metrics.sparsity !== undefined ? h('span', { class: 'muted small' }, ` · ${fmt.pct(t.metrics.sparsity, 0)} sparse`) : null);
+    if (!chain.length && !lineage.children.length) return h('p', { class: 'muted' }, 'This trial has no parent and no children.');
+    return h('div', { class: 'lineage' },
+      chain.map((t) => [link(t), h('span', { class: 'arrow' }, '→')]),
+      h('span', { class: 'lineage-node current' }, h('span', { class: 'mono' }, `#${trial.number}`), ' (this trial)'),
+      lineage.children.length ? [h('span', { class: 'arrow' }, '→'), h('div', { class: 'lineage-children' }, lineage.children.map(link))] : null);
+  }
+
+  const archBox = h('pre', { class: 'code' });
+  const outputsBox = h('pre', { class: 'code' });
+  function paintArch() {
+    archBox.textContent = JSON.stringify(trial.arch, null, 2);
+    outputsBox.textContent = JSON.stringify(trial.outputs || {}, null, 2);
+    outputsBox.closest('.card').hidden = !trial.outputs || !Object.keys(trial.outputs).length;
+  }
+
+  view.append(
+    head,
+    metricsBox,
+    h('div', { class: 'grid-2' },
+      card('Model', [downloads, downloadMessage, h('p', { class: 'muted small' }, 'safetensors: weights and masks with the architecture as metadata; ONNX: the sparse inference model, checked against torch in onnxruntime.')], { id: 'card-downloads' }),
+      card('All metrics', allMetrics, { id: 'card-metrics' })),
+    h('div', { class: 'grid-2' },
+      card('Per-epoch curves', curves, { id: 'card-epochs', actions: [h('label', { class: 'inline' }, 'metric ', curveSelect)] }),
+      card('Predicted vs measured latency', latency, { id: 'card-latency' })),
+    card('Layers', layersBox, { id: 'card-layers', cls: 'flush-body' }),
+    h('div', { class: 'grid-2' },
+      card('Lineage', lineageCard(), { id: 'card-lineage' }),
+      card('Architecture', archBox, { id: 'card-arch' })),
+    card('Strategy outputs', outputsBox, { id: 'card-outputs' }));
+  paintHead(); paintMetrics(); paintDownloads(); paintArch();
+  performance.mark('nas:interactive');
+  paintCurves();
+  paintLayers();
+  paintLatency().catch((e) => { if (e.status !== 401) console.warn(e); });
+
+  // A running trial updates as its epochs arrive.
+  let stream = null;
+  if (!FINISHED.includes(trial.state)) {
+    live.hidden = false;
+    const refresh = throttle(async () => {
+      try {
+        trial = await api.get(`/trials/${trialId}`);
+        if (disposed) return;
+        paintHead(); paintMetrics(); paintDownloads(); paintArch(); paintCurves(); paintLayers();
+        if (FINISHED.includes(trial.state)) { stream?.close(); live.hidden = true; paintLatency().catch(() => {}); }
+      } catch (e) { if (e.status !== 401) console.warn(e); }
+    }, 1500);
+    stream = subscribe(`/jobs/${trial.job_id}/events`, {
+      trial(t) { if (t.id === trialId) refresh(); },
+      epoch(e) { if (e.trial_id === trialId) refresh(); },
+    }, { since: Date.now() / 1000 - 5, onState: (s) => { live.textContent = s; live.dataset.state = s; } });
+  }
+  return () => { disposed = true; stream?.close(); latencyChart?.destroy(); curvesChart?.destroy(); };
+}
