@@ -593,3 +593,13 @@ def test_datetimes_are_utc_whatever_the_session_zone(
         assert got.created_at == store.get_job(job.id).created_at
     finally:
         other.dispose()
+
+
+def test_non_finite_metrics_are_left_out_instead_of_breaking_the_write(store: Store, make_spec: Any) -> None:
+    job = store.create_job(make_spec(), "alice")
+    trial = store.create_trial(job.id, {"hidden": [8]})
+    store.start_trial(trial.id)
+    store.report_epoch(trial.id, 1, {"loss": float("nan"), "accuracy": 0.1})
+    done = store.finish_trial(trial.id, TrialState.complete, {"loss": float("inf"), "accuracy": 0.1})
+    assert done.metrics == {"accuracy": 0.1}
+    assert store.get_trial(trial.id).history[0].metrics == {"accuracy": 0.1}

@@ -7,6 +7,7 @@ of a job's trials; the API creates jobs and requests cancellation.
 from __future__ import annotations
 
 import hashlib
+import math
 import hmac
 import secrets
 import uuid
@@ -59,6 +60,12 @@ class Artifact:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics without NaN or infinite values (a diverged loss): JSON has no such numbers,
+    PostgreSQL refuses them, and a missing metric is honest where a NaN would poison sorting."""
+    return {name: value for name, value in metrics.items() if not isinstance(value, float) or math.isfinite(value)}
 
 
 def _new_id() -> str:
@@ -294,7 +301,7 @@ class Store:
                 arch=arch,
                 fingerprint=fingerprint(arch),
                 parent_id=parent_id,
-                metrics=metrics or {},
+                metrics=_finite(metrics or {}),
                 error=error,
                 attempts=0,
                 created_at=now,
@@ -321,6 +328,7 @@ class Store:
 
     @retrying(idempotent=True)
     def report_epoch(self, trial_id: str, epoch: int, metrics: dict[str, float]) -> None:
+        metrics = _finite(metrics)
         with self._write() as s:
             row = self._trial_row(s, trial_id)
             if row.state != TrialState.running.value:
@@ -359,6 +367,7 @@ class Store:
     ) -> Trial:
         if not state.finished:
             raise ValueError(f"{state.value} is not a final trial state")
+        metrics = None if metrics is None else _finite(metrics)
         with self._write() as s:
             row = self._trial_row(s, trial_id)
             if row.state == state.value and row.error == error and metrics in (None, row.metrics):
