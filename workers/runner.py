@@ -386,6 +386,7 @@ class JobRunner:
                 pass  # a parent that ended without a model (failed, pruned, infeasible)
         return {
             "parent_model": parent_model,
+            "planned": self._planned.get(trial.id, {}),  # params, predicted latency: for early stopping
             "trial_id": trial.id,
             "number": trial.number,
             "attempt": trial.attempts + 1,  # makes a retried start_trial write a no-op
