@@ -109,6 +109,11 @@ def app_from_env() -> FastAPI:
     from nas.settings import Settings
     from nas.store import Store, make_engine
 
+    from nas.specs import JobSpec
+
     configure_logging(os.environ.get("NAS_LOG_FORMAT", "auto"))  # type: ignore[arg-type]
     settings = Settings.from_env()
+    # Validating a spec loads the plug-ins and torch: do it before serving, not inside the first
+    # submission while other requests wait for the interpreter lock.
+    JobSpec.model_validate(DEMO_SPEC)
     return create_app(Store(make_engine(settings.database_url)), settings)

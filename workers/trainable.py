@@ -16,8 +16,15 @@ FINAL = "nas_final"
 EPOCH_METRICS = "nas_epoch_metrics"
 
 
+# Training is throughput work; where workers share CPUs with the API (one machine), requests
+# should not wait behind it.
+TRIAL_NICENESS = 10
+
+
 def train_trial(config: dict[str, Any]) -> None:
     import ray
+
+    os.setpriority(os.PRIO_PROCESS, 0, TRIAL_NICENESS)
 
     from nas import registry
     from nas.specs import JobSpec
