@@ -560,6 +560,7 @@ class Store:
         if new not in TRIAL_TRANSITIONS.get(current, frozenset()):
             raise IllegalTransition(f"trial {trial_id}: {current.value} -> {new.value} is not allowed")
         row.state = new.value
+        row.updated_at = utcnow()  # now, not at flush: the Trial a write returns carries it
         return row
 
     @staticmethod
