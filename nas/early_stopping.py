@@ -26,15 +26,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nas.specs import TRIAL_METRICS, JobSpec
+from nas.metrics import OBJECTIVES, PER_EPOCH
+from nas.specs import JobSpec
 
 if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
 
 Problem = tuple[tuple[str | int, ...], str]
-
-PER_EPOCH: tuple[str, ...] = ("accuracy", "loss", "sparsity")
-"""Objective metrics the trainer reports after every epoch (besides train_loss and epoch_time_s)."""
 
 # Metrics known before training, which the runner records on every trial (``planned`` in the
 # Tune trial's config): the dominance rule compares them instead of waiting for the end.
@@ -75,7 +73,7 @@ class _OneMetricRule:
         metric = self.metric(spec)
         if metric not in PER_EPOCH:
             where = ("early_stopping", "params", "metric") if self.params.metric else ("early_stopping", "name")
-            known = "a metric" if metric in TRIAL_METRICS else "not a metric"
+            known = "a metric" if metric in OBJECTIVES else "not a metric"
             problems.append(
                 (where, f"{self.name} ranks trials after every epoch, but {metric!r} is {known} reported only when a "
                  f"trial ends; per-epoch metrics: {', '.join(PER_EPOCH)}")

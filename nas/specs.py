@@ -14,24 +14,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from nas import metrics as trial_metrics
 from nas import registry
 from nas.registry import Registry
-
-# Metrics every complete trial reports; objectives and constraints may name only these.
-TRIAL_METRICS: dict[str, str] = {
-    "accuracy": "test accuracy after the last epoch (0..1)",
-    "loss": "test cross-entropy after the last epoch",
-    "sparsity": "fraction of prunable weights that are zero",
-    "nonzero_params": "parameters that are not zero",
-    "params": "all parameters",
-    "flops": "multiply-accumulates of one dense forward pass, times two",
-    "nonzero_flops": "FLOPs that touch a nonzero weight",
-    "latency_ms": "measured latency of the sparse inference model on the target (batch 1): the 10th percentile of per-call times",
-    "latency_median_ms": "median of the same per-call times",
-    "masked_latency_ms": "measured latency (10th percentile) of the trained masked model run dense (batch 1)",
-    "predicted_latency_ms": "latency predicted before training",
-    "train_time_s": "wall time of training",
-}
 
 
 class _Strict(BaseModel):
@@ -96,8 +81,9 @@ class Objective(_Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, metric: str) -> str:
-        if metric not in TRIAL_METRICS:
-            raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(TRIAL_METRICS)}")
+        if metric not in trial_metrics.OBJECTIVES:
+            what = "not an objective" if metric in trial_metrics.METRICS else "unknown"
+            raise ValueError(f"metric {metric!r} is {what}; valid: {', '.join(trial_metrics.OBJECTIVES)}")
         return metric
 
 
@@ -267,7 +253,9 @@ class Trial(BaseModel):
     state: TrialState
     arch: dict[str, Any]
     parent_id: str | None = None
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="final metrics (see the catalog's metrics); integer ones read as int"
+    )
     layers: list[LayerInfo] = Field(default_factory=list)
     history: list[EpochMetrics] = Field(default_factory=list)
     node_id: str | None = None
@@ -282,6 +270,11 @@ class Trial(BaseModel):
         default_factory=dict, description="strategy-specific results, e.g. the cell a DASS search derived"
     )
     has_model: bool = False
+
+    @field_validator("metrics")
+    @classmethod
+    def _typed_metrics(cls, metrics: dict[str, float]) -> dict[str, float]:
+        return trial_metrics.typed(metrics)
 
 
 class Page(BaseModel):

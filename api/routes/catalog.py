@@ -11,7 +11,8 @@ from api.deps import PrincipalDep, StoreDep
 from api.responses import errors
 from nas import __version__, registry
 from nas.latency import describe_targets
-from nas.specs import TRIAL_METRICS, JobSpec
+from nas.metrics import METRICS
+from nas.specs import JobSpec
 
 router = APIRouter(tags=["catalog"])
 
@@ -25,7 +26,7 @@ def catalog(principal: PrincipalDep) -> dict[str, Any]:
         "datasets": registry.datasets.describe(),
         "early_stopping": registry.early_stopping.describe(),
         "targets": describe_targets(),
-        "metrics": [{"name": name, "description": text} for name, text in TRIAL_METRICS.items()],
+        "metrics": [metric.model_dump() for metric in METRICS.values()],
         "job_spec_schema": JobSpec.model_json_schema(),
     }
 

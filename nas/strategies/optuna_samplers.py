@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from nas.arch import fingerprint
+from nas.metrics import PER_EPOCH
 from nas.specs import JobSpec, Trial, TrialState
 from nas.strategies.base import Problem, Strategy, TrialPlan
 
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
     import optuna
     from optuna.distributions import BaseDistribution
 
-# Metrics the trainer reports after every epoch, usable as intermediate values.
-_PER_EPOCH = ("accuracy", "loss", "sparsity")
 _INDEX = re.compile(r"(\d+)$")
 
 
@@ -296,7 +295,7 @@ def _objective_value(metrics: dict[str, float], metric: str) -> float | None:
 
 def _intermediate(trial: Trial, metric: str) -> dict[int, float]:
     """The objective per epoch: the trial's history when loaded, else its last epoch's metrics."""
-    if metric not in _PER_EPOCH:
+    if metric not in PER_EPOCH:  # reported after every epoch: usable as intermediate values
         return {}
     history = {h.epoch: h.metrics[metric] for h in trial.history if metric in h.metrics}
     if history:
