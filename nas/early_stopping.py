@@ -1,7 +1,8 @@
 """Early-stopping rules (entry-point group ``nas.early_stopping``): Ray Tune schedulers for a job.
 
-A rule has ``Params``, ``check(spec)`` (problems that make it useless or wrong for the job, each a
-422 at its location) and ``scheduler(spec)``, the ``TrialScheduler`` the runner hands to Tune.
+A rule subclasses :class:`EarlyStoppingRule`: ``Params``, ``check(spec)`` (problems that make it
+useless or wrong for the job, each a 422 at its location) and ``scheduler(spec)``, the
+``TrialScheduler`` the runner hands to Tune.
 The runner records a trial that a rule stopped after an epoch as ``pruned``, with that epoch's
 metrics. Rules compare trials on the metrics the trainer reports after every epoch
 (:data:`PER_EPOCH`), at the same epoch (Tune's ``time_attr`` is ``"epoch"``), and never stop a
@@ -22,6 +23,7 @@ Ray is imported only when a scheduler is built: the API server validates specs w
 from __future__ import annotations
 
 import functools
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +42,23 @@ PLANNED: dict[str, str] = {"params": "params", "predicted_latency_ms": "predicte
                            "latency_ms": "predicted_latency_ms"}
 
 
+class EarlyStoppingRule(ABC):
+    """Base class of registered early-stopping rules; ``Params`` holds their options."""
+
+    Params: ClassVar[type[BaseModel]]
+
+    def __init__(self, params: BaseModel) -> None:
+        self.params = params
+
+    def check(self, spec: JobSpec) -> list[Problem]:
+        """Problems that make the rule useless or wrong for ``spec``, each a 422 at its location; none by default."""
+        return []
+
+    @abstractmethod
+    def scheduler(self, spec: JobSpec) -> TrialScheduler:
+        """The Ray Tune scheduler that stops ``spec``'s trials; imports Ray, so only the runner calls it."""
+
+
 def _mode(spec: JobSpec, metric: str) -> str:
     for objective in spec.objectives:
         if objective.metric == metric:
@@ -56,14 +75,12 @@ class _OneMetricParams(BaseModel):
     grace_period: int = Field(1, ge=1, le=1000, description="epochs every trial runs before it may be stopped")
 
 
-class _OneMetricRule:
+class _OneMetricRule(EarlyStoppingRule):
     """Shared by the single-metric rules: which metric, and the checks on it."""
 
     Params: ClassVar[type[_OneMetricParams]]
     name: ClassVar[str]
-
-    def __init__(self, params: _OneMetricParams) -> None:
-        self.params = params
+    params: _OneMetricParams
 
     def metric(self, spec: JobSpec) -> str:
         return self.params.metric or spec.objectives[0].metric
@@ -136,7 +153,7 @@ class Median(_OneMetricRule):
         )
 
 
-class Dominance:
+class Dominance(EarlyStoppingRule):
     """Stops a trial Pareto-dominated at the same epoch by a trial that ran all its epochs (multi-objective)."""
 
     class Params(BaseModel):
@@ -145,8 +162,7 @@ class Dominance:
         grace_period: int = Field(1, ge=1, le=1000, description="epochs every trial runs before it may be stopped")
         min_complete: int = Field(1, ge=1, le=1000, description="trials that ran all epochs before any is stopped")
 
-    def __init__(self, params: Params) -> None:
-        self.params = params
+    params: Params
 
     def check(self, spec: JobSpec) -> list[Problem]:
         comparable = [o.metric for o in spec.objectives if o.metric in PER_EPOCH or o.metric in PLANNED]
@@ -181,17 +197,11 @@ class Dominance:
         )
 
 
-class NoEarlyStopping:
+class NoEarlyStopping(EarlyStoppingRule):
     """Every trial runs to its last epoch (Tune's FIFO scheduler)."""
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-
-    def __init__(self, params: Params) -> None:
-        self.params = params
-
-    def check(self, spec: JobSpec) -> list[Problem]:
-        return []
 
     def scheduler(self, spec: JobSpec) -> TrialScheduler:
         from ray.tune.schedulers import FIFOScheduler

@@ -1,34 +1,54 @@
-"""Named plug-ins of one kind (search spaces, strategies, sparsifiers, datasets).
+"""Named plug-ins of one kind (search spaces, strategies, sparsifiers, datasets, early-stopping rules).
 
-Plug-ins are classes with a ``Params`` pydantic model; the registries fill themselves from the
-``nas.<kind>`` entry-point groups on first use, so third-party packages can add entries and
-``nas`` itself never imports the packages that extend it.
+Plug-ins are subclasses of their kind's base class with a ``Params`` pydantic model; the
+registries fill themselves from the ``nas.<kind>`` entry-point groups on first use, so
+third-party packages can add entries and ``nas`` itself never imports the packages that extend
+it. A registry names its base class as a ``"module:Class"`` path, imported at the first
+registration: the bases import :mod:`nas.specs`, which imports this module.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import pkgutil
 import threading
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 from nas.errors import UnknownName
 
+if TYPE_CHECKING:
+    from nas.data.base import Dataset
+    from nas.early_stopping import EarlyStoppingRule
+    from nas.search_space import SearchSpace
+    from nas.sparse.base import Sparsifier
+    from nas.strategies.base import Strategy
+
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A name -> class map; registering a name twice is an error."""
+    """A name -> class map of subclasses of one base; registering a name twice is an error."""
 
-    def __init__(self, kind: str, entry_point_group: str) -> None:
+    def __init__(self, kind: str, entry_point_group: str, base: str) -> None:
         self.kind = kind
         self._group = entry_point_group
+        self._base_path = base
         self._entries: dict[str, type[T]] = {}
         self._loaded = False
         self._lock = threading.Lock()
 
+    @property
+    def base(self) -> type[T]:
+        """The class every entry subclasses (``SearchSpace``, ``Strategy``, ...)."""
+        return pkgutil.resolve_name(self._base_path)
+
     def register(self, name: str, cls: type[T]) -> type[T]:
+        """Add ``cls`` as ``name``; ``TypeError`` when it is not a subclass of :attr:`base` with a pydantic ``Params``."""
+        base = self.base
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise TypeError(f"{self.kind} {name!r}: {cls!r} is not a subclass of {base.__module__}.{base.__qualname__}")
         existing = self._entries.get(name)
         if existing is not None and existing is not cls:
             raise ValueError(f"{self.kind} {name!r} is already registered as {existing!r}")
@@ -78,8 +98,10 @@ class Registry(Generic[T]):
         return out
 
 
-search_spaces: Registry[Any] = Registry("search space", "nas.search_spaces")
-strategies: Registry[Any] = Registry("strategy", "nas.strategies")
-sparsifiers: Registry[Any] = Registry("sparsifier", "nas.sparsifiers")
-datasets: Registry[Any] = Registry("dataset", "nas.datasets")
-early_stopping: Registry[Any] = Registry("early stopping rule", "nas.early_stopping")
+search_spaces: Registry[SearchSpace] = Registry("search space", "nas.search_spaces", "nas.search_space:SearchSpace")
+strategies: Registry[Strategy] = Registry("strategy", "nas.strategies", "nas.strategies.base:Strategy")
+sparsifiers: Registry[Sparsifier] = Registry("sparsifier", "nas.sparsifiers", "nas.sparse.base:Sparsifier")
+datasets: Registry[Dataset] = Registry("dataset", "nas.datasets", "nas.data.base:Dataset")
+early_stopping: Registry[EarlyStoppingRule] = Registry(
+    "early stopping rule", "nas.early_stopping", "nas.early_stopping:EarlyStoppingRule"
+)

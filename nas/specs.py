@@ -142,21 +142,21 @@ class JobSpec(_Strict):
         """Refuse at submission a job whose plug-ins cannot run together, naming where.
 
         Asks the sparsifier about the space's ``weight_specs`` for the dataset's shape (a space
-        without them is not checked), the strategy's ``check_spec`` and the early-stopping rule's
+        that offers none is not checked), the strategy's ``check_spec`` and the early-stopping rule's
         ``check``. Builds no model and imports no torch.
         """
         problems: list[tuple[str, tuple[str | int, ...], str]] = []  # (error type, location, message)
         space = registry.search_spaces.create(self.search_space.name, self.search_space.params)
         shape = registry.datasets.create(self.dataset.name, self.dataset.params).shape()
-        if hasattr(space, "weight_specs"):
+        try:
+            weights = space.weight_specs(*shape)
+        except ValueError as exc:  # the space cannot take this dataset's inputs
+            weights = []
+            problems.append(("dataset_incompatible", ("dataset", "name"), str(exc)))
+        if weights is not None:
             sparsifier = registry.sparsifiers.create(self.sparsifier.name, self.sparsifier.params)
-            try:
-                weights = space.weight_specs(*shape)
-            except ValueError as exc:  # the space cannot take this dataset's inputs
-                weights = []
-                problems.append(("dataset_incompatible", ("dataset", "name"), str(exc)))
             problems += [("sparsifier_incompatible", ("sparsifier", *loc), text) for loc, text in sparsifier.check(weights)]
-        if self.constraints.max_params is not None and hasattr(space, "min_params") and not problems:
+        if self.constraints.max_params is not None and not problems:
             least = space.min_params(*shape)
             if self.constraints.max_params < least:
                 problems.append(

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from nas.dass import layout
 from nas.dass.genotype import CELL_TYPES, EDGES_PER_NODE, OPS, Genotype, input_key, op_key
 from nas.dass.genotype import sample as sample_genotype
+from nas.search_space import SearchSpace
 from nas.sparse.base import WeightSpec
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ Operation = Literal[
 ]
 
 
-class DassDarts:
+class DassDarts(SearchSpace):
     """DARTS cells built from HYDRA's score-masked layers, searched by DASS (a supernet) or sampled (cells)."""
 
     class Params(BaseModel):
@@ -82,8 +83,7 @@ class DassDarts:
                 raise ValueError("operations needs at least one operation other than 'none'")
             return [op for op in OPS if op in operations]  # DARTS's order, so α's columns are stable
 
-    def __init__(self, params: Params) -> None:
-        self.params = params
+    params: Params
 
     @property
     def _choices(self) -> list[str]:

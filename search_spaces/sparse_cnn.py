@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from nas.arch import uniform_suggest
 
+from nas.search_space import SearchSpace
 from nas.sparse.base import WeightSpec
 from nas.sparse.magnitude import parse_pattern
 
@@ -111,7 +112,7 @@ def _unique(name: str, choices: list[Any] | None) -> None:
         raise ValueError(f"{name} repeats a value: {choices}")
 
 
-class SparseCNN:
+class SparseCNN(SearchSpace):
     """Conv-2/4/6-style and MobileNet-style networks with a sparsity and a pattern per layer."""
 
     class Params(BaseModel):
@@ -211,8 +212,7 @@ class SparseCNN:
                         )
             return self
 
-    def __init__(self, params: Params) -> None:
-        self.params = params
+    params: Params
 
     # --- sampling ------------------------------------------------------------------------------
 

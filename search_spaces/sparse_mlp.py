@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nas.arch import uniform_suggest
 
+from nas.search_space import SearchSpace
 from nas.sparse.base import WeightSpec
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def _layer_names(depth: int) -> list[str]:
     return [f"fc{i}" for i in range(depth)] + ["out"]
 
 
-class SparseMLP:
+class SparseMLP(SearchSpace):
     """Fully connected networks (Flatten, then Linear + activation per hidden layer, then a Linear classifier)."""
 
     class Params(BaseModel):
@@ -77,8 +78,7 @@ class SparseMLP:
                     raise ValueError(f"{name} repeats a value: {choices}")
             return self
 
-    def __init__(self, params: Params) -> None:
-        self.params = params
+    params: Params
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
         """A uniformly drawn architecture, as a flat JSON-able dict: :meth:`arch_from` with uniform draws."""

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nas.arch import uniform_suggest
 
+from nas.search_space import SearchSpace
 from nas.sparse.base import WeightSpec
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def _weight_names(cell: str, layers: int, bidirectional: bool) -> dict[str, str]
     return names
 
 
-class SparseRNN:
+class SparseRNN(SearchSpace):
     """RNN-tanh, RNN-ReLU, GRU and LSTM classifiers reading images row by row."""
 
     class Params(BaseModel):
@@ -91,8 +92,7 @@ class SparseRNN:
                     raise ValueError(f"{name} repeats a value: {choices}")
             return self
 
-    def __init__(self, params: Params) -> None:
-        self.params = params
+    params: Params
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
         """A uniformly drawn architecture, as a flat JSON-able dict: :meth:`arch_from` with uniform draws."""

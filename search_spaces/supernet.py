@@ -16,10 +16,13 @@ supernet. Importing this module does not import torch or optuna.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from nas.arch import uniform_suggest
+from nas.search_space import SearchSpace
 from nas.sparse.base import WeightSpec
 from nas.supertickets.layout import Block, Layout
 
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     import torch
 
 
-class SupernetSpace:
+class SupernetSpace(SearchSpace):
     """Sub-networks of a small MobileNet-style supernet: per-stage depth, per-block expansion ratio and kernel."""
 
     class Params(BaseModel):
@@ -67,21 +70,26 @@ class SupernetSpace:
                 raise ValueError(f"kernel_choices must be odd (a kernel has a centre); got {even}")
             return self
 
-    def __init__(self, params: Params) -> None:
-        self.params = params
+    params: Params
 
     # -- the search-space interface ---------------------------------------------------------
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
-        """A uniformly drawn sub-network, as a flat JSON-able dict."""
-        p = self.params
+        """A uniformly drawn sub-network, as a flat JSON-able dict: :meth:`arch_from` with uniform draws."""
+        return self.arch_from(uniform_suggest(rng, self.dimensions()))
+
+    def arch_from(self, suggest: Callable[[str], Any]) -> dict[str, Any]:
+        """The sub-network whose keys ``suggest(key)`` gives, asked for only the blocks it uses.
+
+        Each stage's ``depth_<s>`` is asked before its blocks' expansion and kernel, so an Optuna
+        trial's ``suggest_*`` samples define-by-run.
+        """
         arch: dict[str, Any] = {}
-        for s in range(len(p.stage_channels)):
-            depth = rng.choice(p.depth_choices)
-            arch[f"depth_{s}"] = depth
+        for s in range(len(self.params.stage_channels)):
+            depth = arch[f"depth_{s}"] = suggest(f"depth_{s}")
             for b in range(depth):
-                arch[f"expand_{s}_{b}"] = rng.choice(p.expand_choices)
-                arch[f"kernel_{s}_{b}"] = rng.choice(p.kernel_choices)
+                arch[f"expand_{s}_{b}"] = suggest(f"expand_{s}_{b}")
+                arch[f"kernel_{s}_{b}"] = suggest(f"kernel_{s}_{b}")
         return arch
 
     def dimensions(self) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -127,6 +135,10 @@ class SupernetSpace:
     def max_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:
         """Parameters of the supernet, the largest network of the space (every sub-network has fewer)."""
         return self.largest_layout(input_shape, num_classes).params()
+
+    def min_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:
+        """Parameters of the smallest sub-network: a block's count grows with its expansion and kernel, a stage's with its depth."""
+        return self.layout(self.smallest(), input_shape, num_classes).params()
 
     # -- the supernet -----------------------------------------------------------------------
 

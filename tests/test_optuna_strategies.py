@@ -22,7 +22,8 @@ from nas.arch import fingerprint
 from nas.pareto import pareto_front
 from nas.specs import EpochMetrics, JobSpec, Trial, TrialState
 from nas.strategies import WAIT
-from nas.strategies.optuna_samplers import NSGA2, TPE, _fallback_fits
+from nas.search_space import SearchSpace
+from nas.strategies.optuna_samplers import NSGA2, TPE, _arch_from_replays_samples
 from nas.strategies.random_search import RandomSearch, control_comparison
 
 STRATEGIES = {"tpe": TPE, "nsga2": NSGA2}
@@ -210,14 +211,24 @@ def test_multi_objective_pruned_trials_are_told_with_their_last_metrics() -> Non
     assert told.state is optuna.trial.TrialState.COMPLETE and told.values == [0.3, 0.2]
 
 
-class _GatedSpace:
-    """A space whose gate is not called ``depth``: the index rule cannot see that ``x_1`` depends on ``n``."""
+class _GatedSpace(SearchSpace):
+    """A space with a conditional key (``x_1`` only when ``n`` is 2) and the base's ``arch_from``, which asks for every key."""
 
     class Params(BaseModel):
         pass
 
-    def __init__(self, params: Params) -> None:
-        pass
+    def build(self, arch: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> Any:
+        from torch import nn
+
+        return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+
+    def layer_sparsity(self, arch: dict[str, Any]) -> None:
+        return None
+
+    def max_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:
+        return (math.prod(input_shape) + 1) * num_classes
+
+    min_params = max_params
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
         n = rng.randint(1, 2)
@@ -236,7 +247,8 @@ class _GatedSpaceWithArchFrom(_GatedSpace):
 
 
 def test_a_space_with_unguessable_conditional_keys_needs_arch_from() -> None:
-    assert not _fallback_fits(_GatedSpace(_GatedSpace.Params()))
+    assert not _arch_from_replays_samples(_GatedSpace(_GatedSpace.Params()))
+    assert _arch_from_replays_samples(_GatedSpaceWithArchFrom(_GatedSpace.Params()))
     registry.search_spaces.register("test_gated_space", _GatedSpace)
     registry.search_spaces.register("test_gated_space_arch_from", _GatedSpaceWithArchFrom)
     with pytest.raises(ValidationError) as info:

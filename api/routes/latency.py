@@ -256,7 +256,7 @@ def _architecture(body: PredictRequest, limit_params: int) -> tuple[Any, tuple[i
     if params > limit_params:
         raise _unprocessable(("architecture", "arch"), f"{params} parameters, over this server's limit of {limit_params}")
     densities = body.densities
-    if densities is None and hasattr(space, "layer_sparsity"):
+    if densities is None:
         sparsity = space.layer_sparsity(ref.arch)
         if sparsity:
             densities = {name: 1.0 - value for name, value in sparsity.items() if value < 1.0}

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from nas.specs import JobSpec, Trial
 
 if TYPE_CHECKING:
+    from nas.search_space import SearchSpace
     from nas.training import TrialOutcome
 
 Problem = tuple[tuple[str | int, ...], str]
@@ -46,7 +47,7 @@ class Strategy(ABC):
 
     Params: ClassVar[type[BaseModel]]
 
-    def __init__(self, params: BaseModel, space: Any, spec: JobSpec) -> None:
+    def __init__(self, params: BaseModel, space: SearchSpace, spec: JobSpec) -> None:
         self.params = params
         self.space = space
         self.spec = spec
@@ -95,7 +96,7 @@ class Strategy(ABC):
         return run_trial(spec, arch, data_dir, report)
 
     @classmethod
-    def from_history(cls, params: BaseModel, space: Any, spec: JobSpec, trials: Iterable[Trial]) -> Strategy:
+    def from_history(cls, params: BaseModel, space: SearchSpace, spec: JobSpec, trials: Iterable[Trial]) -> Strategy:
         """Rebuild the strategy's state from every trial the job already has."""
         strategy = cls(params, space, spec)
         for trial in trials:

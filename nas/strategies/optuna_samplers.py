@@ -1,7 +1,8 @@
 """Optuna's TPE and NSGA-II samplers as ask/tell strategies (Optuna does the sampling, not us).
 
 Each strategy keeps an in-memory Optuna study whose directions are the job's objectives. ``ask``
-creates an Optuna trial and samples an architecture define-by-run from the search space's
+creates an Optuna trial and samples an architecture define-by-run: the search space's
+``arch_from`` (see :class:`nas.search_space.SearchSpace`) asks for its keys, drawn from its
 ``dimensions()``, so a conditional key (``width_2`` when ``depth`` is 2) is never sampled, and
 never stored, for an architecture that does not use it. ``tell`` finishes the Optuna trial from
 the job's trial record:
@@ -35,15 +36,14 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import warnings
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from nas.arch import fingerprint
+from nas.search_space import SearchSpace
 from nas.metrics import PER_EPOCH
 from nas.specs import JobSpec, Trial, TrialState
 from nas.strategies.base import Problem, Strategy, TrialPlan
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     import optuna
     from optuna.distributions import BaseDistribution
 
-_INDEX = re.compile(r"(\d+)$")
 
 
 def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
@@ -68,39 +67,29 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"dimension {name!r}: unsupported distribution {type(dist).__name__}")
 
 
-def sample_arch(space: Any, dims: dict[str, BaseDistribution], draw: Callable[[str], Any]) -> dict[str, Any]:
-    """An architecture drawn key by key through ``draw(key)``, with only the keys it uses.
+class _SamplerParams(BaseModel):
+    """Options every Optuna strategy has."""
 
-    A space with ``arch_from(draw)`` decides itself which keys to draw. Otherwise the keys of
-    ``dimensions()`` are drawn in order, and a key ending in an index ``i`` (``width_2``,
-    ``sparsity_fc2``) only when ``i < depth`` for a space that has a ``depth`` key (sparse_mlp's
-    naming); ``depth`` must then come before the keys it gates.
-    """
-    if hasattr(space, "arch_from"):
-        return dict(space.arch_from(draw))
-    arch: dict[str, Any] = {}
-    for key in dims:
-        match = _INDEX.search(key)
-        if key != "depth" and match and "depth" in dims:
-            if "depth" not in arch:
-                raise ValueError(f"dimension {key!r} comes before 'depth', which gates it")
-            if int(match.group(1)) >= arch["depth"]:
-                continue
-        arch[key] = draw(key)
-    return arch
+    model_config = ConfigDict(extra="forbid")
+
+    max_resample: int = Field(20, ge=0, le=1000, description="proposals to try before an unseen random one")
 
 
 class _OptunaStrategy(Strategy):
     """Shared ask/tell bookkeeping; subclasses choose the sampler."""
 
-    Params: ClassVar[type[BaseModel]]
+    Params: ClassVar[type[_SamplerParams]]
+    params: _SamplerParams
 
-    def __init__(self, params: BaseModel, space: Any, spec: JobSpec) -> None:
+    def __init__(self, params: BaseModel, space: SearchSpace, spec: JobSpec) -> None:
         import optuna
 
         super().__init__(params, space, spec)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial in the server log
-        self._dims: dict[str, BaseDistribution] = space.dimensions()
+        dims = space.dimensions()
+        if dims is None:
+            raise ValueError(f"{type(space).__name__} has no dimensions() for Optuna to sample")
+        self._dims: dict[str, BaseDistribution] = dims
         self._objectives = list(spec.objectives)
         self._study = optuna.create_study(
             storage=optuna.storages.InMemoryStorage(),
@@ -125,9 +114,9 @@ class _OptunaStrategy(Strategy):
         from nas import registry
 
         space = registry.search_spaces.create(spec.search_space.name, spec.search_space.params)
-        if not hasattr(space, "dimensions"):
+        if space.dimensions() is None:
             return [(("search_space", "name"), f"{spec.search_space.name} has no dimensions() for Optuna to sample")]
-        if not hasattr(space, "arch_from") and not _fallback_fits(space):
+        if not _arch_from_replays_samples(space):
             return [
                 (("search_space", "name"),
                  f"{spec.search_space.name}'s conditional keys cannot be sampled key by key: the space needs an "
@@ -140,13 +129,13 @@ class _OptunaStrategy(Strategy):
     def ask(self) -> TrialPlan:
         import optuna
 
-        attempts = getattr(self.params, "max_resample", 20)
+        attempts = self.params.max_resample
         for attempt in range(attempts + 1):
             self._study.sampler = self._sampler(_seed(self.spec.seed, self._proposals, attempt))
             trial = self._study.ask()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                arch = sample_arch(self.space, self._dims, lambda key: suggest(trial, key, self._dims[key]))
+                arch = dict(self.space.arch_from(lambda key: suggest(trial, key, self._dims[key])))
             key = fingerprint(arch)
             if key not in self._seen:
                 break
@@ -156,7 +145,7 @@ class _OptunaStrategy(Strategy):
             key = fingerprint(arch)
             self._study.enqueue_trial(arch, skip_if_exists=False)
             trial = self._study.ask()
-            sample_arch(self.space, self._dims, lambda k: suggest(trial, k, self._dims[k]))
+            self.space.arch_from(lambda k: suggest(trial, k, self._dims[k]))
         self._proposals += 1
         self._seen.add(key)
         self._running.setdefault(key, deque()).append(trial)
@@ -259,21 +248,23 @@ class _OptunaStrategy(Strategy):
         return out
 
 
-def _fallback_fits(space: Any, samples: int = 32) -> bool:
-    """Whether the index rule of :func:`sample_arch` rebuilds the space's own samples exactly.
+def _arch_from_replays_samples(space: SearchSpace, samples: int = 32) -> bool:
+    """Whether the space's ``arch_from`` rebuilds its own samples, asking only for their keys.
 
-    Each sample is replayed through the rule (a key the sample lacks is drawn as its first
-    choice); a rule that asks for a key the space did not use, or skips one it did, shows a
-    space whose conditional keys need ``arch_from``. Imports optuna, not torch.
+    Each sample is replayed through ``arch_from`` (a key the sample lacks is answered with its
+    first choice); asking for a key the space did not use, or skipping one it did, shows a space
+    with conditional keys and no ``arch_from`` that knows them (the base's asks for every key).
+    Imports optuna, not torch.
     """
     dims = space.dimensions()
+    assert dims is not None
     for i in range(samples):
         arch = space.sample(random.Random(i))
         if set(arch) - set(dims):
             return False
         try:
-            replayed = sample_arch(space, dims, lambda key: arch.get(key, _first(dims[key])))
-        except (ValueError, TypeError):
+            replayed = dict(space.arch_from(lambda key: arch.get(key, _first(dims[key]))))
+        except (ValueError, TypeError, KeyError):
             return False
         if replayed != arch:
             return False
@@ -322,9 +313,7 @@ def _startup_trials(requested: int | None, max_trials: int) -> int:
 class TPE(_OptunaStrategy):
     """Tree-structured Parzen Estimator (Optuna's TPESampler): single- or multi-objective, with constraints."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
+    class Params(_SamplerParams):
         n_startup_trials: int | None = Field(
             None, ge=0, le=10000,
             description="random trials before TPE models the results; null: a fifth of max_trials, 4..10",
@@ -334,7 +323,6 @@ class TPE(_OptunaStrategy):
         constant_liar: bool = Field(
             True, description="count running trials as bad results, so concurrent proposals spread out"
         )
-        max_resample: int = Field(20, ge=0, le=1000, description="proposals to try before an unseen random one")
 
     params: Params
 
@@ -357,9 +345,7 @@ class TPE(_OptunaStrategy):
 class NSGA2(_OptunaStrategy):
     """NSGA-II, the elitist multi-objective genetic algorithm (Optuna's NSGAIISampler), with constraints."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
+    class Params(_SamplerParams):
         population_size: int | None = Field(
             None, ge=2, le=10000, description="trials per generation; null: a fifth of max_trials, 4..50"
         )
@@ -368,7 +354,6 @@ class NSGA2(_OptunaStrategy):
         )
         crossover_prob: float = Field(0.9, ge=0.0, le=1.0, description="chance a child mixes two parents")
         swapping_prob: float = Field(0.5, ge=0.0, le=1.0, description="chance each key comes from the other parent")
-        max_resample: int = Field(20, ge=0, le=1000, description="proposals to try before an unseen random one")
 
     params: Params
 
