@@ -20,9 +20,12 @@ from nas.latency import (
     describe_targets,
     measure,
     measure_interleaved,
+    observe,
     predict,
     predict_details,
+    record,
     refine,
+    use_observations,
 )
 from nas.latency.features import KINDS, PATTERNS, csr_alternative, sparsity_pattern, trace
 from nas.latency.predictor import Correction, Predictor
@@ -351,6 +354,39 @@ def test_refine_records_observations_and_moves_predictions(nas_home: Path) -> No
     assert predict(model, (1, 8, 8)) > 1.5 * before
     with pytest.raises(ValueError, match="measured_ms must be a positive number"):
         refine(model, (1, 8, 8), "cpu", measured_ms=-1.0)
+
+
+def test_observations_made_apart_reach_the_predictor_through_the_database(nas_home: Path, tmp_path: Path) -> None:
+    """As on a cluster: ``observe`` where the model ran writes nothing; the predictions of a process
+    pointed at the database follow what was recorded there, refitted when an observation arrives."""
+    from nas.store import Store, make_engine, upgrade
+    from nas.store.observations import StoreObservations
+
+    model = mlp().eval()
+    own = predict_details(model, (1, 8, 8))
+    observations = [observe(model, (1, 8, 8), "cpu", measured_ms=own["latency_ms"] * 3) for _ in range(5)]
+    assert not (nas_home / "latency" / "observations").exists()
+    assert observations[0]["predicted_ms"] == pytest.approx(own["latency_ms"])
+    assert observations[0]["predictor_id"] == own["predictor"]["id"]
+    assert predict(model, (1, 8, 8)) == pytest.approx(own["latency_ms"])
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'nas.db'}")
+    upgrade(engine)
+    store = Store(engine)
+    use_observations(StoreObservations(store))
+    try:
+        assert predict(model, (1, 8, 8)) == pytest.approx(own["latency_ms"])  # nothing recorded yet
+        for observation in observations:
+            store.add_latency_observation(observation)
+        moved = predict_details(model, (1, 8, 8))
+        assert moved["latency_ms"] > 1.5 * own["latency_ms"] and moved["correction"] != own["correction"]
+        record(observe(model, (1, 8, 8), "cpu", measured_ms=own["latency_ms"] * 3))
+        assert len(store.latency_observations(observations[0]["target_key"], own["predictor"]["id"])) == 6
+        assert predict(model, (1, 8, 8)) > moved["latency_ms"]  # the new one was refitted on at once
+    finally:
+        use_observations(None)
+    assert not (nas_home / "latency" / "observations").exists()
+    assert predict(model, (1, 8, 8)) == pytest.approx(own["latency_ms"])  # the files again, which hold none
 
 
 def test_no_predictor_for_a_target_without_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -559,6 +559,42 @@ def test_artifacts(store: Store, make_spec: Any) -> None:
     assert store.get_artifact(trial_id, "model", "safetensors") == replacement
 
 
+# -- latency observations ----------------------------------------------------------------------
+
+
+def _observation(target_key: str, predictor_id: str, measured_ms: float) -> dict[str, Any]:
+    features = {"log_sum_ms": 0.1, "log_module_calls": 1.0, "log_functional_calls": 0.0,
+                "log_peak_elements": 5.0, "log_params": 8.0}  # fmt: skip
+    return {"target_key": target_key, "predictor_id": predictor_id, "features": features, "sum_ms": 1.1,
+            "predicted_ms": 1.2, "measured_ms": measured_ms, "time": 1.0}  # fmt: skip
+
+
+def test_latency_observations_are_kept_listed_and_versioned(store: Store, make_spec: Any) -> None:
+    job = _job(store, make_spec)
+    trial_id = _running_trial(store, job.id)
+    assert store.latency_observation_revision("cpu-a", "p1") == (0, 0)
+    store.add_latency_observation(_observation("cpu-a", "p1", 2.0), job.id, trial_id)
+    store.add_latency_observation(_observation("cpu-a", "p1", 9.0), job.id, trial_id)  # the same trial again: no-op
+    store.add_latency_observation(_observation("cpu-a", "p2", 3.0))  # another predictor, no trial
+    store.add_latency_observation(_observation("cpu-b", "p1", 4.0))  # another machine
+    store.add_latency_observation(_observation("cpu-a", "p1", 5.0))
+    first = store.latency_observation_revision("cpu-a", "p1")
+    assert first[0] == 2
+
+    mine = store.latency_observations("cpu-a", "p1")
+    assert [o.record["measured_ms"] for o in mine] == [2.0, 5.0]  # oldest first
+    assert (mine[0].job_id, mine[0].trial_id, mine[1].trial_id) == (job.id, trial_id, None)
+    assert mine[0].record == _observation("cpu-a", "p1", 2.0)
+    _assert_utc(mine[0].created_at)
+    assert [o.record["measured_ms"] for o in store.latency_observations("cpu-a", "p1", limit=1)] == [5.0]
+    assert [o.record["measured_ms"] for o in store.latency_observations(job_id=job.id)] == [2.0]
+    assert len(store.latency_observations()) == 4
+
+    store.add_latency_observation(_observation("cpu-a", "p1", 6.0))
+    assert store.latency_observation_revision("cpu-a", "p1") != first
+    assert store.latency_observation_revision("cpu-b", "p1")[0] == 1
+
+
 def test_other_owner_cannot_see_trials(store: Store, make_spec: Any) -> None:
     job = _job(store, make_spec, "alice")
     trial = store.create_trial(job.id, {"depth": 1})

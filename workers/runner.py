@@ -33,6 +33,7 @@ from nas.pareto import best_trial  # noqa: E402
 from nas.settings import Settings  # noqa: E402
 from nas.specs import Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState  # noqa: E402
 from nas.store import Store  # noqa: E402
+from nas.store.observations import predict_with_store_observations  # noqa: E402
 from nas.strategies import WAIT, Strategy  # noqa: E402
 from workers.feasibility import planned_metrics, violation  # noqa: E402
 from workers.artifacts import save_model  # noqa: E402
@@ -142,6 +143,7 @@ class JobRunner:
         trainable: Callable[[dict[str, Any]], None] = train_trial,
     ) -> None:
         self.store = store
+        predict_with_store_observations(store)  # candidates are planned with what every worker measured
         self.trainable = trainable
         self.settings = settings
         self.job_id = job_id
@@ -397,6 +399,9 @@ class JobRunner:
 
     def complete_trial(self, trial_id: str, final: dict[str, Any], model: bytes) -> None:
         self.store.add_artifact(save_model(self.settings.artifact_dir, self.job_id, trial_id, model))
+        observation = final.get("latency_observation")
+        if observation is not None:  # before the trial completes, so the next candidates are planned with it
+            self.guard(self.store.add_latency_observation, observation, self.job_id, trial_id)
         with self._lock:
             planned = self._planned.pop(trial_id, {})
             self._last_epoch.pop(trial_id, None)

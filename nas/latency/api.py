@@ -8,8 +8,12 @@ predictor finds faster by the converter's margin. A model that already holds CSR
 inference model and is predicted as it is, as is any model with ``kernels="as_is"`` (a masked
 model run dense).
 
-``refine`` records a measured latency and refits the whole-model correction, so predictions
-follow the machine as trials finish.
+``refine`` records a measured latency, so predictions follow the machine as trials finish: the
+whole-model correction is refitted on the latest observations of the predictor and target. It is
+two steps, which the service runs on different machines: ``observe`` (where the model was
+measured, writing nothing) makes the observation, which travels with the trial's result to the
+runner, which keeps it in the database; every process predicting there refits from the database
+(:func:`nas.latency.store.use_observations`), caching the refit until an observation arrives.
 """
 
 from __future__ import annotations
@@ -17,8 +21,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 from torch import nn
@@ -30,7 +33,9 @@ from nas.latency.predictor import Correction, Predictor
 from nas.latency.targets import TargetIdentity, identity
 
 PATTERNS = ("unstructured", "nm", "channel")
-_corrections: dict[Path, tuple[float, Correction]] = {}
+OBSERVATION_WINDOW = 2000  # the latest observations a correction is refitted on
+# (target key, predictor id) -> (the source read, its revision then, the refitted correction)
+_corrections: dict[tuple[str, str], tuple[store.ObservationSource, Hashable, Correction]] = {}
 _lock = threading.Lock()
 
 
@@ -115,21 +120,24 @@ def _scale(target_id: TargetIdentity, predictor: Predictor, source: str) -> floa
 
 
 def _correction(target_id: TargetIdentity, predictor: Predictor) -> Correction:
-    """The online-refitted correction for this predictor on this target, else the predictor's own."""
-    path = store.path_for("corrections", target_id)
-    try:
-        mtime = path.stat().st_mtime
-    except FileNotFoundError:
+    """The correction refitted on this process's observations of this predictor and target, else
+    the predictor's own; refitted again only when the source's revision says one was added."""
+    source = store.observation_source()
+    key = (target_id.key(), predictor.id)
+    revision = source.revision(*key)
+    if revision is None:
         return predictor.correction
     with _lock:
-        cached = _corrections.get(path)
-    if cached is None or cached[0] != mtime:
-        data = store.read_json(path)
-        correction = Correction.from_json(data["correction"]) if data.get("predictor_id") == predictor.id else None
-        cached = (mtime, correction)
-        with _lock:
-            _corrections[path] = cached
-    return cached[1] or predictor.correction
+        cached = _corrections.get(key)
+    if cached is not None and cached[0] is source and cached[1] == revision:
+        return cached[2]
+    found = source.records(*key, OBSERVATION_WINDOW)
+    correction = predictor.refit_correction(
+        [(Predictor.feature_vector(o["features"]), math.log(o["measured_ms"] / o["sum_ms"])) for o in found]
+    ) if found else predictor.correction  # fmt: skip
+    with _lock:
+        _corrections[key] = (source, revision, correction)
+    return correction
 
 
 def resolve(target: str = "cpu", num_threads: int = 1, batch_size: int = 1) -> dict[str, Any]:
@@ -200,6 +208,47 @@ def predict(
                            kernels=kernels, pattern=pattern)["latency_ms"]  # fmt: skip
 
 
+def observe(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    target: str,
+    measured_ms: float,
+    batch_size: int = 1,
+    *,
+    num_threads: int = 1,
+    kernels: str | Mapping[str, str] = "as_is",
+) -> dict[str, Any]:
+    """The observation that ``model`` measured ``measured_ms`` on ``target``, for :func:`record`; writes nothing.
+
+    Pass the model that was measured (a trial's inference model, hence ``kernels="as_is"``). The
+    record (plain JSON) holds ``target_key`` and ``predictor_id`` (which predictor and machine it
+    refines), the model-level ``features`` and summed layer times ``sum_ms`` the correction is
+    refitted on, ``predicted_ms`` (the prediction here, before refining), ``measured_ms`` and ``time``.
+    """
+    if not (isinstance(measured_ms, (int, float)) and math.isfinite(measured_ms) and measured_ms > 0):
+        raise ValueError(f"measured_ms must be a positive number, got {measured_ms!r}")
+    identity(target, num_threads, batch_size)
+    traced = prepare_trace(model, input_shape, batch_size, None, kernels)
+    resolved = resolve(target, num_threads, batch_size)
+    predictor: Predictor = resolved["predictor"]
+    prediction = predictor.predict_traces([traced], kernels, resolved["scale"], resolved["correction"])[0]
+    return {
+        "target_key": resolved["identity"].key(),
+        "predictor_id": predictor.id,
+        "features": prediction.features,
+        "sum_ms": prediction.sum_ms,
+        "predicted_ms": prediction.latency_ms,
+        "measured_ms": float(measured_ms),
+        "time": time.time(),
+    }
+
+
+def record(observation: Mapping[str, Any]) -> None:
+    """Keep an observation from :func:`observe` where this process's predictions read it
+    (:func:`nas.latency.store.use_observations`); the next prediction refits on it."""
+    store.observation_source().add(observation)
+
+
 def refine(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -210,39 +259,17 @@ def refine(
     num_threads: int = 1,
     kernels: str | Mapping[str, str] = "as_is",
 ) -> dict[str, Any]:
-    """Record that ``model`` measured ``measured_ms`` on ``target`` and refit the whole-model correction.
+    """Record that ``model`` measured ``measured_ms`` on ``target``: :func:`observe`, then :func:`record`.
 
-    Pass the model that was measured (a trial's inference model, hence ``kernels="as_is"``). The
-    observation is appended to ``$NAS_HOME/latency/observations/`` and the correction refitted on
-    the calibration models plus every observation made with this predictor (milliseconds of work;
-    see :meth:`Predictor.refit_correction` for how they are weighed).
-    Returns the prediction before refining, the measurement and the number of observations.
+    By default the observation is appended to ``$NAS_HOME/latency/observations/`` and later
+    predictions use the correction refitted on the calibration models plus every observation made
+    with this predictor (milliseconds of work; see :meth:`Predictor.refit_correction` for how they
+    are weighed). Returns the prediction before refining, the measurement and the number of observations.
     """
-    if not (isinstance(measured_ms, (int, float)) and math.isfinite(measured_ms) and measured_ms > 0):
-        raise ValueError(f"measured_ms must be a positive number, got {measured_ms!r}")
-    identity(target, num_threads, batch_size)
-    traced = prepare_trace(model, input_shape, batch_size, None, kernels)
-    resolved = resolve(target, num_threads, batch_size)
-    predictor: Predictor = resolved["predictor"]
-    target_id: TargetIdentity = resolved["identity"]
-    prediction = predictor.predict_traces([traced], kernels, resolved["scale"], resolved["correction"])[0]
-    record = {
-        "predictor_id": predictor.id,
-        "features": prediction.features,
-        "sum_ms": prediction.sum_ms,
-        "predicted_ms": prediction.latency_ms,
-        "measured_ms": float(measured_ms),
-        "time": time.time(),
-    }
-    store.append_observation(target_id, record)
-    path = store.path_for("corrections", target_id)
-    with store.locked(path):
-        found = store.observations(target_id, predictor.id)
-        observed = [
-            (Predictor.feature_vector(o["features"]), math.log(o["measured_ms"] / o["sum_ms"])) for o in found
-        ]
-        correction = predictor.refit_correction(observed)
-        store.write_json(path, {"predictor_id": predictor.id, "observations": len(found),
-                                "correction": correction.to_json()})  # fmt: skip
-    return {"predicted_ms": prediction.latency_ms, "measured_ms": float(measured_ms), "observations": len(found)}
-
+    observation = observe(model, input_shape, target, measured_ms, batch_size, num_threads=num_threads,
+                          kernels=kernels)  # fmt: skip
+    record(observation)
+    found = store.observation_source().records(observation["target_key"], observation["predictor_id"],
+                                               OBSERVATION_WINDOW)  # fmt: skip
+    return {"predicted_ms": observation["predicted_ms"], "measured_ms": observation["measured_ms"],
+            "observations": len(found)}  # fmt: skip

@@ -4,27 +4,29 @@ Under ``$NAS_HOME/latency/``, keyed by :meth:`TargetIdentity.key`:
 
 * ``predictors/<key>.json``: a machine's calibrated predictor (``nas hardware calibrate``);
 * ``data/<key>.json``: the measurements it was fitted on (``nas hardware evaluate`` reads them);
-* ``observations/<key>.jsonl``: measured latencies of finished trials, one JSON object a line;
-* ``corrections/<key>.json``: the whole-model correction refitted on those observations;
+* ``observations/<key>.jsonl``: measured latencies of models (:func:`nas.latency.refine`), one
+  JSON object a line, from which the whole-model correction is refitted;
 * ``reference/<key>.json``: this machine's timing of the reference model, to rescale a predictor
   calibrated elsewhere (the bundled default) without calibrating.
 
 The package ships default predictors in ``nas/latency/data/``. Every file is JSON; writes go to
 a temporary file first and are renamed into place, so readers never see half a file.
+
+Observations are read through an :class:`ObservationSource`: these files by default, for library
+and CLI use; the service points every process at its database instead
+(:func:`use_observations`), so that what workers measure reaches the processes that predict.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nas.latency.predictor import NoPredictor, Predictor
 from nas.latency.targets import TargetIdentity
@@ -61,19 +63,6 @@ def write_json(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
-
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` + ``.lock`` across processes (Ray workers refine concurrently)."""
-    lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def save_predictor(predictor: Predictor, path: Path | None = None) -> Path:
@@ -144,11 +133,11 @@ def save_reference_timing(identity: TargetIdentity, reference_ms: float) -> None
     write_json(path_for("reference", identity), {"reference_ms": reference_ms, "measured_at": time.time()})
 
 
-def append_observation(identity: TargetIdentity, record: dict[str, Any]) -> Path:
+def append_observation(target_key: str, record: Mapping[str, Any]) -> Path:
     """Append one JSON line; a single ``write`` on an ``O_APPEND`` file, so concurrent writers interleave whole lines."""
-    path = path_for("observations", identity, ".jsonl")
+    path = home() / "observations" / f"{target_key}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record) + "\n").encode()
+    line = (json.dumps(dict(record)) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
@@ -157,9 +146,9 @@ def append_observation(identity: TargetIdentity, record: dict[str, Any]) -> Path
     return path
 
 
-def observations(identity: TargetIdentity, predictor_id: str, limit: int = 2000) -> list[dict[str, Any]]:
+def observations(target_key: str, predictor_id: str, limit: int = 2000) -> list[dict[str, Any]]:
     """The latest ``limit`` observations made with the predictor ``predictor_id``."""
-    path = path_for("observations", identity, ".jsonl")
+    path = home() / "observations" / f"{target_key}.jsonl"
     if not path.is_file():
         return []
     found = []
@@ -172,3 +161,53 @@ def observations(identity: TargetIdentity, predictor_id: str, limit: int = 2000)
             if record.get("predictor_id") == predictor_id:
                 found.append(record)
     return found[-limit:]
+
+
+class ObservationSource(Protocol):
+    """Where a process keeps and finds latency observations (records made by :func:`nas.latency.observe`)."""
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Keep ``record`` (it names its ``target_key`` and ``predictor_id``)."""
+
+    def records(self, target_key: str, predictor_id: str, limit: int) -> list[dict[str, Any]]:
+        """The latest ``limit`` records of this target and predictor, oldest first."""
+
+    def revision(self, target_key: str, predictor_id: str) -> Hashable:
+        """A cheap token that changes whenever a record of this target and predictor is added."""
+
+
+class FileObservations:
+    """Observations in ``$NAS_HOME/latency/observations/`` (the default: library and CLI use)."""
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        append_observation(record["target_key"], record)
+
+    def records(self, target_key: str, predictor_id: str, limit: int) -> list[dict[str, Any]]:
+        return observations(target_key, predictor_id, limit)
+
+    def revision(self, target_key: str, predictor_id: str) -> Hashable:
+        path = home() / "observations" / f"{target_key}.jsonl"
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        return (str(path), stat.st_mtime_ns, stat.st_size)  # the path: NAS_HOME may change
+
+
+_source: ObservationSource = FileObservations()
+
+
+def use_observations(source: ObservationSource | None) -> None:
+    """Make ``source`` this process's observations (``None``: the files under ``NAS_HOME`` again).
+
+    The service calls this at start-up in the dispatcher and in every API process, with its
+    database, so that predictions everywhere use the correction refitted on what every worker
+    measured.
+    """
+    global _source
+    _source = FileObservations() if source is None else source
+
+
+def observation_source() -> ObservationSource:
+    """The observations this process refines and predicts with (see :func:`use_observations`)."""
+    return _source

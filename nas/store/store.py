@@ -13,8 +13,8 @@ import secrets
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Select, case, delete, func, select, text, update
@@ -42,10 +42,27 @@ JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is asking: an owner name, and whether the key may see every owner's jobs."""
+    """Who is asking: an owner name, whether the key may see every owner's jobs, and which key it is."""
 
     owner: str
     is_admin: bool = False
+    key_id: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """What may be shown of a key: never the key, nor its hash."""
+
+    id: int
+    owner: str
+    is_admin: bool
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
 
 
 @dataclass(frozen=True)
@@ -118,12 +135,64 @@ class Store:
 
     @retrying(idempotent=True)
     def authenticate(self, key: str) -> Principal | None:
+        """The key's principal; ``None`` for an unknown or revoked key (read afresh: no cache outlives a revocation)."""
         digest = hash_key(key)
         with self._read() as s:
             row = s.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest)).first()
         if row is None or row.revoked or not hmac.compare_digest(row.key_hash, digest):
             return None
-        return Principal(owner=row.owner, is_admin=row.is_admin)
+        return Principal(owner=row.owner, is_admin=row.is_admin, key_id=row.id)
+
+    @staticmethod
+    def _api_key(row: ApiKeyRow) -> ApiKey:
+        revoked_at = row.revoked_at or (row.created_at if row.revoked else None)  # revoked before the time was kept
+        return ApiKey(row.id, row.owner, row.is_admin, row.created_at, row.last_used_at, revoked_at)
+
+    @retrying(idempotent=True)
+    def api_key(self, key_id: int) -> ApiKey | None:
+        with self._read() as s:
+            row = s.get(ApiKeyRow, key_id)
+        return None if row is None else self._api_key(row)
+
+    @retrying(idempotent=True)
+    def list_api_keys(self, owner: str | None = None) -> list[ApiKey]:
+        """Every key (or ``owner``'s), oldest first."""
+        stmt = select(ApiKeyRow).order_by(ApiKeyRow.id)
+        if owner is not None:
+            stmt = stmt.where(ApiKeyRow.owner == owner)
+        with self._read() as s:
+            return [self._api_key(row) for row in s.scalars(stmt)]
+
+    @retrying(idempotent=True)
+    def revoke_api_keys(self, key_id: int | None = None, owner: str | None = None) -> list[ApiKey]:
+        """Revoke the key ``key_id``, or every key of ``owner`` (both given: that key, if ``owner``'s).
+
+        Returns the keys that matched, revoked now or before; ``NotFound`` when none did. Every
+        request is authenticated against the database, so the keys stop working at once.
+        """
+        if key_id is None and owner is None:
+            raise ValueError("name a key id or an owner")
+        stmt = select(ApiKeyRow).order_by(ApiKeyRow.id)
+        if key_id is not None:
+            stmt = stmt.where(ApiKeyRow.id == key_id)
+        if owner is not None:
+            stmt = stmt.where(ApiKeyRow.owner == owner)
+        now = utcnow()
+        with self._write() as s:
+            rows = list(s.scalars(stmt))
+            for row in rows:
+                if not row.revoked:
+                    row.revoked, row.revoked_at = True, now
+            keys = [self._api_key(row) for row in rows]
+        if not keys:
+            raise NotFound(f"API key {key_id if key_id is not None else owner} not found")
+        return keys
+
+    @retrying(idempotent=True)
+    def note_api_key_use(self, key_id: int) -> None:
+        """Stamp the key's ``last_used_at`` (callers do so at most once a minute per key)."""
+        with self._write() as s:
+            s.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(last_used_at=utcnow()))
 
     # -- jobs -------------------------------------------------------------------------------
 

@@ -59,6 +59,9 @@ class ApiKeyRow(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked_at: Mapped[datetime | None]
+    # When the key last authenticated a request, to the minute (each API process writes it at most once a minute).
+    last_used_at: Mapped[datetime | None]
 
 
 class JobRow(Base):
