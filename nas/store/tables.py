@@ -154,3 +154,27 @@ class ArtifactRow(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LatencyObservationRow(Base):
+    """A measured latency of a finished trial's model, with what the latency predictor said of it.
+
+    Workers send it with the trial's result; every process that predicts refits the predictor's
+    correction from these rows (``nas.latency.use_observations``), so nothing is kept on a worker.
+    """
+
+    __tablename__ = "latency_observations"
+    __table_args__ = (
+        Index("ix_latency_observations_target_predictor", "target_key", "predictor_id", "id"),
+        UniqueConstraint("trial_id", name="uq_latency_observations_trial"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    target_key: Mapped[str] = mapped_column(String(200))  # nas.latency's TargetIdentity.key()
+    predictor_id: Mapped[str] = mapped_column(String(64))
+    # The observation as nas.latency.observe makes it: features, sum_ms, predicted_ms, measured_ms, time.
+    record: Mapped[dict[str, Any]]
+    # Where it came from; an observation outlives its job, so these are not foreign keys.
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    trial_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
