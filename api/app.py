@@ -14,11 +14,12 @@ from api.metrics import metrics_registry
 from api.metrics import router as metrics_router
 from api.ratelimit import FailureLimiter
 from api.request_context import RequestContext, install_log_record_factory
-from api.routes import catalog, dashboard, dashboard_api, events, jobs, trials
+from api.routes import catalog, dashboard, dashboard_api, events, jobs, keys, trials
 from api.routes.latency import router as latency_router
 from nas import __version__
 from nas.errors import IllegalTransition, NotFound
 from nas.settings import Settings
+from nas.signing import ServerSecret
 from nas.store import Store
 
 API_PREFIX = "/api/v1"
@@ -94,7 +95,10 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics_registry = metrics_registry(store)
     app.state.auth_limiter = FailureLimiter(settings.auth_failures_per_minute)
-    for router in (jobs.router, trials.router, catalog.router):
+    app.state.key_use_noted = {}  # key id -> when this process last stamped its last use (api.deps)
+    assert settings.secret_file is not None  # Settings fills it in
+    app.state.secret = ServerSecret(settings.secret_file)
+    for router in (jobs.router, trials.router, catalog.router, keys.router):
         app.include_router(router, prefix=API_PREFIX)
     for router in (dashboard_api.router, events.router):
         app.include_router(router, prefix=API_PREFIX)

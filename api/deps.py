@@ -2,22 +2,30 @@
 
 They are ``async def`` on purpose: FastAPI runs every plain ``def`` dependency in the thread pool,
 and those hand-offs, not the queries, dominated a request's cost under load (BENCHMARKS.md, Load).
-The one query here, the key lookup by its hash, is an indexed point read.
+The one query here, the key lookup by its hash, is an indexed point read; a key's last use is
+written at most once a minute per process, in the thread pool.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from api.ratelimit import FailureLimiter
 from api.request_context import note_owner
 from nas.settings import Settings
 from nas.store import Principal, Store
 
+log = logging.getLogger(__name__)
+
 _bearer = HTTPBearer(auto_error=False, description="an API key from `nas keys create`")
+LAST_USED_EVERY_S = 60.0  # how often one process stamps a key's last use
 
 
 async def get_store(request: Request) -> Store:
@@ -32,27 +40,52 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def authentication_refused(request: Request, detail: str) -> HTTPException:
+    """The answer to a wrong key or token: 401, or 429 once its address has failed too often.
+
+    Only wrong credentials are counted and refused: a valid key is checked first and always let
+    through, so wrong keys sent from a shared address (a proxy, a NAT) never lock out a right one.
+    """
+    limiter: FailureLimiter = request.app.state.auth_limiter
+    client = request.client.host if request.client else "unknown"
+    retry_after = limiter.retry_after(client)
+    if retry_after is not None:
+        return HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, f"too many failed authentications; retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+    limiter.record_failure(client)
+    return _unauthorized(detail)
+
+
+async def _note_use(request: Request, store: Store, principal: Principal) -> None:
+    """Stamp the key's last use, at most once a minute per key and process: one small write, off the event loop."""
+    if principal.key_id is None:
+        return
+    noted: dict[int, float] = request.app.state.key_use_noted
+    now = time.monotonic()
+    if now - noted.get(principal.key_id, -math.inf) < LAST_USED_EVERY_S:
+        return
+    noted[principal.key_id] = now
+    try:
+        await run_in_threadpool(store.note_api_key_use, principal.key_id)
+    except Exception:  # a busy database must not fail the request the key was good for
+        log.warning("could not record the last use of API key %s", principal.key_id, exc_info=True)
+
+
 async def get_principal(
     request: Request,
     store: Annotated[Store, Depends(get_store)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The key's owner. A wrong key (not a missing one: no guess was made) counts against the client's address."""
-    limiter: FailureLimiter = request.app.state.auth_limiter
-    client = request.client.host if request.client else "unknown"
-    retry_after = limiter.retry_after(client)
-    if retry_after is not None:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS, f"too many failed authentications; retry in {retry_after} s",
-            headers={"Retry-After": str(retry_after)},
-        )
+    """The key's owner; a wrong key (not a missing one: no guess was made) counts against the client's address."""
     if credentials is None:
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     principal = store.authenticate(credentials.credentials)
     if principal is None:
-        limiter.record_failure(client)
-        raise _unauthorized("invalid or revoked API key")
+        raise authentication_refused(request, "invalid or revoked API key")
     note_owner(principal.owner)
+    await _note_use(request, store, principal)
     return principal
 
 

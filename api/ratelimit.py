@@ -1,4 +1,10 @@
-"""Slows down API key guessing: too many failed authentications from one address answer 429."""
+"""Slows down API key guessing: once an address has failed too often, its wrong keys answer 429.
+
+Keys carry 256 random bits, so guessing one is hopeless anyway; the limit keeps a client that
+sprays wrong keys cheap to refuse and visible (429s in the access log). It never stands between
+a valid key and the API (see ``api.deps.authentication_refused``). To bound every client's
+request rate, rate-limit at the reverse proxy (README, Security).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,8 @@ from collections import deque
 class FailureLimiter:
     """Counts failures per client address in a sliding window, in memory and thread-safe.
 
-    While an address has ``max_failures`` failures within ``window_s`` it is refused outright,
-    valid key or not, so a guess that happens to succeed cannot be told apart during the block.
-    Successful requests are never counted.
+    While an address has ``max_failures`` failures within ``window_s``, its further wrong keys
+    answer 429 instead of 401; successful requests are never counted, nor refused.
     """
 
     def __init__(self, max_failures: int, window_s: float = 60.0) -> None:

@@ -30,13 +30,15 @@ class Settings:
     """Where state lives and how to reach the database and Ray.
 
     ``database_url`` defaults to a SQLite file under ``home``; ``ray_address`` ``None`` means a
-    local Ray instance started by the server.
+    local Ray instance started by the server; ``secret_file`` (the server secret that signs
+    tokens, see :mod:`nas.signing`) defaults to ``home/server-secret``.
     """
 
     home: Path = field(default_factory=_default_home)
     database_url: str = ""
     data_dir: Path | None = None
     ray_address: str | None = None
+    secret_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 1 << 20
@@ -56,6 +58,8 @@ class Settings:
             object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'nas.db'}")
         if self.data_dir is None:
             object.__setattr__(self, "data_dir", _default_data_dir(self.home))
+        secret_file = Path(self.secret_file).expanduser() if self.secret_file else self.home / "server-secret"
+        object.__setattr__(self, "secret_file", secret_file)
 
     @property
     def artifact_dir(self) -> Path:
@@ -67,6 +71,7 @@ class Settings:
             "NAS_HOME": str(self.home),
             "NAS_DATABASE_URL": self.database_url,
             "NAS_DATA_DIR": str(self.data_dir),
+            "NAS_SECRET_FILE": str(self.secret_file),
             "NAS_HOST": self.host,
             "NAS_PORT": str(self.port),
             "NAS_CORS_ORIGINS": ",".join(self.cors_origins),
@@ -82,6 +87,7 @@ class Settings:
         env: dict[str, object] = {
             "database_url": os.environ.get("NAS_DATABASE_URL", ""),
             "ray_address": os.environ.get("RAY_ADDRESS") or None,
+            "secret_file": os.environ.get("NAS_SECRET_FILE") or None,
             "host": os.environ.get("NAS_HOST", "127.0.0.1"),
             "port": int(os.environ.get("NAS_PORT", "8000")),
             "cors_origins": tuple(o.strip() for o in os.environ.get("NAS_CORS_ORIGINS", "").split(",") if o.strip()),

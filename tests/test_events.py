@@ -7,6 +7,9 @@ owners' jobs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import queue
 import threading
@@ -18,14 +21,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
 
 from api.app import create_app
 from api.routes import events
 from nas.settings import Settings
+from nas.signing import ServerSecret
 from nas.specs import JobStatus, LayerInfo, TrialState
 from nas.store import Store
-from nas.store.tables import ApiKeyRow
 from tests.server_process import free_port
 
 
@@ -176,31 +178,65 @@ def test_a_token_opens_a_stream_without_a_header(server: str, store: Store, alic
     assert jobs.status == 200 and jobs.next("job")[1]["id"] == alice["job"]
 
 
-@pytest.mark.parametrize("mangle", ["signature", "expired", "unknown key", "garbage"])
-def test_a_bad_or_expired_token_is_refused(server: str, store: Store, alice: dict[str, str], mangle: str) -> None:
+@pytest.mark.parametrize("mangle", ["signature", "expired", "unknown key", "other owner", "key hash", "old scheme", "garbage"])
+def test_a_bad_or_expired_token_is_refused(
+    server: str, store: Store, alice: dict[str, str], tmp_path: Path, mangle: str
+) -> None:
     token = httpx.post(f"{server}/api/v1/events/token", headers=bearer(alice["key"])).json()["token"]
-    key_id, expires, signature = token.split(".")
+    payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    secret = ServerSecret(tmp_path / "home" / "server-secret")  # the server's own secret
     if mangle == "signature":
-        token = f"{key_id}.{expires}.{signature[:-2]}AA"
+        token = f"{payload}.{signature[:-2]}AA"
     elif mangle == "expired":
-        key_hash = store_key_hash(store, int(key_id))
-        past = int(time.time()) - 1
-        token = f"{key_id}.{past}.{events._signature(key_hash, int(key_id), past)}"
+        token = secret.sign(events.TOKEN_PURPOSE, {**claims, "exp": int(time.time()) - 1})
     elif mangle == "unknown key":
-        token = f"99999.{expires}.{signature}"
+        token = secret.sign(events.TOKEN_PURPOSE, {**claims, "k": 99999})
+    elif mangle == "other owner":
+        token = secret.sign(events.TOKEN_PURPOSE, {**claims, "o": "bob"})
+    elif mangle == "key hash":
+        # all a copy of the database holds: a token signed with the key's stored hash
+        forged_secret = tmp_path / "forged-secret"
+        forged_secret.write_text(hashlib.sha256(alice["key"].encode()).hexdigest())
+        token = ServerSecret(forged_secret).sign(events.TOKEN_PURPOSE, claims)
+    elif mangle == "old scheme":
+        # the format once signed with the key's stored hash: "key id.expiry.HMAC(hash)"
+        key_hash = hashlib.sha256(alice["key"].encode()).hexdigest()
+        expires = int(time.time()) + 300
+        digest = hmac.new(key_hash.encode(), f"nas-events:{claims['k']}:{expires}".encode(), hashlib.sha256).digest()
+        token = f"{claims['k']}.{expires}.{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
     else:
         token = "1.2.3"
     response = httpx.get(f"{server}/api/v1/jobs/{alice['job']}/events", params={"token": token})
-    assert response.status_code == 401
-    assert "token" in response.json()["detail"]
+    if mangle in ("old scheme", "garbage"):  # not even shaped like a token
+        assert response.status_code == 422, response.text
+    else:
+        assert response.status_code == 401, response.text
+        assert "token" in response.json()["detail"]
 
 
-def store_key_hash(store: Store, key_id: int) -> str:
-    from nas.store.queries import DashboardQueries
+def test_a_token_for_one_job_opens_only_that_job(server: str, store: Store, alice: dict[str, str], make_spec: Any) -> None:
+    other = store.create_job(make_spec(name="other"), "alice")
+    url = f"{server}/api/v1/events/token"
+    token = httpx.post(url, params={"job_id": alice["job"]}, headers=bearer(alice["key"])).json()["token"]
+    assert Stream(f"{server}/api/v1/jobs/{alice['job']}/events", params={"token": token}).start().status == 200
+    assert httpx.get(f"{server}/api/v1/jobs/{other.id}/events", params={"token": token}).status_code == 401
+    assert httpx.get(f"{server}/api/v1/events", params={"token": token}).status_code == 401
+    bob = store.create_api_key("bob")
+    assert httpx.post(url, params={"job_id": alice["job"]}, headers=bearer(bob)).status_code == 404
 
-    found = DashboardQueries(store).api_key(key_id)
-    assert found is not None
-    return found[1]
+
+def test_rotating_the_secret_voids_outstanding_tokens(server: str, alice: dict[str, str], tmp_path: Path) -> None:
+    get_token = lambda: httpx.post(f"{server}/api/v1/events/token", headers=bearer(alice["key"])).json()["token"]
+    old = get_token()
+    stream_url = f"{server}/api/v1/jobs/{alice['job']}/events"
+    assert Stream(stream_url, params={"token": old}).start().status == 200
+    secret_file = tmp_path / "home" / "server-secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    ServerSecret(secret_file).rotate()  # what `nas keys rotate-secret` does
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    assert httpx.get(stream_url, params={"token": old}).status_code == 401
+    assert Stream(stream_url, params={"token": get_token()}).start().status == 200
 
 
 def test_another_owners_job_is_404_with_a_key_or_a_token(server: str, store: Store, alice: dict[str, str]) -> None:
@@ -220,9 +256,8 @@ def test_a_revoked_key_ends_its_open_streams(server: str, store: Store, alice: d
     token = httpx.post(f"{server}/api/v1/events/token", headers=bearer(alice["key"])).json()["token"]
     stream = Stream(f"{server}/api/v1/jobs/{alice['job']}/events", params={"token": token}).start()
     stream.next("job")
-    with store.engine.begin() as connection:
-        connection.execute(update(ApiKeyRow).where(ApiKeyRow.owner == "alice").values(revoked=True))
-    _, denied, _ = stream.next("denied", timeout=10)
+    store.revoke_api_keys(owner="alice")
+    _, denied, _ = stream.next("denied", timeout=5)
     assert denied["status"] == 401
     assert stream.closed.wait(5)
     assert httpx.get(f"{server}/api/v1/jobs/{alice['job']}/events", params={"token": token}).status_code == 401

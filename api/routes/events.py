@@ -13,20 +13,20 @@ sends it back as ``Last-Event-ID`` and misses nothing.
 
 Authentication. A browser's ``EventSource`` cannot send an ``Authorization`` header, and an API
 key must never appear in a URL (URLs end up in proxy logs and browser history). So a client first
-asks ``POST /events/token`` (with its key, as usual) for a short-lived token, and opens the stream
-with ``?token=``. The token names the key's id and an expiry and is signed with HMAC-SHA256 keyed
-by the key's stored hash, so every server process sharing the database can check it, and revoking
-the key voids its tokens at once. A token is good for opening streams for five minutes; an open
-stream re-checks its key every 30 s and ends with a ``denied`` event once the key is revoked.
-Clients that can send headers (curl, the SDK) may use ``Authorization: Bearer`` instead.
+asks ``POST /events/token`` (with its key, as usual; ``?job_id=`` scopes the token to one job) for
+a short-lived token, and opens the stream with ``?token=``. The token names the key's id, its
+owner, the job if one was named, and an expiry, and is signed with the server secret
+(:mod:`nas.signing`): nothing in the database is enough to forge one, and rotating the secret
+(``nas keys rotate-secret``) voids every token. A token is good for opening streams for five
+minutes; each use also checks that its key still stands, so revoking the key voids its tokens at
+once, and an open stream re-checks its key every few seconds and ends with a ``denied`` event once
+the key is revoked. Clients that can send headers (curl, the SDK) may use ``Authorization:
+Bearer`` instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,18 +34,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import PrincipalDep, StoreDep, get_principal
+from api.deps import PrincipalDep, StoreDep, authentication_refused, get_principal
 from api.responses import errors
 from api.routes.dashboard_api import JobOverview, get_queries, overviews
+from nas.signing import ServerSecret
 from nas.store import Principal, Store
 from nas.store.queries import DashboardQueries
-from nas.store.store import hash_key
 
 router = APIRouter(tags=["events"])
 
@@ -53,7 +53,8 @@ TOKEN_TTL_S = 300
 POLL_S = 1.0
 JOBS_POLL_S = 2.0
 KEEPALIVE_S = 15.0
-RECHECK_KEY_S = 30.0
+RECHECK_KEY_S = 2.0  # an open stream of a revoked key ends within this (plus one poll)
+TOKEN_PURPOSE = "events"
 # Changes are read again this far back: a transaction may commit a little after the time it stamped.
 OVERLAP = timedelta(seconds=3)
 MAX_CHANGES = 1000  # more changed trials than this in one poll: the client is told to reload
@@ -67,27 +68,28 @@ class EventToken(BaseModel):
     expires_in_s: int
 
 
-def _signature(key_hash: str, key_id: int, expires: int) -> str:
-    digest = hmac.new(key_hash.encode(), f"nas-events:{key_id}:{expires}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+def _secret(request: Request) -> ServerSecret:
+    return request.app.state.secret
 
 
-@router.post("/events/token", response_model=EventToken, responses=errors())
+@router.post("/events/token", response_model=EventToken, responses=errors(404))
 def create_event_token(
     request: Request,
     principal: PrincipalDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    job_id: Annotated[
+        str | None, Query(max_length=64, description="scope the token to this job's stream (default: any of yours)")
+    ] = None,
 ) -> EventToken:
     """A token that opens event streams (``?token=``) for five minutes, as the key that asked for it."""
-    assert credentials is not None  # get_principal refused a request without one
-    queries = get_queries(request)
-    key_id = queries.api_key_id(hash_key(credentials.credentials))
-    if key_id is None:  # revoked between the two reads
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key")
     expires = int(time.time()) + TOKEN_TTL_S
-    token = f"{key_id}.{expires}.{_signature(hash_key(credentials.credentials), key_id, expires)}"
+    claims: dict[str, Any] = {"k": principal.key_id, "o": principal.owner, "exp": expires}
+    if job_id is not None:
+        get_queries(request).job_spec(job_id, principal)  # 404 for a job the caller cannot see
+        claims["j"] = job_id
     return EventToken(
-        token=token, expires_at=datetime.fromtimestamp(expires, timezone.utc), expires_in_s=TOKEN_TTL_S
+        token=_secret(request).sign(TOKEN_PURPOSE, claims),
+        expires_at=datetime.fromtimestamp(expires, timezone.utc),
+        expires_in_s=TOKEN_TTL_S,
     )
 
 
@@ -99,21 +101,23 @@ class StreamAuth:
     still_valid: Callable[[], bool]
 
 
-def _check_token(queries: DashboardQueries, token: str) -> tuple[Principal, int] | None:
-    try:
-        key_text, expires_text, signature = token.split(".")
-        key_id, expires = int(key_text), int(expires_text)
-    except ValueError:
+def _check_token(store: Store, secret: ServerSecret, token: str, job_id: str | None) -> Principal | None:
+    """The principal a token speaks for: signed by this server, unexpired, for this job if scoped, key not revoked."""
+    claims = secret.verify(TOKEN_PURPOSE, token)
+    if claims is None or not isinstance(claims.get("k"), int) or claims.get("j", job_id) != job_id:
         return None
-    if expires < time.time():
+    key = store.api_key(claims["k"])
+    if key is None or key.revoked or key.owner != claims.get("o"):
         return None
-    key = queries.api_key(key_id)
-    if key is None:
-        return None
-    owner, key_hash, is_admin, revoked = key
-    if revoked or not hmac.compare_digest(signature, _signature(key_hash, key_id, expires)):
-        return None
-    return Principal(owner=owner, is_admin=is_admin), key_id
+    return Principal(owner=key.owner, is_admin=key.is_admin, key_id=key.id)
+
+
+def _key_still_valid(store: Store, key_id: int | None) -> Callable[[], bool]:
+    def still_valid() -> bool:
+        key = store.api_key(key_id) if key_id is not None else None
+        return key is not None and not key.revoked
+
+    return still_valid
 
 
 async def stream_auth(
@@ -122,38 +126,20 @@ async def stream_auth(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     token: Annotated[
         str | None,
-        Query(max_length=200, pattern=r"^[0-9]+\.[0-9]+\.[A-Za-z0-9_-]+$", description="from POST /events/token"),
+        Query(max_length=1000, pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$", description="from POST /events/token"),
     ] = None,
 ) -> StreamAuth:
     """A Bearer key, or else a token from ``POST /events/token``."""
     if credentials is not None or token is None:
         principal = await get_principal(request, store, credentials)
-        key = credentials.credentials if credentials is not None else ""
-        return StreamAuth(principal, lambda: store.authenticate(key) is not None)
-    queries = get_queries(request)
-    limiter = request.app.state.auth_limiter
-    client = request.client.host if request.client else "unknown"
-    retry_after = limiter.retry_after(client)
-    if retry_after is not None:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS, f"too many failed authentications; retry in {retry_after} s",
-            headers={"Retry-After": str(retry_after)},
+        return StreamAuth(principal, _key_still_valid(store, principal.key_id))
+    job_id = request.path_params.get("job_id")
+    principal = await run_in_threadpool(_check_token, store, _secret(request), token, job_id)
+    if principal is None:
+        raise authentication_refused(
+            request, "invalid or expired event-stream token; get a new one from POST /api/v1/events/token"
         )
-    checked = await run_in_threadpool(_check_token, queries, token)
-    if checked is None:
-        limiter.record_failure(client)
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "invalid or expired event-stream token; get a new one from POST /api/v1/events/token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    principal, key_id = checked
-
-    def still_valid() -> bool:
-        key = queries.api_key(key_id)
-        return key is not None and not key[3]
-
-    return StreamAuth(principal, still_valid)
+    return StreamAuth(principal, _key_still_valid(store, principal.key_id))
 
 
 StreamAuthDep = Annotated[StreamAuth, Depends(stream_auth)]

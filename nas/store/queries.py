@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from nas.errors import NotFound
 from nas.specs import TrialState
 from nas.store.store import Principal, Store
-from nas.store.tables import ApiKeyRow, ArtifactRow, JobRow, TrialEpochRow, TrialLayerRow, TrialRow
+from nas.store.tables import ArtifactRow, JobRow, TrialEpochRow, TrialLayerRow, TrialRow
 
 # A metric name as the dashboard may name it.
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -559,22 +559,6 @@ class DashboardQueries:
         """The highest epoch row id so far (an index lookup): a stream reports only epochs after it."""
         with self._read() as s:
             return int(s.scalar(select(func.max(TrialEpochRow.id))) or 0)
-
-    # -- API keys, for event-stream tokens -------------------------------------------------------
-
-    def api_key(self, key_id: int) -> tuple[str, str, bool, bool] | None:
-        """``(owner, key_hash, is_admin, revoked)`` of a key by its id."""
-        with self._read() as s:
-            row = s.execute(
-                select(ApiKeyRow.owner, ApiKeyRow.key_hash, ApiKeyRow.is_admin, ApiKeyRow.revoked).where(
-                    ApiKeyRow.id == key_id
-                )
-            ).first()
-        return None if row is None else (row[0], row[1], bool(row[2]), bool(row[3]))
-
-    def api_key_id(self, key_hash: str) -> int | None:
-        with self._read() as s:
-            return s.scalar(select(ApiKeyRow.id).where(ApiKeyRow.key_hash == key_hash))
 
 
 __all__ = [
