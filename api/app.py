@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
@@ -73,8 +76,17 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    pool = getattr(app.state, "work_pool", None)
+    if pool is not None:  # the worker processes of expensive requests end with the app
+        pool.shutdown()
+
+
 def create_app(store: Store, settings: Settings) -> FastAPI:
     app = FastAPI(
+        lifespan=_lifespan,
         title="sparse-nas",
         version=__version__,
         description="Neural architecture search for sparse neural networks.",

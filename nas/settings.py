@@ -22,6 +22,18 @@ LIMIT_ENV = {
     "limit_params": "NAS_LIMIT_PARAMS",
     "limit_trial_epochs": "NAS_LIMIT_TRIAL_EPOCHS",
     "auth_failures_per_minute": "NAS_AUTH_FAILURES_PER_MINUTE",
+    "limit_jobs_per_hour": "NAS_LIMIT_JOBS_PER_HOUR",
+    "limit_spec_bytes": "NAS_LIMIT_SPEC_BYTES",
+    "limit_owner_spec_bytes": "NAS_LIMIT_OWNER_SPEC_BYTES",
+    "limit_event_streams": "NAS_LIMIT_EVENT_STREAMS",
+    "limit_expensive_requests": "NAS_LIMIT_EXPENSIVE_REQUESTS",
+    "limit_predict_elements": "NAS_LIMIT_PREDICT_ELEMENTS",
+    "limit_predict_recurrent_steps": "NAS_LIMIT_PREDICT_RECURRENT_STEPS",
+    "limit_yaml_bytes": "NAS_LIMIT_YAML_BYTES",
+    "limit_yaml_depth": "NAS_LIMIT_YAML_DEPTH",
+    "work_processes": "NAS_WORK_PROCESSES",
+    "work_queue": "NAS_WORK_QUEUE",
+    "work_timeout_s": "NAS_WORK_TIMEOUT_S",
 }
 
 
@@ -47,6 +59,22 @@ class Settings:
     limit_trials_per_job: int = 500
     limit_params: int = 50_000_000
     limit_trial_epochs: int = 10_000
+    # Per-owner quotas (429 with Retry-After), and per-request budgets (422 naming the limit);
+    # see api/limits.py and README's "Limits".
+    limit_jobs_per_hour: int = 100
+    limit_spec_bytes: int = 64 * 1024  # one job's spec as stored JSON
+    limit_owner_spec_bytes: int = 32 << 20  # all of one owner's stored specs
+    limit_event_streams: int = 8  # open event streams per owner, per API process
+    limit_expensive_requests: int = 2  # latency predictions and ONNX exports at once, per owner and API process
+    limit_predict_elements: int = 1 << 24  # values of the largest tensor of a prediction, batch included
+    limit_predict_recurrent_steps: int = 4096  # batch × steps × layers × directions, over all recurrent layers
+    limit_yaml_bytes: int = 64 * 1024
+    limit_yaml_depth: int = 32
+    # Worker processes per API process for CPU-heavy requests, requests that may wait for one,
+    # and the seconds one request may run before its process is killed.
+    work_processes: int = 2
+    work_queue: int = 8
+    work_timeout_s: int = 30
     # Failed authentications one client address may make per minute before it gets 429.
     auth_failures_per_minute: int = 10
     # Origins allowed to call the API from a browser; empty keeps CORS closed.

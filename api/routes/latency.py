@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.deps import PrincipalDep, SettingsDep
 from api.responses import ErrorDetail, errors
+from api.workpool import WorkError, work_pool
+from nas.settings import Settings
 from nas.specs import DatasetRef, SearchSpaceRef
 
 router = APIRouter(tags=["latency"])
@@ -137,20 +139,51 @@ def _unprocessable(location: tuple[str | int, ...], message: str) -> HTTPExcepti
     )
 
 
-def _build_layers(specs: list[Any], input_shape: tuple[int, ...], limit_params: int) -> tuple[Any, dict[str, float]]:
-    """An ``nn.Sequential`` of the specs and the densities they ask for, checked on the meta device first."""
-    import torch
+def check_budget(body: PredictRequest, settings: Settings) -> None:
+    """422 naming the limit for a request whose work exceeds this server's budget, before any work.
 
-    for device in ("meta", "cpu"):  # shapes and size on "meta" (nothing allocated), then for real
-        with torch.device(device):
-            model, densities, params = _stack(specs, input_shape)
-        if device == "meta" and params > limit_params:
+    The budget counts the largest tensor the prediction's forward pass holds (batch included:
+    ``batch_size ×`` the values of one example's input or of any layer's output) and, for
+    recurrent layers, ``batch_size × steps × layers × directions`` summed over them. A layer list
+    is checked in full on the meta device (no memory, no compute); an architecture by its input
+    (its size is bounded by the search space and ``NAS_LIMIT_PARAMS``).
+    """
+    if body.layers is not None:
+        import torch
+
+        with torch.device("meta"):
+            _, _, params, largest, steps = _stack(body.layers, tuple(body.input_shape or ()))
+        if params > settings.limit_params:
             raise _unprocessable(("layers",), f"the layers have {params} parameters, over this server's limit of "
-                                              f"{limit_params}")  # fmt: skip
+                                              f"{settings.limit_params} (NAS_LIMIT_PARAMS)")  # fmt: skip
+        where: tuple[str, ...] = ("layers",)
+    else:
+        from nas import registry
+
+        ref = body.architecture
+        assert ref is not None
+        input_shape, _ = registry.datasets.create(ref.dataset.name, ref.dataset.params).shape()
+        largest, steps, where = math.prod(input_shape), 0, ("architecture", "dataset")
+    elements = body.batch_size * largest
+    if elements > settings.limit_predict_elements:
+        raise _unprocessable(("batch_size",) if body.batch_size > 1 else where,
+                             f"batch_size × {largest} values in the largest tensor = {elements}, over this server's "
+                             f"limit of {settings.limit_predict_elements} (NAS_LIMIT_PREDICT_ELEMENTS)")  # fmt: skip
+    recurrent = body.batch_size * steps
+    if recurrent > settings.limit_predict_recurrent_steps:
+        raise _unprocessable(where, f"batch_size × steps × layers × directions of the recurrent layers = "
+                                    f"{recurrent}, over this server's limit of "
+                                    f"{settings.limit_predict_recurrent_steps} (NAS_LIMIT_PREDICT_RECURRENT_STEPS)")
+
+
+def _build_layers(specs: list[Any], input_shape: tuple[int, ...]) -> tuple[Any, dict[str, float]]:
+    """An ``nn.Sequential`` of the specs and the densities they ask for (checked by :func:`check_budget`)."""
+    model, densities, *_ = _stack(specs, input_shape)
     return model.eval(), densities
 
 
-def _stack(specs: list[Any], input_shape: tuple[int, ...]) -> tuple[Any, dict[str, float], int]:
+def _stack(specs: list[Any], input_shape: tuple[int, ...]) -> tuple[Any, dict[str, float], int, int, int]:
+    """The stack, its densities, parameters, the most values in one example's tensor, and recurrent steps."""
     import torch
     from torch import nn
 
@@ -159,7 +192,10 @@ def _stack(specs: list[Any], input_shape: tuple[int, ...]) -> tuple[Any, dict[st
         raise _unprocessable(("input_shape",), f"{math.prod(input_shape)} values per example, over {MAX_ACTIVATION}")
     modules: list[nn.Module] = []
     densities: dict[str, float] = {}
+    largest, steps = math.prod(input_shape), 0
     for i, spec in enumerate(specs):
+        if spec.type in ("lstm", "gru", "rnn") and len(shape) == 3:
+            steps += shape[1] * spec.num_layers * (2 if spec.bidirectional else 1)
         try:
             module = _module(spec, shape)
             modules.append(module)
@@ -170,13 +206,14 @@ def _stack(specs: list[Any], input_shape: tuple[int, ...]) -> tuple[Any, dict[st
         except (RuntimeError, ValueError, IndexError) as exc:
             raise _unprocessable(("layers", i), f"{spec.type} cannot take input of shape {list(shape[1:])}: {exc}")
         shape = tuple(out.shape)
+        largest = max(largest, out.numel())
         if out.numel() > MAX_ACTIVATION:
             raise _unprocessable(("layers", i), f"{spec.type} outputs {out.numel()} values per example, over "
                                                 f"{MAX_ACTIVATION}")  # fmt: skip
         if getattr(spec, "density", 1.0) < 1.0:
             densities[f"{i}.weight"] = spec.density
     model = nn.Sequential(*modules)
-    return model, densities, sum(p.numel() for p in model.parameters())
+    return model, densities, sum(p.numel() for p in model.parameters()), largest, steps
 
 
 class _Recurrent:
@@ -264,21 +301,44 @@ def _architecture(body: PredictRequest, limit_params: int) -> tuple[Any, tuple[i
     return model.eval(), tuple(input_shape), densities
 
 
-_NO_PREDICTOR = {503: {"model": ErrorDetail, "description": "no latency predictor is calibrated for the target"}}
+_NO_PREDICTOR = {503: {"model": ErrorDetail, "description": "no latency predictor is calibrated for the target, "
+                                                           "or the server is busy (Retry-After)"}}
 
 
 @router.post("/latency/predict", response_model=PredictResponse, responses={**errors(422), **_NO_PREDICTOR})
-def predict_latency(body: PredictRequest, principal: PrincipalDep, settings: SettingsDep) -> dict[str, Any]:
-    """Predicted latency (ms) of an architecture or a layer list on a target; nothing is trained or timed."""
+async def predict_latency(
+    request: Request, body: PredictRequest, principal: PrincipalDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Predicted latency (ms) of an architecture or a layer list on a target; nothing is trained or timed.
+
+    The request's work is checked against this server's budget first (422 naming the limit); the
+    prediction then runs in a worker process (see :mod:`api.workpool`): 429 when the owner has too
+    many expensive requests running, 503 with ``Retry-After`` when the server is busy or the
+    prediction runs past its time limit.
+    """
+    check_budget(body, settings)
+    return await work_pool(request).run(principal.owner, predict_in_worker, body.model_dump(mode="json"),
+                                        settings.limit_params)  # fmt: skip
+
+
+def predict_in_worker(body_json: dict[str, Any], limit_params: int) -> dict[str, Any] | WorkError:
+    """The prediction, in a worker process: the answer, or the HTTP error to answer with."""
+    try:
+        return _predict(PredictRequest.model_validate(body_json), limit_params)
+    except HTTPException as exc:
+        return WorkError(exc.status_code, exc.detail)
+
+
+def _predict(body: PredictRequest, limit_params: int) -> dict[str, Any]:
     from nas.latency import NoPredictor, TargetUnavailable, UnsupportedLayer, predict_details
 
     if body.layers is not None:
         input_shape = tuple(body.input_shape or ())
-        model, densities = _build_layers(body.layers, input_shape, settings.limit_params)
+        model, densities = _build_layers(body.layers, input_shape)
         if body.densities is not None:
             densities = body.densities
     else:
-        model, input_shape, densities = _architecture(body, settings.limit_params)
+        model, input_shape, densities = _architecture(body, limit_params)
     try:
         details = predict_details(
             model, input_shape, body.target, densities or None, body.batch_size, num_threads=body.num_threads,

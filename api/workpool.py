@@ -1,0 +1,183 @@
+"""Worker processes for CPU-heavy requests (latency prediction, ONNX export).
+
+Such work must not run on the event loop, nor in the API's thread pool, where one owner's
+requests would hold the interpreter lock and the threads every other request needs. Each API
+process keeps ``work_processes`` slots, each a one-process executor spawned on first use, at a
+lower CPU priority than the API. A request takes a free slot or waits for one while at most
+``work_queue`` others wait; beyond that it answers 503 with ``Retry-After``. An owner who already
+has ``limit_expensive_requests`` requests in flight in this process gets 429 with ``Retry-After``.
+
+A task that runs past ``work_timeout_s`` is ended by the kernel: the worker arms ``SIGALRM`` with
+its default action, which terminates the process even inside one long C call (a big LSTM), where
+a Python-level timeout would never fire. The request answers 503 naming the limit, and the slot
+starts a fresh process for the next one. One slot per executor keeps such a kill from failing the
+other slots' requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import HTTPException, Request, status
+
+from nas.settings import Settings
+
+WAIT_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class WorkError:
+    """An HTTP error a task answers with; returned rather than raised so that it pickles plainly."""
+
+    status_code: int
+    detail: Any
+
+
+def _init_worker(env: dict[str, str]) -> None:
+    """The server's settings (the worker reads them from the environment), one thread, lower priority."""
+    os.environ.update(env)
+    os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    os.nice(5)
+
+
+def _run_with_alarm(timeout_s: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """Run ``fn(*args)``; past ``timeout_s`` seconds the kernel ends this process (``SIGALRM``'s default)."""
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(timeout_s)
+    try:
+        return fn(*args)
+    finally:
+        signal.alarm(0)
+
+
+def _too_busy(detail: str, status_code: int, retry_after: int) -> HTTPException:
+    return HTTPException(status_code, detail, headers={"Retry-After": str(retry_after)})
+
+
+class WorkPool:
+    """The slots of one API process, and the per-owner count of requests in flight."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._slots: list[concurrent.futures.ProcessPoolExecutor | None] = [None] * settings.work_processes
+        self._busy = [False] * settings.work_processes
+        self._waiting = 0
+        self._per_owner: dict[str, int] = {}
+        self._context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
+
+    def _admit(self, owner: str) -> None:
+        """Count the request in, or refuse it: 429 for this owner's quota, 503 for a full queue."""
+        limit = self.settings.limit_expensive_requests
+        retry = max(1, math.ceil(self.settings.work_timeout_s / 4))
+        with self._lock:
+            if self._per_owner.get(owner, 0) >= limit:
+                raise _too_busy(
+                    f"{owner} already has {limit} expensive requests (latency predictions, ONNX exports) "
+                    f"running; the limit is NAS_LIMIT_EXPENSIVE_REQUESTS={limit}",
+                    status.HTTP_429_TOO_MANY_REQUESTS, retry,
+                )  # fmt: skip
+            if all(self._busy) and self._waiting >= self.settings.work_queue:
+                raise _too_busy(
+                    f"the server is busy: {len(self._busy)} worker processes busy and {self._waiting} requests "
+                    f"waiting (NAS_WORK_PROCESSES, NAS_WORK_QUEUE)",
+                    status.HTTP_503_SERVICE_UNAVAILABLE, retry,
+                )  # fmt: skip
+            self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
+            self._waiting += 1
+
+    def _release_owner(self, owner: str) -> None:
+        with self._lock:
+            left = self._per_owner[owner] - 1
+            if left:
+                self._per_owner[owner] = left
+            else:
+                del self._per_owner[owner]
+
+    def _take_slot(self) -> int | None:
+        with self._lock:
+            for i, busy in enumerate(self._busy):
+                if not busy:
+                    self._busy[i] = True
+                    self._waiting -= 1
+                    if self._slots[i] is None:
+                        env = self.settings.to_env()
+                        self._slots[i] = concurrent.futures.ProcessPoolExecutor(
+                            1, mp_context=self._context, initializer=_init_worker, initargs=(env,)
+                        )
+                    return i
+            return None
+
+    def _free_slot(self, i: int, broken: bool) -> None:
+        with self._lock:
+            executor = self._slots[i]
+            if broken and executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+                self._slots[i] = None  # the next request starts a fresh process
+            self._busy[i] = False
+
+    async def run(self, owner: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a worker process; a returned :class:`WorkError` is raised as its HTTP error."""
+        timeout_s = self.settings.work_timeout_s
+        self._admit(owner)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while (slot := self._take_slot()) is None:
+                if time.monotonic() > deadline:
+                    with self._lock:
+                        self._waiting -= 1
+                    raise _too_busy(f"no worker process became free within {timeout_s} s (NAS_WORK_TIMEOUT_S)",
+                                    status.HTTP_503_SERVICE_UNAVAILABLE, 1)  # fmt: skip
+                await asyncio.sleep(WAIT_POLL_S)
+            broken = False
+            started = time.monotonic()
+            try:
+                executor = self._slots[slot]
+                assert executor is not None
+                result = await asyncio.wrap_future(executor.submit(_run_with_alarm, timeout_s, fn, args))
+            except BrokenProcessPool:
+                broken = True
+                if time.monotonic() - started >= timeout_s - 1:
+                    detail = f"the request ran past this server's limit of {timeout_s} s (NAS_WORK_TIMEOUT_S)"
+                else:
+                    detail = "the worker process died (out of memory?)"
+                raise _too_busy(detail, status.HTTP_503_SERVICE_UNAVAILABLE, 1) from None
+            finally:
+                self._free_slot(slot, broken)
+        finally:
+            self._release_owner(owner)
+        if isinstance(result, WorkError):
+            raise HTTPException(result.status_code, result.detail)
+        return result
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for executor in self._slots:
+                if executor is not None:
+                    executor.shutdown(wait=False, cancel_futures=True)
+            self._slots = [None] * len(self._slots)
+
+
+def work_pool(request: Request) -> WorkPool:
+    """The app's pool, made on first use."""
+    pool = getattr(request.app.state, "work_pool", None)
+    if pool is None:
+        with _pool_lock:
+            pool = getattr(request.app.state, "work_pool", None)
+            if pool is None:
+                pool = request.app.state.work_pool = WorkPool(request.app.state.settings)
+    return pool
+
+
+_pool_lock = threading.Lock()
