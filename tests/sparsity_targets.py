@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nas.sparse.lottery import RATE_HIDDEN, RATE_OUTPUT
+
 
 def expected_sparsity(params: dict[str, Any], pattern: str, shapes: Mapping[str, Sequence[int]]) -> float | None:
     """The overall zero fraction of weights of ``shapes`` that ``params`` promise; ``None`` if none.
@@ -15,18 +17,17 @@ def expected_sparsity(params: dict[str, Any], pattern: str, shapes: Mapping[str,
     """
     if pattern == "channel":
         return None
-    for key in ("sparsity", "final_sparsity"):
-        if key in params:
-            return params[key]
-    if "k" in params:  # a density (HYDRA's top-k fraction)
-        return 1.0 - params["k"]
+    if params.get("sparsity") is not None:
+        return params["sparsity"]
     if {"n", "m"} <= params.keys():  # N:M keeps N of every M
         return 1.0 - params["n"] / params["m"]
-    if {"rounds", "rate_hidden", "rate_output"} <= params.keys():  # iterative pruning, output layer at its own rate
+    if "rounds" in params:  # iterative pruning by per-round rates, the output layer at its own rate
+        rates = {"rate_hidden": RATE_HIDDEN, "rate_output": RATE_OUTPUT}
+        rates.update({key: value for key in rates if (value := params.get(key)) is not None})
         sizes = {name: math.prod(shape) for name, shape in shapes.items()}
         output = list(shapes)[-1]
         kept = sum(
-            n * (1.0 - params["rate_output" if name == output else "rate_hidden"]) ** params["rounds"]
+            n * (1.0 - rates["rate_output" if name == output else "rate_hidden"]) ** params["rounds"]
             for name, n in sizes.items()
         )
         return 1.0 - kept / sum(sizes.values())

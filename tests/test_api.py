@@ -153,6 +153,8 @@ def _messages(response: Any) -> str:
         ({"unknown_field": 1}, ["body", "unknown_field"], ["Extra inputs are not permitted"]),
         ({"sparsifier": {"name": "magnitude", "params": {"sparsity": 1.5}}}, ["body", "sparsifier", "params", "sparsity"], ["less than 1"]),
         ({"sparsifier": {"name": "magnitude", "params": {"bogus": 1}}}, ["body", "sparsifier", "params", "bogus"], ["Extra inputs are not permitted"]),
+        ({"sparsifier": {"name": "gmp", "params": {"sparsity": 0.8, "final_sparsity": 0.8}}}, ["body", "sparsifier", "params"], ["give sparsity or its alias final_sparsity, not both"]),
+        ({"sparsifier": {"name": "hydra", "params": {"sparsity": 0.9, "k": 0.1}}}, ["body", "sparsifier", "params"], ["give sparsity or its alias k, not both"]),
         ({"objectives": [{"metric": "speed", "direction": "maximize"}]}, ["body", "objectives", 0, "metric"], ["speed", "accuracy", "latency_ms"]),
         ({"objectives": [{"metric": "accuracy", "direction": "up"}]}, ["body", "objectives", 0, "direction"], ["maximize"]),
         ({"objectives": []}, ["body", "objectives"], ["at least 1"]),
@@ -476,10 +478,24 @@ def test_catalog_lists_every_registered_name(client: TestClient, keys: dict[str,
             assert entry["params_schema"].get("type") == "object", (kind, entry["name"])
     assert "sparse_mlp" in [e["name"] for e in catalog["search_spaces"]]
     assert {"digits", "mnist"} <= {e["name"] for e in catalog["datasets"]}
-    magnitude = next(e for e in catalog["sparsifiers"] if e["name"] == "magnitude")
-    assert "sparsity" in magnitude["params_schema"]["properties"]
+    for entry in catalog["sparsifiers"]:  # one knob name; N:M's pattern fixes its sparsity
+        properties = entry["params_schema"]["properties"]
+        assert ("sparsity" in properties) == (entry["name"] != "nm"), entry["name"]
+        assert not {"final_sparsity", "k"} & properties.keys(), entry["name"]
     assert [t["name"] for t in catalog["targets"]] == ["cpu"]
     assert all("params_schema" in t for t in catalog["targets"])
+
+
+@pytest.mark.parametrize(
+    ("name", "alias", "canonical"), [("gmp", {"final_sparsity": 0.8}, {"sparsity": 0.8}), ("hydra", {"k": 0.2}, {"sparsity": 0.8})]
+)
+def test_a_papers_name_for_the_sparsity_is_stored_as_sparsity(
+    client: TestClient, keys: dict[str, str], name: str, alias: dict[str, float], canonical: dict[str, float]
+) -> None:
+    by_alias = submit(client, keys["alice"], sparsifier={"name": name, "params": alias})
+    by_name = submit(client, keys["alice"], sparsifier={"name": name, "params": canonical})
+    assert by_alias["spec"]["sparsifier"] == by_name["spec"]["sparsifier"]
+    assert by_alias["spec"]["sparsifier"]["params"]["sparsity"] == 0.8
 
 
 def test_pareto_front_agrees_with_brute_force_on_random_trials() -> None:

@@ -60,7 +60,7 @@ def test_cubic_schedule_values_are_exact() -> None:
     assert gmp.sparsity_at(700) == pytest.approx(0.9)
     assert [gmp.sparsity_at(t) for t in (0, 99, 125, 750, 1000)] == [None] * 5  # not update steps
 
-    _, _, gmp = attached(1000, frequency=100, initial_sparsity=0.2, final_sparsity=0.8, start=0.0, end=1.0)
+    _, _, gmp = attached(1000, frequency=100, initial_sparsity=0.2, sparsity=0.8, start=0.0, end=1.0)
     assert (gmp.t0, gmp.dt, gmp.n) == (0, 100, 10)
     assert [gmp.sparsity_at(t) for t in (0, 500, 1000)] == pytest.approx([0.2, 0.8 - 0.6 * 0.125, 0.8])
     assert gmp.sparsity_at(500, final=0.4) == pytest.approx(0.4 - 0.2 * 0.125)  # a weight with its own s_f
@@ -115,12 +115,22 @@ def test_finalize_completes_a_schedule_cut_short() -> None:
 
 def test_params_are_validated() -> None:
     assert Params().model_dump() == {
-        "final_sparsity": 0.9, "initial_sparsity": 0.0, "start": 0.1, "end": 0.7, "frequency": 100, "scope": "layer",
+        "sparsity": 0.9, "initial_sparsity": 0.0, "start": 0.1, "end": 0.7, "frequency": 100, "scope": "layer",
     }  # fmt: skip
-    with pytest.raises(ValidationError, match="initial_sparsity 0.5 exceeds final_sparsity 0.3"):
-        Params(initial_sparsity=0.5, final_sparsity=0.3)
+    with pytest.raises(ValidationError, match="initial_sparsity 0.5 exceeds sparsity 0.3"):
+        Params(initial_sparsity=0.5, sparsity=0.3)
     with pytest.raises(ValidationError, match="start 0.8 is after end 0.7"):
         Params(start=0.8)
-    for bad in ({"final_sparsity": 1.0}, {"frequency": 0}, {"scope": "channel"}, {"sparsity": 0.5}):
+    for bad in ({"sparsity": 1.0}, {"final_sparsity": 1.0}, {"frequency": 0}, {"scope": "channel"}, {"target": 0.5}):
         with pytest.raises(ValidationError):
             Params(**bad)
+
+
+def test_final_sparsity_is_an_alias_of_sparsity() -> None:
+    """The schedule's paper name gives the same params, and so the same sparsifier; both at once are refused."""
+    assert Params(final_sparsity=0.8, initial_sparsity=0.1) == Params(sparsity=0.8, initial_sparsity=0.1)
+    assert "final_sparsity" not in Params(final_sparsity=0.8).model_dump()  # stored specs carry the canonical name
+    with pytest.raises(ValidationError, match="give sparsity or its alias final_sparsity, not both"):
+        Params(sparsity=0.8, final_sparsity=0.8)
+    with pytest.raises(ValidationError, match="initial_sparsity 0.5 exceeds sparsity 0.3"):
+        Params(final_sparsity=0.3, initial_sparsity=0.5)

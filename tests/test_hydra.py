@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from nas.sparse.hydra import Hydra
@@ -98,7 +99,7 @@ def test_pruning_starts_from_scaled_scores_of_every_weight_kind() -> None:
     torch.manual_seed(0)
     model = Mixed()
     weights = {name: raw_weight(m, a).detach().clone() for name, (m, a) in prunable_weights(model).items()}
-    sparsifier = Hydra(Hydra.Params(k=0.3, pretrain_fraction=0.0))
+    sparsifier = Hydra(Hydra.Params(sparsity=0.7, pretrain_fraction=0.0))
     sparsifier.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=10, layer_sparsity=None)
 
     fan_in = {"conv.weight": 2 * 3 * 3, "rnn.weight_ih_l0": 6, "rnn.weight_hh_l0": 5, "fc.weight": 5}
@@ -121,7 +122,7 @@ def test_prune_phase_learns_scores_then_finetuning_trains_weights_under_the_fixe
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     model = mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sparsifier = Hydra(Hydra.Params(k=0.2, pretrain_fraction=0.25, finetune_fraction=0.25, train_weights=train_weights))
+    sparsifier = Hydra(Hydra.Params(sparsity=0.8, pretrain_fraction=0.25, finetune_fraction=0.25, train_weights=train_weights))
     sparsifier.attach(model, optimizer, total_steps=40, layer_sparsity=None)
     fc0 = model.fc0
 
@@ -161,12 +162,31 @@ def test_prune_phase_learns_scores_then_finetuning_trains_weights_under_the_fixe
     assert torch.equal(fc0.weight == 0, fixed == 0)
 
 
-def test_layer_sparsity_of_the_space_overrides_k() -> None:
+def test_layer_sparsity_of_the_space_overrides_the_sparsity_param() -> None:
     model = mlp()
-    sparsifier = Hydra(Hydra.Params(k=0.1, pretrain_fraction=0.0))
+    sparsifier = Hydra(Hydra.Params(sparsity=0.9, pretrain_fraction=0.0))
     sparsifier.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), 10, {"fc0.weight": 0.75})
     assert int(torch.count_nonzero(model.fc0.weight)) == kept(64 * 64, 0.25)
     assert int(torch.count_nonzero(model.out.weight)) == kept(64 * 10, 0.1)
+
+
+def test_k_is_an_alias_giving_the_same_sparsifier() -> None:
+    """HYDRA's k (fraction kept) converts to sparsity = 1 - k: same params, same masks; both at once are refused."""
+    assert Hydra.Params(k=0.3, pretrain_fraction=0.0) == Hydra.Params(sparsity=0.7, pretrain_fraction=0.0)
+    assert Hydra.Params(k=1.0).sparsity == 0.0 and "k" not in Hydra.Params(k=0.3).model_dump()
+    masks = []
+    for params in ({"k": 0.3}, {"sparsity": 0.7}):
+        model = mlp()
+        sparsifier = Hydra(Hydra.Params(pretrain_fraction=0.0, **params))
+        sparsifier.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), 10, None)
+        masks.append([get_score_mask(m, a).mask for m, a in prunable_weights(model).values()])
+    assert all(torch.equal(a, b) for a, b in zip(*masks, strict=True))
+    assert int(masks[0][0].sum()) == kept(64 * 64, 0.3)
+    with pytest.raises(ValidationError, match="give sparsity or its alias k, not both"):
+        Hydra.Params(k=0.3, sparsity=0.7)
+    for bad in (0.0, 1.5, "0.3", True):
+        with pytest.raises(ValidationError, match="must be a number in"):
+            Hydra.Params(k=bad)
 
 
 def test_sparse_layers_keep_their_scores_under_the_sparsifier() -> None:
@@ -174,7 +194,7 @@ def test_sparse_layers_keep_their_scores_under_the_sparsifier() -> None:
     model = nn.Sequential(SparseLinear(64, 32), nn.ReLU(), SparseLinear(32, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # already holds the layers' scores
     scores = model[0].scores
-    sparsifier = Hydra(Hydra.Params(k=0.5, pretrain_fraction=0.0, finetune_fraction=0.5))
+    sparsifier = Hydra(Hydra.Params(sparsity=0.5, pretrain_fraction=0.0, finetune_fraction=0.5))
     sparsifier.attach(model, optimizer, total_steps=4, layer_sparsity=None)
     assert model[0].scores is scores and len(model[0].parametrizations.weight) == 1
     assert model[0].k == 0.5 and len(optimizer.param_groups) == 1
@@ -189,7 +209,7 @@ def test_a_trial_prunes_each_layer_to_k_and_saves_the_final_sparse_net(data_dir:
         {
             "search_space": {"name": "sparse_mlp"},
             "dataset": {"name": "digits"},
-            "sparsifier": {"name": "hydra", "params": {"k": 0.2}},
+            "sparsifier": {"name": "hydra", "params": {"sparsity": 0.8}},
             "training": {"epochs": 5, "batch_size": 16, "lr": 3e-3},
         }
     )

@@ -234,6 +234,18 @@ def test_layer_targets_and_a_named_output_layer() -> None:
     }
 
 
+def test_a_sparsity_sets_every_layers_final_sparsity_as_for_the_other_sparsifiers() -> None:
+    """Given ``sparsity``, each round prunes the constant rate that ends every weight exactly there."""
+    model = lenet(64)
+    sparsifier, _ = attach(model, total_steps=40, rounds=2, sparsity=0.9)
+    sparsifier.finalize(model)
+    sizes = {"fc0.weight": 64 * 300, "fc1.weight": 300 * 100, "out.weight": 100 * 10}
+    assert {name: int(mask.sum()) for name, mask in masks(model).items()} == {
+        name: survivors_to_target(n, 0.9, 2)[-1] for name, n in sizes.items()
+    }
+    assert LotteryTicket.Params(sparsity=0.9).model_dump()["rate_hidden"] is None  # stored specs validate again
+
+
 def test_training_cut_short_still_ends_with_the_final_masks() -> None:
     model = lenet(64)
     sparsifier, _ = attach(model, total_steps=40, rounds=3)
@@ -248,7 +260,8 @@ def test_training_cut_short_still_ends_with_the_final_masks() -> None:
 @pytest.mark.parametrize(
     "params",
     [{"rounds": 0}, {"rate_hidden": 1.0}, {"rate_hidden": 0.0}, {"rate_output": -0.1}, {"rewind_steps": -1},
-     {"reinit": True, "rewind_steps": 10}, {"output_layer": ""}, {"rate": 0.2}],
+     {"reinit": True, "rewind_steps": 10}, {"output_layer": ""}, {"rate": 0.2}, {"sparsity": 1.0},
+     {"sparsity": 0.9, "rate_hidden": 0.2}, {"sparsity": 0.9, "rate_output": 0.0}],
 )  # fmt: skip
 def test_bad_params_are_refused(params: dict[str, object]) -> None:
     with pytest.raises(ValidationError):

@@ -113,7 +113,7 @@ def retrain(genotype: Genotype, channels: int, k: float, x: torch.Tensor, y: tor
     torch.manual_seed(seed)
     model = space.build(genotype.to_arch(), SHAPE, 10)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    sparsifier = Hydra(Hydra.Params(k=k))
+    sparsifier = Hydra(Hydra.Params(sparsity=1.0 - k))
     total_steps = epochs * math.ceil(len(y) / BATCH)
     sparsifier.attach(model, optimizer, total_steps, None)
     shuffle = torch.Generator().manual_seed(seed)

@@ -46,7 +46,7 @@ def matching_width(nonzeros: float) -> int:
 def trial(width: int, sparsity: float, seed: int, args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     """Train 784-width-width-10, pruned by gmp to ``sparsity`` (dense if 0); its test accuracy and non-zero weights."""
     sparsifier = (
-        {"name": "gmp", "params": {"final_sparsity": sparsity}}
+        {"name": "gmp", "params": {"sparsity": sparsity}}
         if sparsity
         else {"name": "magnitude", "params": {"sparsity": 0.0}}  # no pruning: the dense baselines
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -16,6 +17,21 @@ ALL_KINDS: frozenset[str] = frozenset({"linear", "conv2d", "lstm", "gru", "rnn"}
 
 Problem = tuple[tuple[str | int, ...], str]
 """A location inside the sparsifier spec (e.g. ``("params", "m")``) and what is wrong there."""
+
+
+def accept_alias(data: Any, alias: str, convert: Callable[[Any], Any] = lambda value: value) -> Any:
+    """Raw ``Params`` input with a paper's name for the target sparsity (``alias``) given as ``sparsity``.
+
+    Every sparsifier that aims at a sparsity calls it ``sparsity``, so switching sparsifiers keeps
+    the knob; the papers' names stay accepted on input (``convert`` maps the alias's value to a
+    sparsity), and the stored spec carries ``sparsity``. Giving both names is refused.
+    """
+    if not isinstance(data, dict) or alias not in data:
+        return data
+    if "sparsity" in data:
+        raise ValueError(f"give sparsity or its alias {alias}, not both")
+    rest = {key: value for key, value in data.items() if key != alias}
+    return {**rest, "sparsity": convert(data[alias])}
 
 
 @dataclass(frozen=True)

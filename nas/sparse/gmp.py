@@ -4,18 +4,19 @@ From step t0, every Δt steps and n times, the smallest-magnitude weights are ma
 
     s_t = s_f + (s_i − s_f)·(1 − (t − t0)/(n·Δt))³   for t ∈ {t0, t0+Δt, …, t0+nΔt},
 
-so sparsity rises fast at first, while the network is redundant, and slowly near the end. Masks
+where s_f is the ``sparsity`` param (``final_sparsity``, TensorFlow's ``PolynomialDecay`` name, is
+accepted as an alias), so sparsity rises fast at first, while the network is redundant, and slowly near the end. Masks
 are recomputed at each update from the current magnitudes; masked weights are zero and receive
 no updates, so they stay pruned (as in the paper's TensorFlow ``model_pruning``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nas.sparse.base import Sparsifier
+from nas.sparse.base import Sparsifier, accept_alias
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +32,13 @@ class GradualMagnitudePruning(Sparsifier):
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-        final_sparsity: float = Field(0.9, ge=0.0, lt=1.0, description="s_f: sparsity reached at the end of the schedule")
+        sparsity: float = Field(
+            0.9,
+            ge=0.0,
+            lt=1.0,
+            description="s_f: fraction of the prunable weights that are zero at the end of the schedule "
+            "(alias: final_sparsity)",
+        )
         initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="s_i: sparsity of the first update, at t0")
         start: float = Field(
             0.1, ge=0.0, le=1.0, description="t0 as a fraction of the training steps: prune after some dense training"
@@ -54,12 +61,15 @@ class GradualMagnitudePruning(Sparsifier):
             description="'layer': every weight reaches s_t; 'global': one magnitude threshold over all weights",
         )
 
+        @model_validator(mode="before")
+        @classmethod
+        def _paper_name(cls, data: Any) -> Any:
+            return accept_alias(data, "final_sparsity")
+
         @model_validator(mode="after")
         def _ordered(self) -> GradualMagnitudePruning.Params:
-            if self.initial_sparsity > self.final_sparsity:
-                raise ValueError(
-                    f"initial_sparsity {self.initial_sparsity} exceeds final_sparsity {self.final_sparsity}"
-                )
+            if self.initial_sparsity > self.sparsity:
+                raise ValueError(f"initial_sparsity {self.initial_sparsity} exceeds sparsity {self.sparsity}")
             if self.start > self.end:
                 raise ValueError(f"start {self.start} is after end {self.end}")
             return self
@@ -93,7 +103,7 @@ class GradualMagnitudePruning(Sparsifier):
         """s_t towards ``final`` (default s_f) if ``step`` is an update step of the schedule, else ``None``."""
         if step < self.t0 or (step - self.t0) % self.dt or step > self.t0 + self.n * self.dt:
             return None
-        s_f = self.params.final_sparsity if final is None else final
+        s_f = self.params.sparsity if final is None else final
         s_i = min(self.params.initial_sparsity, s_f)
         progress = (step - self.t0) / (self.n * self.dt) if self.n else 1.0
         return s_f + (s_i - s_f) * (1.0 - progress) ** 3

@@ -5,7 +5,8 @@ epochs, ``train_search.py``):
 
 1. *pretrain*: the weights train densely (every weight carries a score mask at ``k = 1``).
 2. *prune*: scores get HYDRA's scaled initialisation ``S = sqrt(6/fan_in)·W/max|W|`` from the
-   pretrained weights; the mask of each weight is ``TopK(|S|, k)`` per layer; only the scores
+   pretrained weights; the mask of each weight is ``TopK(|S|, k)`` per layer, keeping
+   ``k = 1 - sparsity`` (the ``sparsity`` param; HYDRA's ``k`` is accepted as an alias); only the scores
    (and normalisation layers) train, with the straight-through gradient of
    :mod:`nas.sparse.layers`, while the weights and biases are frozen.
 3. *finetune*: the masks become fixed hard masks and the weights train under them; the scores
@@ -18,30 +19,37 @@ per phase.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nas.sparse.base import Sparsifier
+from nas.sparse.base import Sparsifier, accept_alias
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 
+def _sparsity_from_keep(k: Any) -> float:
+    """HYDRA's ``k`` (fraction kept) as a sparsity, rounded so that ``k = 0.3`` gives exactly 0.7."""
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0.0 < k <= 1.0:
+        raise ValueError(f"k (the fraction kept) must be a number in (0, 1], got {k!r}")
+    return round(1.0 - k, 12)
+
+
 class Hydra(Sparsifier):
-    """Score-based pruning to a per-layer keep fraction ``k``, with HYDRA's pretrain / prune / finetune phases."""
+    """Score-based pruning of each layer to ``sparsity`` (keeping k = 1 - sparsity), in HYDRA's three phases."""
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-        k: float = Field(
-            0.1,
-            gt=0.0,
-            le=1.0,
-            description="fraction of each layer's weights kept (HYDRA's k; 0.1 = 90% sparse, the density the other "
-            "sparsifiers default to; DASS's own default 0.01 is for 600-epoch CIFAR runs); a search space's "
-            "per-layer sparsity s overrides it with k = 1 - s",
+        sparsity: float = Field(
+            0.9,
+            ge=0.0,
+            lt=1.0,
+            description="fraction of each layer's weights that are zero; HYDRA keeps the top k = 1 - sparsity by "
+            "score (alias: k, the fraction kept; DASS's own default k = 0.01 is for 600-epoch CIFAR runs); a search "
+            "space's per-layer sparsity overrides it",
         )
         pretrain_fraction: float = Field(
             0.4, ge=0.0, lt=1.0, description="fraction of the steps that train the dense weights first (DASS: 100/250)"
@@ -58,6 +66,11 @@ class Hydra(Sparsifier):
             description="train the weights together with the scores while pruning, instead of freezing them "
             "as HYDRA does",
         )
+
+        @model_validator(mode="before")
+        @classmethod
+        def _paper_name(cls, data: Any) -> Any:
+            return accept_alias(data, "k", _sparsity_from_keep)
 
         @model_validator(mode="after")
         def _prune_phase_left(self) -> Hydra.Params:
@@ -91,7 +104,7 @@ class Hydra(Sparsifier):
 
         targets = checked_targets(model, layer_sparsity)
         owners = prunable_weights(model)
-        self._keep = {name: 1.0 - targets[name] if name in targets else self.params.k for name in owners}
+        self._keep = {name: 1.0 - targets.get(name, self.params.sparsity) for name in owners}
         scores = []
         for module, attr in owners.values():
             parametrization = add_score_mask(module, attr, k=1.0)

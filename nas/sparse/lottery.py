@@ -4,7 +4,9 @@ Frankle & Carbin (ICLR 2019, "The Lottery Ticket Hypothesis"): train, prune p% o
 weights of every layer by magnitude (20% of the hidden layers, 10% of the output layer for
 LeNet-300-100), reset the survivors to their initial values θ0, repeat. Frankle et al. (2019,
 "Stabilizing the Lottery Ticket Hypothesis") rewind to θk, the weights after k steps, instead.
-The trial's steps are split into ``rounds + 1`` equal training runs, the first one dense.
+The trial's steps are split into ``rounds + 1`` equal training runs, the first one dense. Given a
+``sparsity``, like the other sparsifiers, every weight ends at exactly that sparsity, the rate per
+round following from it.
 
 Importing this module does not import torch (the API server imports it to validate specs); the
 torch operations live in :mod:`nas.sparse._imp`.
@@ -21,6 +23,16 @@ from nas.sparse.base import Sparsifier
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+
+RATE_HIDDEN = 0.2
+"""Default per-round rate of every prunable weight but the output layer (Frankle & Carbin, LeNet-300-100)."""
+RATE_OUTPUT = 0.1
+"""Default per-round rate of the output layer."""
+
+
+def _or(rate: float | None, default: float) -> float:
+    return default if rate is None else rate
 
 
 def survivors_by_rate(n: int, rate: float, rounds: int) -> list[int]:
@@ -57,14 +69,27 @@ class LotteryTicket(Sparsifier):
             le=100,
             description="pruning rounds; the trial's steps form rounds + 1 equal training runs, the first one dense",
         )
-        rate_hidden: float = Field(
-            0.2,
+        sparsity: float | None = Field(
+            None,
+            ge=0.0,
+            lt=1.0,
+            description="fraction of every prunable weight that is zero after the last round, each round pruning "
+            "the constant fraction 1 - (1 - sparsity)^(1/rounds) of the survivors; null: prune by rate_hidden "
+            "and rate_output instead (Frankle & Carbin's per-round rates)",
+        )
+        rate_hidden: float | None = Field(
+            None,
             gt=0.0,
             lt=1.0,
-            description="fraction of its surviving weights each prunable weight but the output layer loses per round",
+            description=f"fraction of its surviving weights each prunable weight but the output layer loses per round; "
+            f"null: {RATE_HIDDEN} (Frankle & Carbin's LeNet rate) unless sparsity is given",
         )
-        rate_output: float = Field(
-            0.1, ge=0.0, lt=1.0, description="fraction of the output layer's surviving weights it loses per round"
+        rate_output: float | None = Field(
+            None,
+            ge=0.0,
+            lt=1.0,
+            description=f"fraction of the output layer's surviving weights it loses per round; null: {RATE_OUTPUT} "
+            "unless sparsity is given",
         )
         output_layer: str | None = Field(
             None,
@@ -86,6 +111,8 @@ class LotteryTicket(Sparsifier):
 
         @model_validator(mode="after")
         def _rewind_or_reinit(self) -> LotteryTicket.Params:
+            if self.sparsity is not None and (self.rate_hidden is not None or self.rate_output is not None):
+                raise ValueError("give sparsity or the per-round rates (rate_hidden, rate_output), not both")
             if self.reinit and self.rewind_steps:
                 raise ValueError("rewind_steps has no effect when reinit is true: re-drawn weights are not rewound")
             return self
@@ -109,7 +136,8 @@ class LotteryTicket(Sparsifier):
         total_steps: int,
         layer_sparsity: dict[str, float] | None,
     ) -> None:
-        """Plan the rounds; a weight named in ``layer_sparsity`` ends at exactly that sparsity after the last round."""
+        """Plan the rounds; a weight named in ``layer_sparsity`` (else every weight, given ``sparsity``) ends at
+        exactly that sparsity after the last round."""
         from nas.sparse.masks import checked_targets, prunable_weights
 
         p = self.params
@@ -129,10 +157,10 @@ class LotteryTicket(Sparsifier):
         self._survivors = {}
         for name, (module, attr) in weights.items():
             n = getattr(module, attr).numel()
-            if name in targets:
-                self._survivors[name] = survivors_to_target(n, targets[name], p.rounds)
+            if name in targets or p.sparsity is not None:
+                self._survivors[name] = survivors_to_target(n, targets.get(name, p.sparsity), p.rounds)
             else:
-                rate = p.rate_output if name == output else p.rate_hidden
+                rate = _or(p.rate_output, RATE_OUTPUT) if name == output else _or(p.rate_hidden, RATE_HIDDEN)
                 self._survivors[name] = survivors_by_rate(n, rate, p.rounds)
         self._optimizer = optimizer
         self.round = 0

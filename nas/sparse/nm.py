@@ -8,7 +8,9 @@ term ``λ_W·(1 − E) ⊙ W``, which decays the pruned weights so the mask sett
 ``method="ste"`` drops the term. The mask flips between consecutive epochs, Sparse Architecture
 Divergence (SAD), are reported as the epoch metric ``sad``. At the end the masks are fixed.
 
-Every weight's density is ``n/m``: a search space's per-layer sparsities do not apply.
+Every weight's density is ``n/m``: a search space's per-layer sparsities do not apply. The pattern
+fixes the sparsity (1 − n/m, 50% for 2:4), so unlike the other sparsifiers this one takes no
+``sparsity`` param: ``n`` and ``m`` are the knob, as on the hardware that runs N:M kernels.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ export async function render(view, jobId) {
       },
     }, 'Cancel job');
     const specBox = h('pre', { class: 'code', hidden: true }, JSON.stringify(spec, null, 2));
-    const sparsifier = spec.sparsifier ? `${spec.sparsifier.name}${spec.sparsifier.params?.sparsity !== undefined ? ` ${fmt.pct(spec.sparsifier.params.sparsity, 0)}` : ''}` : null;
+    const sparsifier = spec.sparsifier ? `${spec.sparsifier.name}${spec.sparsifier.params?.sparsity != null ? ` ${fmt.pct(spec.sparsifier.params.sparsity, 0)}` : ''}` : null;
     clear(head,
       h('div', { class: 'crumbs' }, h('a', { href: '#/jobs' }, 'Jobs'), ' / ', h('span', {}, job.name)),
       h('div', { class: 'title-row' },
