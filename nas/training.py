@@ -1,4 +1,11 @@
-"""One trial on a worker: train an architecture under a sparsifier, then measure and serialise it."""
+"""One trial on a worker: train an architecture under a sparsifier, then measure and serialise it.
+
+:func:`end_trial` is the one way a trial ends, for every strategy that trains: it evaluates the
+trained model, converts it to the sparse inference model, measures both, and returns the
+:class:`TrialOutcome` (metrics as :mod:`nas.metrics` defines them, layer report, saved model).
+The helpers every trainer shares live here too: the dataset as tensors (:func:`load_data`), the
+trial seed, the weight optimizer and the BatchNorm recalibration.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,7 @@ from nas import registry
 from nas.arch import fingerprint
 from nas.data import DataSplits
 from nas.latency import measure, refine
+from nas.sparse.base import Sparsifier
 from nas.sparse.inference import to_inference
 from nas.sparse.serialization import load_model, read_metadata, save_model
 from nas.sparse.stats import layer_report, model_stats, weight_densities, weight_sparsity
@@ -57,19 +65,17 @@ def run_trial(
     stopping, cancellation) stops the trial. Torch's thread count is left to the caller, and the
     result is deterministic for a given spec seed and architecture when torch runs single-threaded.
     """
-    data = load_dataset(spec.dataset.name, spec.dataset.params, data_dir)
+    data = load_data(spec, data_dir)
     space = registry.search_spaces.create(spec.search_space.name, spec.search_space.params)
     sparsifier = registry.sparsifiers.create(spec.sparsifier.name, spec.sparsifier.params)
 
-    # One seed per (job seed, architecture): equal trials reproduce, different ones differ.
-    seed = int(fingerprint({"seed": spec.seed, "arch": arch})[:8], 16)
+    seed = trial_seed(spec, arch)
     torch.manual_seed(seed)
     model = space.build(arch, data.input_shape, data.num_classes)
-    optimizer = _optimizer(model, spec.training)  # before attach, so sparsifiers can reset its state
-    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+    optimizer = weight_optimizer(model.parameters(), spec.training)  # before attach: sparsifiers may reset its state
+    x_train, y_train = data.x_train, data.y_train
     batch_size, epochs = spec.training.batch_size, spec.training.epochs
-    total_steps = epochs * math.ceil(len(x_train) / batch_size)
+    total_steps = epochs * data.steps_per_epoch(batch_size)
     if hasattr(space, "layer_patterns"):
         sparsifier.layer_patterns = space.layer_patterns(arch)
     sparsifier.attach(model, optimizer, total_steps, layer_sparsity or space.layer_sparsity(arch))
@@ -92,39 +98,57 @@ def run_trial(
         sparsifier.on_epoch_end(model, epoch)
         if epoch == epochs:
             sparsifier.finalize(model)  # before the last evaluation, so the final metrics are of the final masks
-        test_loss, accuracy = evaluate(model, x_test, y_test)
-        epoch_time = time.perf_counter() - start
+        metrics = epoch_metrics(model, data, loss_sum / len(x_train))
+        metrics["epoch_time_s"] = epoch_time = time.perf_counter() - start
         train_time += epoch_time
-        report(
-            epoch,
-            {
-                "train_loss": loss_sum / len(x_train),
-                "loss": test_loss,
-                "accuracy": accuracy,
-                "sparsity": weight_sparsity(model),
-                "epoch_time_s": epoch_time,
-                **{f"density:{name}": density for name, density in weight_densities(model).items()},
-                **sparsifier.epoch_metrics(model),
-            },
-        )
+        report(epoch, {**metrics, **sparsifier.epoch_metrics(model)})
+    return end_trial(
+        model, spec, data, arch, train_time, sparsifier=sparsifier, evaluation=(metrics["loss"], metrics["accuracy"])
+    )
 
-    # Latency is that of the sparse inference model (CSR or shrunk layers where they measure
-    # faster), which computes the same function as the trained masked model. On a shared machine
-    # the 10th percentile of per-call times repeats far better than the median (BENCHMARKS.md),
-    # so it is the trial's latency, and what the predictor learns from.
+
+def end_trial(
+    model: nn.Module,
+    spec: JobSpec,
+    data: Data,
+    arch: dict[str, Any],
+    train_time: float,
+    *,
+    sparsifier: Sparsifier | None = None,
+    evaluation: tuple[float, float] | None = None,
+    extra_metrics: dict[str, float] | None = None,
+    extra_metadata: dict[str, str] | None = None,
+    outputs: dict[str, Any] | None = None,
+) -> TrialOutcome:
+    """The trial's :class:`TrialOutcome` from its trained model; every strategy's trials end here.
+
+    ``model`` must be final: masks fixed (the sparsifier's ``finalize`` ran) and BatchNorm
+    statistics recalibrated where the strategy needs it (:func:`recalibrate_batchnorm`).
+    ``evaluation`` is ``(test loss, accuracy)`` when the caller just evaluated this very model;
+    otherwise it is evaluated here. The model is then converted to the sparse inference model
+    (CSR or shrunk layers where they measure faster; the same function), and both are measured:
+    the latency metrics are those :mod:`nas.metrics` defines (``latency_ms`` is the per-call 10th
+    percentile of the inference model). ``arch`` is the search-space architecture the saved model
+    rebuilds from (:func:`load_trained_model`); ``extra_metrics`` (e.g. ``val_accuracy``),
+    ``extra_metadata`` (strings in the saved model) and ``outputs`` (``Trial.outputs``) are the
+    strategy's own.
+    """
+    model.eval()
+    test_loss, accuracy = evaluation if evaluation is not None else evaluate(model, data.x_test, data.y_test)
     inference, decisions = to_inference(model, data.input_shape, batch_size=1, target=spec.target)
     kernels = {decision["name"]: decision["kernel"] for decision in decisions}
     latency = measure(inference, data.input_shape, target=spec.target, batch_size=1)
-    dense_latency = measure(model, data.input_shape, target=spec.target, batch_size=1)
+    masked_latency = measure(model, data.input_shape, target=spec.target, batch_size=1)
     _refine_predictor(inference, data.input_shape, spec.target, latency["p10_ms"])
     metrics = {
         **model_stats(model, data.input_shape),
         "accuracy": accuracy,
         "loss": test_loss,
+        **(extra_metrics or {}),
         "latency_ms": latency["p10_ms"],
         "latency_median_ms": latency["median_ms"],
         "latency_iqr_ms": latency["iqr_ms"],
-        "masked_latency_ms": dense_latency["p10_ms"],
+        "masked_latency_ms": masked_latency["p10_ms"],
         "train_time_s": train_time,
     }
     layers = [{**layer, "kernel": kernels.get(layer["name"])} for layer in layer_report(model, sparsifier)]
@@ -135,8 +159,9 @@ def run_trial(
         "dataset": spec.dataset.name,
         "input_shape": json.dumps(list(data.input_shape)),
         "num_classes": str(data.num_classes),
+        **(extra_metadata or {}),
     }
-    return TrialOutcome(metrics=metrics, layers=layers, model_bytes=save_model(model, metadata))
+    return TrialOutcome(metrics, layers, save_model(model, metadata), outputs or {})
 
 
 def _refine_predictor(model: nn.Module, input_shape: tuple[int, ...], target: str, measured_ms: float) -> None:
@@ -181,10 +206,90 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss_sum / len(y), correct / len(y)
 
 
-def _optimizer(model: nn.Module, training: TrainingSpec) -> torch.optim.Optimizer:
-    params, lr, wd = model.parameters(), training.lr, training.weight_decay
+def epoch_metrics(model: nn.Module, data: Data, train_loss: float) -> dict[str, float]:
+    """What every epoch reports: losses, test accuracy, sparsity and each prunable weight's density."""
+    test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
+    return {
+        "train_loss": train_loss,
+        "loss": test_loss,
+        "accuracy": accuracy,
+        "sparsity": weight_sparsity(model),
+        **{f"density:{name}": density for name, density in weight_densities(model).items()},
+    }
+
+
+@dataclass
+class Data:
+    """A dataset's splits as tensors (shared with the process-wide cache: never modify them)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(len(self.x_train) / batch_size)
+
+
+def load_data(spec: JobSpec, data_dir: Path) -> Data:
+    """The job's dataset as tensors (:func:`load_dataset`'s cached arrays, not copied)."""
+    splits = load_dataset(spec.dataset.name, spec.dataset.params, data_dir)
+    return Data(
+        torch.from_numpy(splits.x_train),
+        torch.from_numpy(splits.y_train),
+        torch.from_numpy(splits.x_test),
+        torch.from_numpy(splits.y_test),
+        tuple(splits.input_shape),
+        splits.num_classes,
+    )
+
+
+def trial_seed(spec: JobSpec, key: Any) -> int:
+    """A seed per (job seed, key), ``key`` usually the trial's arch: equal trials reproduce, different ones differ."""
+    return int(fingerprint({"seed": spec.seed, "arch": key})[:8], 16)
+
+
+def weight_optimizer(params: Iterable[nn.Parameter], training: TrainingSpec) -> torch.optim.Optimizer:
+    """The job's weight optimizer (``training.optimizer``, ``lr``, ``weight_decay``, ``momentum``) over ``params``."""
+    lr, wd = training.lr, training.weight_decay
     if training.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=training.momentum, weight_decay=wd)
     if training.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, x: torch.Tensor, batch_size: int, batches: int | None = None, seed: int = 0
+) -> None:
+    """Re-estimate every BatchNorm's running statistics on training inputs ``x`` under the current masks.
+
+    The running averages of a network just pruned (or cut from a supernet, whose statistics many
+    sub-networks accumulated) do not match what its forward pass computes, and pruning to a few
+    percent can leave a variance that has decayed towards zero, blowing evaluation up. Each
+    statistic becomes the plain average over ``batches`` batches drawn by ``seed`` (Once-for-All's
+    recalibration), or over every batch of ``x`` when ``batches`` is None. Weights stay untouched and
+    the model keeps its train/eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches == 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the calibration batches
+    was_training = model.training
+    model.train()
+    if batches is None:
+        chunks = x.split(batch_size)
+    else:
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        chunks = tuple(x[batch] for batch in order.split(batch_size)[:batches])
+    for xb in chunks:
+        model(xb)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)

@@ -159,8 +159,8 @@ def test_rounds_on_digits_rewind_to_theta_k_and_keep_pruned_weights_pruned(torch
     from nas.sparse.masks import masks
     from nas.sparse.serialization import read_metadata
     from nas.supertickets.imp import REWIND_KEY
-    from nas.supertickets.train import decode_tensors, load_data, optimizer_for, train, trial_seed
-    from nas.training import load_trained_model
+    from nas.supertickets.train import decode_tensors, train
+    from nas.training import load_data, load_trained_model, trial_seed, weight_optimizer
 
     k = 3
     spec = _spec(n_chains=1, rounds=2, rewind_step=k, rate=0.5)
@@ -179,7 +179,7 @@ def test_rounds_on_digits_rewind_to_theta_k_and_keep_pruned_weights_pruned(torch
     replica = space.build(arch, data.input_shape, data.num_classes)
     theta0 = clone_state(replica)
     seed = trial_seed(spec, {"lottery_seed": 0, "arch": arch, "round": 0})
-    train(replica, optimizer_for(replica, spec), data, spec, seed, lambda e, m: None, 1, max_steps=k)
+    train(replica, weight_optimizer(replica.parameters(), spec.training), data, spec, seed, lambda e, m: None, 1, max_steps=k)
     rewind = decode_tensors(read_metadata(r0.model_bytes)[REWIND_KEY])
     assert all(torch.equal(rewind[name], tensor) for name, tensor in clone_state(replica).items())
     assert not torch.equal(rewind["fc0.weight"], theta0["fc0.weight"])

@@ -48,11 +48,11 @@ sys.path.insert(0, str(ROOT))
 
 from nas import registry  # noqa: E402
 from nas.dass.genotype import CELL_TYPES, Genotype  # noqa: E402
-from nas.dass.search import Data, SearchOptions, recalibrate_batchnorm, search  # noqa: E402
+from nas.dass.search import Data, SearchOptions, search  # noqa: E402
 from nas.sparse.hydra import Hydra  # noqa: E402
 from nas.sparse.stats import model_stats  # noqa: E402
 from nas.specs import TrainingSpec  # noqa: E402
-from nas.training import evaluate  # noqa: E402
+from nas.training import evaluate, recalibrate_batchnorm  # noqa: E402
 
 KS = (0.05, 0.01)
 SEARCH_SPACE = {"cells": 3, "channels": 8, "nodes": 2, "stem_stride": 2}

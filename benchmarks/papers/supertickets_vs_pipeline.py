@@ -50,10 +50,10 @@ from nas.arch import fingerprint
 from nas.sparse.masks import magnitude_prune
 from nas.sparse.stats import model_stats, weight_sparsity
 from nas.specs import JobSpec
-from nas.supertickets.train import Data, optimizer_for, recalibrate_bn, train
+from nas.supertickets.train import train
 from nas.supertickets.schedule import schedule
 from nas.supertickets.two_in_one import Settings, two_in_one, use_ticket
-from nas.training import evaluate
+from nas.training import Data, evaluate, recalibrate_batchnorm, weight_optimizer
 
 SPACE = {
     "stem_channels": 8,
@@ -166,7 +166,7 @@ def pipeline_arm(space, data: Data, select: Data, args: argparse.Namespace, seed
         torch.manual_seed(seed * 1000 + i)
         model = space.build(arch, data.input_shape, data.num_classes)
         counter.attach(model)
-        train(model, optimizer_for(model, search_spec), select, search_spec, seed + i, quiet, 1)
+        train(model, weight_optimizer(model.parameters(), search_spec.training), select, search_spec, seed + i, quiet, 1)
         accuracy = evaluate(model, select.x_test, select.y_test)[1]
         if accuracy > best_accuracy:
             best, best_accuracy = arch, accuracy
@@ -174,7 +174,7 @@ def pipeline_arm(space, data: Data, select: Data, args: argparse.Namespace, seed
     torch.manual_seed(seed)
     dense = space.build(best, data.input_shape, data.num_classes)
     counter.attach(dense)
-    train(dense, optimizer_for(dense, train_spec), data, train_spec, seed, quiet, args.train_epochs)
+    train(dense, weight_optimizer(dense.parameters(), train_spec.training), data, train_spec, seed, quiet, args.train_epochs)
     dense_accuracy = evaluate(dense, data.x_test, data.y_test)[1]
     state = {k: v.clone() for k, v in dense.state_dict().items()}
     retrain_spec = spec_for(args.retrain)
@@ -184,11 +184,11 @@ def pipeline_arm(space, data: Data, select: Data, args: argparse.Namespace, seed
         model.load_state_dict(state)
         counter.attach(model)
         magnitude_prune(model, level, {}, "global")
-        recalibrate_bn(model, data.x_train, 64, 20, seed)
+        recalibrate_batchnorm(model, data.x_train, 64, 20, seed)
         row = {"params": sum(p.numel() for p in model.parameters()), "arch": best, "sparsity": weight_sparsity(model)}
         row["flops"], row["nonzero_flops"] = flops_of(model)
         row["direct"] = evaluate(model, data.x_test, data.y_test)[1]
-        train(model, optimizer_for(model, retrain_spec), data, retrain_spec, seed + 7, quiet, args.retrain)
+        train(model, weight_optimizer(model.parameters(), retrain_spec.training), data, retrain_spec, seed + 7, quiet, args.retrain)
         row["retrained"] = evaluate(model, data.x_test, data.y_test)[1]
         rows[level] = row
     return {"rows": rows, "flops": counter.total, "cpu_s": time.process_time() - start, "dense": dense_accuracy}

@@ -17,7 +17,6 @@ call it directly); :func:`run_search_trial` is the ``dass`` strategy's search tr
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -29,12 +28,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas import registry
 from nas.dass.genotype import Genotype
 from nas.dass.network import Supernet
 from nas.sparse.layers import ScoreMask, get_score_mask, scaled_scores
 from nas.sparse.masks import harden_mask, prunable_weights, raw_weight
 from nas.sparse.stats import weight_sparsity
-from nas.specs import TrainingSpec
+from nas.specs import JobSpec, TrainingSpec
+from nas.training import (
+    TrialOutcome,
+    end_trial,
+    evaluate,
+    load_data,
+    recalibrate_batchnorm,
+    trial_seed,
+    weight_optimizer,
+)
 
 Report = Callable[[int, dict[str, float]], None]
 PHASES = ("pretrain", "prune", "finetune")
@@ -124,7 +133,7 @@ def search(
         optimizer = (
             torch.optim.SGD(trained, lr=options.score_lr, momentum=0.9)
             if phase == "prune"
-            else _weight_optimizer(trained, training)
+            else weight_optimizer(trained, training)  # fresh for every phase, as HYDRA builds one per phase
         )
         step_arch = phase != "prune" or options.arch_steps_while_pruning
         for _ in range(epochs):
@@ -165,37 +174,16 @@ def search(
 
 
 def _evaluate(model: Supernet, data: Data, batch_size: int, recalibrate: bool) -> tuple[float, float, float]:
-    """Test loss, test accuracy and validation accuracy; BatchNorm statistics recomputed first after pruning."""
-    from nas.training import evaluate
+    """Test loss, test accuracy and validation accuracy; BatchNorm statistics recomputed first after pruning.
 
+    Pruning to a few percent leaves channels all but constant while the running averages still
+    hold their dense-era statistics; fresh ones over the whole training split match what training sees.
+    """
     if recalibrate:
         recalibrate_batchnorm(model, data.x_train, batch_size)
     test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
     _, val_accuracy = evaluate(model, data.x_val, data.y_val)
     return test_loss, accuracy, val_accuracy
-
-
-def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
-    """Recompute every BatchNorm's running statistics as the plain average over ``x`` under the current masks.
-
-    Pruning to a few percent leaves channels all but constant; the running averages still hold
-    their dense-era statistics, and dividing by a variance that has decayed towards zero blows
-    evaluation up (losses in the thousands where training mode is fine). Fresh statistics match
-    what training sees.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    was_training = model.training
-    model.train()
-    with torch.no_grad():
-        for xb in x.split(batch_size):
-            model(xb)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
 
 
 def _score_masks(model: nn.Module) -> list[ScoreMask]:
@@ -234,16 +222,6 @@ def _trained_parameters(model: Supernet, phase: str) -> list[nn.Parameter]:
     return trained
 
 
-def _weight_optimizer(params: list[nn.Parameter], training: TrainingSpec) -> torch.optim.Optimizer:
-    """The job's weight optimizer (``training``), fresh for every phase as HYDRA builds one per phase."""
-    lr, wd = training.lr, training.weight_decay
-    if training.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=training.momentum, weight_decay=wd)
-    if training.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-
-
 def _batches(
     data: Data, batch_size: int, generator: torch.Generator
 ) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
@@ -265,56 +243,24 @@ def _arch_entropy(model: Supernet) -> float:
 
 
 def run_search_trial(
-    spec: Any, arch: dict[str, Any], data_dir: Path, report: Report, options: SearchOptions, val_fraction: float
-) -> Any:
+    spec: JobSpec, arch: dict[str, Any], data_dir: Path, report: Report, options: SearchOptions, val_fraction: float
+) -> TrialOutcome:
     """The ``dass`` strategy's search trial: search the supernet ``arch`` describes, return its derived cell.
 
     The outcome's ``outputs`` hold the genotype (``genotype``, an architecture of the space), the
     keep fraction searched at and the final softmax of α; its model is the masked supernet, which
-    ``nas.training.load_trained_model`` rebuilds.
+    ``nas.training.load_trained_model`` rebuilds, and it is measured as its sparse inference model,
+    like every trial (:func:`nas.training.end_trial`).
     """
-    from nas import registry
-    from nas.arch import fingerprint
-    from nas.latency import measure
-    from nas.sparse.serialization import save_model
-    from nas.sparse.stats import layer_report, model_stats
-    from nas.training import TrialOutcome, load_dataset
-
-    splits = load_dataset(spec.dataset.name, spec.dataset.params, data_dir)
+    tensors = load_data(spec, data_dir)
     space = registry.search_spaces.create(spec.search_space.name, spec.search_space.params)
-    seed = int(fingerprint({"seed": spec.seed, "arch": arch})[:8], 16)
+    seed = trial_seed(spec, arch)
     torch.manual_seed(seed)
-    model = space.build(arch, splits.input_shape, splits.num_classes)
+    model = space.build(arch, tensors.input_shape, tensors.num_classes)
     if not isinstance(model, Supernet):
         raise ValueError(f"a DASS search trial needs a supernet arch (kind: supernet), got kind {arch.get('kind')!r}")
-    data = Data.split(
-        torch.from_numpy(splits.x_train),
-        torch.from_numpy(splits.y_train),
-        torch.from_numpy(splits.x_test),
-        torch.from_numpy(splits.y_test),
-        val_fraction,
-        seed,
-    )
+    data = Data.split(tensors.x_train, tensors.y_train, tensors.x_test, tensors.y_test, val_fraction, seed)
     result = search(model, data, options, spec.training, seed, report)
-    latency = measure(model, splits.input_shape, target=spec.target, batch_size=1)
-    metrics = {
-        **model_stats(model, splits.input_shape),
-        "accuracy": result.accuracy,
-        "loss": result.loss,
-        "val_accuracy": result.val_accuracy,
-        "latency_ms": latency["median_ms"],
-        "latency_iqr_ms": latency["iqr_ms"],
-        "masked_latency_ms": latency["median_ms"],
-        "train_time_s": result.train_time_s,
-    }
-    metadata = {
-        "search_space": spec.search_space.name,
-        "search_space_params": json.dumps(spec.search_space.params, sort_keys=True),
-        "arch": json.dumps(arch, sort_keys=True),
-        "dataset": spec.dataset.name,
-        "input_shape": json.dumps(list(splits.input_shape)),
-        "num_classes": str(splits.num_classes),
-    }
     with torch.no_grad():
         alphas = {
             "normal": F.softmax(model.alphas_normal, dim=-1).tolist(),
@@ -326,9 +272,13 @@ def run_search_trial(
         "operations": list(model.ops),
         "alphas": alphas,
     }
-    return TrialOutcome(
-        metrics=metrics,
-        layers=layer_report(model),
-        model_bytes=save_model(model, metadata),
+    return end_trial(
+        model,
+        spec,
+        tensors,
+        arch,
+        result.train_time_s,
+        evaluation=(result.loss, result.accuracy),
+        extra_metrics={"val_accuracy": result.val_accuracy},
         outputs=outputs,
     )

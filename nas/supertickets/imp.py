@@ -21,19 +21,10 @@ from torch import nn
 from nas.sparse._imp import clone_state, load_state, prune_survivors
 from nas.sparse.masks import get_mask, magnitude_masks, masks, prunable_weights, raw_weight, set_mask
 from nas.sparse.serialization import load_model, read_metadata
+from nas.sparse.stats import weight_sparsity
 from nas.specs import JobSpec
-from nas.training import TrialOutcome
-from nas.supertickets.train import (
-    Report,
-    build_space,
-    decode_tensors,
-    encode_tensors,
-    finish,
-    load_data,
-    optimizer_for,
-    train,
-    trial_seed,
-)
+from nas.supertickets.train import Report, build_space, decode_tensors, encode_tensors, train
+from nas.training import TrialOutcome, end_trial, load_data, trial_seed, weight_optimizer
 
 REWIND_KEY = "lottery_rewind"
 ROUND_KEY = "lottery"
@@ -100,7 +91,7 @@ def run_round(
             set_mask(*owners[name], mask)  # zeroes the rewound values of the pruned weights
         max_steps = total_steps - plan.rewind_step  # rewound to step k: train the remaining T - k steps
 
-    optimizer = optimizer_for(model, spec)
+    optimizer = weight_optimizer(model.parameters(), spec.training)
     train_time, _ = train(
         model,
         optimizer,
@@ -114,16 +105,15 @@ def run_round(
         extra_metrics=lambda: {"round": float(plan.round)},
     )
     info = {"chain": plan.chain, "round": plan.round, "rewind_step": plan.rewind_step, "seed": plan.seed}
-    outcome = finish(
+    return end_trial(
         model,
         spec,
         data,
         space_arch,
         train_time,
         extra_metadata={REWIND_KEY: encode_tensors(rewind), ROUND_KEY: json.dumps(info, sort_keys=True)},
+        outputs={**info, "sparsity": weight_sparsity(model), "densities": _densities(model)},
     )
-    outcome.outputs = {**info, "sparsity": outcome.metrics["sparsity"], "densities": _densities(model)}
-    return outcome
 
 
 def next_masks(trained: nn.Module, plan: RoundPlan) -> dict[str, torch.Tensor]:

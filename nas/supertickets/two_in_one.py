@@ -40,23 +40,19 @@ from nas.sparse.masks import get_mask, magnitude_masks, magnitude_prune, prunabl
 from nas.sparse.serialization import load_model, read_metadata, save_model
 from nas.sparse.stats import weight_sparsity
 from nas.specs import JobSpec
-from nas.training import TrialOutcome
 from nas.supertickets.elastic import ElasticMobileNet, InvertedResidual
 from nas.supertickets.layout import Block, Layout
 from nas.supertickets.schedule import rho_at, schedule
-from nas.supertickets.train import (
+from nas.supertickets.train import Report, build_space, decode_bytes, encode_bytes, train
+from nas.training import (
     Data,
-    Report,
-    build_space,
-    decode_bytes,
-    encode_bytes,
+    TrialOutcome,
+    end_trial,
     epoch_metrics,
-    finish,
     load_data,
-    optimizer_for,
-    recalibrate_bn,
-    train,
+    recalibrate_batchnorm,
     trial_seed,
+    weight_optimizer,
 )
 
 TICKETS_KEY = "supertickets"
@@ -219,7 +215,7 @@ def two_in_one(space: Any, data: Data, spec: JobSpec, settings: Settings, report
     """Train the space's supernet two-in-one on ``data`` (``spec.training``'s optimizer, epochs and batch size)."""
     torch.manual_seed(seed)
     supernet = space.build_supernet(data.input_shape, data.num_classes)
-    optimizer = optimizer_for(supernet, spec)
+    optimizer = weight_optimizer(supernet.parameters(), spec.training)
 
     steps_per_epoch = data.steps_per_epoch(spec.training.batch_size)
     total_steps = spec.training.epochs * steps_per_epoch
@@ -291,7 +287,7 @@ def two_in_one(space: Any, data: Data, spec: JobSpec, settings: Settings, report
     )
     supernet.set_active(None)
     # The last pruning step moved the weights under the running statistics: re-estimate them, as for tickets.
-    recalibrate_bn(supernet, data.x_train, spec.training.batch_size, settings.calibration_batches, seed)
+    recalibrate_batchnorm(supernet, data.x_train, spec.training.batch_size, settings.calibration_batches, seed)
     take_ticket(state["level"], total_steps)
     steps = [{"step": step, "sparsity": level} for step, level in sorted(prune_at.items())]
     return TwoInOne(supernet, train_time, tickets, models, steps)
@@ -304,7 +300,7 @@ def train_supernet(spec: JobSpec, settings: Settings, data_dir: Path, report: Re
     result = two_in_one(space, data, spec, settings, report, trial_seed(spec, {"supertickets": "supernet"}))
     blobs = {ticket_key(level): encode_bytes(save_model(model, {})) for level, model in result.ticket_models.items()}
     outputs = {"tickets": result.tickets, "schedule": result.schedule, "supernet_arch": space.largest()}
-    return finish(
+    return end_trial(
         result.supernet,
         spec,
         data,
@@ -321,13 +317,14 @@ def use_ticket(
     """Recalibrate a ticket's BatchNorm statistics, then evaluate it as is (``retrain_epochs == 0``, one
     report) or fine-tune it under its fixed mask; returns the training time."""
     torch.manual_seed(seed)
-    recalibrate_bn(ticket, data.x_train, spec.training.batch_size, calibration_batches, seed)
+    recalibrate_batchnorm(ticket, data.x_train, spec.training.batch_size, calibration_batches, seed)
     if retrain_epochs == 0:
         metrics = epoch_metrics(ticket, data, float("nan"))
         del metrics["train_loss"]
         report(1, metrics)
         return 0.0
-    train_time, _ = train(ticket, optimizer_for(ticket, spec), data, spec, seed, report, retrain_epochs)
+    optimizer = weight_optimizer(ticket.parameters(), spec.training)
+    train_time, _ = train(ticket, optimizer, data, spec, seed, report, retrain_epochs)
     return train_time
 
 
@@ -356,7 +353,7 @@ def evaluate_ticket(
     seed = trial_seed(spec, {"ticket": sparsity, "retrain": retrain_epochs})
     train_time = use_ticket(ticket, data, spec, retrain_epochs, calibration_batches, report, seed)
     outputs = {"sparsity": sparsity, "retrain_epochs": retrain_epochs, "measured_sparsity": weight_sparsity(ticket)}
-    return finish(ticket, spec, data, space_arch, train_time, outputs=outputs)
+    return end_trial(ticket, spec, data, space_arch, train_time, outputs=outputs)
 
 
 def _ticket_keys(meta: dict[str, str]) -> str:
