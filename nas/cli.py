@@ -24,6 +24,8 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from nas.metrics import METRICS, format_value
+
 if TYPE_CHECKING:
     from nas.client import Client
     from nas.specs import Job, Trial
@@ -263,10 +265,13 @@ def jobs(
         out.print(table)
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}"
+# The metrics ``nas trials`` shows, headed by their labels (and units) in nas.metrics.
+TRIAL_COLUMNS = ("accuracy", "sparsity", "nonzero_params", "latency_ms", "predicted_latency_ms")
+
+
+def _heading(name: str) -> str:
+    metric = METRICS[name]
+    return f"{metric.label} ({metric.unit})" if metric.unit else metric.label
 
 
 @app.command()
@@ -282,12 +287,10 @@ def trials(
         if json_output:
             _print_json(_dump(rows))
             return
-        table = Table("#", "id", "state", "accuracy", "sparsity", "nonzero", "latency ms", "predicted ms", "error")
+        table = Table("#", "id", "state", *map(_heading, TRIAL_COLUMNS), "error")
         for t in rows:
-            m = t.metrics
-            table.add_row(str(t.number), t.id, t.state.value, _fmt(m.get("accuracy")), _fmt(m.get("sparsity")),
-                          _fmt(m.get("nonzero_params")), _fmt(m.get("latency_ms")),
-                          _fmt(m.get("predicted_latency_ms")), escape((t.error or "")[:60]))
+            values = [format_value(name, t.metrics.get(name)) for name in TRIAL_COLUMNS]
+            table.add_row(str(t.number), t.id, t.state.value, *values, escape((t.error or "")[:60]))
         out.print(table)
 
 

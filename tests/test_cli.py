@@ -99,12 +99,13 @@ def test_cli_submit_jobs_trials_cancel(server: Server, cli_env: dict[str, str], 
     assert listed.exit_code == 0
     assert job_id in listed.stdout and "cli-job" in listed.stdout and "queued" in listed.stdout
 
-    trial = complete_trial(server.store, job_id, accuracy=0.875, sparsity=0.9)
+    trial = complete_trial(server.store, job_id, accuracy=0.875, sparsity=0.9, nonzero_params=17230.0)
     pending = server.store.create_trial(job_id, {"depth": 3})
     trials = _invoke(["trials", job_id], cli_env)
     assert trials.exit_code == 0, trials.stderr
     assert trial.id in trials.stdout and pending.id in trials.stdout
     assert "0.875" in trials.stdout and "complete" in trials.stdout
+    assert "17230" in trials.stdout and "e+04" not in trials.stdout  # an integer metric prints whole
     only_queued = _invoke(["trials", job_id, "--state", "queued"], cli_env)
     assert pending.id in only_queued.stdout and trial.id not in only_queued.stdout
     front = _invoke(["trials", job_id, "--pareto"], cli_env)

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from nas.client._base import objective_metric
+from nas.metrics import format_value
 from nas.specs import Job, Trial
 
 
@@ -48,4 +49,4 @@ def best_text(job: Job, best: Trial | None) -> str:
     metric = objective_metric(job.spec)
     if best is None or metric is None or metric not in best.metrics:
         return ""
-    return f"best {metric} {best.metrics[metric]:.4g}"
+    return f"best {metric} {format_value(metric, best.metrics[metric])}"
