@@ -17,7 +17,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from nas.latency.predictor import Predictor
-    from nas.latency.targets import TargetIdentity
+    from nas.timing.targets import TargetIdentity
 
 hardware_app = typer.Typer(help="Latency targets: calibrate and evaluate the latency predictor.", no_args_is_help=True)
 _err = Console(stderr=True)
@@ -84,7 +84,7 @@ def evaluate(
     from nas.latency import TargetUnavailable
     from nas.latency import evaluate as ev
     from nas.latency import store
-    from nas.latency.targets import identity
+    from nas.timing.targets import identity
 
     try:
         target_id = identity(target, threads, batch_size)

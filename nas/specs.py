@@ -122,7 +122,7 @@ class JobSpec(_Strict):
     @field_validator("target")
     @classmethod
     def _known_target(cls, target: str) -> str:
-        from nas.latency.targets import available_targets  # imports torch, as the runner does anyway
+        from nas.timing.targets import available_targets  # imports torch, as the runner does anyway
 
         present = available_targets()
         if target not in present:

@@ -30,7 +30,7 @@ from nas.latency import (
 from nas.latency.features import KINDS, PATTERNS, csr_alternative, sparsity_pattern, trace
 from nas.latency.predictor import Correction, Predictor
 from nas.latency.roofline import Baselines, roofline_seconds
-from nas.latency.targets import identity
+from nas.timing.targets import identity
 from nas.sparse.magnitude import MagnitudePruning
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -45,7 +45,7 @@ def protocols(count: int, seconds: float) -> list[dict[str, object]]:
     import torch
     from torch.utils import benchmark
 
-    from nas.latency.measure import measure_interleaved
+    from nas.timing.measure import measure_interleaved
     from nas.latency.zoo import FAMILIES, sample
 
     torch.set_num_threads(1)
@@ -123,7 +123,7 @@ def main() -> int:
     from nas.latency import evaluate as ev
     from nas.latency import store
     from nas.latency.calibrate import calibrate
-    from nas.latency.targets import cpu_model, identity
+    from nas.timing.targets import cpu_model, identity
 
     torch.set_num_threads(1)
     lines = [f"## Latency predictor ({'quick' if args.quick else 'full'} mode)", ""]

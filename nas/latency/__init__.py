@@ -12,10 +12,10 @@
 
 from nas.latency.api import observe, predict, predict_details, prepare_trace, record, refine
 from nas.latency.features import UnsupportedLayer
-from nas.latency.measure import measure, measure_interleaved
+from nas.timing.measure import measure, measure_interleaved
 from nas.latency.predictor import NoPredictor
 from nas.latency.store import ObservationSource, use_observations
-from nas.latency.targets import TARGETS, TargetUnavailable, available_targets, describe_targets
+from nas.timing.targets import TARGETS, TargetUnavailable, available_targets, describe_targets
 
 __all__ = [
     "TARGETS",

@@ -30,7 +30,7 @@ from nas.latency import store
 from nas.latency.features import Trace, trace
 from nas.latency.shrinkage import shrink_plan
 from nas.latency.predictor import Correction, Predictor
-from nas.latency.targets import TargetIdentity, identity
+from nas.timing.targets import TargetIdentity, identity
 
 PATTERNS = ("unstructured", "nm", "channel")
 OBSERVATION_WINDOW = 2000  # the latest observations a correction is refitted on
@@ -107,7 +107,7 @@ def _scale(target_id: TargetIdentity, predictor: Predictor, source: str) -> floa
     ref_id = TargetIdentity(target_id.target, target_id.device, target_id.num_threads, 1, target_id.torch)
     here = store.reference_timing(ref_id)
     if here is None:
-        from nas.latency.measure import measure, reference_model
+        from nas.timing.measure import measure, reference_model
 
         model, shape = reference_model()
         here = min(  # the undisturbed speed, as at calibration: p10s a moment apart

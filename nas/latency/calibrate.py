@@ -27,11 +27,11 @@ import numpy as np
 
 from nas.latency import store
 from nas.latency.features import Layer, Trace
-from nas.latency.measure import measure, measure_interleaved, reference_model, time_calls, timing_context
+from nas.timing.measure import measure, measure_interleaved, reference_model, time_calls, timing_context
 from nas.latency.predictor import Predictor
 from nas.latency.roofline import measure_constants
 from nas.latency.sampling import SAMPLED_KINDS, build, neighbours, sample_config, semi_structured_config
-from nas.latency.targets import CUDA, TargetIdentity, identity
+from nas.timing.targets import CUDA, TargetIdentity, identity
 from nas.latency.zoo import FAMILIES, sample, sample_sparsity
 
 DATA_FORMAT = "nas-latency-calibration-data"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nas.latency.targets import CUDA, require_target
+from nas.timing.targets import CUDA, require_target
 
 MIN_DIM = 64
 

@@ -28,7 +28,7 @@ from nas.latency.calibrate import truth
 from nas.latency.features import Layer, Trace
 from nas.latency.predictor import Correction, Predictor
 from nas.latency.roofline import Baselines
-from nas.latency.targets import TargetIdentity
+from nas.timing.targets import TargetIdentity
 
 SPARSITY_SPLIT = 0.075  # densities below this (95%, 98% sparse) are held out
 

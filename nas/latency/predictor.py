@@ -33,7 +33,7 @@ from scipy.optimize import nnls
 
 from nas.latency.features import CATEGORICAL, KINDS, Layer, Trace
 from nas.latency.roofline import DEFAULT_CONSTANTS, roofline_seconds
-from nas.latency.targets import TargetIdentity
+from nas.timing.targets import TargetIdentity
 
 FORMAT = "nas-latency-predictor"
 FORMAT_VERSION = 1

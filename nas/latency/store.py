@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nas.latency.predictor import NoPredictor, Predictor
-from nas.latency.targets import TargetIdentity
+from nas.timing.targets import TargetIdentity
 
 BUNDLED_DIR = Path(__file__).with_name("data")
 _cache: dict[Path, tuple[float, Predictor]] = {}

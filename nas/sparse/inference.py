@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from nas.latency import TARGETS, measure
+from nas.timing import TARGETS, measure
 from nas.sparse._csr import csr_layer
 from nas.sparse._shrink import shrink
 from nas.sparse.masks import prunable_weights

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from nas.latency.targets import CUDA, TARGETS, require_target
+from nas.timing.targets import CUDA, TARGETS, require_target
 
 __all__ = ["TARGETS", "measure", "measure_interleaved", "reference_model", "time_calls", "timing_context"]
 
