@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -45,10 +46,16 @@ class WorkError:
 
 
 def _init_worker(env: dict[str, str]) -> None:
-    """The server's settings (the worker reads them from the environment), one thread, lower priority."""
+    """The server's settings (the worker reads them from the environment), one thread, lower
+    priority, and latency predictions corrected by the observations in the server's database."""
+    from nas.settings import Settings
+    from nas.store import Store, make_engine
+    from nas.store.observations import predict_with_store_observations
+
     os.environ.update(env)
     os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     os.nice(5)
+    predict_with_store_observations(Store(make_engine(Settings.from_env().database_url)))
 
 
 def _run_with_alarm(timeout_s: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -176,7 +183,10 @@ def work_pool(request: Request) -> WorkPool:
         with _pool_lock:
             pool = getattr(request.app.state, "work_pool", None)
             if pool is None:
-                pool = request.app.state.work_pool = WorkPool(request.app.state.settings)
+                # The workers read the app's own database (latency observations), whatever the settings name.
+                database_url = request.app.state.store.engine.url.render_as_string(hide_password=False)
+                settings = dataclasses.replace(request.app.state.settings, database_url=database_url)
+                pool = request.app.state.work_pool = WorkPool(settings)
     return pool
 
 

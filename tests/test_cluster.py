@@ -36,10 +36,12 @@ class RayCluster:
         self.env = env
         self.nodes: list[subprocess.Popen[bytes]] = []
 
-    def start_node(self, *args: str) -> None:
+    def start_node(self, *args: str, num_cpus: int = 1, env: dict[str, str] | None = None) -> None:
+        """A node with ``num_cpus`` CPUs; ``env`` adds to the environment its processes (workers) get."""
         log = open(self.root / f"node-{len(self.nodes)}.log", "wb")
-        cmd = ["ray", "start", "--block", "--num-cpus=1", f"--temp-dir={self.root / 'ray'}", *args]
-        self.nodes.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT))
+        cmd = ["ray", "start", "--block", f"--num-cpus={num_cpus}", f"--temp-dir={self.root / 'ray'}", *args]
+        node_env = {**self.env, **(env or {})}
+        self.nodes.append(subprocess.Popen(cmd, env=node_env, stdout=log, stderr=subprocess.STDOUT))
 
     def wait_for_nodes(self, n: int, timeout: float = 240) -> None:
         """Wait until the head counts ``n`` alive nodes, asked by a driver in a separate process."""

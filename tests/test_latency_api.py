@@ -77,6 +77,24 @@ def test_predict_an_architecture_of_a_search_space(client: TestClient, key: dict
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_predictions_follow_the_observations_in_the_database(
+    client: TestClient, key: dict[str, str], store: Store
+) -> None:
+    """The API's prediction workers refit the correction on what trials' workers observed, as the dispatcher does."""
+    from nas.latency import observe
+
+    layers = [{"type": "flatten"}, {"type": "linear", "out_features": 128}, {"type": "relu"},
+              {"type": "linear", "out_features": 10}]  # fmt: skip
+    body = {"layers": layers, "input_shape": [1, 8, 8]}
+    before = client.post(URL, json=body, headers=key).json()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    for _ in range(5):  # a trial's worker measured this model at three times the prediction, five times
+        store.add_latency_observation(observe(model.eval(), (1, 8, 8), "cpu", measured_ms=3 * before["latency_ms"]))
+    after = client.post(URL, json=body, headers=key).json()
+    assert after["sum_ms"] == pytest.approx(before["sum_ms"])  # the same layers ...
+    assert after["latency_ms"] > 1.5 * before["latency_ms"]  # ... and a correction refitted on the observations
+
+
 def test_cuda_is_refused_naming_the_target(client: TestClient, key: dict[str, str]) -> None:
     response = client.post(URL, json={"target": "cuda", "layers": LAYERS, "input_shape": [1, 28, 28]}, headers=key)
     assert response.status_code == 422
