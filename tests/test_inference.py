@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from nas.sparse._csr import CSRConv2d, CSRLinear
+from nas.sparse.csr import CSRConv2d, CSRLinear
 from nas.sparse.base import Sparsifier
 from nas.sparse.channel import ChannelPruning
 from nas.sparse.inference import KERNELS, to_inference

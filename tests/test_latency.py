@@ -400,8 +400,8 @@ def test_no_predictor_for_a_target_without_one(monkeypatch: pytest.MonkeyPatch, 
 def test_shrink_plan_matches_the_converters_shrinking() -> None:
     from nas.latency.shrinkage import shrink_plan
     from nas.latency.zoo import FAMILIES, sample
-    from nas.sparse._shrink import shrink
-    from nas.sparse.inference import _plain_copy
+    from nas.sparse.shrink import shrink
+    from nas.sparse.inference import plain_copy
 
     def summary(traced: object) -> list[tuple[object, ...]]:
         return [
@@ -414,6 +414,6 @@ def test_shrink_plan_matches_the_converters_shrinking() -> None:
     for i in range(24):
         drawn = sample(FAMILIES[i % len(FAMILIES)], rng, {"pattern": "unstructured", "density": 0.05}, seed=i)
         planned = trace(drawn.model, drawn.input_shape, alternatives=True, shrink=shrink_plan(drawn.model))
-        real = _plain_copy(drawn.model).eval()
+        real = plain_copy(drawn.model).eval()
         shrink(real, drawn.input_shape)
         assert summary(planned) == summary(trace(real, drawn.input_shape, alternatives=True)), drawn.family

@@ -69,7 +69,7 @@ def _densities(model: nn.Module, densities: float | Mapping[str, float] | None) 
 
 
 def _has_csr(model: nn.Module) -> bool:
-    from nas.sparse._csr import CSRConv2d, CSRLinear
+    from nas.sparse.csr import CSRConv2d, CSRLinear
 
     return any(isinstance(m, (CSRLinear, CSRConv2d)) for m in model.modules())
 

@@ -40,9 +40,9 @@ def to_semi_structured(model: nn.Module, dtype: torch.dtype = torch.float16) -> 
     require_target(CUDA)
     from torch.sparse import to_sparse_semi_structured
 
-    from nas.sparse.inference import _plain_copy
+    from nas.sparse.inference import plain_copy
 
-    converted = _plain_copy(model).to(device="cuda", dtype=dtype).eval()
+    converted = plain_copy(model).to(device="cuda", dtype=dtype).eval()
     for module in converted.modules():
         if eligible(module):
             module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)

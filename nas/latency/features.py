@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 from nas.latency.shrinkage import Kept
+from nas.sparse.csr import BAG_MIN_COLUMNS, CSRConv2d, CSRLinear
 
 KINDS: dict[str, tuple[str, ...]] = {
     "linear": ("m", "k", "n", "bias", "functional", "semi_structured", "flops", "bytes", "roofline"),
@@ -72,7 +73,6 @@ CELLS = {"RNN_TANH": 0, "RNN_RELU": 0, "GRU": 1, "LSTM": 2}
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}
 PATTERNS = {"unstructured": 0, "nm": 1, "rows": 2}
 
-_BAG_MIN_COLUMNS = 32  # nas.sparse._csr switches from MKL to embedding_bag at this many columns
 _ELEMENTWISE = (
     nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Flatten, nn.Unflatten,
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid,
@@ -182,8 +182,6 @@ def op_index(name: str) -> int:
 
 
 def _is_csr(module: nn.Module) -> str | None:
-    from nas.sparse._csr import CSRConv2d, CSRLinear
-
     if isinstance(module, CSRLinear):
         return "csr_linear"
     if isinstance(module, CSRConv2d):
@@ -337,7 +335,7 @@ def _csr_features(
         density = nnz / max(k * n, 1)
         moved = 8 * nnz + 4 * (n + 1) + size * (m * k + m * n)
         return {
-            "m": m, "k": k, "n": n, "nnz": nnz, "density": density, "bag": float(m >= _BAG_MIN_COLUMNS),
+            "m": m, "k": k, "n": n, "nnz": nnz, "density": density, "bag": float(m >= BAG_MIN_COLUMNS),
             "pattern": pattern, "row_cv": row_cv, "flops": 2.0 * m * nnz, "bytes": float(moved),
         }  # fmt: skip
     columns = base["batch"] * base["ho"] * base["wo"]
@@ -348,7 +346,7 @@ def _csr_features(
     keep = ("batch", "cin", "cout", "h", "w", "ho", "wo", "kh", "kw", "stride")
     return {
         **{key: base[key] for key in keep}, "columns": columns, "nnz": nnz, "density": density,
-        "bag": float(columns >= _BAG_MIN_COLUMNS), "pattern": pattern, "row_cv": row_cv,
+        "bag": float(columns >= BAG_MIN_COLUMNS), "pattern": pattern, "row_cv": row_cv,
         "flops": 2.0 * columns * nnz, "bytes": float(moved),
     }  # fmt: skip
 

@@ -219,7 +219,7 @@ def semi_structured_config(rng: random.Random, batch_size: int = 1) -> dict[str,
 def build(config: dict[str, Any], seed: int = 0, device: str = "cpu") -> tuple[Callable[[], Any], Layer]:
     """The call to time for ``config`` on ``device`` and its traced :class:`Layer` (features as ``predict``
     computes them)."""
-    from nas.sparse._csr import CSRConv2d, CSRLinear
+    from nas.sparse.csr import CSRConv2d, CSRLinear
 
     generator = torch.Generator().manual_seed(seed)
     kind, batch = config["kind"], config["batch"]

@@ -1,6 +1,6 @@
 """Which units the inference converter's shrinking would remove, worked out without copying the model.
 
-:func:`nas.sparse._shrink.shrink` rebuilds smaller dense layers, which costs a deep copy, new
+:func:`nas.sparse.shrink.shrink` rebuilds smaller dense layers, which costs a deep copy, new
 layers and float64 products: tens of milliseconds for a small MLP, more than a prediction may
 take. The predictor only needs the resulting shapes and nonzeros, so :func:`shrink_plan` runs the
 same rule on boolean masks: along each producer -> channel-wise modules -> consumer link of an
@@ -40,9 +40,9 @@ def shrink_plan(model: nn.Module, row_limits: Mapping[str, int] | None = None) -
     ``row_limits`` (weight name -> units) treats only the first units of those weights as nonzero:
     a channel-pruned model whose masks are not made yet.
     """
-    from nas.sparse._shrink import _links
+    from nas.sparse.shrink import find_links
 
-    links = _links(model)
+    links = find_links(model)
     if not links:
         return {}
     names = {module: path for path, module in model.named_modules()}

@@ -202,7 +202,7 @@ def sparsify(model: nn.Module, rng: random.Random, sparsity: dict[str, Any]) -> 
     masks), ``{"pattern": "nm"}`` (2:4 along input channels where they divide by 4), or
     ``{"pattern": "channel", "density": d}`` (the lowest-norm output units of every layer but the last).
     """
-    from nas.sparse._nm_layers import nm_mask
+    from nas.sparse.nm_layers import nm_mask
     from nas.sparse.masks import set_mask
 
     pattern = sparsity["pattern"]

@@ -5,7 +5,7 @@ layer's shape, its density, the batch size and the machine (unstructured sparsit
 only from roughly 90% on x86; see ``shared/reference/latency.md``). So the converter first removes
 units that are gone altogether ("shrunk": smaller dense layers, the safe win of structured pruning,
 HALP and Network Slimming), then times every prunable layer both dense and as a CSR product
-(:mod:`nas.sparse._csr`: ``torch.sparse`` on MKL, or ``embedding_bag`` over the same CSR arrays
+(:mod:`nas.sparse.csr`: ``torch.sparse`` on MKL, or ``embedding_bag`` over the same CSR arrays
 for wide operands) at the target batch size, and keeps the faster.
 
 A trial's saved model is rebuilt with ``nas.training.load_trained_model`` and converted again;
@@ -23,8 +23,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from nas.timing import TARGETS, measure
-from nas.sparse._csr import csr_layer
-from nas.sparse._shrink import shrink
+from nas.sparse.csr import csr_layer
+from nas.sparse.shrink import shrink
 from nas.sparse.masks import prunable_weights
 from nas.sparse.stats import run_hooked
 
@@ -55,7 +55,7 @@ def to_inference(
     """
     if target not in TARGETS:
         raise ValueError(f"unknown latency target {target!r}; valid: {', '.join(TARGETS)}")
-    reference = _plain_copy(model).eval()
+    reference = plain_copy(model).eval()
     converted = copy.deepcopy(reference)
     shrink(converted, input_shape)
     names = list(prunable_weights(reference))
@@ -120,7 +120,7 @@ def _interleaved_latencies(candidates: list[tuple[nn.Module, tuple[int, ...]]], 
     return [statistics.median(times) for times in runs]
 
 
-def _plain_copy(model: nn.Module) -> nn.Module:
+def plain_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with every parametrized tensor baked into a plain parameter; ``model`` keeps its own.
 
     ``copy.deepcopy`` lets the copy share the class torch generated for a parametrized module, and

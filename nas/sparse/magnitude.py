@@ -130,7 +130,7 @@ def _prune_with_patterns(
     dense weights ignore their sparsity targets, which their pattern fixes.
     """
     from nas.sparse._channel import channel_mask, unit_scores
-    from nas.sparse._nm_layers import nm_mask
+    from nas.sparse.nm_layers import nm_mask
     from nas.sparse.masks import magnitude_masks, prunable_weights, set_mask
 
     owners = prunable_weights(model)

@@ -69,7 +69,7 @@ class NM(Sparsifier):
         """Put an N:M parametrization on every prunable weight; ``ValueError`` names a weight that cannot be grouped."""
         from torch.nn.utils import parametrize
 
-        from nas.sparse._nm_layers import NMMask
+        from nas.sparse.nm_layers import NMMask
         from nas.sparse.masks import prunable_weights, raw_weight
 
         p = self.params
@@ -124,7 +124,7 @@ class NM(Sparsifier):
 
     def _masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The N:M mask of every prunable weight's current dense values, as booleans."""
-        from nas.sparse._nm_layers import nm_mask
+        from nas.sparse.nm_layers import nm_mask
         from nas.sparse.masks import prunable_weights, raw_weight
 
         p = self.params

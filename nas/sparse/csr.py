@@ -20,10 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-# Columns from which embedding_bag beats MKL's CSR product. On the 2-core AMD EPYC (Zen 3, one
-# thread) MKL wins below ~24 columns and embedding_bag is 2-3x faster from 32 on (a 300x784 weight
-# at 95%: 72 vs 30 µs at 64 columns, 302 vs 147 µs at 256).
-_BAG_MIN_COLUMNS = 32
+BAG_MIN_COLUMNS = 32
+"""Columns from which embedding_bag beats MKL's CSR product (the latency predictor's features read it too).
+
+On the 2-core AMD EPYC (Zen 3, one thread) MKL wins below ~24 columns and embedding_bag is 2-3x
+faster from 32 on (a 300x784 weight at 95%: 72 vs 30 µs at 64 columns, 302 vs 147 µs at 256).
+"""
 
 
 class _CSRWeight(nn.Module):
@@ -54,14 +56,14 @@ class _CSRWeight(nn.Module):
         """``weight @ columns + bias[:, None]`` for dense ``columns`` of shape ``(in, n)``.
 
         Row r of the product is the sum of the input rows ``columns[col_indices[k]]`` weighted by
-        ``values[k]`` over row r's entries: from ``_BAG_MIN_COLUMNS`` columns on, that runs as
+        ``values[k]`` over row r's entries: from ``BAG_MIN_COLUMNS`` columns on, that runs as
         ``embedding_bag`` (FBGEMM's JIT-compiled weighted sum over the same CSR arrays), otherwise
         as ``torch.sparse`` CSR times dense (MKL).
         """
         if columns.shape[1] == 1:
             return self.times_vector(columns.view(-1)).unsqueeze(1)
         columns = columns.contiguous()  # both read a row-major (in, n); a no-op on a previous CSR layer's output
-        if columns.shape[1] >= _BAG_MIN_COLUMNS:
+        if columns.shape[1] >= BAG_MIN_COLUMNS:
             product = F.embedding_bag(
                 self.col_indices, columns, self.crow_indices, mode="sum", per_sample_weights=self.values,
                 include_last_offset=True,

@@ -33,7 +33,7 @@ _CHANNELWISE = (
 
 
 @dataclass
-class _Link:
+class Link:
     """``seq[producer] -> seq[between...] -> seq[consumer]``, children named within one Sequential."""
 
     seq: nn.Sequential
@@ -45,11 +45,11 @@ class _Link:
 def shrink(model: nn.Module, input_shape: tuple[int, ...]) -> None:
     """Remove every removable unit of ``model`` (in eval mode) in place, until none is left."""
     shapes = _output_shapes(model, input_shape)
-    while any([_shrink_link(link, shapes) for link in _links(model)]):
+    while any([_shrink_link(link, shapes) for link in find_links(model)]):
         pass
 
 
-def _links(model: nn.Module) -> list[_Link]:
+def find_links(model: nn.Module) -> list[Link]:
     """Producer-consumer pairs joined by channel-wise modules only, with one ``Flatten`` iff a conv feeds a Linear."""
     links = []
     for seq in (m for m in model.modules() if isinstance(m, nn.Sequential)):
@@ -67,7 +67,7 @@ def _links(model: nn.Module) -> list[_Link]:
             consumer = children[j][1]
             if isinstance(producer, nn.Conv2d) and (len(flattens) == 1) != isinstance(consumer, nn.Linear):
                 continue
-            links.append(_Link(seq, name, between, children[j][0]))
+            links.append(Link(seq, name, between, children[j][0]))
     return links
 
 
@@ -95,7 +95,7 @@ def _output_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Mo
     return shapes
 
 
-def _shrink_link(link: _Link, shapes: dict[nn.Module, torch.Size]) -> bool:
+def _shrink_link(link: Link, shapes: dict[nn.Module, torch.Size]) -> bool:
     """Remove the removable units between one producer and its consumer; whether any went."""
     producer, consumer = link.seq.get_submodule(link.producer), link.seq.get_submodule(link.consumer)
     between = [link.seq.get_submodule(name) for name in link.between]
