@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 from nas import registry
 from nas.arch import fingerprint
 from nas.data import DataSplits
-from nas.latency import measure, refine
+from nas.latency import measure, observe
 from nas.sparse.base import Sparsifier
 from nas.sparse.inference import to_inference
 from nas.sparse.serialization import load_model, read_metadata, save_model
@@ -40,12 +40,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrialOutcome:
-    """What a finished trial hands back: final metrics, per-layer sparsity and the trained model."""
+    """What a finished trial hands back: final metrics, per-layer sparsity, the trained model and
+    the latency observation that refines the predictor where the service keeps it (the runner)."""
 
     metrics: dict[str, float]
     layers: list[dict[str, Any]]
     model_bytes: bytes
     outputs: dict[str, Any] = field(default_factory=dict)  # strategy-specific, stored as Trial.outputs
+    latency_observation: dict[str, Any] | None = None  # nas.latency.observe's record; None if it failed
 
 
 def run_trial(
@@ -139,7 +141,7 @@ def end_trial(
     kernels = {decision["name"]: decision["kernel"] for decision in decisions}
     latency = measure(inference, data.input_shape, target=spec.target, batch_size=1)
     masked_latency = measure(model, data.input_shape, target=spec.target, batch_size=1)
-    _refine_predictor(inference, data.input_shape, spec.target, latency["p10_ms"])
+    observation = _latency_observation(inference, data.input_shape, spec.target, latency["p10_ms"])
     metrics = {
         **model_stats(model, data.input_shape),
         "accuracy": accuracy,
@@ -161,15 +163,19 @@ def end_trial(
         "num_classes": str(data.num_classes),
         **(extra_metadata or {}),
     }
-    return TrialOutcome(metrics, layers, save_model(model, metadata), outputs or {})
+    return TrialOutcome(metrics, layers, save_model(model, metadata), outputs or {}, observation)
 
 
-def _refine_predictor(model: nn.Module, input_shape: tuple[int, ...], target: str, measured_ms: float) -> None:
-    """Teach the latency predictor this measurement; a failure here never fails the trial."""
+def _latency_observation(
+    model: nn.Module, input_shape: tuple[int, ...], target: str, measured_ms: float
+) -> dict[str, Any] | None:
+    """What the latency predictor learns from this measurement, kept by whoever receives the
+    outcome (nothing is written here, on a worker); a failure here never fails the trial."""
     try:
-        refine(model, input_shape, target=target, measured_ms=measured_ms, batch_size=1)
+        return observe(model, input_shape, target=target, measured_ms=measured_ms, batch_size=1)
     except Exception:
-        log.warning("refining the latency predictor for %r failed", target, exc_info=True)
+        log.warning("observing the latency for the predictor on %r failed", target, exc_info=True)
+        return None
 
 
 def load_trained_model(model_bytes: bytes) -> nn.Module:

@@ -66,8 +66,10 @@ def run_job(
 
 def succeeds(config: dict[str, Any]) -> None:
     metrics = {"accuracy": 0.5, "loss": 1.0, "sparsity": 0.9}
+    observation = {"target_key": "cpu-test", "predictor_id": "p", "measured_ms": 1.0 + config["number"]}
     tune.report({"epoch": 1, EPOCH_METRICS: metrics, **metrics})
-    tune.report({**metrics, FINAL: {"metrics": metrics, "layers": [], "node_id": "n"}, "model": b"weights"})
+    tune.report({**metrics, FINAL: {"metrics": metrics, "layers": [], "node_id": "n",
+                                    "latency_observation": observation}, "model": b"weights"})  # fmt: skip
 
 
 def raises(config: dict[str, Any]) -> None:
@@ -108,6 +110,9 @@ def test_a_job_of_good_trials_succeeds_with_every_trial_persisted(store: Store, 
         assert full.state is TrialState.complete and full.has_model and full.node_id == "n"
         assert [h.epoch for h in full.history] == [1]
         assert store.get_artifact(trial.id, "model", "safetensors").size_bytes == len(b"weights")
+    # each trial's latency observation, sent with its result, is kept in the database
+    observed = {o.trial_id: o.record["measured_ms"] for o in store.latency_observations("cpu-test", "p")}
+    assert observed == {t.id: 1.0 + t.number for t in trials}
 
 
 def test_a_job_whose_trials_all_fail_ends_failed_with_their_errors(store: Store, settings: Settings) -> None:

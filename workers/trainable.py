@@ -1,7 +1,8 @@
 """The Ray Tune trainable: one trial on a Ray worker.
 
-Workers need no database credentials: they report per-epoch metrics and, in a last report, the
-final metrics, the layer report and the model bytes, which the runner persists.
+Workers need no database credentials and keep nothing: they report per-epoch metrics and, in a
+last report, the final metrics, the layer report, the latency observation for the predictor's
+correction and the model bytes, which the runner persists.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def train_trial(config: dict[str, Any]) -> None:
                 "metrics": outcome.metrics,
                 "layers": outcome.layers,
                 "outputs": outcome.outputs,
+                "latency_observation": outcome.latency_observation,
                 "node_id": ray.get_runtime_context().get_node_id(),
             },
             "model": outcome.model_bytes,
