@@ -14,11 +14,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from api.app import create_app
+from api.queries import JobColumns, MetricFilter
 from api.routes.dashboard_api import hypervolume_history
 from nas.settings import Settings
 from nas.specs import JobStatus, LayerInfo, Objective, TrialState
 from nas.store import Artifact, Store
-from nas.store.queries import JobColumns, MetricFilter
 from nas.store.tables import TrialRow
 
 OBJECTIVES = [{"metric": "accuracy", "direction": "maximize"}, {"metric": "latency_ms", "direction": "minimize"}]

@@ -1,7 +1,7 @@
 """JSON the web dashboard reads besides the core API: table pages, chart columns, densities, curves.
 
 Each route checks ownership like the job routes (another owner's job answers 404) and does its
-sorting, filtering and paging in SQL (:mod:`nas.store.queries`), so a job with 10,000 trials
+sorting, filtering and paging in SQL (:mod:`api.queries`), so a job with 10,000 trials
 costs one page of rows per request.
 """
 
@@ -17,10 +17,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import PrincipalDep, StoreDep
 from api.pagination import decode_cursor, encode_cursor
-from api.responses import errors
-from nas.specs import Job, JobStatus, Objective, Page, TrialState
-from nas.store import Principal, Store
-from nas.store.queries import (
+from api.queries import (
     CHART_METRICS,
     DashboardQueries,
     DensityMatrix,
@@ -31,6 +28,9 @@ from nas.store.queries import (
     TrialSummary,
     TrialTable,
 )
+from api.responses import errors
+from nas.specs import Job, JobStatus, Objective, Page, TrialState
+from nas.store import Principal, Store
 
 router = APIRouter(tags=["dashboard"])
 

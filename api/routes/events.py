@@ -41,11 +41,11 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, StoreDep, authentication_refused, get_principal
+from api.queries import DashboardQueries
 from api.responses import errors
 from api.routes.dashboard_api import JobOverview, get_queries, overviews
 from nas.signing import ServerSecret
 from nas.store import Principal, Store
-from nas.store.queries import DashboardQueries
 
 router = APIRouter(tags=["events"])
 
