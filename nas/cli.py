@@ -9,6 +9,7 @@ by ``api.server``), so this module imports neither the API nor the workers.
 from __future__ import annotations
 
 import enum
+import functools
 import importlib.metadata
 import json
 import sys
@@ -17,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -27,6 +27,8 @@ from typer.core import TyperGroup
 from nas.metrics import METRICS, format_value
 
 if TYPE_CHECKING:
+    from typer import _click as click  # typer's own copy of click
+
     from nas.client import Client
     from nas.specs import Job, Trial
 
@@ -47,6 +49,45 @@ EXIT_CODES_HELP = (
     "2 usage or invalid spec; 3 authentication; 4 not found; 5 server error or unreachable."
 )
 
+SERVER_INSTALL = "pip install 'sparse-nas[server]'"
+
+
+def _server_missing(module: str | None) -> typer.Exit:
+    return fail(f"this command needs the server's dependencies (no module {module!r}): {SERVER_INSTALL}",
+                ExitCode.USAGE)
+
+
+@contextmanager
+def server_dependencies() -> Iterator[None]:
+    """Turn a missing server dependency into a message that says what to install: the light
+    client (``pip install sparse-nas``) has no torch, Ray or database drivers."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        raise _server_missing(exc.name) from None
+
+
+def _needs_server(missing: str | None) -> Callable[[], None]:
+    """A stand-in for a plug-in command (``nas serve``) whose dependencies are not installed."""
+
+    def command() -> None:
+        raise _server_missing(missing)
+
+    command.__doc__ = f"(not installed: {escape(SERVER_INSTALL)})"
+    return command
+
+
+def _guarded(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command``, with the server dependencies it imports when run (not when loaded) checked."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with server_dependencies():
+            return command(*args, **kwargs)
+
+    return run
+
+
 def _plugin_entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group="nas.commands")}
 
@@ -66,7 +107,12 @@ class _PluginGroup(TyperGroup):
         if command is not None or entry_point is None:
             return command
         single = typer.Typer()
-        single.command(name=name)(entry_point.load())
+        try:
+            single.command(name=name)(_guarded(entry_point.load()))
+        except ModuleNotFoundError as exc:
+            # any arguments are accepted, so `nas serve --demo` reaches the message
+            extra_args = {"ignore_unknown_options": True, "allow_extra_args": True}
+            single.command(name=name, context_settings=extra_args)(_needs_server(exc.name))
         return typer.main.get_command(single)
 
 
@@ -83,6 +129,13 @@ app.add_typer(keys_app, name="keys")
 from nas.cli_hardware import hardware_app  # noqa: E402  (its commands import torch only when run)
 
 app.add_typer(hardware_app, name="hardware")
+
+
+@hardware_app.callback()
+def _hardware() -> None:
+    with server_dependencies():
+        import nas.latency  # noqa: F401  (torch: every hardware command times models here)
+
 
 # Piped output keeps whole ids on one line, so scripts can read them.
 out = Console(width=None if sys.stdout.isatty() else 240, highlight=False)
@@ -101,8 +154,9 @@ class ModelFormat(str, enum.Enum):
 
 
 def _store(database_url: str | None) -> Any:
-    from nas.settings import Settings
-    from nas.store import Store, make_engine, upgrade
+    with server_dependencies():
+        from nas.settings import Settings
+        from nas.store import Store, make_engine, upgrade
 
     settings = Settings.from_env(database_url=database_url)
     engine = make_engine(settings.database_url)
@@ -168,9 +222,9 @@ def _dump(items: Iterable[Any]) -> list[dict[str, Any]]:
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseUrl = None) -> None:
     """Apply the schema migrations."""
+    store = _store(database_url)
     from nas.store.engine import current_revision
 
-    store = _store(database_url)
     out.print(f"database at revision {current_revision(store.engine)}")
 
 
