@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 HEADER = "X-Request-ID"
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Health checks and scrapes arrive every few seconds; their access lines are logged at DEBUG.
-_QUIET_PATHS = frozenset({"/healthz", "/metrics", "/api/v1/healthz", "/api/v1/metrics"})
+_QUIET_PATHS = frozenset({"/healthz", "/metrics", "/api/v1/healthz", "/api/v1/readyz", "/api/v1/metrics"})
 
 # The fields of the request being served; a dict shared by the threads that serve it, so that
 # ``note_owner`` (called from a sync dependency in a worker thread) is seen by the middleware.

@@ -50,6 +50,9 @@ class Settings:
     database_url: str = ""
     data_dir: Path | None = None
     ray_address: str | None = None
+    # The dispatcher `nas serve` started beside this API (its runner id); readiness follows it.
+    # None: an API without a dispatcher of its own, ready while any dispatcher serves its database.
+    dispatcher_id: str | None = None
     secret_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -107,6 +110,8 @@ class Settings:
         }
         if self.ray_address:
             env["RAY_ADDRESS"] = self.ray_address
+        if self.dispatcher_id:
+            env["NAS_DISPATCHER_ID"] = self.dispatcher_id
         return env
 
     @classmethod
@@ -115,6 +120,7 @@ class Settings:
         env: dict[str, object] = {
             "database_url": os.environ.get("NAS_DATABASE_URL", ""),
             "ray_address": os.environ.get("RAY_ADDRESS") or None,
+            "dispatcher_id": os.environ.get("NAS_DISPATCHER_ID") or None,
             "secret_file": os.environ.get("NAS_SECRET_FILE") or None,
             "host": os.environ.get("NAS_HOST", "127.0.0.1"),
             "port": int(os.environ.get("NAS_PORT", "8000")),

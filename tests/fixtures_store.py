@@ -29,7 +29,7 @@ from nas.specs import JobSpec
 from nas.store import Store, make_engine, upgrade
 
 PG_ADMIN_URL = os.environ.get("NAS_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = ("artifacts", "trial_layers", "trial_epochs", "trials", "jobs", "api_keys")
+TABLES = ("artifacts", "trial_layers", "trial_epochs", "trials", "jobs", "api_keys", "dispatchers")
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 

@@ -25,7 +25,16 @@ from nas.arch import fingerprint
 from nas.errors import IllegalTransition, NotFound, TooManyJobs
 from nas.specs import EpochMetrics, Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState
 from nas.store.retry import CommitUncertain, is_transient, retrying
-from nas.store.tables import ApiKeyRow, ArtifactRow, JobRow, TrialEpochRow, TrialLayerRow, TrialRow, utcnow
+from nas.store.tables import (
+    ApiKeyRow,
+    ArtifactRow,
+    DispatcherRow,
+    JobRow,
+    TrialEpochRow,
+    TrialLayerRow,
+    TrialRow,
+    utcnow,
+)
 
 # Allowed trial transitions; a finished trial never changes again.
 TRIAL_TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
@@ -38,6 +47,11 @@ JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled, JobStatus.failed}),
     JobStatus.running: frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}),
 }
+
+# A dispatcher records a heartbeat every DISPATCHER_HEARTBEAT_S seconds; readiness counts one
+# silent for DISPATCHER_STALE_S as down.
+DISPATCHER_HEARTBEAT_S = 2.0
+DISPATCHER_STALE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -301,6 +315,35 @@ class Store:
                 .where(JobRow.id == job_id, JobRow.lease_owner == runner_id)
                 .values(lease_owner=None, lease_expires_at=utcnow())
             )
+
+    @retrying(idempotent=True)
+    def dispatcher_heartbeat(self, runner_id: str, ray_up: bool) -> None:
+        """Record that a dispatcher is alive and whether its Ray answers. Its first heartbeat also
+        forgets dispatchers silent for a day: crashed ones, which could not remove their rows."""
+        with self._write() as s:
+            row = s.get(DispatcherRow, runner_id)
+            if row is None:
+                s.execute(delete(DispatcherRow).where(DispatcherRow.heartbeat_at < utcnow() - timedelta(days=1)))
+                s.add(DispatcherRow(id=runner_id, ray_up=ray_up))
+            else:
+                row.ray_up = ray_up
+                row.heartbeat_at = utcnow()
+
+    @retrying(idempotent=True)
+    def remove_dispatcher(self, runner_id: str) -> None:
+        """Forget a dispatcher that stopped."""
+        with self._write() as s:
+            s.execute(delete(DispatcherRow).where(DispatcherRow.id == runner_id))
+
+    def live_dispatchers(self, max_age_s: float = DISPATCHER_STALE_S) -> dict[str, bool]:
+        """Runner id → whether its Ray was up, for each dispatcher heard from within ``max_age_s``.
+
+        Not retried: readiness should answer at once, also when the database is away.
+        """
+        since = utcnow() - timedelta(seconds=max_age_s)
+        with self._read() as s:
+            rows = s.execute(select(DispatcherRow.id, DispatcherRow.ray_up).where(DispatcherRow.heartbeat_at >= since))
+            return {runner_id: ray_up for runner_id, ray_up in rows}
 
     @retrying(idempotent=True)
     def cancel_requested(self, job_id: str) -> bool:

@@ -85,6 +85,20 @@ class JobRow(Base):
     best_trial_id: Mapped[str | None] = mapped_column(String(32))
 
 
+class DispatcherRow(Base):
+    """A running dispatcher's last heartbeat and whether its Ray answered then.
+
+    API processes never talk to Ray; their readiness answer reads these rows instead.
+    """
+
+    __tablename__ = "dispatchers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)  # the runner id of its job leases
+    ray_up: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class TrialRow(Base):
     __tablename__ = "trials"
     __table_args__ = (
