@@ -11,16 +11,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# PyTorch first, from the CPU index: from PyPI, `torch` is a multi-GB CUDA build. The project
-# pins the same release (constraints.txt), which this CPU build (2.13.0+cpu) satisfies, so the
-# next step installs no other torch. Its own layer, so code changes do not download it again.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# The locked versions of every dependency (requirements/server.txt, with their hashes) in their
+# own layer, so code changes download nothing again. torch is its CPU build (2.13.0+cpu), found
+# on PyTorch's CPU wheel index: from PyPI, `torch` is a multi-GB CUDA build.
+COPY requirements/server.txt /tmp/requirements.txt
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu --require-hashes -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
 
-# The project and the rest of its dependencies (.dockerignore keeps tests, data and caches out).
+# The project itself (.dockerignore keeps tests, data and caches out).
 COPY . /tmp/src
-RUN pip install -c /tmp/src/constraints.txt /tmp/src \
+RUN pip install --no-deps /tmp/src \
     && rm -rf /tmp/src \
-    && python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+    && python -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
 
 # An unprivileged user owns the state folder; a named volume mounted there inherits the owner.
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/nas nas \
