@@ -120,7 +120,7 @@ def complete_trial(store: Store, job_id: str, **metrics: float) -> Trial:
 
 def store_model(server: Server, trial: Trial, data: bytes, fmt: str = "safetensors") -> Artifact:
     """Put ``data`` in the artifact store as the trial's model, as the runner does."""
-    from workers.artifacts import save_model
+    from nas.store.artifacts import save_model
 
     artifact = save_model(server.settings.artifact_dir, trial.job_id, trial.id, data, fmt=fmt)
     assert artifact.sha256 == hashlib.sha256(data).hexdigest()

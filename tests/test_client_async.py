@@ -148,8 +148,8 @@ def test_download_models(app: InProcess, tmp_path: Path, torch_single_thread: No
     import torch
 
     from nas.export import run_onnx
+    from nas.store.artifacts import save_model
     from nas.training import load_trained_model
-    from workers.artifacts import save_model
 
     async def scenario() -> None:
         async with app.client() as client:

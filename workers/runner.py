@@ -33,10 +33,10 @@ from nas.pareto import best_trial  # noqa: E402
 from nas.settings import Settings  # noqa: E402
 from nas.specs import Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState  # noqa: E402
 from nas.store import Store  # noqa: E402
+from nas.store.artifacts import save_model  # noqa: E402
 from nas.store.observations import predict_with_store_observations  # noqa: E402
 from nas.strategies import WAIT, Strategy  # noqa: E402
 from workers.feasibility import planned_metrics, violation  # noqa: E402
-from workers.artifacts import save_model  # noqa: E402
 from workers.trainable import EPOCH_METRICS, FINAL, train_trial  # noqa: E402
 
 log = logging.getLogger(__name__)

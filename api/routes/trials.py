@@ -84,7 +84,7 @@ def _artifact_file(settings: Settings, artifact: Artifact, trial_id: str) -> Pat
 def _export_onnx(store: Store, settings: Settings, trial: Trial, principal: Principal) -> Artifact:
     """Export the stored safetensors model to ONNX and keep it as the trial's ``onnx`` artifact."""
     from nas.export import ExportError, to_onnx
-    from workers.artifacts import save_model
+    from nas.store.artifacts import save_model
 
     with _export_lock:
         try:  # exported while this request waited for the lock

@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from nas.store import Artifact
+from nas.store.store import Artifact
 
 
 def save_model(artifact_dir: Path, job_id: str, trial_id: str, data: bytes, fmt: str = "safetensors") -> Artifact:
