@@ -1,7 +1,7 @@
 // The single-page app: a hash router over the pages, and the signed-in frame around them.
 
-import { session } from './api.js';
-import { clear, errorBox } from './ui.js';
+import { api, session } from './api.js';
+import { clear, errorBox, setMetrics } from './ui.js';
 
 const routes = [
   { pattern: /^#\/signin$/, page: () => import('./pages/signin.js'), open: true, nav: null },
@@ -12,6 +12,13 @@ const routes = [
 ];
 
 const view = document.getElementById('view');
+let metricsLoaded = null;
+
+/** The metric registry from the catalog, fetched once; pages read labels, units and meanings from it. */
+function loadMetrics() {
+  metricsLoaded ??= api.get('/catalog').then((catalog) => setMetrics(catalog.metrics), (error) => { metricsLoaded = null; throw error; });
+  return metricsLoaded;
+}
 let cleanup = null;
 let generation = 0;
 
@@ -36,7 +43,7 @@ async function route() {
   frame(!r.open, r.nav);
   window.scrollTo(0, 0);
   try {
-    const module = await r.page();
+    const [module] = await Promise.all([r.page(), r.open ? null : loadMetrics()]);
     if (mine !== generation) return;
     clear(view);
     cleanup = (await module.render(view, ...m.slice(1))) || null;

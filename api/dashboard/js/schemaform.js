@@ -330,7 +330,7 @@ export class SpecForm {
 
   objectivesWidget(schema) {
     const s = resolve(schema, this.root);
-    const metrics = this.catalog.metrics.map((m) => m.name);
+    const metrics = this.catalog.metrics.filter((m) => m.objective).map((m) => m.name);
     const rows = h('div', { class: 'objective-rows' });
     let items = [];
     const add = (value = { metric: 'accuracy', direction: 'maximize' }) => {

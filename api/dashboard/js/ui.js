@@ -87,23 +87,31 @@ export function elapsed(startIso, endIso) {
   return ((endIso ? new Date(endIso) : new Date()) - new Date(startIso)) / 1000;
 }
 
+// The server's metric registry (GET /catalog's metrics: name, label, unit, description, direction,
+// kind), filled by setMetrics once signed in; metrics it does not list (per-epoch ones, a
+// strategy's own) fall back to their names.
+const METRICS = new Map();
+
+export function setMetrics(list) {
+  METRICS.clear();
+  for (const metric of list) METRICS.set(metric.name, metric);
+}
+
 /** How a metric reads best in tables and tooltips. */
 export function formatMetric(name, value) {
   if (value === undefined || value === null) return '—';
-  if (name === 'accuracy' || name === 'sparsity') return fmt.pct(value, 2);
-  if (name.endsWith('_ms')) return fmt.ms(value);
-  if (name.endsWith('_s')) return fmt.duration(value);
-  if (name.includes('params') || name.includes('flops')) return fmt.compact(value);
+  const metric = METRICS.get(name);
+  const unit = metric ? metric.unit : name.endsWith('_ms') ? 'ms' : name.endsWith('_s') ? 's' : '';
+  if (metric?.kind === 'fraction') return fmt.pct(value, 2);
+  if (unit === 'ms') return fmt.ms(value);
+  if (unit === 's') return fmt.duration(value);
+  if (metric?.kind === 'integer') return fmt.compact(value);
   return fmt.num(value);
 }
 
-export const METRIC_LABELS = {
-  accuracy: 'Accuracy', loss: 'Loss', sparsity: 'Sparsity', latency_ms: 'Latency (measured)',
-  predicted_latency_ms: 'Latency (predicted)', masked_latency_ms: 'Latency (masked, dense)',
-  nonzero_params: 'Nonzero params', params: 'Params', flops: 'FLOPs', nonzero_flops: 'Nonzero FLOPs',
-  train_time_s: 'Train time',
-};
-export const metricLabel = (name) => METRIC_LABELS[name] || name.replaceAll('_', ' ');
+export const metricLabel = (name) => METRICS.get(name)?.label || name.replaceAll('_', ' ');
+/** What a metric means, as the server's registry says; empty for one it does not list. */
+export const metricDescription = (name) => METRICS.get(name)?.description || '';
 
 export function badge(state) {
   return h('span', { class: `badge badge-${state}` }, state);

@@ -3,7 +3,7 @@
 
 import { api, download, subscribe } from '../api.js';
 import { COLORS, Scatter } from '../charts.js';
-import { badge, card, clear, copyButton, elapsed, errorBox, fmt, formatMetric, h, kpi, metricLabel, throttle } from '../ui.js';
+import { badge, card, clear, copyButton, elapsed, errorBox, fmt, formatMetric, h, kpi, metricDescription, metricLabel, throttle } from '../ui.js';
 
 const FINISHED = ['complete', 'pruned', 'failed', 'infeasible'];
 
@@ -47,16 +47,25 @@ export async function render(view, trialId) {
   function paintMetrics() {
     const m = trial.metrics;
     const predErr = m.latency_ms && m.predicted_latency_ms ? (m.predicted_latency_ms - m.latency_ms) / m.latency_ms : null;
+    const latencySub = [
+      m.latency_median_ms !== undefined ? `median ${fmt.ms(m.latency_median_ms)}` : null,
+      m.masked_latency_ms !== undefined ? `masked dense ${fmt.ms(m.masked_latency_ms)}` : null,
+    ].filter(Boolean).join(' · ');
+    const metricKpi = (name, sub = null) => {
+      const box = kpi(metricLabel(name), formatMetric(name, m[name]), sub);
+      box.title = metricDescription(name);
+      return box;
+    };
     clear(metricsBox,
-      kpi('Accuracy', formatMetric('accuracy', m.accuracy), m.loss !== undefined ? `loss ${fmt.num(m.loss)}` : null),
-      kpi('Sparsity', formatMetric('sparsity', m.sparsity), m.nonzero_params !== undefined ? `${fmt.compact(m.nonzero_params)} of ${fmt.compact(m.params)} weights nonzero` : null),
-      kpi('Latency (measured)', formatMetric('latency_ms', m.latency_ms), m.masked_latency_ms !== undefined ? `masked dense ${fmt.ms(m.masked_latency_ms)}` : 'batch 1, median'),
-      kpi('Latency (predicted)', formatMetric('predicted_latency_ms', m.predicted_latency_ms), predErr !== null ? `${predErr >= 0 ? '+' : ''}${(predErr * 100).toFixed(0)}% vs measured` : null),
-      kpi('FLOPs', fmt.compact(m.flops), m.nonzero_flops !== undefined ? `${fmt.compact(m.nonzero_flops)} nonzero` : null),
-      kpi('Train time', formatMetric('train_time_s', m.train_time_s)));
+      metricKpi('accuracy', m.loss !== undefined ? `loss ${fmt.num(m.loss)}` : null),
+      metricKpi('sparsity', m.nonzero_params !== undefined ? `${fmt.compact(m.nonzero_params)} of ${fmt.compact(m.params)} weights nonzero` : null),
+      metricKpi('latency_ms', latencySub || metricDescription('latency_ms')),
+      metricKpi('predicted_latency_ms', predErr !== null ? `${predErr >= 0 ? '+' : ''}${(predErr * 100).toFixed(0)}% vs measured` : null),
+      metricKpi('flops', m.nonzero_flops !== undefined ? `${fmt.compact(m.nonzero_flops)} nonzero` : null),
+      metricKpi('train_time_s'));
     const names = Object.keys(m).sort();
     clear(allMetrics, names.length
-      ? h('dl', { class: 'metric-list' }, names.map((k) => [h('dt', { title: k }, metricLabel(k)), h('dd', {}, formatMetric(k, m[k]))]))
+      ? h('dl', { class: 'metric-list' }, names.map((k) => [h('dt', { title: metricDescription(k) || k }, metricLabel(k)), h('dd', {}, formatMetric(k, m[k]))]))
       : h('p', { class: 'muted' }, 'No metrics yet.'));
   }
 
