@@ -46,7 +46,13 @@ class DassDarts(SearchSpace):
     """DARTS cells built from HYDRA's score-masked layers, searched by DASS (a supernet) or sampled (cells)."""
 
     class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(
+            extra="forbid",
+            # shown in the catalog; the contract suite (tests/test_contracts.py) runs each besides the defaults
+            json_schema_extra={"examples": [
+                {"cells": 2, "channels": 4, "nodes": 2, "sparsity_choices": [0.5, 0.9]},
+            ]},
+        )
 
         cells: int = Field(3, ge=1, le=20, description="cells stacked (DARTS: 8 to search, 20 to evaluate)")
         channels: int = Field(

@@ -116,7 +116,13 @@ class SparseCNN(SearchSpace):
     """Conv-2/4/6-style and MobileNet-style networks with a sparsity and a pattern per layer."""
 
     class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(
+            extra="forbid",
+            # shown in the catalog; the contract suite (tests/test_contracts.py) runs each besides the defaults
+            json_schema_extra={"examples": [
+                {"pattern_choices": ["dense", "unstructured", "channel", "2:4"], "layer_sparsity_choices": [0.5, 0.8]},
+            ]},
+        )
 
         families: list[Family] = Field(
             ["conv", "mobilenet"], min_length=1, description="network families to search: 'conv' (Conv-2/4/6) and "

@@ -48,7 +48,13 @@ class SparseMLP(SearchSpace):
     """Fully connected networks (Flatten, then Linear + activation per hidden layer, then a Linear classifier)."""
 
     class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(
+            extra="forbid",
+            # shown in the catalog; the contract suite (tests/test_contracts.py) runs each besides the defaults
+            json_schema_extra={"examples": [
+                {"max_depth": 2, "layer_sparsity_choices": [0.5, 0.75, 0.9]},
+            ]},
+        )
 
         min_depth: int = Field(1, ge=1, le=16, description="fewest hidden layers")
         max_depth: int = Field(3, ge=1, le=16, description="most hidden layers")

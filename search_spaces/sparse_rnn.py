@@ -62,7 +62,13 @@ class SparseRNN(SearchSpace):
     """RNN-tanh, RNN-ReLU, GRU and LSTM classifiers reading images row by row."""
 
     class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(
+            extra="forbid",
+            # shown in the catalog; the contract suite (tests/test_contracts.py) runs each besides the defaults
+            json_schema_extra={"examples": [
+                {"bidirectional_choices": [False, True], "layer_sparsity_choices": [0.5, 0.9]},
+            ]},
+        )
 
         cell_choices: list[Cell] = Field(
             ["rnn_tanh", "rnn_relu", "gru", "lstm"], min_length=1, description="recurrent cells to search"
