@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,6 +24,7 @@ from api.ratelimit import FailureLimiter
 from api.request_context import RequestContext, install_log_record_factory
 from api.routes import catalog, dashboard, dashboard_api, events, jobs, keys, trials
 from api.routes.latency import router as latency_router
+from api.routes.latency import warm_up
 from nas import __version__
 from nas.errors import IllegalTransition, NotFound
 from nas.settings import Settings
@@ -26,6 +32,28 @@ from nas.signing import ServerSecret
 from nas.store import Store
 
 API_PREFIX = "/api/v1"
+_ECHO_CHARS = 1000  # of a string an error repeats
+_ECHO_ITEMS = 100  # of a list or mapping
+
+
+def encodable(value: Any) -> Any:
+    """``value`` as JSON can always carry it: non-finite floats and huge integers as text, bytes decoded
+    or summarised, strings without lone surrogates, long strings and collections cut short."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, int):
+        return value if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value[:_ECHO_CHARS].encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {str(encodable(k)): encodable(v) for k, v in list(value.items())[:_ECHO_ITEMS]}
+    if isinstance(value, (list, tuple)):
+        return [encodable(v) for v in value[:_ECHO_ITEMS]]
+    return encodable(str(value))
 
 
 class BodySizeLimit:
@@ -78,6 +106,7 @@ class BodySizeLimit:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
     yield
     pool = getattr(app.state, "work_pool", None)
     if pool is not None:  # the worker processes of expensive requests end with the app
@@ -91,7 +120,8 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         version=__version__,
         description="Neural architecture search for sparse neural networks.",
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        # Swagger UI loads its scripts from a CDN: off unless NAS_API_DOCS=1 asks for it.
+        docs_url=f"{API_PREFIX}/docs" if settings.api_docs else None,
         redoc_url=None,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
@@ -118,6 +148,13 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     app.include_router(dashboard.router)  # the web dashboard at /
     app.include_router(metrics_router, prefix=API_PREFIX)
     app.include_router(metrics_router, include_in_schema=False)  # Prometheus' default path
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Each error echoes its input; NaN, a huge integer or undecodable bytes must not turn
+        # the 422 into a 500 while it is encoded.
+        errors = [{k: encodable(v) for k, v in e.items()} for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(NotFound)
     def _not_found(request: Request, exc: NotFound) -> JSONResponse:

@@ -1,11 +1,13 @@
 """Per-owner limits on what one job may ask for, checked at submission so no spec exhausts the machine.
 
-A spec that can never fit answers 422 naming the field; the concurrent-jobs limit (429) depends on
-the owner's other jobs and is enforced by the store in the same transaction as the insert.
+A spec that can never fit answers 422 naming the field; the quotas (429: active jobs, jobs created
+in the last hour, stored spec bytes) depend on the owner's other jobs and are enforced by the store
+in the same transaction as the insert.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import HTTPException, status
@@ -26,6 +28,10 @@ def spec_problems(spec: JobSpec, settings: Settings) -> list[dict[str, Any]]:
     epochs of training the job can run whatever its early stopping does.
     """
     problems = []
+    size = len(json.dumps(spec.model_dump(mode="json"), separators=(",", ":")))
+    if size > settings.limit_spec_bytes:
+        problems.append(_error((), f"the spec is {size} bytes as stored JSON; this server allows "
+                                   f"{settings.limit_spec_bytes} (NAS_LIMIT_SPEC_BYTES)", None))  # fmt: skip
     trials, epochs = spec.budget.max_trials, spec.training.epochs
     if trials > settings.limit_trials_per_job:
         problems.append(_error(("budget", "max_trials"),

@@ -9,20 +9,29 @@ from typing import Literal
 from pythonjsonlogger.json import JsonFormatter
 
 from api.request_context import install_log_record_factory
+from nas.safe_text import escape_controls
 
 LogFormat = Literal["auto", "json", "text"]
 _CONTEXT_FIELDS = ("request_id", "owner")
 
 
 class TextFormatter(logging.Formatter):
-    """The classic line, with the request id and owner appended when a request is being served."""
+    """The classic line, with the request id and owner appended when a request is being served.
+
+    Control characters in the message and the fields are escaped (``\\n``, ``\\x1b``): a newline
+    decoded from a request path must not forge a log line, nor an escape sequence drive the
+    terminal that reads the log. A traceback keeps its lines.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        context = " ".join(f"{k}={record.__dict__[k]}" for k in _CONTEXT_FIELDS if k in record.__dict__)
+        safe = logging.makeLogRecord({**record.__dict__, "msg": escape_controls(record.getMessage()), "args": None})
+        line = super().format(safe)
+        context = " ".join(
+            f"{k}={escape_controls(str(record.__dict__[k]))}" for k in _CONTEXT_FIELDS if k in record.__dict__
+        )
         return f"{line} [{context}]" if context else line
 
 

@@ -1,23 +1,30 @@
-"""Opaque cursors for keyset pagination."""
+"""Opaque cursors for keyset pagination, signed with the server secret.
+
+A cursor carries the last row's position and the list it belongs to (``scope``), signed for the
+purpose ``"cursor"`` (:mod:`nas.signing`), so a made-up, altered or borrowed one answers 422 and
+only positions the server handed out ever reach a query. Rotating the secret voids open cursors:
+a client starts its listing again.
+"""
 
 from __future__ import annotations
 
-import base64
+from fastapi import HTTPException, Request
 
-from fastapi import HTTPException
+PURPOSE = "cursor"
+_LARGEST = 2**63 - 1  # a position is a 64-bit sequence or trial number
 
 
-def encode_cursor(position: int | None) -> str | None:
+def encode_cursor(request: Request, position: int | None, scope: str) -> str | None:
     if position is None:
         return None
-    return base64.urlsafe_b64encode(str(position).encode()).decode().rstrip("=")
+    return request.app.state.secret.sign(PURPOSE, {"p": position, "s": scope})
 
 
-def decode_cursor(cursor: str | None) -> int | None:
+def decode_cursor(request: Request, cursor: str | None, scope: str) -> int | None:
     if cursor is None:
         return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        return int(base64.urlsafe_b64decode(padded.encode()).decode())
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(422, f"invalid cursor {cursor!r}") from None
+    claims = request.app.state.secret.verify(PURPOSE, cursor)
+    position = claims.get("p") if claims is not None and claims.get("s") == scope else None
+    if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position <= _LARGEST:
+        raise HTTPException(422, "invalid cursor: pass the next_cursor of a previous page of the same list")
+    return position

@@ -56,6 +56,8 @@ def _init_worker(env: dict[str, str]) -> None:
     os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     os.nice(5)
     predict_with_store_observations(Store(make_engine(Settings.from_env().database_url)))
+    import nas.export  # noqa: F401  (PyTorch, the exporter and the predictor load here, outside any request's time limit)
+    import nas.latency  # noqa: F401
 
 
 def _run_with_alarm(timeout_s: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:

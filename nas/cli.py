@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 from rich.table import Table
 from typer.core import TyperGroup
 
 from nas.metrics import METRICS, format_value
+from nas.safe_text import escape_controls
 
 if TYPE_CHECKING:
     from typer import _click as click  # typer's own copy of click
@@ -50,6 +51,11 @@ EXIT_CODES_HELP = (
 )
 
 SERVER_INSTALL = "pip install 'sparse-nas[server]'"
+
+
+def escape(text: str) -> str:
+    """``text`` safe to print: rich markup and control characters (terminal escapes, bidi overrides) escaped."""
+    return escape_markup(escape_controls(text))
 
 
 def _server_missing(module: str | None) -> typer.Exit:

@@ -19,4 +19,11 @@ class UnknownName(NasError, ValueError):
 
 
 class TooManyJobs(NasError):
-    """The owner already has as many queued and running jobs as the server allows (HTTP 429)."""
+    """The owner is at a quota: active jobs, jobs created this hour or stored spec bytes (HTTP 429).
+
+    ``retry_after`` is the number of seconds after which the quota may allow the job.
+    """
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

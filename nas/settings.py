@@ -82,6 +82,8 @@ class Settings:
     auth_failures_per_minute: int = 10
     # Origins allowed to call the API from a browser; empty keeps CORS closed.
     cors_origins: tuple[str, ...] = ()
+    # Swagger UI at /api/v1/docs (its scripts come from a CDN); the OpenAPI document is always served.
+    api_docs: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
@@ -106,6 +108,7 @@ class Settings:
             "NAS_HOST": self.host,
             "NAS_PORT": str(self.port),
             "NAS_CORS_ORIGINS": ",".join(self.cors_origins),
+            "NAS_API_DOCS": "1" if self.api_docs else "",
             **{var: str(getattr(self, name)) for name, var in LIMIT_ENV.items()},
         }
         if self.ray_address:
@@ -124,6 +127,7 @@ class Settings:
             "secret_file": os.environ.get("NAS_SECRET_FILE") or None,
             "host": os.environ.get("NAS_HOST", "127.0.0.1"),
             "port": int(os.environ.get("NAS_PORT", "8000")),
+            "api_docs": os.environ.get("NAS_API_DOCS", "") not in ("", "0"),
             "cors_origins": tuple(o.strip() for o in os.environ.get("NAS_CORS_ORIGINS", "").split(",") if o.strip()),
         }
         env.update({name: int(os.environ[var]) for name, var in LIMIT_ENV.items() if os.environ.get(var)})

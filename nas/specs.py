@@ -17,10 +17,37 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from nas import metrics as trial_metrics
 from nas import registry
 from nas.registry import Registry
+from nas.safe_text import check_printable
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are never a valid setting (JSON cannot even carry them back in an error).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Bounds on a plug-in's ``params``, whatever its own model says: a spec is stored whole and
+# returned by its route, so its size is bounded here for every plug-in, third-party ones too.
+MAX_PARAM_ITEMS = 256  # entries of any list or mapping
+MAX_PARAM_TEXT = 1000  # characters of any string
+MAX_PARAM_DEPTH = 16  # lists and mappings inside one another
+
+
+def _check_param_values(value: Any, path: str = "params", depth: int = 0) -> None:
+    """``ValueError`` naming the first over-long list or string, a string with control characters, or deep nesting."""
+    if isinstance(value, (list, dict)):
+        if depth >= MAX_PARAM_DEPTH:
+            raise ValueError(f"{path} nests lists and mappings more than {MAX_PARAM_DEPTH} deep")
+        if len(value) > MAX_PARAM_ITEMS:
+            raise ValueError(f"{path} has {len(value)} entries; at most {MAX_PARAM_ITEMS} are allowed")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                _check_param_values(key, f"{path} key")
+            _check_param_values(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, str):
+        if len(value) > MAX_PARAM_TEXT:
+            raise ValueError(f"{path} is {len(value)} characters long; at most {MAX_PARAM_TEXT} are allowed")
+        check_printable(value)
 
 
 class PluginRef(_Strict):
@@ -41,6 +68,7 @@ class PluginRef(_Strict):
     def _valid_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if "name" not in info.data:
             return params  # the name was already refused
+        _check_param_values(params)  # before the plug-in's model spends time on a huge value
         # Errors raised here keep their location: ``sparsifier.params.sparsity``.
         return cls.registry.get(info.data["name"]).Params.model_validate(params).model_dump(mode="json")
 
@@ -104,7 +132,7 @@ class Budget(_Strict):
 class JobSpec(_Strict):
     """What a user submits: a search over a space, with a strategy, data and a budget."""
 
-    name: str = Field("search", min_length=1, max_length=200)
+    name: str = Field("search", min_length=1, max_length=200, description="printable: no control or bidi characters")
     search_space: SearchSpaceRef
     strategy: StrategyRef = Field(default_factory=lambda: StrategyRef(name="random"))
     dataset: DatasetRef
@@ -118,6 +146,11 @@ class JobSpec(_Strict):
     budget: Budget = Field(default_factory=Budget)
     early_stopping: EarlyStoppingRef | None = Field(None, description="a rule that stops unpromising trials early; null runs every trial to its last epoch")
     seed: int = Field(0, ge=0, lt=2**31)
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, name: str) -> str:
+        return check_printable(name)
 
     @field_validator("target")
     @classmethod
@@ -209,14 +242,35 @@ class TrialState(str, enum.Enum):
         return self not in (TrialState.queued, TrialState.running)
 
 
-class Job(BaseModel):
-    """A job as the API returns it."""
+class JobOutline(BaseModel):
+    """What lists show of a job's spec: its plug-ins' names, objectives and trial budget, a few
+    hundred bytes whatever the spec's size."""
+
+    search_space: str
+    strategy: str
+    sparsifier: str
+    dataset: str
+    objectives: list[dict[str, str]] = Field(description="[{metric, direction}] as in the spec")
+    max_trials: int
+
+    @classmethod
+    def of(cls, spec: dict[str, Any]) -> JobOutline:
+        """The outline of a stored (validated, defaults filled) spec."""
+        return cls(
+            search_space=spec["search_space"]["name"], strategy=spec["strategy"]["name"],
+            sparsifier=spec["sparsifier"]["name"], dataset=spec["dataset"]["name"],
+            objectives=spec["objectives"], max_trials=spec["budget"]["max_trials"],
+        )  # fmt: skip
+
+
+class JobSummary(BaseModel):
+    """A job as lists and event streams return it: without its spec, which ``GET /jobs/{id}`` returns."""
 
     id: str
     name: str
     owner: str
     status: JobStatus
-    spec: dict[str, Any] = Field(description="the validated JobSpec, every default filled in")
+    outline: JobOutline
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -225,6 +279,12 @@ class Job(BaseModel):
     n_finished: int = Field(0, description="trials in a final state (complete, pruned, failed, infeasible)")
     best_trial_id: str | None = None
     error: str | None = None
+
+
+class Job(JobSummary):
+    """A job as its own route returns it: with the spec."""
+
+    spec: dict[str, Any] = Field(description="the validated JobSpec, every default filled in")
 
 
 class LayerInfo(BaseModel):

@@ -7,6 +7,7 @@ costs one page of rows per request.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -15,7 +16,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from api.deps import PrincipalDep, StoreDep
+from api.deps import PrincipalDep, SettingsDep, StoreDep
 from api.pagination import decode_cursor, encode_cursor
 from api.queries import (
     CHART_METRICS,
@@ -29,13 +30,13 @@ from api.queries import (
     TrialTable,
 )
 from api.responses import errors
-from nas.specs import Job, JobStatus, Objective, Page, TrialState
+from nas.specs import Job, JobStatus, JobSummary, Objective, Page, TrialState
 from nas.store import Principal, Store
 
 router = APIRouter(tags=["dashboard"])
 
 MAX_HISTORY_TRIALS = 20
-Cursor = Annotated[str | None, Query(min_length=1, pattern="^[A-Za-z0-9_-]+$")]
+Cursor = Annotated[str | None, Query(min_length=1, max_length=1000, pattern=r"^[A-Za-z0-9_.-]+$")]
 Order = Literal["asc", "desc"]
 
 
@@ -60,18 +61,26 @@ class BestTrial(BaseModel):
     metrics: dict[str, Any]
 
 
-class JobOverview(Job):
-    """A job with its best trial's metrics: one row of the dashboard's jobs list."""
+class JobOverviewItem(JobSummary):
+    """A job with its best trial's metrics, without its spec: one row of the dashboard's jobs list,
+    and what event streams send."""
 
     best_trial: BestTrial | None = None
     max_trials: int | None = Field(None, description="the job's budget of trials")
 
 
+class JobOverview(JobOverviewItem):
+    """One job with its best trial's metrics and its spec."""
+
+    spec: dict[str, Any] = Field(description="the validated JobSpec, every default filled in")
+
+
 class JobOverviewPage(Page):
-    items: list[JobOverview]
+    items: list[JobOverviewItem]
 
 
 def overviews(queries: DashboardQueries, jobs: list[Job]) -> list[JobOverview]:
+    """The jobs with their best trials (one query); lists and streams send them as :class:`JobOverviewItem`."""
     best = queries.best_metrics([j.best_trial_id for j in jobs if j.best_trial_id])
     items = []
     for job in jobs:
@@ -80,7 +89,7 @@ def overviews(queries: DashboardQueries, jobs: list[Job]) -> list[JobOverview]:
             JobOverview(
                 **job.model_dump(),
                 best_trial=BestTrial(id=job.best_trial_id, number=found[0], metrics=found[1]) if found else None,
-                max_trials=(job.spec.get("budget") or {}).get("max_trials"),
+                max_trials=job.outline.max_trials,
             )
         )
     return items
@@ -96,8 +105,8 @@ def list_job_overviews(
     cursor: Cursor = None,
 ) -> JobOverviewPage:
     """The jobs list, newest first, each with its best trial's metrics (one extra query per page)."""
-    jobs, next_seq = store.list_jobs(principal, status_, limit, decode_cursor(cursor))
-    return JobOverviewPage(items=overviews(get_queries(request), jobs), next_cursor=encode_cursor(next_seq))
+    jobs, next_seq = store.list_jobs(principal, status_, limit, decode_cursor(request, cursor, "jobs"))
+    return JobOverviewPage(items=overviews(get_queries(request), jobs), next_cursor=encode_cursor(request, next_seq, "jobs"))
 
 
 @router.get("/dashboard/jobs/{job_id}", response_model=JobOverview, responses=errors(404))
@@ -292,25 +301,63 @@ def lineage(request: Request, trial_id: str, store: StoreDep, principal: Princip
 
 
 class YamlText(BaseModel):
-    yaml: str = Field(max_length=200_000, description="a JobSpec as YAML (or JSON)")
+    yaml: str = Field(description="a JobSpec as YAML (or JSON); at most NAS_LIMIT_YAML_BYTES bytes and "
+                                  "NAS_LIMIT_YAML_DEPTH levels of nesting")
 
 
 class ParsedSpec(BaseModel):
     spec: dict[str, Any]
 
 
-@router.post("/specs/parse", response_model=ParsedSpec, responses=errors(422))
-def parse_yaml(body: YamlText, principal: PrincipalDep) -> ParsedSpec:
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where present: C speed, same safe types
+_LARGEST_INT = 2**63 - 1
+
+
+def _check_yaml_shape(text: str, max_depth: int) -> None:
+    """Refuse nesting past ``max_depth`` and aliases, reading events only as far as the first problem.
+
+    An alias repeats a subtree (nested ones grow the JSON answer exponentially); deep nesting
+    costs the parser time and the constructor its stack. Nothing is constructed here.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=_SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise _invalid(("body", "yaml"), "YAML anchors and aliases (*name) are not supported in a job spec")
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > max_depth:
+                raise _invalid(("body", "yaml"), f"YAML nested deeper than this server's limit of {max_depth} "
+                                                 f"levels (NAS_LIMIT_YAML_DEPTH)")  # fmt: skip
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
+def _unencodable(value: Any, path: tuple[str, ...] = ()) -> str | None:
+    """Where ``value`` holds a number JSON cannot carry faithfully (NaN, infinity, past 64 bits), if anywhere."""
+    if isinstance(value, dict):
+        return next((found for k, v in value.items() if (found := _unencodable(v, (*path, str(k)))) is not None), None)
+    if isinstance(value, list):
+        return next((found for i, v in enumerate(value) if (found := _unencodable(v, (*path, str(i)))) is not None), None)
+    if isinstance(value, float) and not math.isfinite(value) or isinstance(value, int) and abs(value) > _LARGEST_INT:
+        return ".".join(path) or "the document"
+    return None
+
+
+@router.post("/specs/parse", response_model=ParsedSpec, responses=errors(413, 422))
+def parse_yaml(body: YamlText, principal: PrincipalDep, settings: SettingsDep) -> ParsedSpec:
     """Parse a YAML job spec into JSON (safe loader only), for the dashboard's paste box.
 
-    Nothing is validated here beyond being a mapping: the browser submits the result to
-    ``POST /jobs``, whose 422 names the offending field.
+    Its size and nesting are checked before anything is built (413 and 422 naming the limit).
+    Nothing is validated beyond being a mapping of plain JSON values: the browser submits the
+    result to ``POST /jobs``, whose 422 names the offending field.
     """
+    size = len(body.yaml.encode())
+    if size > settings.limit_yaml_bytes:
+        raise HTTPException(413, f"the YAML is {size} bytes, over this server's limit of "
+                                 f"{settings.limit_yaml_bytes} (NAS_LIMIT_YAML_BYTES)")  # fmt: skip
     try:
-        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(body.yaml, Loader=yaml.SafeLoader)):
-            # an alias repeats a subtree; nested ones grow the JSON answer exponentially
-            raise _invalid(("body", "yaml"), "YAML anchors and aliases (*name) are not supported in a job spec")
-        data = yaml.safe_load(body.yaml)
+        _check_yaml_shape(body.yaml, settings.limit_yaml_depth)
+        data = yaml.load(body.yaml, Loader=_SafeLoader)  # noqa: S506 (a safe loader)
     except RecursionError:
         raise _invalid(("body", "yaml"), "YAML nested too deeply") from None
     except yaml.YAMLError as exc:
@@ -318,9 +365,14 @@ def parse_yaml(body: YamlText, principal: PrincipalDep) -> ParsedSpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise _invalid(("body", "yaml"), f"not valid YAML{where}: {problem}") from None
+    except (ValueError, OverflowError) as exc:  # a 5,000-digit integer, a date out of range
+        raise _invalid(("body", "yaml"), f"a value YAML cannot convert: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise _invalid(("body", "yaml"), "a job spec is a mapping (name: ..., search_space: ..., dataset: ...)")
+    bad = _unencodable(data)
+    if bad is not None:
+        raise _invalid(("body", "yaml"), f"{bad}: numbers must be finite and fit in 64 bits")
     return ParsedSpec(spec=data)
 
 
-__all__ = ["JobOverview", "get_queries", "overviews", "router"]
+__all__ = ["JobOverview", "JobOverviewItem", "get_queries", "overviews", "router"]

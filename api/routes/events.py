@@ -9,7 +9,10 @@ has finished and every change was sent, ``end``; then the stream closes. ``GET /
 The database is the source of truth (a runner on another machine writes the same tables), so a
 stream polls it: once a second, one indexed query on ``trials(job_id, updated_at)``, one on new
 epoch rows, and the job row. Each event's ``id`` is a resume point: a reconnecting EventSource
-sends it back as ``Last-Event-ID`` and misses nothing.
+sends it back as ``Last-Event-ID`` and misses nothing. ``GET /events`` reads the newest 100 jobs
+once, then every two seconds only the jobs changed since its last poll (``Store.changed_jobs``).
+``job`` events carry no spec (``GET /jobs/{id}`` has it). An owner may hold
+``NAS_LIMIT_EVENT_STREAMS`` streams open per API process; one more answers 429 with ``Retry-After``.
 
 Authentication. A browser's ``EventSource`` cannot send an ``Authorization`` header, and an API
 key must never appear in a URL (URLs end up in proxy logs and browser history). So a client first
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
@@ -225,7 +228,7 @@ async def _job_events(feed: JobFeed, auth: StreamAuth) -> AsyncIterator[str]:
             chunks.append(sse("trial", trial, point))
         for epoch in epochs:
             chunks.append(sse("epoch", epoch, point))
-        job_json = job.model_dump(mode="json")
+        job_json = job.model_dump(mode="json", exclude={"spec"})  # streams leave specs out
         if job_json != feed.job:
             feed.job = job_json
             chunks.append(sse("job", job_json, point))
@@ -276,7 +279,8 @@ async def job_events(
         cursor = datetime.fromtimestamp(since, timezone.utc) if since is not None else datetime.now(timezone.utc)
         epoch_id = await run_in_threadpool(queries.last_epoch_id)
     feed = JobFeed(queries, store, job_id, cursor, epoch_id, first=resumed is None)
-    return StreamingResponse(_job_events(feed, auth), media_type="text/event-stream", headers=_headers())
+    body = _CountedStream(_job_events(feed, auth), _open_stream(request, auth.principal.owner))
+    return StreamingResponse(body, media_type="text/event-stream", headers=_headers())
 
 
 # -- all the caller's jobs ---------------------------------------------------------------------
@@ -285,20 +289,30 @@ async def job_events(
 async def _jobs_events(request: Request, store: Store, auth: StreamAuth) -> AsyncIterator[str]:
     queries = get_queries(request)
     yield "retry: 3000\n\n"
-    seen: dict[str, dict[str, Any]] = {}
+    seen: dict[str, dict[str, Any]] = {}  # what was sent of the jobs the last poll read
+    since: datetime | None = None
     last_write = last_check = time.monotonic()
 
     def poll() -> list[JobOverview]:
-        jobs, _ = store.list_jobs(auth.principal, None, 100, None)
+        """The newest 100 jobs on connecting; then only those changed since the last poll."""
+        nonlocal since
+        now = datetime.now(timezone.utc)
+        if since is None:
+            jobs, _ = store.list_jobs(auth.principal, None, 100, None)
+        else:
+            jobs = store.changed_jobs(auth.principal, since - OVERLAP, MAX_CHANGES)
+        since = now
         return overviews(queries, jobs)
 
     while True:
         chunks = []
+        polled = {}
         for job in await run_in_threadpool(poll):
-            data = job.model_dump(mode="json")
+            data = job.model_dump(mode="json", exclude={"spec"})  # streams leave specs out
+            polled[job.id] = data
             if seen.get(job.id) != data:
-                seen[job.id] = data
                 chunks.append(sse("job", data))
+        seen = polled
         now = time.monotonic()
         if not chunks and now - last_write >= KEEPALIVE_S:
             chunks.append(": keep-alive\n\n")
@@ -317,7 +331,61 @@ async def _jobs_events(request: Request, store: Store, auth: StreamAuth) -> Asyn
 @router.get("/events", response_class=StreamingResponse, include_in_schema=False)
 async def jobs_events(request: Request, store: StoreDep, auth: StreamAuthDep) -> StreamingResponse:
     """``job`` events for every job the caller can see: the newest 100 on connecting, then changes."""
-    return StreamingResponse(_jobs_events(request, store, auth), media_type="text/event-stream", headers=_headers())
+    body = _CountedStream(_jobs_events(request, store, auth), _open_stream(request, auth.principal.owner))
+    return StreamingResponse(body, media_type="text/event-stream", headers=_headers())
+
+
+# -- open streams per owner --------------------------------------------------------------------
+
+
+def _open_stream(request: Request, owner: str) -> Callable[[], None]:
+    """Count a stream of ``owner`` in (429 with ``Retry-After`` past ``limit_event_streams`` in this
+    process); returns what counts it out."""
+    limit = request.app.state.settings.limit_event_streams
+    counts: dict[str, int] | None = getattr(request.app.state, "event_streams", None)
+    if counts is None:
+        counts = request.app.state.event_streams = {}
+    if counts.get(owner, 0) >= limit:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"{owner} already has {limit} event streams open (limit NAS_LIMIT_EVENT_STREAMS={limit}); close one",
+            headers={"Retry-After": str(int(KEEPALIVE_S))},
+        )
+    counts[owner] = counts.get(owner, 0) + 1
+
+    def release() -> None:
+        counts[owner] -= 1
+        if not counts[owner]:
+            del counts[owner]
+
+    return release
+
+
+class _CountedStream:
+    """A stream body that counts itself out once: when it ends, fails, is cancelled by a client
+    that went away, or is dropped without ever being read."""
+
+    def __init__(self, body: AsyncIterator[str], release: Callable[[], None]) -> None:
+        self._body = body
+        self._release: Callable[[], None] | None = release
+
+    def __aiter__(self) -> _CountedStream:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            return await self._body.__anext__()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 __all__ = ["router", "sse"]

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, SettingsDep
 from api.responses import ErrorDetail, errors
@@ -176,6 +177,15 @@ def check_budget(body: PredictRequest, settings: Settings) -> None:
                                     f"{settings.limit_predict_recurrent_steps} (NAS_LIMIT_PREDICT_RECURRENT_STEPS)")
 
 
+def warm_up() -> None:
+    """The meta device's first use imports PyTorch's meta kernels, seconds of work; done once in
+    the background when the app starts, so that the first budget check answers at once."""
+    import torch
+
+    with torch.device("meta"), torch.no_grad():
+        torch.nn.Linear(2, 2)(torch.zeros(1, 2))
+
+
 def _build_layers(specs: list[Any], input_shape: tuple[int, ...]) -> tuple[Any, dict[str, float]]:
     """An ``nn.Sequential`` of the specs and the densities they ask for (checked by :func:`check_budget`)."""
     model, densities, *_ = _stack(specs, input_shape)
@@ -194,21 +204,26 @@ def _stack(specs: list[Any], input_shape: tuple[int, ...]) -> tuple[Any, dict[st
     densities: dict[str, float] = {}
     largest, steps = math.prod(input_shape), 0
     for i, spec in enumerate(specs):
-        if spec.type in ("lstm", "gru", "rnn") and len(shape) == 3:
-            steps += shape[1] * spec.num_layers * (2 if spec.bidirectional else 1)
         try:
             module = _module(spec, shape)
             modules.append(module)
-            with torch.no_grad():
-                out = module(torch.zeros(shape))
+            if isinstance(spec, RecurrentSpec):  # its shape is known; running it (even on "meta") is what costs
+                directions = 2 if spec.bidirectional else 1
+                steps += shape[1] * spec.num_layers * directions
+                width = spec.hidden_size * directions
+                out_shape = (1, shape[1], width) if spec.output == "sequence" else (1, width)
+            else:
+                with torch.no_grad():
+                    out_shape = tuple(module(torch.zeros(shape)).shape)
         except HTTPException:
             raise
         except (RuntimeError, ValueError, IndexError) as exc:
             raise _unprocessable(("layers", i), f"{spec.type} cannot take input of shape {list(shape[1:])}: {exc}")
-        shape = tuple(out.shape)
-        largest = max(largest, out.numel())
-        if out.numel() > MAX_ACTIVATION:
-            raise _unprocessable(("layers", i), f"{spec.type} outputs {out.numel()} values per example, over "
+        shape = out_shape
+        values = math.prod(shape[1:])
+        largest = max(largest, values)
+        if values > MAX_ACTIVATION:
+            raise _unprocessable(("layers", i), f"{spec.type} outputs {values} values per example, over "
                                                 f"{MAX_ACTIVATION}")  # fmt: skip
         if getattr(spec, "density", 1.0) < 1.0:
             densities[f"{i}.weight"] = spec.density
@@ -316,7 +331,7 @@ async def predict_latency(
     many expensive requests running, 503 with ``Retry-After`` when the server is busy or the
     prediction runs past its time limit.
     """
-    check_budget(body, settings)
+    await run_in_threadpool(check_budget, body, settings)  # shapes on the meta device: milliseconds
     return await work_pool(request).run(principal.owner, predict_in_worker, body.model_dump(mode="json"),
                                         settings.limit_params)  # fmt: skip
 

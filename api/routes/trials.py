@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, SettingsDep, StoreDep
 from api.responses import errors
+from api.workpool import WorkError, work_pool
 from nas.errors import NotFound
 from nas.settings import Settings
 from nas.specs import Trial, TrialState
@@ -20,8 +21,6 @@ from nas.store import Artifact, Principal, Store
 router = APIRouter(prefix="/trials", tags=["trials"])
 log = logging.getLogger(__name__)
 
-# ONNX exports are CPU-heavy and rare: one at a time per process, and never the same one twice.
-_export_lock = threading.Lock()
 
 
 @router.get("/{trial_id}", response_model=Trial, responses=errors(404))
@@ -36,9 +35,11 @@ async def get_trial(trial_id: str, store: StoreDep, principal: PrincipalDep) -> 
         **errors(404, 422),
         200: {"content": {"application/octet-stream": {}}, "description": "the model file"},
         500: {"description": "the ONNX export failed; the detail says why"},
+        503: {"description": "the server is busy exporting (Retry-After)"},
     },
 )
-def download_model(
+async def download_model(
+    request: Request,
     trial_id: str,
     store: StoreDep,
     settings: SettingsDep,
@@ -46,8 +47,8 @@ def download_model(
     format: Literal["safetensors", "onnx"] = "safetensors",
 ) -> FileResponse:
     """The trained model: ``safetensors`` (weights as the forward pass sees them, and their masks)
-    or ``onnx`` (masks baked in), which is exported from the stored model on first request and
-    kept beside it. 404 says why a trial has no model."""
+    or ``onnx`` (masks baked in), which is exported from the stored model on first request, in a
+    worker process (see :mod:`api.workpool`), and kept beside it. 404 says why a trial has no model."""
     trial = store.get_trial(trial_id, principal)
     if not trial.has_model:
         raise NotFound(no_model_reason(trial))
@@ -56,7 +57,7 @@ def download_model(
     except NotFound:
         if format != "onnx":
             raise
-        artifact = _export_onnx(store, settings, trial, principal)
+        artifact = await _export_onnx(request, store, settings, trial, principal)
     path = _artifact_file(settings, artifact, trial_id)
     return FileResponse(path, media_type="application/octet-stream", filename=f"trial-{trial_id}.{format}")
 
@@ -81,26 +82,32 @@ def _artifact_file(settings: Settings, artifact: Artifact, trial_id: str) -> Pat
     return path
 
 
-def _export_onnx(store: Store, settings: Settings, trial: Trial, principal: Principal) -> Artifact:
-    """Export the stored safetensors model to ONNX and keep it as the trial's ``onnx`` artifact."""
-    from nas.export import ExportError, to_onnx
+async def _export_onnx(request: Request, store: Store, settings: Settings, trial: Trial, principal: Principal) -> Artifact:
+    """Export the stored safetensors model to ONNX in a worker process and keep it as the trial's
+    ``onnx`` artifact. Two requests for the same trial may both export; the second write replaces
+    the first with the same bytes."""
     from nas.store.artifacts import save_model
 
-    with _export_lock:
-        try:  # exported while this request waited for the lock
-            return store.get_artifact(trial.id, "model", "onnx", principal)
-        except NotFound:
-            pass
-        source = store.get_artifact(trial.id, "model", "safetensors", principal)
-        model_bytes = _artifact_file(settings, source, trial.id).read_bytes()
-        try:
-            data = to_onnx(model_bytes)
-        except (ExportError, ValueError, KeyError) as exc:
-            log.exception("ONNX export of trial %s failed", trial.id)
-            raise HTTPException(
-                status.HTTP_500_INTERNAL_SERVER_ERROR, f"ONNX export of trial {trial.id} failed: {exc}"
-            ) from None
+    source = store.get_artifact(trial.id, "model", "safetensors", principal)
+    path = _artifact_file(settings, source, trial.id)
+    data = await work_pool(request).run(principal.owner, export_in_worker, str(path), trial.id)
+
+    def keep() -> Artifact:
         artifact = save_model(settings.artifact_dir, trial.job_id, trial.id, data, fmt="onnx")
         store.add_artifact(artifact)
-        log.info("exported trial %s to ONNX (%d bytes)", trial.id, len(data))
         return artifact
+
+    artifact = await run_in_threadpool(keep)
+    log.info("exported trial %s to ONNX (%d bytes)", trial.id, len(data))
+    return artifact
+
+
+def export_in_worker(path: str, trial_id: str) -> bytes | WorkError:
+    """ONNX bytes of the safetensors model at ``path``, in a worker process; or the HTTP error."""
+    from nas.export import ExportError, to_onnx
+
+    try:
+        return to_onnx(Path(path).read_bytes())
+    except (ExportError, ValueError, KeyError) as exc:
+        log.exception("ONNX export of trial %s failed", trial_id)
+        return WorkError(status.HTTP_500_INTERNAL_SERVER_ERROR, f"ONNX export of trial {trial_id} failed: {exc}")

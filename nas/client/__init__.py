@@ -27,7 +27,7 @@ from nas.client.errors import (
 )
 from nas.client.models import Event, JobPage, TrialPage
 from nas.client.sync import Client
-from nas.specs import Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState
+from nas.specs import Job, JobOutline, JobSpec, JobStatus, JobSummary, LayerInfo, Trial, TrialState
 
 __all__ = [
     "DEFAULT_URL",
@@ -41,9 +41,11 @@ __all__ = [
     "Event",
     "FieldError",
     "Job",
+    "JobOutline",
     "JobPage",
     "JobSpec",
     "JobStatus",
+    "JobSummary",
     "LayerInfo",
     "NasError",
     "NotFoundError",

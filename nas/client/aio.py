@@ -35,7 +35,7 @@ from nas.client.errors import (
     error_for,
 )
 from nas.client.models import Event, JobPage, TrialPage
-from nas.specs import Job, JobSpec, JobStatus, Trial, TrialState
+from nas.specs import Job, JobSpec, JobStatus, JobSummary, Trial, TrialState
 
 T = TypeVar("T")
 Progress = bool | Callable[[Job], Any]
@@ -125,7 +125,7 @@ class AsyncClient:
         """One page of your jobs, newest first."""
         return JobPage.model_validate(await self._get("/jobs", status=status, limit=limit, cursor=cursor))
 
-    async def jobs(self, status: JobStatus | str | None = None, page_size: int = 100) -> AsyncIterator[Job]:
+    async def jobs(self, status: JobStatus | str | None = None, page_size: int = 100) -> AsyncIterator[JobSummary]:
         """All your jobs, newest first: ``async for job in client.jobs(): ...``."""
         cursor: str | None = None
         while True:

@@ -7,13 +7,15 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from nas.specs import Job, Page, Trial
+from nas.specs import JobSummary, Page, Trial
 
 
 class JobPage(Page):
-    """One page of ``GET /jobs``; pass ``next_cursor`` back for the next one (``None``: last page)."""
+    """One page of ``GET /jobs``; pass ``next_cursor`` back for the next one (``None``: last page).
 
-    items: list[Job]
+    Listed jobs carry an ``outline`` of their spec; ``Client.job(id)`` returns the whole spec."""
+
+    items: list[JobSummary]
 
 
 class TrialPage(Page):

@@ -34,7 +34,7 @@ from nas.client.errors import (
     error_for,
 )
 from nas.client.models import Event, JobPage, TrialPage
-from nas.specs import Job, JobSpec, JobStatus, Trial, TrialState
+from nas.specs import Job, JobSpec, JobStatus, JobSummary, Trial, TrialState
 
 T = TypeVar("T")
 Progress = bool | Callable[[Job], None]
@@ -118,8 +118,8 @@ class Client:
         """One page of your jobs, newest first."""
         return JobPage.model_validate(self._get("/jobs", status=status, limit=limit, cursor=cursor))
 
-    def jobs(self, status: JobStatus | str | None = None, page_size: int = 100) -> Iterator[Job]:
-        """All your jobs, newest first, fetched page by page as the iteration goes."""
+    def jobs(self, status: JobStatus | str | None = None, page_size: int = 100) -> Iterator[JobSummary]:
+        """All your jobs (without specs; ``job(id)`` has it), newest first, fetched page by page as the iteration goes."""
         cursor: str | None = None
         while True:
             page = self.job_page(status, page_size, cursor)

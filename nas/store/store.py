@@ -7,6 +7,7 @@ of a job's trials; the API creates jobs and requests cancellation.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import hmac
 import secrets
@@ -17,13 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, case, delete, func, select, text, update
+from sqlalchemy import Engine, Select, Text, case, cast, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from nas.arch import fingerprint
 from nas.errors import IllegalTransition, NotFound, TooManyJobs
-from nas.specs import EpochMetrics, Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState
+from nas.specs import EpochMetrics, Job, JobOutline, JobSpec, JobStatus, LayerInfo, Trial, TrialState
 from nas.store.retry import CommitUncertain, is_transient, retrying
 from nas.store.tables import (
     ApiKeyRow,
@@ -211,8 +212,16 @@ class Store:
     # -- jobs -------------------------------------------------------------------------------
 
     @retrying(idempotent=False)
-    def create_job(self, spec: JobSpec, owner: str, max_active: int | None = None) -> Job:
-        """Queue a job; with ``max_active``, ``TooManyJobs`` if the owner already has that many active."""
+    def create_job(
+        self,
+        spec: JobSpec,
+        owner: str,
+        max_active: int | None = None,
+        max_per_hour: int | None = None,
+        max_spec_bytes: int | None = None,
+    ) -> Job:
+        """Queue a job; ``TooManyJobs`` if the owner already has ``max_active`` active jobs, created
+        ``max_per_hour`` in the last hour, or would store more than ``max_spec_bytes`` of specs."""
         row = JobRow(
             id=_new_id(),
             name=spec.name,
@@ -223,8 +232,7 @@ class Store:
             next_trial_number=0,
         )
         with self._write() as s:
-            if max_active is not None:
-                self._check_active(s, owner, max_active)
+            self._check_quota(s, owner, row.spec, max_active, max_per_hour, max_spec_bytes)
             s.add(row)
             s.flush()
             return self._job(s, row)
@@ -273,6 +281,31 @@ class Store:
                 row.error = "cancelled before it started"
             s.flush()
             return self._job(s, row)
+
+    @retrying(idempotent=True)
+    def changed_jobs(self, viewer: Principal | None, since: datetime, limit: int = 100) -> list[Job]:
+        """Jobs whose visible state may have changed at or after ``since``, newest first: created,
+        started or finished since, or unfinished with a trial changed since. Live lists poll this,
+        so a finished job is never read again, and an unfinished one costs one index probe."""
+        trial_changed = (
+            select(TrialRow.id).where(TrialRow.job_id == JobRow.id, TrialRow.updated_at >= since).exists()
+        )
+        unfinished = JobRow.status.in_([JobStatus.queued.value, JobStatus.running.value])
+        stmt = (
+            select(JobRow)
+            .where(
+                (JobRow.created_at >= since) | (JobRow.started_at >= since) | (JobRow.finished_at >= since)
+                | (unfinished & trial_changed)
+            )
+            .order_by(JobRow.seq.desc())
+            .limit(limit)
+        )  # fmt: skip
+        if viewer is not None and not viewer.is_admin:
+            stmt = stmt.where(JobRow.owner == viewer.owner)
+        with self._read() as s:
+            rows = list(s.scalars(stmt))
+            counts = self._trial_counts(s, [r.id for r in rows])
+            return [self._job(s, r, counts.get(r.id, (0, 0, 0))) for r in rows]
 
     @retrying(idempotent=False)
     def claim_job(self, runner_id: str, lease_s: float) -> str | None:
@@ -520,7 +553,7 @@ class Store:
             row = s.get(TrialRow, trial_id)
             if row is None:
                 raise NotFound(f"trial {trial_id} not found")
-            self._job_row(s, row.job_id, viewer)  # ownership check
+            self._trial_visible(s, trial_id, row.job_id, viewer)
             history = s.scalars(
                 select(TrialEpochRow).where(TrialEpochRow.trial_id == trial_id).order_by(TrialEpochRow.epoch)
             )
@@ -580,7 +613,7 @@ class Store:
             job_id = s.scalar(select(TrialRow.job_id).where(TrialRow.id == trial_id))
             if job_id is None:
                 raise NotFound(f"trial {trial_id} not found")
-            self._job_row(s, job_id, viewer)
+            self._trial_visible(s, trial_id, job_id, viewer)
             row = s.scalars(
                 select(ArtifactRow).where(
                     ArtifactRow.trial_id == trial_id, ArtifactRow.kind == kind, ArtifactRow.format == fmt
@@ -638,18 +671,45 @@ class Store:
     # -- helpers ----------------------------------------------------------------------------
 
     @staticmethod
-    def _check_active(s: Session, owner: str, max_active: int) -> None:
-        """Count the owner's queued and running jobs, serialised per owner so that two racing
-        submissions cannot both pass (SQLite's BEGIN IMMEDIATE already serialises writers)."""
+    def _check_quota(
+        s: Session,
+        owner: str,
+        spec: dict[str, Any],
+        max_active: int | None,
+        max_per_hour: int | None,
+        max_spec_bytes: int | None,
+    ) -> None:
+        """Check the owner's quotas, serialised per owner so that two racing submissions cannot
+        both pass (SQLite's BEGIN IMMEDIATE already serialises writers)."""
+        if max_active is None and max_per_hour is None and max_spec_bytes is None:
+            return
         if s.bind.dialect.name == "postgresql":
             s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": owner})
-        active = s.scalar(
-            select(func.count()).select_from(JobRow).where(
-                JobRow.owner == owner, JobRow.status.in_([JobStatus.queued.value, JobStatus.running.value])
+        mine = JobRow.owner == owner
+        if max_active is not None:
+            active = s.scalar(
+                select(func.count()).select_from(JobRow).where(
+                    mine, JobRow.status.in_([JobStatus.queued.value, JobStatus.running.value])
+                )
             )
-        )
-        if active >= max_active:
-            raise TooManyJobs(f"{owner} already has {active} queued or running jobs (limit {max_active})")
+            if active >= max_active:
+                raise TooManyJobs(f"{owner} already has {active} queued or running jobs "
+                                  f"(limit {max_active}, NAS_LIMIT_ACTIVE_JOBS)", retry_after=30)  # fmt: skip
+        if max_per_hour is not None:
+            now = utcnow()
+            count, oldest = s.execute(
+                select(func.count(), func.min(JobRow.created_at)).where(mine, JobRow.created_at > now - timedelta(hours=1))
+            ).one()
+            if count >= max_per_hour:
+                wait = math.ceil((oldest + timedelta(hours=1) - now).total_seconds())
+                raise TooManyJobs(f"{owner} created {count} jobs in the last hour "
+                                  f"(limit {max_per_hour}, NAS_LIMIT_JOBS_PER_HOUR)", retry_after=max(1, wait))  # fmt: skip
+        if max_spec_bytes is not None:
+            stored = s.scalar(select(func.coalesce(func.sum(func.length(cast(JobRow.spec, Text))), 0)).where(mine))
+            size = len(json.dumps(spec, separators=(",", ":")))
+            if stored + size > max_spec_bytes:
+                raise TooManyJobs(f"{owner}'s jobs store {stored} bytes of specs; this one ({size} bytes) would pass "
+                                  f"the limit of {max_spec_bytes} (NAS_LIMIT_OWNER_SPEC_BYTES)", retry_after=3600)  # fmt: skip
 
     def _job_row(self, s: Session, job_id: str, viewer: Principal | None, lock: bool = False) -> JobRow:
         stmt = select(JobRow).where(JobRow.id == job_id)
@@ -659,6 +719,14 @@ class Store:
         if row is None or (viewer is not None and not viewer.is_admin and row.owner != viewer.owner):
             raise NotFound(f"job {job_id} not found")
         return row
+
+    def _trial_visible(self, s: Session, trial_id: str, job_id: str, viewer: Principal | None) -> None:
+        """The same ``NotFound`` as for an unknown trial when the viewer may not see its job: the
+        answer must not reveal that the trial exists, nor its job's id."""
+        try:
+            self._job_row(s, job_id, viewer)
+        except NotFound:
+            raise NotFound(f"trial {trial_id} not found") from None
 
     def _trial_row(self, s: Session, trial_id: str) -> TrialRow:
         row = s.scalars(self._lock(select(TrialRow).where(TrialRow.id == trial_id), s)).first()
@@ -708,6 +776,7 @@ class Store:
             name=row.name,
             owner=row.owner,
             status=JobStatus(row.status),
+            outline=JobOutline.of(row.spec),
             spec=row.spec,
             created_at=row.created_at,
             started_at=row.started_at,

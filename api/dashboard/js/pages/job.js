@@ -502,7 +502,7 @@ export async function render(view, jobId) {
   const stream = subscribe(`/jobs/${jobId}/events`, {
     job(job) {
       const finished = job.status !== state.job.status && !['queued', 'running'].includes(job.status);
-      state.job = job;
+      state.job = { ...state.job, ...job };  // events carry no spec: keep the one loaded with the page
       refreshLocal();
       if (finished) { refreshRemote(); reloadTable(); }
     },

@@ -19,7 +19,7 @@ export function progress(job) {
 export function bestSummary(job) {
   const best = job.best_trial;
   if (!best) return h('span', { class: 'muted' }, '—');
-  const objectives = (job.spec?.objectives || []).map((o) => o.metric);
+  const objectives = (job.outline?.objectives || []).map((o) => o.metric);
   const names = [...new Set([...objectives, 'sparsity'])].slice(0, 3);
   return h('a', { href: `#/trials/${best.id}`, class: 'best', onclick: (e) => e.stopPropagation() },
     h('span', { class: 'mono' }, `#${best.number}`),
@@ -31,8 +31,9 @@ function shortName(name) {
   return { accuracy: 'acc', latency_ms: 'lat', predicted_latency_ms: 'pred lat', sparsity: 'sparse', nonzero_params: 'nnz', loss: 'loss' }[name] || name;
 }
 
-export function setup(spec) {
-  const parts = [spec?.search_space?.name, spec?.strategy?.name, spec?.sparsifier?.name, spec?.dataset?.name].filter(Boolean);
+// A listed job's outline names its plug-ins (lists and streams carry no spec).
+export function setup(outline) {
+  const parts = [outline?.search_space, outline?.strategy, outline?.sparsifier, outline?.dataset].filter(Boolean);
   return h('span', { class: 'muted small' }, parts.join(' · '));
 }
 
@@ -43,7 +44,7 @@ function row(job) {
     h('td', {}, badge(job.status)),
     h('td', {}, progress(job)),
     h('td', {}, bestSummary(job)),
-    h('td', {}, setup(job.spec)),
+    h('td', {}, setup(job.outline)),
     h('td', { title: fmt.time(job.created_at) }, fmt.ago(job.created_at)),
     h('td', { class: 'num' }, duration));
 }
