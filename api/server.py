@@ -70,7 +70,8 @@ def serve(
     import uvicorn
 
     from api.logging_setup import configure_logging
-    from nas.settings import Settings
+    from nas.settings import Settings, make_private
+    from nas.signing import ServerSecret
     from nas.specs import JobSpec
     from nas.store import Store, make_engine, upgrade
     from workers.dispatch_process import spawn_child, stop_child
@@ -81,6 +82,9 @@ def serve(
         cors_origins=tuple(cors_origin) if cors_origin else None, limit_active_jobs=limit_active_jobs,
         limit_trials_per_job=limit_trials_per_job, limit_params=limit_params, limit_trial_epochs=limit_trial_epochs,
     )
+    make_private(settings.home)
+    assert settings.secret_file is not None
+    ServerSecret(settings.secret_file).current()  # made once here, not raced for by the API workers
     engine = make_engine(settings.database_url)
     upgrade(engine)
     store = Store(engine)

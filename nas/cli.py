@@ -8,6 +8,7 @@ by ``api.server``), so this module imports neither the API nor the workers.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import importlib.metadata
@@ -244,6 +245,62 @@ def keys_create(
     key = _store(database_url).create_api_key(name, is_admin=admin)
     err.print(f"API key for {name!r}{' (admin)' if admin else ''}; store it now, it cannot be shown again:")
     print(key)
+
+
+def _when(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment is not None else "-"
+
+
+@keys_app.command("list")
+def keys_list(
+    owner: Annotated[Optional[str], typer.Option(help="only this owner's keys")] = None,
+    json_output: JsonOutput = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """List API keys: id, owner, rights, created, last used (to the minute), revoked. Never a key."""
+    keys = _store(database_url).list_api_keys(owner)
+    if json_output:
+        _print_json([
+            {name: value.isoformat() if hasattr(value, "isoformat") else value
+             for name, value in {**dataclasses.asdict(key), "revoked": key.revoked}.items()}
+            for key in keys
+        ])
+        return
+    table = Table("id", "owner", "admin", "created", "last used", "revoked")
+    for key in keys:
+        table.add_row(str(key.id), escape(key.owner), "yes" if key.is_admin else "", _when(key.created_at),
+                      _when(key.last_used_at), _when(key.revoked_at) if key.revoked else "")
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="a key id (from `nas keys list`), or an owner: all of that owner's keys")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke keys: every request with them answers 401 at once, and their open event streams end within seconds."""
+    from nas.errors import NotFound
+
+    store = _store(database_url)
+    try:
+        revoked = store.revoke_api_keys(key_id=int(key)) if key.isdigit() else store.revoke_api_keys(owner=key)
+    except NotFound:
+        raise fail(f"no API key with id or owner {key!r}", ExitCode.NOT_FOUND) from None
+    for item in revoked:
+        err.print(f"revoked key {item.id} of {escape(repr(item.owner))}")
+
+
+@keys_app.command("rotate-secret")
+def keys_rotate_secret() -> None:
+    """Replace the server secret (NAS_SECRET_FILE, default NAS_HOME/server-secret): every event-stream
+    token and signed cursor issued so far is refused from now on; API keys are not affected."""
+    from nas.settings import Settings
+    from nas.signing import ServerSecret
+
+    settings = Settings.from_env()
+    assert settings.secret_file is not None
+    ServerSecret(settings.secret_file).rotate()
+    err.print(f"new server secret in {settings.secret_file}; running servers use it from their next request")
 
 
 # -- jobs --------------------------------------------------------------------------------------

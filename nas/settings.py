@@ -15,6 +15,15 @@ def _default_data_dir(home: Path) -> Path:
     return Path(os.environ.get("NAS_DATA_DIR") or home / "data")
 
 
+def make_private(home: Path) -> None:
+    """``home`` with mode 0700, and this process's umask 077, inherited by the dispatcher and its
+    Ray: whatever the server writes (database, artifacts, latency files, the secret) is readable
+    by the user it runs as, and no one else."""
+    os.umask(0o077)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    home.chmod(0o700)
+
+
 # Settings fields read from integer environment variables.
 LIMIT_ENV = {
     "limit_active_jobs": "NAS_LIMIT_ACTIVE_JOBS",

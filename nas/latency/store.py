@@ -53,8 +53,7 @@ def write_json(path: Path, data: Any) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from workers running as another user
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # mkstemp's mode 0600: NAS_HOME is private to the user the service runs as
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -138,7 +137,7 @@ def append_observation(target_key: str, record: Mapping[str, Any]) -> Path:
     path = home() / "observations" / f"{target_key}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(dict(record)) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line)
     finally:

@@ -10,12 +10,16 @@ from nas.store.store import Artifact
 
 
 def save_model(artifact_dir: Path, job_id: str, trial_id: str, data: bytes, fmt: str = "safetensors") -> Artifact:
-    """Write atomically (temp file, then rename) so a crash never leaves half a model."""
+    """Write atomically (temp file, then rename) so a crash never leaves half a model; mode 0600,
+    in folders of mode 0700: another user of the machine reads no tenant's model."""
     relative = Path(job_id) / f"{trial_id}.{fmt}"
     target = artifact_dir / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
+    artifact_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, exist_ok=True)
     tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
     os.replace(tmp, target)
     return Artifact(
         trial_id=trial_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,22 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _private_database_file(path: Path) -> None:
+    """The SQLite file (created empty if missing) and its WAL and shared-memory files: mode 0600.
+
+    SQLite creates ``-wal`` and ``-shm`` with the database file's mode, so a database created
+    here keeps them private too; an older, wider file is narrowed.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # O_EXCL: an existing file is never opened here. Closing any descriptor of a database file
+    # drops every POSIX lock this process holds on it, SQLite connections' locks included.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists() and file.stat().st_uid == os.getuid():
+            file.chmod(0o600)
 
 
 def make_engine(url: str) -> Engine:
@@ -23,7 +41,7 @@ def make_engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        _private_database_file(Path(parsed.database))
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
