@@ -10,6 +10,7 @@ import uuid
 
 from nas.settings import Settings
 from nas.store import Store
+from workers.ray_loopback import keep_local_ray_on_loopback
 from workers.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,8 @@ def connect_ray(settings: Settings) -> None:
 
     if ray.is_initialized():
         return
+    if not settings.ray_address:
+        keep_local_ray_on_loopback()
     ray.init(
         address=settings.ray_address,
         include_dashboard=False,
