@@ -1,8 +1,9 @@
-"""Early-stopping rules (entry-point group ``nas.early_stopping``): Ray Tune schedulers for a job.
+"""Early-stopping rules (entry-point group ``nas.early_stopping``): which trials a job stops early.
 
-A rule subclasses :class:`EarlyStoppingRule`: ``Params``, ``check(spec)`` (problems that make it
-useless or wrong for the job, each a 422 at its location) and ``scheduler(spec)``, the
-``TrialScheduler`` the runner hands to Tune.
+A rule subclasses :class:`EarlyStoppingRule`: ``Params`` and ``check(spec)`` (problems that make
+it useless or wrong for the job, each a 422 at its location). The runner carries a rule out with
+a Ray Tune ``TrialScheduler``: :func:`workers.schedulers.tune_scheduler` builds the built-in
+rules' schedulers, and a rule from outside the project brings its own in ``scheduler(spec)``.
 The runner records a trial that a rule stopped after an epoch as ``pruned``, with that epoch's
 metrics. Rules compare trials on the metrics the trainer reports after every epoch
 (:data:`PER_EPOCH`), at the same epoch (Tune's ``time_attr`` is ``"epoch"``), and never stop a
@@ -17,22 +18,18 @@ trial at its last epoch, so no finished training is thrown away.
   Pareto-dominates at the same epoch (as good on every objective, better on one).
 * ``none``: Tune's FIFO scheduler; every trial runs to its last epoch.
 
-Ray is imported only when a scheduler is built: the API server validates specs without it.
+The rules hold no Ray code: the API server validates specs and lists them without Ray, and
+``nas`` never imports it.
 """
 
 from __future__ import annotations
 
-import functools
-from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from nas.metrics import OBJECTIVES, PER_EPOCH
 from nas.specs import JobSpec
-
-if TYPE_CHECKING:
-    from ray.tune.schedulers import TrialScheduler
 
 Problem = tuple[tuple[str | int, ...], str]
 
@@ -42,7 +39,7 @@ PLANNED: dict[str, str] = {"params": "params", "predicted_latency_ms": "predicte
                            "latency_ms": "predicted_latency_ms"}
 
 
-class EarlyStoppingRule(ABC):
+class EarlyStoppingRule:
     """Base class of registered early-stopping rules; ``Params`` holds their options."""
 
     Params: ClassVar[type[BaseModel]]
@@ -54,12 +51,17 @@ class EarlyStoppingRule(ABC):
         """Problems that make the rule useless or wrong for ``spec``, each a 422 at its location; none by default."""
         return []
 
-    @abstractmethod
-    def scheduler(self, spec: JobSpec) -> TrialScheduler:
-        """The Ray Tune scheduler that stops ``spec``'s trials; imports Ray, so only the runner calls it."""
+    def scheduler(self, spec: JobSpec) -> Any:
+        """The Ray Tune ``TrialScheduler`` of a rule from outside the project, which imports Ray in here.
+
+        Only the runner calls it, through :func:`workers.schedulers.tune_scheduler`, which builds
+        the built-in rules' schedulers itself.
+        """
+        raise NotImplementedError(f"{type(self).__name__} brings no Ray Tune scheduler")
 
 
-def _mode(spec: JobSpec, metric: str) -> str:
+def mode_of(spec: JobSpec, metric: str) -> str:
+    """``"max"`` or ``"min"``: how ``spec`` ranks ``metric`` (its objective's direction; loss falls, others rise)."""
     for objective in spec.objectives:
         if objective.metric == metric:
             return "max" if objective.direction == "maximize" else "min"
@@ -115,20 +117,6 @@ class ASHA(_OneMetricRule):
 
     params: Params
 
-    def scheduler(self, spec: JobSpec) -> TrialScheduler:
-        metric = self.metric(spec)
-        return _classes().ASHASparingLastEpoch(
-            last_epoch=spec.training.epochs,
-            time_attr="epoch",
-            metric=metric,
-            mode=_mode(spec, metric),
-            max_t=spec.training.epochs,
-            grace_period=min(self.params.grace_period, spec.training.epochs),
-            reduction_factor=self.params.reduction_factor,
-            brackets=self.params.brackets,
-            stop_last_trials=False,  # a trial at its last epoch still has its final report to send
-        )
-
 
 class Median(_OneMetricRule):
     """The median stopping rule (Ray Tune's MedianStoppingRule) on one per-epoch metric."""
@@ -139,18 +127,6 @@ class Median(_OneMetricRule):
         min_samples_required: int = Field(3, ge=1, le=1000, description="other trials needed at an epoch to compare")
 
     params: Params
-
-    def scheduler(self, spec: JobSpec) -> TrialScheduler:
-        metric = self.metric(spec)
-        return _classes().MedianSparingLastEpoch(
-            last_epoch=spec.training.epochs,
-            time_attr="epoch",
-            metric=metric,
-            mode=_mode(spec, metric),
-            grace_period=self.params.grace_period,
-            min_samples_required=self.params.min_samples_required,
-            hard_stop=True,
-        )
 
 
 class Dominance(EarlyStoppingRule):
@@ -188,14 +164,6 @@ class Dominance(EarlyStoppingRule):
             )
         return problems
 
-    def scheduler(self, spec: JobSpec) -> TrialScheduler:
-        return _classes().DominanceScheduler(
-            objectives=[(o.metric, o.direction == "maximize") for o in spec.objectives],
-            last_epoch=spec.training.epochs,
-            grace_period=self.params.grace_period,
-            min_complete=self.params.min_complete,
-        )
-
 
 class NoEarlyStopping(EarlyStoppingRule):
     """Every trial runs to its last epoch (Tune's FIFO scheduler)."""
@@ -203,132 +171,8 @@ class NoEarlyStopping(EarlyStoppingRule):
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-    def scheduler(self, spec: JobSpec) -> TrialScheduler:
-        from ray.tune.schedulers import FIFOScheduler
-
-        return FIFOScheduler()
-
 
 def dominates(a: list[float], b: list[float], maximize: list[bool]) -> bool:
     """Pareto dominance: ``a`` is as good as ``b`` on every objective and better on one."""
     signed = [(x, y) if up else (-x, -y) for x, y, up in zip(a, b, maximize)]
     return all(x >= y for x, y in signed) and any(x > y for x, y in signed)
-
-
-@functools.cache
-def _classes() -> Any:
-    """The Tune scheduler subclasses, defined on first use so that importing this module needs no Ray.
-
-    They are published as attributes of this module (``__getattr__`` below), so pickle finds them
-    by name, as Tune's experiment checkpoints need.
-    """
-    from types import SimpleNamespace
-
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
-
-    class ASHASparingLastEpoch(AsyncHyperBandScheduler):
-        """Ray's ASHA, except that a trial at its last epoch is never stopped: ASHA has a rung at
-        ``max_t`` itself, and ``stop_last_trials=False`` does not keep it from cutting there."""
-
-        def __init__(self, last_epoch: int, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self._last_epoch = last_epoch
-
-        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-            decision = super().on_trial_result(tune_controller, trial, result)
-            if decision == TrialScheduler.STOP and result.get("epoch", 0) >= self._last_epoch:
-                self._num_stopped -= 1
-                return TrialScheduler.CONTINUE
-            return decision
-
-    class MedianSparingLastEpoch(MedianStoppingRule):
-        """Ray's median stopping rule, except that a trial at its last epoch is never stopped and
-        a trial without enough others to compare with runs on (Ray would pause it for a waiting
-        trial; our trials keep no checkpoint to resume from)."""
-
-        def _on_insufficient_samples(self, tune_controller: Any, trial: Any, time: float) -> str:
-            return TrialScheduler.CONTINUE
-
-        def __init__(self, last_epoch: int, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self._last_epoch = last_epoch
-
-        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-            decision = super().on_trial_result(tune_controller, trial, result)
-            if decision == TrialScheduler.STOP and result.get("epoch", 0) >= self._last_epoch:
-                self._stopped_trials.discard(trial)
-                return TrialScheduler.CONTINUE
-            return decision
-
-    class DominanceScheduler(FIFOScheduler):
-        """Stops a trial when a trial that ran all epochs dominated it at the same epoch.
-
-        Per-epoch objectives (accuracy, loss, sparsity) are compared at that epoch; ``params``
-        and ``latency_ms`` are compared as planned before training (``predicted_latency_ms`` for
-        latency, on both sides), from the ``planned`` metrics in the trial's config. A trial
-        missing a value for some objective is never stopped.
-        """
-
-        def __init__(
-            self, objectives: list[tuple[str, bool]], last_epoch: int, grace_period: int = 1, min_complete: int = 1
-        ) -> None:
-            super().__init__()
-            self._objectives = objectives
-            self._maximize = [up for _, up in objectives]
-            self._last_epoch = last_epoch
-            self._grace_period = grace_period
-            self._min_complete = min_complete
-            self._history: dict[str, dict[int, dict[str, float]]] = {}  # trial id -> epoch -> metrics
-            self._planned: dict[str, dict[str, float]] = {}
-            self._complete: set[str] = set()  # trials that reported their last epoch
-            self.stopped: list[tuple[str, int]] = []  # (trial id, epoch), for inspection
-
-        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-            if "epoch" not in result:
-                return TrialScheduler.CONTINUE  # the final report
-            epoch = int(result["epoch"])
-            trial_id = trial.trial_id
-            self._history.setdefault(trial_id, {})[epoch] = {
-                m: float(result[m]) for m, _ in self._objectives if m in PER_EPOCH and m in result
-            }
-            self._planned[trial_id] = dict((trial.config or {}).get("planned") or {})
-            if epoch >= self._last_epoch:
-                self._complete.add(trial_id)
-                return TrialScheduler.CONTINUE
-            if epoch < self._grace_period or len(self._complete) < self._min_complete:
-                return TrialScheduler.CONTINUE
-            mine = self._values(trial_id, epoch)
-            if mine is None:
-                return TrialScheduler.CONTINUE
-            for other in self._complete:
-                theirs = self._values(other, epoch)
-                if theirs is not None and dominates(theirs, mine, self._maximize):
-                    self.stopped.append((trial_id, epoch))
-                    return TrialScheduler.STOP
-            return TrialScheduler.CONTINUE
-
-        def _values(self, trial_id: str, epoch: int) -> list[float] | None:
-            at_epoch = self._history.get(trial_id, {}).get(epoch, {})
-            planned = self._planned.get(trial_id, {})
-            values = []
-            for metric, _ in self._objectives:
-                if metric in PER_EPOCH:
-                    value = at_epoch.get(metric)
-                else:
-                    value = planned.get(PLANNED.get(metric, metric))
-                if value is None:
-                    return None
-                values.append(float(value))
-            return values
-
-    classes = (ASHASparingLastEpoch, MedianSparingLastEpoch, DominanceScheduler)
-    for cls in classes:
-        cls.__module__ = __name__
-        cls.__qualname__ = cls.__name__
-    return SimpleNamespace(**{cls.__name__: cls for cls in classes})
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("ASHASparingLastEpoch", "MedianSparingLastEpoch", "DominanceScheduler"):
-        return getattr(_classes(), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

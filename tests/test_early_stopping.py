@@ -17,8 +17,10 @@ import pytest
 from pydantic import ValidationError
 from ray.tune.schedulers import TrialScheduler
 
-from nas import early_stopping, registry
+from nas import registry
 from nas.specs import JobSpec
+from workers import schedulers
+from workers.schedulers import tune_scheduler
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
@@ -88,7 +90,7 @@ def feed(scheduler: Any, trial: Any, epochs: range, metric: Callable[[int], dict
 
 def test_asha_halves_at_its_rungs_and_never_stops_a_trial_at_its_last_epoch() -> None:
     spec = spec_with(early_stopping={"name": "asha"})
-    scheduler = registry.early_stopping.create("asha", {}).scheduler(spec)
+    scheduler = tune_scheduler(registry.early_stopping.create("asha", {}), spec)
     trials = [FakeTrial(f"t{i}") for i in range(4)]
     for t in trials:
         scheduler.on_trial_add(CONTROLLER, t)
@@ -103,7 +105,7 @@ def test_asha_halves_at_its_rungs_and_never_stops_a_trial_at_its_last_epoch() ->
 
 def test_the_median_rule_never_pauses_a_trial_it_cannot_judge_yet() -> None:
     spec = spec_with(early_stopping={"name": "median"})
-    scheduler = registry.early_stopping.create("median", {}).scheduler(spec)
+    scheduler = tune_scheduler(registry.early_stopping.create("median", {}), spec)
     waiting = SimpleNamespace(get_live_trials=lambda: [SimpleNamespace(status="PENDING")])
     first = FakeTrial("first")
     scheduler.on_trial_add(waiting, first)
@@ -112,7 +114,7 @@ def test_the_median_rule_never_pauses_a_trial_it_cannot_judge_yet() -> None:
 
 def test_the_median_rule_never_stops_a_trial_at_its_last_epoch() -> None:
     spec = spec_with(training={"epochs": 3}, early_stopping={"name": "median", "params": {"min_samples_required": 1}})
-    scheduler = registry.early_stopping.create("median", {"min_samples_required": 1}).scheduler(spec)
+    scheduler = tune_scheduler(registry.early_stopping.create("median", {"min_samples_required": 1}), spec)
     a, b, c = (FakeTrial(name) for name in "abc")
     for t in (a, b, c):
         scheduler.on_trial_add(CONTROLLER, t)
@@ -129,7 +131,7 @@ def test_dominance_stops_a_trial_beaten_on_every_objective_at_the_same_epoch() -
         objectives=[{"metric": "accuracy", "direction": "maximize"}, {"metric": "latency_ms", "direction": "minimize"}],
         early_stopping={"name": "dominance"},
     )
-    scheduler = registry.early_stopping.create("dominance", {}).scheduler(spec)
+    scheduler = tune_scheduler(registry.early_stopping.create("dominance", {}), spec)
     done = tune_trial("done", predicted_latency_ms=1.0)
     slower_worse = tune_trial("slower", predicted_latency_ms=2.0)
     faster_worse = tune_trial("faster", predicted_latency_ms=0.5)
@@ -156,13 +158,39 @@ def test_schedulers_pickle_by_reference_for_tunes_checkpoints() -> None:
 
     spec = spec_with(early_stopping={"name": "dominance"})
     for name in ("dominance", "median", "asha"):
-        scheduler = registry.early_stopping.create(name, {}).scheduler(spec)
+        scheduler = tune_scheduler(registry.early_stopping.create(name, {}), spec)
         # Tune pickles with cloudpickle; a class found by its name comes back as the same class
         assert type(cloudpickle.loads(cloudpickle.dumps(scheduler))) is type(scheduler)
-        assert type(scheduler).__module__ == "nas.early_stopping"
-    dominance = registry.early_stopping.create("dominance", {}).scheduler(spec)
+        assert type(scheduler).__module__ == "workers.schedulers"
+    dominance = tune_scheduler(registry.early_stopping.create("dominance", {}), spec)
     assert type(pickle.loads(pickle.dumps(dominance))) is type(dominance)
-    assert early_stopping.DominanceScheduler is type(registry.early_stopping.create("dominance", {}).scheduler(spec))
+    assert schedulers.DominanceScheduler is type(tune_scheduler(registry.early_stopping.create("dominance", {}), spec))
+
+
+def test_a_rule_from_outside_the_project_brings_its_own_scheduler() -> None:
+    """Built-in rules hold no Ray code (workers.schedulers builds theirs); a plug-in rule's ``scheduler`` is used."""
+    from pydantic import BaseModel
+    from ray.tune.schedulers import FIFOScheduler
+
+    from nas.early_stopping import EarlyStoppingRule
+
+    class Own(EarlyStoppingRule):
+        class Params(BaseModel):
+            pass
+
+        def scheduler(self, spec: JobSpec) -> Any:
+            return FIFOScheduler()
+
+    class Broken(Own):
+        def scheduler(self, spec: JobSpec) -> Any:
+            return "not a scheduler"
+
+    spec = spec_with()
+    assert type(tune_scheduler(Own(Own.Params()), spec)) is FIFOScheduler
+    with pytest.raises(TypeError, match="not a Ray Tune TrialScheduler"):
+        tune_scheduler(Broken(Own.Params()), spec)
+    with pytest.raises(NotImplementedError, match="brings no Ray Tune scheduler"):
+        EarlyStoppingRule(Own.Params()).scheduler(spec)
 
 
 # -- through the service ------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from nas.store.artifacts import save_model  # noqa: E402
 from nas.store.observations import predict_with_store_observations  # noqa: E402
 from nas.strategies import WAIT, Strategy  # noqa: E402
 from workers.feasibility import planned_metrics, violation  # noqa: E402
+from workers.schedulers import tune_scheduler  # noqa: E402
 from workers.trainable import EPOCH_METRICS, FINAL, train_trial  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ class JobRunner:
         scheduler = None
         if spec.early_stopping is not None:
             rule = registry.early_stopping.create(spec.early_stopping.name, spec.early_stopping.params)
-            scheduler = rule.scheduler(spec)
+            scheduler = tune_scheduler(rule, spec)
         tuner = tune.Tuner(
             trainable_name,
             tune_config=tune.TuneConfig(
