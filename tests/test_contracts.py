@@ -1,0 +1,365 @@
+"""One contract suite over every registered plug-in: search spaces, strategies, sparsifiers, datasets, early stopping.
+
+The names are read from the registries when the tests are collected, so a plug-in registered
+through an entry point is checked the moment it is installed, against the same assertions as the
+shipped ones. Each check uses the plug-in's defaults (and, for spaces, every ``examples`` entry of
+its ``Params`` JSON Schema), small shapes and a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from nas import registry
+from nas.arch import uniform_suggest
+from nas.data.base import Dataset
+from nas.early_stopping import EarlyStoppingRule
+from nas.search_space import SearchSpace
+from nas.sparse.base import Sparsifier, WeightSpec
+from nas.specs import JobSpec
+from nas.strategies.base import WAIT, Strategy, TrialPlan
+from tests.sparsity_targets import expected_sparsity
+
+SHAPE_DATASET = "digits"  # small images (1, 8, 8) and 10 classes: every shipped space takes them
+SEEDS = (0, 1, 2)
+
+
+def _space_cases() -> list[Any]:
+    """(name, params) for every registered space: its defaults, then each example of its Params schema."""
+    cases = []
+    for name in registry.search_spaces.names():
+        cases.append(pytest.param(name, {}, id=f"{name}-defaults"))
+        examples = registry.search_spaces.get(name).Params.model_json_schema().get("examples", [])
+        cases += [pytest.param(name, example, id=f"{name}-example{i}") for i, example in enumerate(examples)]
+    return cases
+
+
+SPACE_CASES = _space_cases()
+
+
+def _json_round_trip(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize(
+    ("reg", "name"),
+    [
+        (reg, name)
+        for reg in (
+            registry.search_spaces,
+            registry.strategies,
+            registry.sparsifiers,
+            registry.datasets,
+            registry.early_stopping,
+        )
+        for name in reg.names()
+    ],
+)
+def test_every_plugin_subclasses_its_registrys_base_and_has_default_params(reg: registry.Registry, name: str) -> None:
+    cls = reg.get(name)
+    assert issubclass(cls, reg.base)
+    assert issubclass(cls.Params, BaseModel)
+    cls.Params()  # every option has a default
+
+
+@pytest.mark.parametrize(
+    ("reg", "base"),
+    [
+        (registry.search_spaces, SearchSpace),
+        (registry.strategies, Strategy),
+        (registry.sparsifiers, Sparsifier),
+        (registry.datasets, Dataset),
+        (registry.early_stopping, EarlyStoppingRule),
+    ],
+)
+def test_a_registry_refuses_a_class_that_is_not_of_its_kind(reg: registry.Registry, base: type) -> None:
+    class NotAPlugin:
+        class Params(BaseModel):
+            pass
+
+    assert reg.base is base
+    with pytest.raises(TypeError, match=f"not a subclass of {base.__module__}.{base.__qualname__}"):
+        reg.register("test_not_a_plugin", NotAPlugin)
+    assert "test_not_a_plugin" not in reg.names()
+
+
+# -- search spaces -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "params"), SPACE_CASES)
+def test_space_samples_are_json_deterministic_and_within_its_dimensions(name: str, params: dict[str, Any]) -> None:
+    space = registry.search_spaces.create(name, params)
+    dims = space.dimensions()
+    if dims is not None:
+        from optuna.distributions import BaseDistribution, CategoricalDistribution
+
+        assert all(isinstance(dist, BaseDistribution) for dist in dims.values())
+    for seed in SEEDS:
+        arch = space.sample(random.Random(seed))
+        assert isinstance(arch, dict) and arch
+        assert _json_round_trip(arch) == arch, "an architecture must survive the store's JSON"
+        assert space.sample(random.Random(seed)) == arch, "sample must depend on the RNG alone"
+        if dims is not None:
+            assert set(arch) <= set(dims), f"keys outside dimensions(): {sorted(set(arch) - set(dims))}"
+            # define-by-run samplers replay through arch_from: it must ask for exactly the keys the arch uses
+            first = {k: d.choices[0] if isinstance(d, CategoricalDistribution) else d.low for k, d in dims.items()}
+            assert space.arch_from(lambda key: arch.get(key, first[key])) == arch
+            drawn = space.arch_from(uniform_suggest(random.Random(seed), dims))
+            assert set(drawn) <= set(dims)
+            space.layer_sparsity(drawn)  # an architecture of the space: accepted without a ValueError
+
+
+@pytest.mark.parametrize(("name", "params"), SPACE_CASES)
+def test_space_builds_networks_that_match_its_declarations(
+    name: str, params: dict[str, Any], torch_single_thread: None
+) -> None:
+    import torch
+
+    from nas.sparse.magnitude import parse_pattern
+    from nas.sparse.masks import prunable_weights, weight_kind
+
+    space = registry.search_spaces.create(name, params)
+    input_shape, num_classes = registry.datasets.create(SHAPE_DATASET, {}).shape()
+    low, high = space.min_params(input_shape, num_classes), space.max_params(input_shape, num_classes)
+    assert isinstance(low, int) and isinstance(high, int) and 0 < low <= high
+    specs = space.weight_specs(input_shape, num_classes)
+    assert specs is None or all(isinstance(spec, WeightSpec) for spec in specs)
+
+    for seed in SEEDS:
+        arch = space.sample(random.Random(seed))
+        torch.manual_seed(seed)
+        model = space.build(arch, input_shape, num_classes)
+        assert isinstance(model, torch.nn.Module)
+        with torch.no_grad():
+            logits = model.eval()(torch.randn(2, *input_shape))
+        assert logits.shape == (2, num_classes)
+        assert low <= sum(p.numel() for p in model.parameters()) <= high
+
+        weights = prunable_weights(model)
+        if specs is not None:
+            declared = {(spec.name, spec.kind) for spec in specs}
+            built = {(weight, weight_kind(module)) for weight, (module, _) in weights.items()}
+            assert built <= declared, f"weights missing from weight_specs: {sorted(built - declared)}"
+        sparsity = space.layer_sparsity(arch)
+        if sparsity is not None:
+            assert set(sparsity) <= set(weights), f"not prunable weights: {sorted(set(sparsity) - set(weights))}"
+            assert all(isinstance(v, float) and 0.0 <= v < 1.0 for v in sparsity.values()), sparsity
+        patterns = space.layer_patterns(arch)
+        if patterns is not None:
+            assert set(patterns) <= set(weights), f"not prunable weights: {sorted(set(patterns) - set(weights))}"
+            for pattern in patterns.values():
+                assert pattern in ("dense", "unstructured", "channel") or parse_pattern(pattern) is not None, pattern
+
+
+@pytest.mark.parametrize("name", registry.search_spaces.names())
+def test_space_refuses_an_architecture_of_another_space(name: str) -> None:
+    space = registry.search_spaces.create(name, {})
+    with pytest.raises(ValueError):
+        space.layer_sparsity({"not_a_key_of_any_space": 1})
+
+
+# -- strategies ----------------------------------------------------------------------------------
+
+# A job long enough for every shipped strategy's defaults (supertickets' pruning schedule, the
+# lottery chains' rounds, DASS's search and children); the space is the first that fits.
+STRATEGY_JOB: dict[str, Any] = {
+    "dataset": {"name": SHAPE_DATASET}, "training": {"epochs": 12}, "budget": {"max_trials": 40}
+}
+
+
+def _job_for(strategy: str) -> JobSpec:
+    refusals = []
+    for space in registry.search_spaces.names():
+        try:
+            job = {**STRATEGY_JOB, "search_space": {"name": space}, "strategy": {"name": strategy}}
+            return JobSpec.model_validate(job)
+        except ValidationError as exc:
+            refusals.append(f"{space}: {exc.errors()[0]['msg']}")
+    pytest.fail(f"strategy {strategy!r} accepts no registered search space at its defaults: {refusals}")
+
+
+@pytest.mark.parametrize("name", registry.strategies.names())
+def test_strategy_proposes_architectures_of_its_space(name: str) -> None:
+    spec = _job_for(name)
+    cls = registry.strategies.get(name)
+    params = cls.Params.model_validate(spec.strategy.params)
+    space = registry.search_spaces.create(spec.search_space.name, spec.search_space.params)
+    strategy = cls.from_history(params, space, spec, [])
+    assert isinstance(strategy, Strategy)
+
+    plan = strategy.ask()
+    assert plan is WAIT or isinstance(plan, TrialPlan), plan
+    if isinstance(plan, TrialPlan):
+        assert _json_round_trip(plan.arch) == plan.arch
+        space.layer_sparsity(cls.space_arch(plan.arch))  # the space accepts the part it builds
+        density = cls.planned_density(plan.arch)
+        assert density is None or 0.0 < density <= 1.0
+    again = cls.from_history(params, space, spec, []).ask()
+    assert (again.arch if isinstance(again, TrialPlan) else again) == (
+        plan.arch if isinstance(plan, TrialPlan) else plan
+    ), "a strategy rebuilt from the same history must propose the same"
+
+
+# -- sparsifiers ---------------------------------------------------------------------------------
+
+SPARSIFIER_SHAPES = {"1.weight": (64, 64), "3.weight": (32, 64), "5.weight": (10, 32)}
+
+
+@pytest.mark.parametrize("name", registry.sparsifiers.names())
+def test_sparsifier_reaches_its_target_through_the_training_hooks(name: str, torch_single_thread: None) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from nas.sparse.masks import masks, prunable_weights
+    from nas.sparse.stats import weight_sparsity
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    sparsifier = registry.sparsifiers.create(name, {})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    epochs, steps_per_epoch, batch = 4, 10, 16
+    rows_in_all = epochs * steps_per_epoch * batch
+    x, y = torch.randn(rows_in_all, 1, 8, 8), torch.randint(0, 10, (rows_in_all,))
+    sparsifier.attach(model, optimizer, epochs * steps_per_epoch, None)
+    step = 0
+    for epoch in range(1, epochs + 1):
+        for _ in range(steps_per_epoch):
+            rows = slice(step * batch, (step + 1) * batch)
+            step += 1
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[rows]), y[rows]).backward()
+            sparsifier.on_after_backward(model, step)
+            optimizer.step()
+            sparsifier.on_step(model, step)
+        sparsifier.on_epoch_end(model, epoch)
+        extra = sparsifier.epoch_metrics(model)
+        assert all(isinstance(key, str) and isinstance(value, float) for key, value in extra.items()), extra
+    sparsifier.finalize(model)
+
+    assert list(prunable_weights(model)) == list(SPARSIFIER_SHAPES)
+    assert masks(model), "finalize left no masks"
+    sparsity = weight_sparsity(model)
+    target = expected_sparsity(sparsifier.params.model_dump(), sparsifier.pattern, SPARSIFIER_SHAPES)
+    if target is None:
+        assert sparsity > 0.0
+    else:
+        assert sparsity == pytest.approx(target, abs=0.01)
+    assert all(isinstance(sparsifier.pattern_of(weight), str) for weight in SPARSIFIER_SHAPES)
+    assert sparsifier.check([WeightSpec("1.weight", "linear", frozenset({64}))]) == []
+
+
+# -- datasets ------------------------------------------------------------------------------------
+
+
+def _tiny(name: str) -> Dataset:
+    """The dataset at its defaults, with its split-size limits (when it has them) cut to a few rows."""
+    fields = registry.datasets.get(name).Params.model_fields
+    limits = {key: value for key, value in {"train_limit": 200, "test_limit": 100}.items() if key in fields}
+    return registry.datasets.create(name, limits)
+
+
+def _check_splits(dataset: Dataset, data_dir: Path) -> None:
+    import numpy as np
+
+    input_shape, num_classes = dataset.shape()
+    splits = dataset.load(data_dir)
+    assert (tuple(splits.input_shape), splits.num_classes) == (tuple(input_shape), num_classes)
+    for x, labels in ((splits.x_train, splits.y_train), (splits.x_test, splits.y_test)):
+        assert x.dtype == np.float32 and labels.dtype == np.int64
+        assert x.shape[1:] == tuple(input_shape) and len(x) == len(labels) > 0
+        assert 0 <= labels.min() and labels.max() < num_classes
+
+
+@pytest.mark.parametrize("name", registry.datasets.names())
+def test_dataset_loads_what_it_declares_or_names_the_missing_files(name: str, data_dir: Path) -> None:
+    dataset = _tiny(name)
+    input_shape, num_classes = dataset.shape()
+    assert all(isinstance(s, int) and s > 0 for s in input_shape) and num_classes >= 2
+    try:
+        dataset.check_available(data_dir)
+    except ValueError as missing:
+        assert str(data_dir) in str(missing), "the refusal must say where the files were looked for"
+        with pytest.raises(ValueError):
+            dataset.load(data_dir)
+    else:
+        _check_splits(dataset, data_dir)
+
+
+@pytest.mark.parametrize("name", registry.datasets.names())
+def test_dataset_in_an_empty_folder_is_bundled_or_refused_naming_the_folder(name: str, tmp_path: Path) -> None:
+    dataset = _tiny(name)
+    try:
+        dataset.check_available(tmp_path)
+    except ValueError as missing:
+        assert str(tmp_path) in str(missing) and "missing" in str(missing)
+    else:
+        _check_splits(dataset, tmp_path)  # bundled or generated: needs no files
+
+
+# -- early-stopping rules ------------------------------------------------------------------------
+
+OBJECTIVE_SETS: list[list[dict[str, str]]] = [
+    [{"metric": "accuracy", "direction": "maximize"}],
+    [{"metric": "accuracy", "direction": "maximize"}, {"metric": "params", "direction": "minimize"}],
+]
+EPOCHS = 4
+
+
+@dataclass(eq=False)
+class _ToyTrial:
+    """What Ray Tune's schedulers read of a trial; hashed by identity, as Tune's trials are."""
+
+    trial_id: str
+    config: dict[str, Any] = field(default_factory=dict)
+    status: str = "RUNNING"
+
+
+def _job_accepted_by(name: str) -> JobSpec:
+    for objectives in OBJECTIVE_SETS:
+        spec = JobSpec.model_validate(
+            {"search_space": {"name": "sparse_mlp"}, "dataset": {"name": SHAPE_DATASET},
+             "training": {"epochs": EPOCHS}, "objectives": objectives}
+        )
+        problems = registry.early_stopping.create(name, {}).check(spec)
+        assert all(isinstance(loc, tuple) and isinstance(text, str) for loc, text in problems)
+        if not problems:
+            return spec
+    pytest.fail(f"early-stopping rule {name!r} accepts none of the objective sets {OBJECTIVE_SETS}")
+
+
+@pytest.mark.parametrize("name", registry.early_stopping.names())
+def test_early_stopping_rule_never_stops_the_best_trial_or_a_last_epoch(name: str) -> None:
+    from ray.tune.schedulers import TrialScheduler
+
+    from workers.schedulers import tune_scheduler
+
+    spec = _job_accepted_by(name)
+    scheduler = tune_scheduler(registry.early_stopping.create(name, {}), spec)
+    assert isinstance(scheduler, TrialScheduler)
+    # trial 0 is the best at every epoch and runs first; the others are ever worse, each slower to learn
+    trials = [_ToyTrial(f"t{i}", {"planned": {"params": 1000.0 * (i + 1)}}) for i in range(6)]
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    decisions: dict[str, list[str]] = {}
+    for i, trial in enumerate(trials):
+        result: dict[str, Any] = {}
+        for epoch in range(1, EPOCHS + 1):
+            accuracy = 0.9 * epoch / EPOCHS / (1 + i)
+            result = {"epoch": epoch, "training_iteration": epoch, "accuracy": accuracy, "loss": 1 - accuracy,
+                      "sparsity": 0.5}
+            decision = scheduler.on_trial_result(None, trial, result)
+            assert decision in (TrialScheduler.CONTINUE, TrialScheduler.STOP), decision
+            decisions.setdefault(trial.trial_id, []).append(decision)
+            if decision == TrialScheduler.STOP:
+                break
+        scheduler.on_trial_complete(None, trial, result)
+    assert TrialScheduler.STOP not in decisions["t0"], decisions
+    assert all(len(d) < EPOCHS or d[-1] == TrialScheduler.CONTINUE for d in decisions.values()), decisions
