@@ -272,7 +272,14 @@ def _arch_from_replays_samples(space: SearchSpace, samples: int = 32) -> bool:
 
 
 def _first(dist: BaseDistribution) -> Any:
-    return dist.choices[0] if hasattr(dist, "choices") else dist.low  # type: ignore[attr-defined]
+    """The lowest value of an integer or float distribution, the first choice of a categorical one."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[0]
+    if isinstance(dist, (IntDistribution, FloatDistribution)):
+        return dist.low
+    raise TypeError(f"unsupported distribution {type(dist).__name__}")
 
 
 def _objective_value(metrics: dict[str, float], metric: str) -> float | None:
