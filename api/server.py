@@ -69,7 +69,7 @@ def serve(
     """Start the REST API and the job dispatcher (SQLite and a local Ray by default)."""
     import uvicorn
 
-    from api.logging_setup import configure_logging
+    from nas.logging_setup import configure_logging
     from nas.settings import Settings, make_private
     from nas.signing import ServerSecret
     from nas.specs import JobSpec
@@ -109,7 +109,7 @@ def serve(
 def app_from_env() -> FastAPI:
     """The API as one uvicorn worker builds it, from the settings ``nas serve`` put in the environment."""
     from api.app import create_app
-    from api.logging_setup import configure_logging
+    from nas.logging_setup import configure_logging
     from nas.settings import Settings
     from nas.store import Store, make_engine
 

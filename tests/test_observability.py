@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
-from api.logging_setup import json_formatter
 from nas.client import Client, ServerError
+from nas.logging_setup import json_formatter
 from nas.settings import Settings
 from nas.specs import JobStatus, TrialState
 from nas.store import Store

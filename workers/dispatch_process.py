@@ -36,7 +36,7 @@ def dispatch(
     ] = "auto",
 ) -> None:
     """Run queued jobs on Ray until stopped (SIGTERM or Ctrl-C drain the running jobs)."""
-    from api.logging_setup import configure_logging
+    from nas.logging_setup import configure_logging
     from nas.settings import Settings
     from nas.store import Store, make_engine, upgrade
     from workers.dispatcher import Dispatcher, connect_ray

@@ -1,4 +1,8 @@
-"""Log output of ``nas serve``: one JSON object per line for collectors, or plain text for people."""
+"""Log output of ``nas serve`` and its dispatcher: one JSON object per line for collectors, or plain text for people.
+
+The API adds the request being served to every record (:func:`api.request_context.install_log_record_factory`);
+the formatters here print those fields when a record has them.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from typing import Literal
 
 from pythonjsonlogger.json import JsonFormatter
 
-from api.request_context import install_log_record_factory
 from nas.safe_text import escape_controls
 
 LogFormat = Literal["auto", "json", "text"]
@@ -55,4 +58,3 @@ def configure_logging(log_format: LogFormat = "auto", level: int = logging.INFO)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    install_log_record_factory()
