@@ -145,7 +145,7 @@ def append_observation(target_key: str, record: Mapping[str, Any]) -> Path:
     return path
 
 
-def observations(target_key: str, predictor_id: str, limit: int = 2000) -> list[dict[str, Any]]:
+def observations(target_key: str, predictor_id: str, limit: int) -> list[dict[str, Any]]:
     """The latest ``limit`` observations made with the predictor ``predictor_id``."""
     path = home() / "observations" / f"{target_key}.jsonl"
     if not path.is_file():
