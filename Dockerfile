@@ -32,5 +32,7 @@ USER nas
 WORKDIR /home/nas
 ENV NAS_HOME=/var/lib/nas
 
+# Plain HTTP on 8000: TLS terminates at a reverse proxy in front of the container (nginx, Caddy,
+# a load balancer); publish the port only to that proxy or a private network (README, Security).
 EXPOSE 8000
 CMD ["nas", "serve", "--host", "0.0.0.0"]

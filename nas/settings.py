@@ -15,6 +15,15 @@ def _default_data_dir(home: Path) -> Path:
     return Path(os.environ.get("NAS_DATA_DIR") or home / "data")
 
 
+def _with_password(url: str, password_file: Path) -> str:
+    """``url`` with its password read from a file (a Docker secret), so no password is written in
+    a compose file or a command line."""
+    from sqlalchemy.engine import make_url
+
+    password = password_file.read_text().strip()
+    return make_url(url).set(password=password).render_as_string(hide_password=False)
+
+
 def make_private(home: Path) -> None:
     """``home`` with mode 0700, and this process's umask 077, inherited by the dispatcher and its
     Ray: whatever the server writes (database, artifacts, latency files, the secret) is readable
@@ -141,4 +150,7 @@ class Settings:
         }
         env.update({name: int(os.environ[var]) for name, var in LIMIT_ENV.items() if os.environ.get(var)})
         env.update({k: v for k, v in overrides.items() if v is not None})
+        password_file = os.environ.get("NAS_DATABASE_PASSWORD_FILE")
+        if password_file and env["database_url"]:
+            env["database_url"] = _with_password(str(env["database_url"]), Path(password_file))
         return cls(**env)  # type: ignore[arg-type]

@@ -49,3 +49,23 @@ def test_compose_services_wait_for_each_other_and_share_the_cluster(compose: lis
     assert "postgresql+psycopg://" in services["api"]["environment"]["NAS_DATABASE_URL"]
     worker_command = " ".join(services["ray-worker"]["command"])
     assert "ray start" in worker_command and "--address" in worker_command
+
+
+def test_compose_keeps_secrets_in_files_and_turns_ray_token_auth_on(compose: list[str]) -> None:
+    result = subprocess.run([*compose, "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
+                            capture_output=True, text=True, cwd=ROOT, check=True)
+    config = json.loads(result.stdout)
+    services = config["services"]
+    assert set(config["secrets"]) == {"postgres_password", "ray_auth_token"}
+    assert "POSTGRES_PASSWORD" not in services["postgres"]["environment"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    for name in ("migrate", "api"):
+        environment = services[name]["environment"]
+        assert environment["NAS_DATABASE_URL"] == "postgresql+psycopg://nas@postgres/nas"  # no password in it
+        assert environment["NAS_DATABASE_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    for name in ("ray-head", "ray-worker", "api"):
+        environment = services[name]["environment"]
+        assert environment["RAY_AUTH_MODE"] == "token", name
+        assert environment["RAY_AUTH_TOKEN_PATH"] == "/run/secrets/ray_auth_token", name
+        assert "RAY_AUTH_TOKEN" not in environment, name
+        assert "ray_auth_token" in {secret["source"] for secret in services[name]["secrets"]}, name

@@ -22,7 +22,9 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from sqlalchemy.engine import make_url
 
+from nas.settings import Settings
 from nas.signing import ServerSecret
 from tests.server_process import ServerProcess
 
@@ -226,6 +228,15 @@ def test_wrong_keys_from_one_address_do_not_lock_out_a_right_one(server: ServerP
         assert client.get(f"{API}/jobs", headers=bearer("nas_wrong-again")).status_code == 429
     stream = Stream(f"{server.url}{API}/events", params={"token": token.json()["token"]})
     assert stream.status == 200
+
+
+def test_the_database_password_can_come_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    password = tmp_path / "postgres_password"
+    password.write_text("p@ss/w:rd\n")
+    monkeypatch.setenv("NAS_DATABASE_URL", "postgresql+psycopg://nas@postgres/nas")
+    monkeypatch.setenv("NAS_DATABASE_PASSWORD_FILE", str(password))
+    url = make_url(Settings.from_env(home=tmp_path).database_url)
+    assert (url.username, url.password, url.host, url.database) == ("nas", "p@ss/w:rd", "postgres", "nas")
 
 
 # -- Ray ----------------------------------------------------------------------------------------
