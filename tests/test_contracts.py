@@ -9,6 +9,7 @@ its ``Params`` JSON Schema), small shapes and a few steps.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,66 @@ def test_space_refuses_an_architecture_of_another_space(name: str) -> None:
     space = registry.search_spaces.create(name, {})
     with pytest.raises(ValueError):
         space.layer_sparsity({"not_a_key_of_any_space": 1})
+
+
+class _MinimalSpace(SearchSpace):
+    """Only the required methods: one hidden layer of 4 or 8 units."""
+
+    class Params(BaseModel):
+        pass
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        return {"width": rng.choice([4, 8])}
+
+    def build(self, arch: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> Any:
+        from torch import nn
+
+        width = self._width(arch)
+        return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.Linear(width, num_classes))
+
+    def layer_sparsity(self, arch: dict[str, Any]) -> None:
+        self._width(arch)
+        return None
+
+    def max_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:
+        return (math.prod(input_shape) + 1) * 8 + (8 + 1) * num_classes
+
+    def min_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:
+        return (math.prod(input_shape) + 1) * 4 + (4 + 1) * num_classes
+
+    def _width(self, arch: dict[str, Any]) -> int:
+        if set(arch) != {"width"} or arch["width"] not in (4, 8):
+            raise ValueError(f"not an architecture of the minimal space: {arch}")
+        return arch["width"]
+
+
+def test_a_space_with_only_the_required_methods_gets_the_bases_defaults() -> None:
+    registry.search_spaces.register("test_minimal_space", _MinimalSpace)
+    job: dict[str, Any] = {"search_space": {"name": "test_minimal_space"}, "dataset": {"name": SHAPE_DATASET}}
+    space = registry.search_spaces.create("test_minimal_space", {})
+    arch = space.sample(random.Random(0))
+    assert space.layer_patterns(arch) is None and space.weight_specs((1, 8, 8), 10) is None
+    assert space.dimensions() is None
+    with pytest.raises(NotImplementedError, match="no dimensions"):
+        space.arch_from(lambda key: 4)
+
+    # no weight specs: the sparsifier is not checked at submission (2:8 would not fit the 4-unit layer's fan-in);
+    # the parameter bounds still refuse an impossible constraint
+    JobSpec.model_validate({**job, "sparsifier": {"name": "nm", "params": {"n": 2, "m": 8}}})
+    with pytest.raises(ValidationError) as impossible:
+        JobSpec.model_validate({**job, "constraints": {"max_params": 100}})
+    assert [(e["loc"], e["type"]) for e in impossible.value.errors()] == [
+        (("constraints", "max_params"), "constraint_impossible")
+    ]
+    # no dimensions: random search runs it, the define-by-run samplers refuse it where it is named
+    spec = JobSpec.model_validate({**job, "strategy": {"name": "random"}})
+    random_search = registry.strategies.get("random")
+    plan = random_search.from_history(random_search.Params(), space, spec, []).ask()
+    assert isinstance(plan, TrialPlan) and plan.arch in ({"width": 4}, {"width": 8})
+    with pytest.raises(ValidationError) as refused:
+        JobSpec.model_validate({**job, "strategy": {"name": "tpe"}})
+    (error,) = refused.value.errors()
+    assert error["loc"] == ("search_space", "name") and "dimensions()" in error["msg"]
 
 
 # -- strategies ----------------------------------------------------------------------------------
