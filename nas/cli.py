@@ -448,7 +448,7 @@ def open_dashboard(
     json_output: JsonOutput = False,
 ) -> None:
     """Print the dashboard URL of a job (NAS_URL/#/jobs/JOB); --browser opens it too."""
-    from nas.client._base import dashboard_url
+    from nas.client import dashboard_url
 
     url = dashboard_url(None, job_id)
     if json_output:

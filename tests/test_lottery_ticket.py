@@ -155,7 +155,7 @@ def test_per_round_sparsity_follows_one_minus_one_minus_p_to_the_r(torch_single_
 def test_rounds_on_digits_rewind_to_theta_k_and_keep_pruned_weights_pruned(torch_single_thread: None, tmp_path: Path) -> None:
     import torch
 
-    from nas.sparse._imp import clone_state
+    from nas.sparse.imp import clone_state
     from nas.sparse.masks import masks
     from nas.sparse.serialization import read_metadata
     from nas.supertickets.imp import REWIND_KEY

@@ -8,7 +8,7 @@ drive a remote server. Results are the pydantic models of :mod:`nas.specs` (:cla
 
 from __future__ import annotations
 
-from nas.client._base import DEFAULT_URL, MODEL_FORMATS, RetryPolicy, load_spec
+from nas.client._base import DEFAULT_URL, MODEL_FORMATS, RetryPolicy, dashboard_url, load_spec
 from nas.client.aio import AsyncClient
 from nas.client.errors import (
     ApiError,
@@ -59,5 +59,6 @@ __all__ = [
     "TrialState",
     "ValidationError",
     "WaitTimeout",
+    "dashboard_url",
     "load_spec",
 ]

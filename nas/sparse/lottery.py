@@ -9,7 +9,7 @@ The trial's steps are split into ``rounds + 1`` equal training runs, the first o
 round following from it.
 
 Importing this module does not import torch (the API server imports it to validate specs); the
-torch operations live in :mod:`nas.sparse._imp`.
+torch operations live in :mod:`nas.sparse.imp`.
 """
 
 from __future__ import annotations
@@ -192,13 +192,13 @@ class LotteryTicket(Sparsifier):
         return {"round": float(self.round)}
 
     def _save_rewind_point(self, model: nn.Module) -> None:
-        from nas.sparse._imp import clone_state
+        from nas.sparse.imp import clone_state
 
         self._rewind_state = clone_state(model)
 
     def _prune(self, model: nn.Module) -> None:
         """Round ``self.round + 1``: each weight keeps its planned number of largest-magnitude survivors."""
-        from nas.sparse._imp import prune_survivors
+        from nas.sparse.imp import prune_survivors
         from nas.sparse.masks import get_mask, prunable_weights, raw_weight, set_mask
 
         self.round += 1
@@ -209,7 +209,7 @@ class LotteryTicket(Sparsifier):
 
     def _rewind(self, model: nn.Module) -> None:
         """Survivors back to θk (or freshly drawn), pruned weights zero, optimizer state cleared."""
-        from nas.sparse._imp import live_state, load_state, redraw
+        from nas.sparse.imp import live_state, load_state, redraw
         from nas.sparse.masks import masks, prunable_weights, set_mask
 
         current = masks(model)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.sparse._imp import clone_state, load_state, prune_survivors
+from nas.sparse.imp import clone_state, load_state, prune_survivors
 from nas.sparse.masks import get_mask, magnitude_masks, masks, prunable_weights, raw_weight, set_mask
 from nas.sparse.serialization import load_model, read_metadata
 from nas.sparse.stats import weight_sparsity
