@@ -34,7 +34,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from nas.net import free_port  # noqa: E402
 
 TARGET_MS = 50.0  # sparse-nas runner, per trial
 TARGET_RSS_MB = 500.0  # nas serve, peak RSS of the server process
@@ -234,12 +235,6 @@ class Method:
 # -- nas serve memory ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _nas_command() -> list[str]:
     script = Path(sys.executable).with_name("nas")
     if script.exists():
@@ -257,7 +252,7 @@ def serve_memory(tmp: Path, timeout_s: float) -> dict[str, Any]:
     home = tmp / "serve-home"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "NAS_DATABASE_URL", "NAS_API_KEY")}
     env["NAS_HOME"] = str(home)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api/v1"
     log_path = tmp / "serve.log"
     nas = _nas_command()

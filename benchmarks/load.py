@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.server_process import free_port  # noqa: E402
+from nas.net import free_port  # noqa: E402
 
 READ_TARGET_P99_MS = 100.0
 OWNERS = 5
