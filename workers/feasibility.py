@@ -11,13 +11,16 @@ import logging
 from typing import Any
 
 from nas import registry
+from nas.search_space import SearchSpace
 from nas.specs import JobSpec
 from nas.strategies import Strategy
 
 log = logging.getLogger(__name__)
 
 
-def planned_metrics(spec: JobSpec, space: Any, strategy: type[Strategy], arch: dict[str, Any]) -> dict[str, float]:
+def planned_metrics(
+    spec: JobSpec, space: SearchSpace, strategy: type[Strategy], arch: dict[str, Any]
+) -> dict[str, float]:
     """``params`` and ``predicted_latency_ms`` of ``arch`` at the density the job will train it to."""
     from nas.latency import NoPredictor, UnsupportedLayer, predict
 

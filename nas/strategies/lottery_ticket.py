@@ -26,6 +26,7 @@ from nas.specs import JobSpec, Trial, TrialState
 from nas.strategies.base import WAIT, Problem, Strategy, TrialPlan, _Wait
 
 if TYPE_CHECKING:
+    from nas.search_space import SearchSpace
     from nas.training import TrialOutcome
 
 CHAIN_KEY = "lottery_chain"
@@ -90,7 +91,7 @@ class LotteryTicket(Strategy):
 
     params: Params
 
-    def __init__(self, params: Params, space: Any, spec: JobSpec) -> None:
+    def __init__(self, params: Params, space: SearchSpace, spec: JobSpec) -> None:
         super().__init__(params, space, spec)
         archs = [self._sample(0 if params.same_arch else c) for c in range(params.n_chains)]
         self._chains = [_Chain(arch=arch) for arch in archs]

@@ -24,6 +24,7 @@ from nas.specs import JobSpec, Trial, TrialState
 from nas.strategies.base import WAIT, Problem, Strategy, TrialPlan, _Wait
 
 if TYPE_CHECKING:
+    from nas.search_space import SearchSpace
     from nas.training import TrialOutcome
 
 CONTROL_TAG = "random_mask_control"
@@ -46,8 +47,8 @@ class RandomSearch(Strategy):
 
     params: Params
 
-    def __init__(self, params: Params, space: object, spec: object) -> None:
-        super().__init__(params, space, spec)  # type: ignore[arg-type]
+    def __init__(self, params: Params, space: SearchSpace, spec: JobSpec) -> None:
+        super().__init__(params, space, spec)
         self._asked = 0  # found (non-control) plans made in the job's life
         self._seen: set[str] = set()
         self._unfinished_found = 0  # found plans asked but not yet told
