@@ -45,7 +45,7 @@ class Registry(Generic[T]):
         return pkgutil.resolve_name(self._base_path)
 
     def register(self, name: str, cls: type[T]) -> type[T]:
-        """Add ``cls`` as ``name``; ``TypeError`` when it is not a subclass of :attr:`base` with a pydantic ``Params``."""
+        """Add ``cls`` as ``name``; ``TypeError`` unless it subclasses :attr:`base` and has a pydantic ``Params``."""
         base = self.base
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise TypeError(f"{self.kind} {name!r}: {cls!r} is not a subclass of {base.__module__}.{base.__qualname__}")

@@ -96,7 +96,7 @@ class SearchSpace(ABC):
     # -- optional capabilities ------------------------------------------------------------
 
     def layer_patterns(self, arch: ArchSpec) -> dict[str, str] | None:
-        """The sparsity pattern (``"dense"``, ``"unstructured"``, ``"channel"``, ``"2:4"``, ...) ``arch`` fixes per weight.
+        """The sparsity pattern ``arch`` fixes per weight: ``"dense"``, ``"unstructured"``, ``"channel"``, ``"2:4"``, ...
 
         The trainer sets it on the sparsifier before attaching (``Sparsifier.layer_patterns``).
         The default, ``None``, fixes none: every weight takes the sparsifier's own pattern.
