@@ -12,7 +12,7 @@ import math
 import hmac
 import secrets
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -31,6 +31,7 @@ from nas.store.tables import (
     ArtifactRow,
     DispatcherRow,
     JobRow,
+    LatencyObservationRow,
     TrialEpochRow,
     TrialLayerRow,
     TrialRow,
@@ -88,6 +89,19 @@ class Artifact:
     path: str
     size_bytes: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class LatencyObservation:
+    """One stored latency observation (see :class:`nas.store.tables.LatencyObservationRow`)."""
+
+    id: int
+    target_key: str
+    predictor_id: str
+    record: dict[str, Any]
+    job_id: str | None
+    trial_id: str | None
+    created_at: datetime
 
 
 def hash_key(key: str) -> str:
@@ -622,6 +636,62 @@ class Store:
             if row is None:
                 raise NotFound(f"trial {trial_id} has no {kind} in {fmt} format")
             return Artifact(row.trial_id, row.kind, row.format, row.path, row.size_bytes, row.sha256)
+
+    # -- latency observations --------------------------------------------------------------
+
+    @retrying(idempotent=True)
+    def add_latency_observation(
+        self, record: Mapping[str, Any], job_id: str | None = None, trial_id: str | None = None
+    ) -> None:
+        """Keep an observation made by ``nas.latency.observe`` (it names its ``target_key`` and
+        ``predictor_id``). A trial has at most one: recording it again is a no-op."""
+        with self._write() as s:
+            if trial_id is not None and s.scalar(
+                select(LatencyObservationRow.id).where(LatencyObservationRow.trial_id == trial_id)
+            ) is not None:  # fmt: skip
+                return
+            s.add(
+                LatencyObservationRow(
+                    target_key=record["target_key"], predictor_id=record["predictor_id"], record=dict(record),
+                    job_id=job_id, trial_id=trial_id,
+                )  # fmt: skip
+            )
+
+    @retrying(idempotent=True)
+    def latency_observations(
+        self,
+        target_key: str | None = None,
+        predictor_id: str | None = None,
+        job_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[LatencyObservation]:
+        """The latest ``limit`` observations (all without it) that match the filters, oldest first."""
+        stmt = select(LatencyObservationRow).order_by(LatencyObservationRow.id.desc())
+        if target_key is not None:
+            stmt = stmt.where(LatencyObservationRow.target_key == target_key)
+        if predictor_id is not None:
+            stmt = stmt.where(LatencyObservationRow.predictor_id == predictor_id)
+        if job_id is not None:
+            stmt = stmt.where(LatencyObservationRow.job_id == job_id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._read() as s:
+            rows = list(s.scalars(stmt))
+        return [
+            LatencyObservation(r.id, r.target_key, r.predictor_id, r.record, r.job_id, r.trial_id, r.created_at)
+            for r in reversed(rows)
+        ]
+
+    @retrying(idempotent=True)
+    def latency_observation_revision(self, target_key: str, predictor_id: str) -> tuple[int, int]:
+        """``(count, highest id)`` of the observations of one target and predictor: one indexed
+        query, and it changes whenever one is added, so predictors refit only then."""
+        stmt = select(func.count(), func.max(LatencyObservationRow.id)).where(
+            LatencyObservationRow.target_key == target_key, LatencyObservationRow.predictor_id == predictor_id
+        )
+        with self._read() as s:
+            count, highest = s.execute(stmt).one()
+        return int(count), int(highest or 0)
 
     # -- metrics --------------------------------------------------------------------------
 
