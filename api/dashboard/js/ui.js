@@ -112,6 +112,8 @@ export function formatMetric(name, value) {
 export const metricLabel = (name) => METRICS.get(name)?.label || name.replaceAll('_', ' ');
 /** What a metric means, as the server's registry says; empty for one it does not list. */
 export const metricDescription = (name) => METRICS.get(name)?.description || '';
+/** Which way a metric is better (maximize, minimize, none); undefined for one the registry does not list. */
+export const metricDirection = (name) => METRICS.get(name)?.direction;
 
 export function badge(state) {
   return h('span', { class: `badge badge-${state}` }, state);

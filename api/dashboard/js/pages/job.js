@@ -4,13 +4,20 @@
 import { api, subscribe } from '../api.js';
 import { COLORS, Heatmap, Scatter, paretoIndices } from '../charts.js';
 import {
-  badge, card, clear, copyButton, debounce, elapsed, errorBox, fmt, formatMetric, h, kpi, metricLabel, throttle, toast,
+  badge, card, clear, copyButton, debounce, elapsed, errorBox, fmt, formatMetric, h, kpi, metricDirection, metricLabel,
+  throttle, toast,
 } from '../ui.js';
 import { bestSummary, progress, setup } from './jobs.js';
 
 const STATES = ['queued', 'running', 'complete', 'pruned', 'failed', 'infeasible'];
 const TABLE_METRICS = ['accuracy', 'loss', 'sparsity', 'latency_ms', 'predicted_latency_ms', 'nonzero_params', 'flops', 'train_time_s'];
 const X_CHOICES = ['latency_ms', 'predicted_latency_ms', 'nonzero_params', 'flops'];
+
+/** Whether a metric's table column sorts best-first descending: the registry's direction, else a guess from its name. */
+function higherFirst(name) {
+  const direction = metricDirection(name);
+  return direction ? direction === 'maximize' : !/loss|latency|params|flops|time/.test(name);
+}
 const MAX_CURVES = 10;
 /** The top of the density colour scale: the smallest of 5%, 10%, 25%, 50%, 100% above every cell. */
 const densityCeiling = (rows) => {
@@ -184,7 +191,7 @@ export async function render(view, jobId) {
       title: `Sort by ${label}`,
       onclick: () => {
         if (state.table.sort === key) state.table.order = state.table.order === 'asc' ? 'desc' : 'asc';
-        else { state.table.sort = key; state.table.order = key.startsWith('metrics.') && !/loss|latency|params|flops|time/.test(key) ? 'desc' : 'asc'; }
+        else { state.table.sort = key; state.table.order = key.startsWith('metrics.') && higherFirst(key.slice('metrics.'.length)) ? 'desc' : 'asc'; }
         state.table.offset = 0;
         loadTable();
       },
