@@ -87,6 +87,29 @@ def test_authenticate_right_and_wrong_keys(store: Store) -> None:
     assert store.authenticate(hash_key(alice)) is None  # the stored hash is not a key
 
 
+def test_keys_are_listed_used_and_revoked(store: Store) -> None:
+    alice, spare, bob = store.create_api_key("alice"), store.create_api_key("alice"), store.create_api_key("bob")
+    principal = store.authenticate(alice)
+    assert principal is not None and principal.key_id is not None
+    store.note_api_key_use(principal.key_id)
+    listed = {key.id: key for key in store.list_api_keys()}
+    assert [key.owner for key in listed.values()] == ["alice", "alice", "bob"]
+    assert listed[principal.key_id].last_used_at is not None and not listed[principal.key_id].revoked
+    assert [key.owner for key in store.list_api_keys("bob")] == ["bob"]
+
+    (revoked,) = store.revoke_api_keys(key_id=principal.key_id)
+    assert revoked.revoked and revoked.revoked_at is not None
+    assert store.authenticate(alice) is None and store.authenticate(spare) is not None
+    assert [key.revoked for key in store.revoke_api_keys(owner="alice")] == [True, True]
+    assert store.authenticate(spare) is None and store.authenticate(bob) is not None
+    bob_id = store.list_api_keys("bob")[0].id
+    with pytest.raises(NotFound):
+        store.revoke_api_keys(key_id=bob_id, owner="alice")  # only within that owner's keys
+    with pytest.raises(NotFound):
+        store.revoke_api_keys(owner="nobody")
+    assert store.api_key(bob_id) is not None and not store.api_key(bob_id).revoked  # type: ignore[union-attr]
+
+
 def test_api_key_needs_an_owner(store: Store) -> None:
     with pytest.raises(ValueError):
         store.create_api_key("  ")
