@@ -3,7 +3,8 @@
 Light on purpose: importing it pulls in neither torch nor ray, so notebooks and CI scripts can
 drive a remote server. Results are the pydantic models of :mod:`nas.specs` (:class:`Job`,
 :class:`Trial`) and :mod:`nas.client.models`; failures raise the classes of
-:mod:`nas.client.errors`, all :class:`NasError`.
+:mod:`nas.client.errors`, all :class:`NasError`. :data:`METRICS` says what each trial metric
+means (unit, direction, kind); a :class:`Trial`'s integer metrics are ``int``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from nas.client.errors import (
 )
 from nas.client.models import Event, JobPage, TrialPage
 from nas.client.sync import Client
+from nas.metrics import METRICS, Metric
 from nas.specs import Job, JobOutline, JobSpec, JobStatus, JobSummary, LayerInfo, Trial, TrialState
 
 __all__ = [
@@ -47,6 +49,8 @@ __all__ = [
     "JobStatus",
     "JobSummary",
     "LayerInfo",
+    "METRICS",
+    "Metric",
     "NasError",
     "NotFoundError",
     "PayloadTooLarge",
