@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 from nas import registry
 from nas.arch import fingerprint
 from nas.data import DataSplits
-from nas.latency import measure, observe
+from nas.latency import UnsupportedLayer, measure, observe
 from nas.sparse.base import Sparsifier
 from nas.sparse.inference import to_inference
 from nas.sparse.serialization import load_model, read_metadata, save_model
@@ -173,6 +173,9 @@ def _latency_observation(
     outcome (nothing is written here, on a worker); a failure here never fails the trial."""
     try:
         return observe(model, input_shape, target=target, measured_ms=measured_ms, batch_size=1)
+    except UnsupportedLayer as exc:  # e.g. a DASS supernet, mixing operations by its own α: never predicted either
+        log.info("the latency predictor learns nothing from this trial: %s", exc)
+        return None
     except Exception:
         log.warning("observing the latency for the predictor on %r failed", target, exc_info=True)
         return None
