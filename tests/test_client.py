@@ -36,7 +36,7 @@ from nas.client import (
     WaitTimeout,
 )
 from nas.client.progress import JobProgress
-from nas.specs import Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState
+from nas.specs import Job, JobOutline, JobSpec, JobStatus, LayerInfo, Trial, TrialState
 from tests.sdk_server import SPEC, Server, complete_trial, model_bytes, store_model
 
 # the fixtures `server`, `owner` and `key`
@@ -190,9 +190,9 @@ def test_wait_follows_a_job_to_its_end(client: Client, server: Server) -> None:
 
 
 def test_progress_bar_shows_trials_status_and_best(server: Server) -> None:
+    spec = JobSpec.model_validate({**SPEC, "budget": {"max_trials": 4}}).model_dump(mode="json")
     job = Job(id="j" * 32, name="lenet", owner="o", status=JobStatus.running, created_at="2026-11-28T00:00:00Z",
-              spec={**SPEC, "budget": {"max_trials": 4}, "objectives": [{"metric": "accuracy", "direction": "maximize"}]},
-              n_trials=3, n_finished=3)
+              outline=JobOutline.of(spec), spec=spec, n_trials=3, n_finished=3)
     best = Trial(id="t" * 32, job_id=job.id, number=1, state=TrialState.complete, arch={}, metrics={"accuracy": 0.93125},
                  created_at="2026-11-28T00:00:00Z")
     out = io.StringIO()
