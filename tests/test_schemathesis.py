@@ -31,15 +31,20 @@ def api_schema(tmp_path: Path) -> schemathesis.BaseSchema:
     # route's methods (GET and POST /jobs are two routes): a routing limit, not an API defect.
     # Cursors are opaque tokens; a made-up one is refused with 422 by design. Unknown query
     # parameters are ignored, as HTTP APIs commonly do, rather than refused.
+    # Every default check runs. A schema-valid request may still be refused with 422 or 413 for a
+    # reason no schema can state: a signed cursor the server never made, plug-ins that cannot run
+    # together, dataset files that are missing, a budget the server sets (README, "Limits"); so
+    # those two statuses count as accepting the data, besides schemathesis' default ones.
     config = SchemathesisConfig.from_str(
         "[phases.coverage]\nunexpected-methods = []\n"
-        "[checks.positive_data_acceptance]\nenabled = false\n"
-        "[checks.negative_data_rejection]\nenabled = false\n"
+        "[checks.positive_data_acceptance]\n"
+        'expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "413", "422", "429", "5xx"]\n'
     )
     return schemathesis.openapi.from_asgi(f"{API_PREFIX}/openapi.json", app, config=config)
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+# /readyz answers 503 by design here: this app has no dispatcher.
+schema = schemathesis.pytest.from_fixture("api_schema").exclude(path="/api/v1/readyz")
 
 
 @schema.parametrize()
