@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from nas import registry
-from nas.specs import JobStatus, LayerInfo, TrialState
+from nas.specs import JobSpec, JobStatus, LayerInfo, TrialState
 from nas.store import Artifact, Store
 from nas.settings import Settings
 
@@ -496,6 +496,24 @@ def test_a_papers_name_for_the_sparsity_is_stored_as_sparsity(
     by_name = submit(client, keys["alice"], sparsifier={"name": name, "params": canonical})
     assert by_alias["spec"]["sparsifier"] == by_name["spec"]["sparsifier"]
     assert by_alias["spec"]["sparsifier"]["params"]["sparsity"] == 0.8
+
+
+@pytest.mark.parametrize(
+    ("sparsifier", "density"),
+    [
+        ({"name": "gmp", "params": {"final_sparsity": 0.8}}, 0.2),
+        ({"name": "hydra", "params": {"k": 0.3}}, 0.3),
+        ({"name": "lottery", "params": {"sparsity": 0.75}}, 0.25),
+        ({"name": "lottery"}, 1.0),  # per-round rates name no overall sparsity: planned dense
+        ({"name": "nm", "params": {"n": 1, "m": 4}}, 0.25),
+    ],
+)
+def test_candidates_are_planned_at_the_sparsity_whatever_name_gave_it(sparsifier: dict[str, Any], density: float) -> None:
+    """The runner predicts a candidate's latency at the density the sparsifier will train it to."""
+    from workers.feasibility import _target_density
+
+    spec = JobSpec.model_validate({**SPEC, "sparsifier": sparsifier})
+    assert _target_density(spec) == pytest.approx(density)
 
 
 def test_pareto_front_agrees_with_brute_force_on_random_trials() -> None:

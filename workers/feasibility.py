@@ -77,5 +77,5 @@ def _target_density(spec: JobSpec) -> float:
     params = spec.sparsifier.params
     if "n" in params and "m" in params:
         return params["n"] / params["m"]
-    return 1.0 - float(params.get("sparsity", 0.0))
+    return 1.0 - float(params.get("sparsity") or 0.0)  # lottery by per-round rates names no sparsity: dense
 
