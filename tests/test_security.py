@@ -186,6 +186,6 @@ def test_no_code_loads_data_unsafely() -> None:
 
 
 def test_artifact_paths_are_built_from_ids_only() -> None:
-    text = (ROOT / "workers" / "artifacts.py").read_text()
+    text = (ROOT / "nas" / "store" / "artifacts.py").read_text()
     assert 'relative = Path(job_id) / f"{trial_id}.{fmt}"' in text
     assert "fmt" in text and re.search(r"def save_model\(artifact_dir: Path, job_id: str, trial_id: str", text)
