@@ -2,12 +2,16 @@
 
 The API never talks to Ray. The dispatcher runs in a process of its own (``nas dispatch``) so
 that Ray Tune's work never competes with requests for the interpreter lock; it dies with the
-server, even when the server is killed with SIGKILL, and drains when the server stops.
+server, even when the server is killed with SIGKILL. When the server stops (SIGTERM, Ctrl-C) the
+dispatcher drains and stops its Ray, and whatever it left behind is ended, so no process outlives
+the server; readiness (``GET /readyz``) follows the dispatcher's heartbeats in the database.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
@@ -37,6 +41,9 @@ def serve(
         Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="existing Ray cluster")
     ] = None,
     max_jobs: Annotated[int, typer.Option(help="jobs this server runs at once (0: run no dispatcher here)")] = 2,
+    ray_dashboard: Annotated[
+        bool, typer.Option("--ray-dashboard", envvar="NAS_RAY_DASHBOARD", help="start the local Ray with its dashboard")
+    ] = False,
     workers: Annotated[
         int, typer.Option(envvar="NAS_WORKERS", min=1, help="API worker processes (the dispatcher is separate)")
     ] = 1,
@@ -74,11 +81,13 @@ def serve(
     from nas.signing import ServerSecret
     from nas.specs import JobSpec
     from nas.store import Store, make_engine, upgrade
-    from workers.dispatch_process import spawn_child, stop_child
+    from workers.dispatch_process import exit_now, new_runner_id, spawn_child, stop_child, watch_child
 
     configure_logging(log_format)
+    os.environ.pop("NAS_DISPATCHER_ID", None)  # only the dispatcher started here is this server's own
+    dispatcher_id = new_runner_id() if max_jobs > 0 else None
     settings = Settings.from_env(
-        host=host, port=port, database_url=database_url, ray_address=ray_address,
+        host=host, port=port, database_url=database_url, ray_address=ray_address, dispatcher_id=dispatcher_id,
         cors_origins=tuple(cors_origin) if cors_origin else None, limit_active_jobs=limit_active_jobs,
         limit_trials_per_job=limit_trials_per_job, limit_params=limit_params, limit_trial_epochs=limit_trial_epochs,
     )
@@ -90,20 +99,29 @@ def serve(
     store = Store(engine)
     # API workers and the dispatcher rebuild these settings from the environment.
     os.environ.update({**settings.to_env(), "NAS_LOG_FORMAT": log_format})
-    dispatcher = spawn_child(max_jobs) if max_jobs > 0 else None
+    dispatcher = spawn_child(max_jobs, dispatcher_id, ray_dashboard) if dispatcher_id else None
+    stopping = threading.Event()
+    if dispatcher is not None:
+        threading.Thread(target=watch_child, args=(dispatcher, stopping), name="watch-dispatcher", daemon=True).start()
     if demo:
         key = store.create_api_key("demo")
         job = store.create_job(JobSpec.model_validate(DEMO_SPEC), "demo")
         typer.echo(f"demo job {job.id} submitted; follow it with:\n"
                    f"  NAS_URL=http://{host}:{port} NAS_API_KEY={key} nas trials {job.id}")
+    # uvicorn re-raises the SIGTERM or SIGINT that stopped it once it is done; with the default
+    # handlers that would end this process before the dispatcher and its Ray are stopped below.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     try:
         uvicorn.run(
             "api.server:app_from_env", factory=True, workers=workers, host=settings.host, port=settings.port,
             log_config=None, access_log=False,  # our handler formats uvicorn's records; RequestContext logs access
         )
     finally:
+        stopping.set()
         if dispatcher is not None:
             stop_child(dispatcher)
+    exit_now(0)
 
 
 def app_from_env() -> FastAPI:

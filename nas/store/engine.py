@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,20 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class _AlembicSetupAtDebug(logging.Filter):
+    """Alembic's set-up lines (plug-ins loaded, the dialect, DDL transactionality) at DEBUG, so
+    that at INFO a start only reports the migrations it applies."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "alembic.runtime.plugins" or record.getMessage().startswith(("Context impl", "Will assume")):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_ALEMBIC_SETUP_AT_DEBUG = _AlembicSetupAtDebug()
 
 
 def _private_database_file(path: Path) -> None:
@@ -64,6 +79,8 @@ def make_engine(url: str) -> Engine:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply the migrations shipped in the package (``nas db upgrade``)."""
+    for name in ("alembic.runtime.plugins", "alembic.runtime.migration"):  # before importing alembic
+        logging.getLogger(name).addFilter(_ALEMBIC_SETUP_AT_DEBUG)
     from alembic import command
     from alembic.config import Config
 
