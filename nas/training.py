@@ -78,8 +78,7 @@ def run_trial(
     x_train, y_train = data.x_train, data.y_train
     batch_size, epochs = spec.training.batch_size, spec.training.epochs
     total_steps = epochs * data.steps_per_epoch(batch_size)
-    if hasattr(space, "layer_patterns"):
-        sparsifier.layer_patterns = space.layer_patterns(arch)
+    sparsifier.layer_patterns = space.layer_patterns(arch)
     sparsifier.attach(model, optimizer, total_steps, layer_sparsity or space.layer_sparsity(arch))
 
     shuffle = torch.Generator().manual_seed(seed)
