@@ -56,8 +56,12 @@ def _init_worker(env: dict[str, str]) -> None:
     os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     os.nice(5)
     predict_with_store_observations(Store(make_engine(Settings.from_env().database_url)))
-    import nas.export  # noqa: F401  (PyTorch, the exporter and the predictor load here, outside any request's time limit)
+    # PyTorch, the ONNX exporter and runtime, and the predictor load here, outside any request's time limit.
+    import nas.export  # noqa: F401
     import nas.latency  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import onnxscript  # noqa: F401
+    import torch.onnx._internal.exporter._core  # noqa: F401
 
 
 def _run_with_alarm(timeout_s: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:

@@ -242,8 +242,11 @@ def keys_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Mint an API key; it is printed once, alone on the last line (only its hash is stored)."""
-    key = _store(database_url).create_api_key(name, is_admin=admin)
-    err.print(f"API key for {name!r}{' (admin)' if admin else ''}; store it now, it cannot be shown again:")
+    try:
+        key = _store(database_url).create_api_key(name, is_admin=admin)
+    except ValueError as exc:  # an empty name, or one with control characters
+        raise fail(str(exc), ExitCode.USAGE) from None
+    err.print(f"API key for {escape(repr(name))}{' (admin)' if admin else ''}; store it now, it cannot be shown again:")
     print(key)
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from nas.arch import fingerprint
 from nas.errors import IllegalTransition, NotFound, TooManyJobs
+from nas.safe_text import check_printable
 from nas.specs import EpochMetrics, Job, JobOutline, JobSpec, JobStatus, LayerInfo, Trial, TrialState
 from nas.store.retry import CommitUncertain, is_transient, retrying
 from nas.store.tables import (
@@ -157,6 +158,7 @@ class Store:
         """Mint a key; only its hash is stored, so this is the one time it is seen."""
         if not owner.strip():
             raise ValueError("an API key needs an owner name")
+        check_printable(owner)  # owners appear in logs, key lists and error messages
         key = "nas_" + secrets.token_urlsafe(32)
         with self._write() as s:
             s.add(ApiKeyRow(owner=owner, key_hash=hash_key(key), is_admin=is_admin))
@@ -280,22 +282,6 @@ class Store:
             jobs = [self._job(s, r, counts.get(r.id, (0, 0, 0))) for r in rows]
         return jobs, (rows[-1].seq if more and rows else None)
 
-    @retrying(idempotent=False)
-    def request_cancel(self, job_id: str, viewer: Principal | None = None) -> Job:
-        """Cancel a queued job now; ask the runner of a running job to stop it."""
-        with self._write() as s:
-            row = self._job_row(s, job_id, viewer, lock=True)
-            status = JobStatus(row.status)
-            if status.finished:
-                raise IllegalTransition(f"job {job_id} is already {status.value}")
-            row.cancel_requested = True
-            if status is JobStatus.queued:
-                row.status = JobStatus.cancelled.value
-                row.finished_at = utcnow()
-                row.error = "cancelled before it started"
-            s.flush()
-            return self._job(s, row)
-
     @retrying(idempotent=True)
     def changed_jobs(self, viewer: Principal | None, since: datetime, limit: int = 100) -> list[Job]:
         """Jobs whose visible state may have changed at or after ``since``, newest first: created,
@@ -320,6 +306,22 @@ class Store:
             rows = list(s.scalars(stmt))
             counts = self._trial_counts(s, [r.id for r in rows])
             return [self._job(s, r, counts.get(r.id, (0, 0, 0))) for r in rows]
+
+    @retrying(idempotent=False)
+    def request_cancel(self, job_id: str, viewer: Principal | None = None) -> Job:
+        """Cancel a queued job now; ask the runner of a running job to stop it."""
+        with self._write() as s:
+            row = self._job_row(s, job_id, viewer, lock=True)
+            status = JobStatus(row.status)
+            if status.finished:
+                raise IllegalTransition(f"job {job_id} is already {status.value}")
+            row.cancel_requested = True
+            if status is JobStatus.queued:
+                row.status = JobStatus.cancelled.value
+                row.finished_at = utcnow()
+                row.error = "cancelled before it started"
+            s.flush()
+            return self._job(s, row)
 
     @retrying(idempotent=False)
     def claim_job(self, runner_id: str, lease_s: float) -> str | None:
