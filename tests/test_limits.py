@@ -200,6 +200,16 @@ def test_every_list_in_a_spec_and_the_spec_itself_are_bounded(live: Live) -> Non
     assert big.status_code == 422 and "NAS_LIMIT_SPEC_BYTES" in detail_text(big)
 
 
+def test_the_pareto_front_is_cached_until_a_trial_changes(live: Live) -> None:
+    job = live.post("dave", "/jobs", json={**SPEC, "objectives": [
+        {"metric": "accuracy", "direction": "maximize"}, {"metric": "latency_ms", "direction": "minimize"}]}).json()
+    slow = complete_trial(live.store, job["id"], accuracy=0.9, latency_ms=5.0)
+    assert [t["id"] for t in live.get("dave", f"/jobs/{job['id']}/pareto").json()["items"]] == [slow.id]
+    assert [t["id"] for t in live.get("dave", f"/jobs/{job['id']}/pareto").json()["items"]] == [slow.id]
+    better = complete_trial(live.store, job["id"], accuracy=0.95, latency_ms=1.0)  # dominates: the front changes
+    assert [t["id"] for t in live.get("dave", f"/jobs/{job['id']}/pareto").json()["items"]] == [better.id]
+
+
 # -- per-owner quotas ------------------------------------------------------------------------------
 
 
