@@ -116,17 +116,20 @@ class Objective(_Strict):
 
 
 class Constraints(_Strict):
-    max_latency_ms: float | None = Field(None, gt=0)
-    max_params: int | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0, le=1e6)
+    max_params: int | None = Field(None, gt=0, le=10**12)
+
+
+MAX_SECONDS = 10**7  # about 116 days: any longer time is a typo, and a timedelta past it can overflow
 
 
 class Budget(_Strict):
     max_trials: int = Field(10, ge=1, le=10000)
     max_concurrent: int = Field(2, ge=1, le=256)
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
     max_retries: int = Field(1, ge=0, le=10)
     # A trial silent this long (no epoch reported) is stopped and retried; None never stops one.
-    trial_stall_s: float | None = Field(3600, gt=0)
+    trial_stall_s: float | None = Field(3600, gt=0, le=MAX_SECONDS)
 
 
 class JobSpec(_Strict):

@@ -312,6 +312,7 @@ def test_text_logs_escape_control_characters(live: Live) -> None:
         ("POST", "/jobs", b'{"name":"x","search_space":{"name":"sparse_mlp"},"dataset":{"name":"digits"},"training":{"lr":NaN}}'),
         ("POST", "/jobs", b'{"name":"x","search_space":{"name":"sparse_mlp"},"dataset":{"name":"digits"},"seed":' + b"9" * 5000 + b"}"),
         ("POST", "/jobs", b'{"name":"\\ud800","search_space":{"name":"sparse_mlp"},"dataset":{"name":"digits"}}'),
+        ("POST", "/jobs", b'{"name":"x","search_space":{"name":"sparse_mlp"},"dataset":{"name":"digits"},"budget":{"trial_stall_s":1e300}}'),
         ("POST", "/specs/parse", json.dumps({"yaml": "seed: " + "9" * 5000}).encode()),
         ("POST", "/specs/parse", json.dumps({"yaml": "lr: .nan"}).encode()),
         ("POST", "/latency/predict", b'{"layers":[{"type":"linear","out_features":1e400}],"input_shape":[4]}'),
