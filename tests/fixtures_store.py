@@ -27,9 +27,11 @@ from sqlalchemy import Engine, text
 
 from nas.specs import JobSpec
 from nas.store import Store, make_engine, upgrade
+from nas.store.tables import Base
 
 PG_ADMIN_URL = os.environ.get("NAS_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = ("artifacts", "trial_layers", "trial_epochs", "trials", "jobs", "api_keys", "dispatchers")
+# Every table the schema defines, so a new one is emptied between tests without being listed here.
+TABLES = tuple(table.name for table in Base.metadata.sorted_tables)
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
