@@ -44,3 +44,10 @@ def _latency_observations_from_files() -> Iterator[None]:
     yield
     if "nas.latency.store" in sys.modules:
         sys.modules["nas.latency.store"].use_observations(None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start Ray share one xdist group, so they run one at a time in one worker."""
+    for item in items:
+        if item.get_closest_marker("ray") is not None:
+            item.add_marker(pytest.mark.xdist_group("ray"))

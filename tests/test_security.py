@@ -140,6 +140,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         process.stop()
 
 
+@pytest.mark.ray  # the server's dispatcher starts a local Ray
 def test_hostile_bodies_are_refused_and_the_server_keeps_serving(server: tuple[ServerProcess, str]) -> None:
     process, key = server
     headers = {**bearer(key), "Content-Type": "application/json"}
