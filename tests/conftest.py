@@ -46,6 +46,7 @@ def _latency_observations_from_files() -> Iterator[None]:
         sys.modules["nas.latency.store"].use_observations(None)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group into the test id
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that start Ray share one xdist group, so they run one at a time in one worker."""
     for item in items:
