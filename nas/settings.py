@@ -52,6 +52,11 @@ LIMIT_ENV = {
     "work_processes": "NAS_WORK_PROCESSES",
     "work_queue": "NAS_WORK_QUEUE",
     "work_timeout_s": "NAS_WORK_TIMEOUT_S",
+    "limit_upload_bytes": "NAS_LIMIT_UPLOAD_BYTES",
+    "limit_owner_dataset_bytes": "NAS_LIMIT_OWNER_DATASET_BYTES",
+    "limit_dataset_expanded_bytes": "NAS_LIMIT_DATASET_EXPANDED_BYTES",
+    "limit_image_pixels": "NAS_LIMIT_IMAGE_PIXELS",
+    "ingest_timeout_s": "NAS_INGEST_TIMEOUT_S",
 }
 
 
@@ -96,6 +101,18 @@ class Settings:
     work_processes: int = 2
     work_queue: int = 8
     work_timeout_s: int = 30
+    # Users' datasets (api/routes/datasets.py, nas/data/ingest.py): the largest upload (413 beyond
+    # it; CIFAR-10 as float32 arrays is 0.7 GiB), all of one owner's stored datasets, what an
+    # upload may expand to once decompressed (archives, npz members), the pixels of one image
+    # (Pillow's decompression-bomb guard), and the seconds reading and checking one upload may take.
+    limit_upload_bytes: int = 2 << 30
+    limit_owner_dataset_bytes: int = 20 << 30
+    limit_dataset_expanded_bytes: int = 8 << 30
+    limit_image_pixels: int = 1 << 25
+    ingest_timeout_s: int = 900
+    # Folders (and everything under them) that datasets registered by path may be read from;
+    # empty: registering by path is off. NAS_DATA_ROOTS, separated like PATH.
+    data_roots: tuple[Path, ...] = ()
     # Failed authentications one client address may make per minute before it gets 429.
     auth_failures_per_minute: int = 10
     # Origins allowed to call the API from a browser; empty keeps CORS closed.
@@ -109,12 +126,18 @@ class Settings:
             object.__setattr__(self, "database_url", f"sqlite:///{self.home / 'nas.db'}")
         if self.data_dir is None:
             object.__setattr__(self, "data_dir", _default_data_dir(self.home))
+        object.__setattr__(self, "data_roots", tuple(Path(root).expanduser().resolve() for root in self.data_roots))
         secret_file = Path(self.secret_file).expanduser() if self.secret_file else self.home / "server-secret"
         object.__setattr__(self, "secret_file", secret_file)
 
     @property
     def artifact_dir(self) -> Path:
         return self.home / "artifacts"
+
+    @property
+    def dataset_cache_dir(self) -> Path:
+        """This machine's copies of stored datasets, as trials read them (a worker node's own NAS_HOME)."""
+        return self.home / "cache" / "datasets"
 
     def to_env(self) -> dict[str, str]:
         """The environment from which :meth:`from_env` rebuilds these settings in another process."""
@@ -127,6 +150,7 @@ class Settings:
             "NAS_PORT": str(self.port),
             "NAS_CORS_ORIGINS": ",".join(self.cors_origins),
             "NAS_API_DOCS": "1" if self.api_docs else "",
+            "NAS_DATA_ROOTS": os.pathsep.join(str(root) for root in self.data_roots),
             **{var: str(getattr(self, name)) for name, var in LIMIT_ENV.items()},
         }
         if self.ray_address:
@@ -146,6 +170,7 @@ class Settings:
             "host": os.environ.get("NAS_HOST", "127.0.0.1"),
             "port": int(os.environ.get("NAS_PORT", "8000")),
             "api_docs": os.environ.get("NAS_API_DOCS", "") not in ("", "0"),
+            "data_roots": tuple(Path(r) for r in os.environ.get("NAS_DATA_ROOTS", "").split(os.pathsep) if r.strip()),
             "cors_origins": tuple(o.strip() for o in os.environ.get("NAS_CORS_ORIGINS", "").split(",") if o.strip()),
         }
         env.update({name: int(os.environ[var]) for name, var in LIMIT_ENV.items() if os.environ.get(var)})
