@@ -1,0 +1,128 @@
+"""Reading a user's zip or tar archive in memory, one member at a time, every entry checked first.
+
+Nothing is extracted to disk. An entry whose path is absolute or climbs out of the archive (``..``),
+a link (symbolic or hard) and a device or pipe are refused, wherever they are, even among files
+that would be skipped: an archive holding one is not a plain folder of files. Decompression bombs
+are bounded by what the entries declare: zip and tar readers stop at a member's declared size
+(zip also checks its CRC), so the sum of declared sizes, checked against
+:attr:`~nas.data.ingest.base.IngestLimits.expanded_bytes` before anything is read (zip) or before
+each member is (tar), bounds what decompressing can produce; tar's header extensions (long names,
+pax records), read whole by :mod:`tarfile`, are capped at :data:`MAX_HEADER_BYTES`.
+"""
+
+from __future__ import annotations
+
+import lzma
+import re
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from nas.data.ingest.base import DatasetRejected, IngestLimits
+
+MAX_HEADER_BYTES = 1 << 20
+_HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+
+Wanted = Callable[[tuple[str, ...]], bool]
+
+
+def members(source: Path, limits: IngestLimits, wanted: Wanted, member_bytes: int) -> Iterator[tuple[tuple[str, ...], bytes]]:
+    """``(path parts, bytes)`` of each regular file that ``wanted`` accepts, in archive order; files
+    over ``member_bytes`` are refused."""
+    if zipfile.is_zipfile(source):
+        yield from _zip_members(source, limits, wanted, member_bytes)
+    else:
+        yield from _tar_members(source, limits, wanted, member_bytes)
+
+
+def entry_parts(name: str) -> tuple[str, ...]:
+    """An entry's path as its parts, refused if it could lead outside the archive's folder."""
+    if "\x00" in name:
+        raise DatasetRejected(f"archive entry {name!r} has a NUL byte in its name")
+    path = name.replace("\\", "/")
+    if path.startswith("/") or re.match(r"[A-Za-z]:", path):
+        raise DatasetRejected(f"archive entry {name!r} has an absolute path; entries must lie inside the archive's folder")
+    parts = tuple(part for part in path.split("/") if part not in ("", "."))
+    if ".." in parts:
+        raise DatasetRejected(f"archive entry {name!r} climbs out of the archive's folder ('..')")
+    return parts
+
+
+def _zip_members(source: Path, limits: IngestLimits, wanted: Wanted, member_bytes: int) -> Iterator[tuple[tuple[str, ...], bytes]]:
+    try:
+        archive = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DatasetRejected(f"not a readable zip archive: {exc}") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > limits.max_files:
+            raise DatasetRejected(f"the archive holds {len(infos)} entries, over the limit of {limits.max_files}")
+        for info in infos:
+            entry_parts(info.filename)
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise DatasetRejected(f"archive entry {info.filename!r} is a symbolic link; links are refused")
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+                raise DatasetRejected(f"archive entry {info.filename!r} is not a file or folder (a device or pipe)")
+            if info.flag_bits & 0x1:
+                raise DatasetRejected(f"archive entry {info.filename!r} is encrypted")
+        limits.check_expanded(sum(info.file_size for info in infos), "the archive")
+        for info in infos:
+            parts = entry_parts(info.filename)
+            if info.is_dir() or not wanted(parts):
+                continue
+            _check_member_bytes(info.filename, info.file_size, member_bytes)
+            try:
+                data = archive.read(info)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as exc:
+                raise DatasetRejected(f"archive entry {info.filename!r} is corrupt: {exc}") from None
+            yield parts, data
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """Refuses a header extension larger than :data:`MAX_HEADER_BYTES` before :mod:`tarfile` reads it
+    into memory whole."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _HEADER_TYPES and info.size > MAX_HEADER_BYTES:
+            raise DatasetRejected(f"the archive has a header extension of {info.size} bytes, over {MAX_HEADER_BYTES}")
+        return info
+
+
+def _tar_members(source: Path, limits: IngestLimits, wanted: Wanted, member_bytes: int) -> Iterator[tuple[tuple[str, ...], bytes]]:
+    count = expanded = 0
+    try:
+        # Stream mode ("r|*": gzip, bzip2, xz or none): one pass, one member at a time, no seeking back.
+        with tarfile.open(source, mode="r|*", tarinfo=_CheckedTarInfo) as archive:
+            for member in archive:
+                count += 1
+                if count > limits.max_files:
+                    raise DatasetRejected(f"the archive holds more than {limits.max_files} entries")
+                parts = entry_parts(member.name)
+                if member.issym() or member.islnk():
+                    kind = "symbolic" if member.issym() else "hard"
+                    raise DatasetRejected(f"archive entry {member.name!r} is a {kind} link (to {member.linkname!r}); links are refused")
+                if member.isdir():
+                    continue
+                if not member.isreg():
+                    raise DatasetRejected(f"archive entry {member.name!r} is not a file or folder (a device or pipe)")
+                expanded += member.size
+                limits.check_expanded(expanded, "the archive")
+                if not wanted(parts):
+                    continue
+                _check_member_bytes(member.name, member.size, member_bytes)
+                handle = archive.extractfile(member)
+                assert handle is not None  # a regular file has contents
+                yield parts, handle.read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise DatasetRejected(f"not a readable zip or tar archive: {exc}") from None
+
+
+def _check_member_bytes(name: str, size: int, member_bytes: int) -> None:
+    if size > member_bytes:
+        raise DatasetRejected(f"archive entry {name!r} is {size} bytes, over the limit of {member_bytes} for one file")

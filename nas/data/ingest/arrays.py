@@ -1,0 +1,116 @@
+"""NumPy ``.npz`` uploads: ``x`` and ``y``, optionally ``x_test`` and ``y_test``, read without pickle.
+
+``x`` is a table ``(N, features)``, grey-scale images ``(N, H, W)`` (given one channel), or images
+``(N, C, H, W)``; ``(N, H, W, C)`` is recognised when its last axis has 1, 3 or 4 channels and its
+second does not, and turned channels-first. Inputs are standardised per feature (tables) or per
+channel (images) with the training split's statistics.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.data.ingest.base import DatasetRejected, Ingested, IngestLimits, IngestOptions
+from nas.data.ingest.prepare import check_finite, class_indices, split, splits, standardise
+
+KEYS = ("x", "y", "x_test", "y_test")
+CHANNELS = (1, 3, 4)
+
+
+def read_npz(source: Path, options: IngestOptions, limits: IngestLimits) -> Ingested:
+    arrays = _load(source, limits)
+    given = "x_test" in arrays
+    x = _inputs(arrays["x"], "x")
+    y, y_test = arrays["y"], arrays.get("y_test")
+    _check_lengths(x, y, "x", "y")
+    if given:
+        x_test = _inputs(arrays["x_test"], "x_test")
+        _check_lengths(x_test, y_test, "x_test", "y_test")
+        if x_test.shape[1:] != x.shape[1:]:
+            raise DatasetRejected(f"x_test's examples are shaped {x_test.shape[1:]}, x's {x.shape[1:]}")
+        x = np.concatenate([x, x_test])
+        y = np.concatenate([_labels(y, "y"), _labels(y_test, "y_test")])
+    labels, class_names = class_indices(_labels(y, "y"), "the labels y")
+    x_train, y_train, x_test, y_test, split_summary = split(x, labels, class_names, options, len(arrays["y"]) if given else None)
+    mean, std = standardise(x_train, x_test)
+    summary: dict[str, Any] = {"per": "feature" if x.ndim == 2 else "channel", "mean": mean, "std": std, "split": split_summary}
+    return Ingested(splits(x_train, y_train, x_test, y_test, len(class_names)), class_names, given, summary)
+
+
+def _load(source: Path, limits: IngestLimits) -> dict[str, np.ndarray]:
+    """The arrays, after checking the archive's names and declared sizes: ``np.load`` reads members
+    through :mod:`zipfile`, which stops at a member's declared size."""
+    try:
+        with zipfile.ZipFile(source) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DatasetRejected(f"not a readable .npz (NumPy's zip of arrays): {exc}") from None
+    names = [info.filename.removesuffix(".npy") for info in infos]
+    unknown = sorted(set(names) - set(KEYS))
+    if unknown:
+        raise DatasetRejected(f"the .npz holds arrays {', '.join(map(repr, unknown))}; it may hold only {', '.join(KEYS)}")
+    missing = [key for key in ("x", "y") if key not in names]
+    if missing:
+        raise DatasetRejected(
+            f"the .npz lacks {' and '.join(map(repr, missing))}: it needs x (inputs) and y (labels); "
+            f"it holds {', '.join(map(repr, names)) or 'no arrays'}"
+        )
+    if ("x_test" in names) != ("y_test" in names):
+        raise DatasetRejected("the .npz holds one of x_test and y_test without the other: give both or neither")
+    limits.check_expanded(sum(info.file_size for info in infos), "the .npz's arrays")
+    arrays = {}
+    try:
+        with np.load(source, allow_pickle=False) as npz:
+            for key in names:
+                arrays[key] = _read(npz, key)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DatasetRejected(f"the .npz is corrupt: {exc}") from None
+    return arrays
+
+
+def _read(npz: Any, key: str) -> np.ndarray:
+    try:
+        return npz[key]
+    except ValueError as exc:  # object arrays need pickle; so do malformed headers that claim them
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+            raise DatasetRejected(
+                f"array {key!r} is of Python objects, which only pickle can read, and the service never "
+                f"unpickles uploads: store numbers (and labels as integers or strings)"
+            ) from None
+        raise DatasetRejected(f"array {key!r} is not a readable NumPy array: {exc}") from None
+
+
+def _inputs(x: np.ndarray, key: str) -> np.ndarray:
+    """``x`` as float32, channels-first, checked for numbers and finiteness."""
+    if x.dtype.kind not in "biuf":
+        raise DatasetRejected(f"array {key!r} is {x.dtype}; inputs must be numbers (bool, int, uint or float)")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[3] in CHANNELS and x.shape[1] not in CHANNELS:
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim not in (2, 4):
+        raise DatasetRejected(
+            f"array {key!r} is shaped {x.shape}; inputs are (N, features), (N, H, W), (N, C, H, W) or (N, H, W, C)"
+        )
+    if len(x) == 0 or 0 in x.shape[1:]:
+        raise DatasetRejected(f"array {key!r} is empty (shape {x.shape})")
+    x = np.array(x, dtype=np.float32, order="C")
+    check_finite(x, f"array {key!r}")
+    return x
+
+
+def _labels(y: np.ndarray, key: str) -> np.ndarray:
+    if y.ndim == 2 and y.shape[1] == 1:
+        return y[:, 0]
+    if y.ndim != 1:
+        raise DatasetRejected(f"array {key!r} is shaped {y.shape}; labels are one per example, shaped (N,)")
+    return y
+
+
+def _check_lengths(x: np.ndarray, y: np.ndarray | None, x_key: str, y_key: str) -> None:
+    if y is None or len(x) != len(y):
+        raise DatasetRejected(f"{x_key} holds {len(x)} examples but {y_key} {0 if y is None else len(y)} labels")
