@@ -9,7 +9,9 @@ from search_spaces.sparse_rnn import CELL_MODULES
 
 
 class SequenceClassifier(nn.Module):
-    """Reads an image ``(channels, height, width)`` as ``height`` time steps of ``channels * width`` features.
+    """Reads each input as a sequence (:func:`search_spaces.sparse_rnn.sequence_shape`): an image
+    ``(channels, height, width)`` as ``height`` steps of ``channels * width`` features, ``(steps,
+    features)`` as it is, ``(length,)`` as ``length`` steps of one feature.
 
     A stacked (optionally bidirectional) RNN runs over the rows, and a Linear classifier ``out``
     reads the last layer's final hidden state (of both directions). The recurrent module is
@@ -33,10 +35,15 @@ class SequenceClassifier(nn.Module):
         self.out = nn.Linear(hidden * self.directions, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.permute(0, 2, 1, 3).flatten(2)  # (batch, height, channels * width)
-        _, state = getattr(self, self.attr)(rows)
+        if x.dim() == 4:
+            steps = x.permute(0, 2, 1, 3).flatten(2)  # (batch, height, channels * width)
+        elif x.dim() == 3:
+            steps = x
+        else:
+            steps = x.unsqueeze(-1)  # (batch, length, 1)
+        _, state = getattr(self, self.attr)(steps)
         final = state[0] if isinstance(state, tuple) else state  # an LSTM's state is (h, c)
         return self.out(final[-self.directions :].transpose(0, 1).flatten(1))
 
     def extra_repr(self) -> str:
-        return "rows as time steps"
+        return "image rows, or a sequence's steps, as time steps"

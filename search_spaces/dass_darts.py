@@ -32,6 +32,7 @@ from nas.dass.genotype import CELL_TYPES, EDGES_PER_NODE, OPS, Genotype, input_k
 from nas.dass.genotype import sample as sample_genotype
 from nas.search_space import SearchSpace
 from nas.sparse.base import WeightSpec
+from search_spaces._images import image_shape
 
 if TYPE_CHECKING:
     import optuna
@@ -194,10 +195,9 @@ class DassDarts(SearchSpace):
         return layout.params(*layout.network_weights(net, num_classes, self.params.operations, genotype))
 
     def _plan(self, input_shape: tuple[int, ...]) -> layout.NetworkPlan:
-        if len(input_shape) != 3:
-            raise ValueError(f"dass_darts needs image inputs (channels, height, width), got shape {tuple(input_shape)}")
+        channels, _, _ = image_shape("dass_darts", input_shape)
         p = self.params
-        return layout.plan(input_shape[0], p.cells, p.channels, p.nodes, p.stem_multiplier)
+        return layout.plan(channels, p.cells, p.channels, p.nodes, p.stem_multiplier)
 
     def _parse(self, arch: dict[str, Any]) -> Genotype | None:
         """The arch's genotype, or ``None`` for a supernet; ``ValueError`` names the first offending key."""

@@ -42,6 +42,7 @@ from nas.arch import uniform_suggest
 from nas.search_space import SearchSpace
 from nas.sparse.base import WeightSpec
 from nas.sparse.magnitude import parse_pattern
+from search_spaces._images import image_shape
 
 if TYPE_CHECKING:
     import optuna
@@ -567,6 +568,4 @@ class SparseCNN(SearchSpace):
 
 
 def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(input_shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in input_shape):
-        raise ValueError(f"sparse_cnn needs images of shape (channels, height, width), got {tuple(input_shape)}")
-    return input_shape[0], input_shape[1], input_shape[2]
+    return image_shape("sparse_cnn", input_shape)

@@ -1,8 +1,11 @@
-"""Recurrent classifiers over image rows (sequential digits / MNIST), with sparse input and recurrent weights.
+"""Recurrent classifiers over sequences and image rows (sequential MNIST), with sparse input and recurrent weights.
 
 An image ``(channels, height, width)`` is read as ``height`` time steps of ``channels * width``
-features, a stacked RNN-tanh, RNN-ReLU, GRU or LSTM runs over them, and a Linear layer classifies
-the final hidden state. An architecture is a flat dict such as
+features, an input ``(steps, features)`` as it is, and a flat input ``(length,)`` as ``length``
+steps of one feature: a univariate series, such as an uploaded ``x`` of shape ``(N, T)``. A table
+is flat too, so this space takes one and reads its columns in their order; ``sparse_mlp``, which
+sees every column at once, usually suits a table better. A stacked RNN-tanh, RNN-ReLU, GRU or
+LSTM runs over the steps, and a Linear layer classifies the final hidden state. An architecture is a flat dict such as
 ``{"cell": "lstm", "hidden": 64, "layers": 2, "bidirectional": False}``, plus, when per-layer
 sparsities are searched, ``sparsity_ih_l<i>`` (input weights of layer i), ``sparsity_hh_l<i>``
 (recurrent weights) for every layer and ``sparsity_out``; a bidirectional layer's reverse
@@ -59,7 +62,7 @@ def _weight_names(cell: str, layers: int, bidirectional: bool) -> dict[str, str]
 
 
 class SparseRNN(SearchSpace):
-    """RNN-tanh, RNN-ReLU, GRU and LSTM classifiers reading images row by row."""
+    """RNN-tanh, RNN-ReLU, GRU and LSTM classifiers reading sequences, or images row by row."""
 
     class Params(BaseModel):
         model_config = ConfigDict(
@@ -132,11 +135,12 @@ class SparseRNN(SearchSpace):
         return dims
 
     def build(self, arch: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
-        """The classifier for ``arch``, reading inputs of ``input_shape`` ``(channels, height, width)`` row by row."""
+        """The classifier for ``arch``, reading inputs of ``input_shape`` as :func:`sequence_shape` says."""
         from search_spaces._rnn_layers import SequenceClassifier
 
         a = self._parse(arch)
-        return SequenceClassifier(a.cell, _row_features(input_shape), a.hidden, a.layers, a.bidirectional, num_classes)
+        features = _step_features(input_shape)
+        return SequenceClassifier(a.cell, features, a.hidden, a.layers, a.bidirectional, num_classes)
 
     def layer_sparsity(self, arch: dict[str, Any]) -> dict[str, float] | None:
         """Per-weight sparsity targets (``"lstm.weight_hh_l0"``, ``"out.weight"``), or ``None`` when not searched."""
@@ -150,7 +154,7 @@ class SparseRNN(SearchSpace):
     def weight_specs(self, input_shape: tuple[int, ...], num_classes: int) -> list[WeightSpec]:
         """Every weight any architecture can have, with its kind (``rnn``, ``gru``, ``lstm``, ``linear``) and fan-ins."""
         p = self.params
-        features = _row_features(input_shape)
+        features = _step_features(input_shape)
         outputs = frozenset(h * (2 if b else 1) for h in p.hidden_choices for b in p.bidirectional_choices)
         suffixes = ["", "_reverse"] if True in p.bidirectional_choices else [""]
         specs = []
@@ -166,14 +170,14 @@ class SparseRNN(SearchSpace):
     def count_params(self, arch: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> int:
         """Parameters (weights and biases) of ``arch``'s network, without building it."""
         a = self._parse(arch)
-        return _count(a.cell, a.hidden, a.layers, a.bidirectional, _row_features(input_shape), num_classes)
+        return _count(a.cell, a.hidden, a.layers, a.bidirectional, _step_features(input_shape), num_classes)
 
     def max_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:
         """The most parameters any architecture has: every count grows with gates, units, layers and directions."""
         p = self.params
         cell = max(p.cell_choices, key=_GATES.__getitem__)
         bidirectional = max(p.bidirectional_choices)
-        features = _row_features(input_shape)
+        features = _step_features(input_shape)
         return _count(cell, max(p.hidden_choices), p.max_layers, bidirectional, features, num_classes)
 
     def min_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:
@@ -181,7 +185,7 @@ class SparseRNN(SearchSpace):
         p = self.params
         cell = min(p.cell_choices, key=_GATES.__getitem__)
         bidirectional = min(p.bidirectional_choices)
-        features = _row_features(input_shape)
+        features = _step_features(input_shape)
         return _count(cell, min(p.hidden_choices), p.min_layers, bidirectional, features, num_classes)
 
     def _parse(self, arch: dict[str, Any]) -> _Arch:
@@ -216,11 +220,22 @@ class SparseRNN(SearchSpace):
         return _Arch(cell, hidden, layers, bidirectional, sparsity)
 
 
-def _row_features(input_shape: tuple[int, ...]) -> int:
-    """Features per time step of an image ``(channels, height, width)``: one row of every channel."""
-    if len(input_shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in input_shape):
-        raise ValueError(f"sparse_rnn needs images of shape (channels, height, width), got {tuple(input_shape)}")
-    return input_shape[0] * input_shape[2]
+def sequence_shape(input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(time steps, features per step)`` of inputs of ``input_shape``: an image ``(channels, height,
+    width)`` row by row, ``(steps, features)`` as it is, ``(length,)`` one value per step."""
+    shape = tuple(input_shape)
+    if not 1 <= len(shape) <= 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
+        raise ValueError(
+            f"sparse_rnn reads sequences (length,) or (steps, features) and images (channels, height, width); "
+            f"inputs of shape {shape} are none of these"
+        )
+    if len(shape) == 3:
+        return shape[1], shape[0] * shape[2]
+    return (shape[0], shape[1]) if len(shape) == 2 else (shape[0], 1)
+
+
+def _step_features(input_shape: tuple[int, ...]) -> int:
+    return sequence_shape(input_shape)[1]
 
 
 def _count(cell: str, hidden: int, layers: int, bidirectional: bool, features: int, num_classes: int) -> int:

@@ -25,6 +25,7 @@ from nas.arch import uniform_suggest
 from nas.search_space import SearchSpace
 from nas.sparse.base import WeightSpec
 from nas.supertickets.layout import Block, Layout
+from search_spaces._images import image_shape
 
 if TYPE_CHECKING:
     import optuna
@@ -171,11 +172,10 @@ class SupernetSpace(SearchSpace):
 
     def layout(self, arch: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> Layout:
         """The network ``arch`` describes, for inputs of ``input_shape`` (channels, height, width)."""
-        if len(input_shape) != 3:
-            raise ValueError(f"the supernet space takes images (channels, height, width); input shape is {input_shape}")
+        channels, _, _ = image_shape("supernet", input_shape)
         p = self.params
         return Layout(
-            in_channels=int(input_shape[0]),
+            in_channels=channels,
             num_classes=num_classes,
             stem_channels=p.stem_channels,
             stem_stride=p.stem_stride,

@@ -160,8 +160,8 @@ def test_layer_sparsities_are_required_when_searched() -> None:
         "gru.weight_ih_l1": 0.9, "gru.weight_hh_l1": 0.5, "gru.weight_ih_l1_reverse": 0.9, "gru.weight_hh_l1_reverse": 0.5,
         "out.weight": 0.5,
     }  # fmt: skip
-    with pytest.raises(ValueError, match="needs images of shape"):
-        SEARCHED.build(arch, (64,), 10)
+    with pytest.raises(ValueError, match=r"reads sequences .* and images .* inputs of shape \(1, 2, 8, 8\) are none"):
+        SEARCHED.build(arch, (1, 2, 8, 8), 10)
 
 
 @pytest.mark.parametrize(
