@@ -22,7 +22,7 @@ from api.metrics import metrics_registry
 from api.metrics import router as metrics_router
 from api.ratelimit import FailureLimiter
 from api.request_context import RequestContext, install_log_record_factory
-from api.routes import catalog, dashboard, dashboard_api, events, jobs, keys, trials
+from api.routes import catalog, dashboard, dashboard_api, datasets, events, jobs, keys, trials
 from api.routes.latency import router as latency_router
 from api.routes.latency import warm_up
 from nas import __version__
@@ -57,27 +57,40 @@ def encodable(value: Any) -> Any:
 
 
 class BodySizeLimit:
-    """413 (JSON ``detail``) for a request body over ``max_bytes``, declared or sent chunked."""
+    """413 (JSON ``detail``) for a request body over ``max_bytes``, declared or sent chunked.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``streamed`` names the routes (``(method, path)``) that stream their bodies to disk and count
+    them as they arrive, with the most each may declare and the answer past it: their bodies are
+    never buffered here.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, streamed: dict[tuple[str, str], tuple[int, str]] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = streamed or {}
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = f"request body larger than {self.max_bytes} bytes"
+    @staticmethod
+    async def _reject(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
         await JSONResponse({"detail": detail}, 413)(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        streamed = self.streamed.get((scope["method"], scope["path"].rstrip("/")))
+        max_bytes, detail = streamed or (self.max_bytes, f"request body larger than {self.max_bytes} bytes")
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
             # The HTTP server holds the client to the length it declared.
-            if declared.strip().isdigit() and int(declared) > self.max_bytes:
-                await self._reject(scope, receive, send)
+            if declared.strip().isdigit() and int(declared) > max_bytes:
+                await self._reject(scope, receive, send, detail)
             else:
                 await self.app(scope, receive, send)
+            return
+        if streamed is not None:  # the route counts what arrives
+            await self.app(scope, receive, send)
             return
         # No declared length (chunked): read the body up to the limit, then hand it on.
         chunks: list[bytes] = []
@@ -89,7 +102,7 @@ class BodySizeLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                await self._reject(scope, receive, send)
+                await self._reject(scope, receive, send, detail)
                 return
             more = message.get("more_body", False)
         replayed = False
@@ -124,10 +137,12 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         docs_url=f"{API_PREFIX}/docs" if settings.api_docs else None,
         redoc_url=None,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Dataset uploads stream to disk: the route counts the file against NAS_LIMIT_UPLOAD_BYTES.
+    upload = (settings.limit_upload_bytes + datasets.FORM_OVERHEAD_BYTES, datasets.too_large(settings.limit_upload_bytes))
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, streamed={("POST", f"{API_PREFIX}/datasets"): upload})
     if settings.cors_origins:  # closed unless origins are named: no CORS headers at all
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
     # Outermost, so that every answer (a 413 or CORS preflight too) carries a request id.
@@ -140,7 +155,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     app.state.key_use_noted = {}  # key id -> when this process last stamped its last use (api.deps)
     assert settings.secret_file is not None  # Settings fills it in
     app.state.secret = ServerSecret(settings.secret_file)
-    for router in (jobs.router, trials.router, catalog.router, keys.router):
+    for router in (jobs.router, trials.router, datasets.router, catalog.router, keys.router):
         app.include_router(router, prefix=API_PREFIX)
     for router in (dashboard_api.router, events.router):
         app.include_router(router, prefix=API_PREFIX)

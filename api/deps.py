@@ -1,4 +1,4 @@
-"""Request dependencies: the store, the settings and the caller's identity.
+"""Request dependencies: the store, the settings, the caller's identity and the datasets it may use.
 
 They are ``async def`` on purpose: FastAPI runs every plain ``def`` dependency in the thread pool,
 and those hand-offs, not the queries, dominated a request's cost under load (BENCHMARKS.md, Load).
@@ -19,8 +19,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api.ratelimit import FailureLimiter
 from api.request_context import note_owner
+from nas.data.stored import scope_catalog
 from nas.settings import Settings
 from nas.store import Principal, Store
+from nas.store.dataset_catalog import StoreDatasetCatalog
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ async def get_principal(
     if principal is None:
         raise authentication_refused(request, "invalid or revoked API key")
     note_owner(principal.owner)
+    # Before FastAPI validates the body: a job spec naming a stored dataset finds only the caller's.
+    scope_catalog(StoreDatasetCatalog(store, None if principal.is_admin else principal.owner))
     await _note_use(request, store, principal)
     return principal
 

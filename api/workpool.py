@@ -1,4 +1,4 @@
-"""Worker processes for CPU-heavy requests (latency prediction, ONNX export).
+"""Worker processes for CPU-heavy requests (latency prediction, ONNX export, reading an uploaded dataset).
 
 Such work must not run on the event loop, nor in the API's thread pool, where one owner's
 requests would hold the interpreter lock and the threads every other request needs. Each API
@@ -7,7 +7,7 @@ lower CPU priority than the API. A request takes a free slot or waits for one wh
 ``work_queue`` others wait; beyond that it answers 503 with ``Retry-After``. An owner who already
 has ``limit_expensive_requests`` requests in flight in this process gets 429 with ``Retry-After``.
 
-A task that runs past ``work_timeout_s`` is ended by the kernel: the worker arms ``SIGALRM`` with
+A task that runs past ``work_timeout_s`` (or the limit its caller gives) is ended by the kernel: the worker arms ``SIGALRM`` with
 its default action, which terminates the process even inside one long C call (a big LSTM), where
 a Python-level timeout would never fire. The request answers 503 naming the limit, and the slot
 starts a fresh process for the next one. One slot per executor keeps such a kill from failing the
@@ -43,6 +43,26 @@ class WorkError:
 
     status_code: int
     detail: Any
+
+
+@dataclass(frozen=True)
+class TimeLimit:
+    """The seconds a task may run, and the setting that says so (named when a task is killed)."""
+
+    seconds: int
+    setting: str
+
+
+class WorkerKilled(HTTPException):
+    """503: the task ran past its time limit and was killed, or its process died (out of memory?)."""
+
+    def __init__(self, limit: TimeLimit, timed_out: bool) -> None:
+        if timed_out:
+            detail = f"the request ran past this server's limit of {limit.seconds} s ({limit.setting})"
+        else:
+            detail = "the worker process died (out of memory?)"
+        super().__init__(status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": "1"})
+        self.timed_out = timed_out
 
 
 def _init_worker(env: dict[str, str]) -> None:
@@ -97,7 +117,7 @@ class WorkPool:
         with self._lock:
             if self._per_owner.get(owner, 0) >= limit:
                 raise _too_busy(
-                    f"{owner} already has {limit} expensive requests (latency predictions, ONNX exports) "
+                    f"{owner} already has {limit} expensive requests (latency predictions, ONNX exports, dataset uploads) "
                     f"running; the limit is NAS_LIMIT_EXPENSIVE_REQUESTS={limit}",
                     status.HTTP_429_TOO_MANY_REQUESTS, retry,
                 )  # fmt: skip
@@ -140,17 +160,20 @@ class WorkPool:
                 self._slots[i] = None  # the next request starts a fresh process
             self._busy[i] = False
 
-    async def run(self, owner: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` in a worker process; a returned :class:`WorkError` is raised as its HTTP error."""
-        timeout_s = self.settings.work_timeout_s
+    async def run(self, owner: str, fn: Callable[..., Any], *args: Any, limit: TimeLimit | None = None) -> Any:
+        """``fn(*args)`` in a worker process, killed past ``limit`` (``NAS_WORK_TIMEOUT_S`` without
+        one); a returned :class:`WorkError` is raised as its HTTP error, a killed or dead worker
+        as :class:`WorkerKilled`."""
+        wait_s = self.settings.work_timeout_s
+        limit = limit or TimeLimit(wait_s, "NAS_WORK_TIMEOUT_S")
         self._admit(owner)
         try:
-            deadline = time.monotonic() + timeout_s
+            deadline = time.monotonic() + wait_s
             while (slot := self._take_slot()) is None:
                 if time.monotonic() > deadline:
                     with self._lock:
                         self._waiting -= 1
-                    raise _too_busy(f"no worker process became free within {timeout_s} s (NAS_WORK_TIMEOUT_S)",
+                    raise _too_busy(f"no worker process became free within {wait_s} s (NAS_WORK_TIMEOUT_S)",
                                     status.HTTP_503_SERVICE_UNAVAILABLE, 1)  # fmt: skip
                 await asyncio.sleep(WAIT_POLL_S)
             broken = False
@@ -158,14 +181,11 @@ class WorkPool:
             try:
                 executor = self._slots[slot]
                 assert executor is not None
-                result = await asyncio.wrap_future(executor.submit(_run_with_alarm, timeout_s, fn, args))
+                result = await asyncio.wrap_future(executor.submit(_run_with_alarm, limit.seconds, fn, args))
             except BrokenProcessPool:
                 broken = True
-                if time.monotonic() - started >= timeout_s - 1:
-                    detail = f"the request ran past this server's limit of {timeout_s} s (NAS_WORK_TIMEOUT_S)"
-                else:
-                    detail = "the worker process died (out of memory?)"
-                raise _too_busy(detail, status.HTTP_503_SERVICE_UNAVAILABLE, 1) from None
+                timed_out = time.monotonic() - started >= limit.seconds - 1
+                raise WorkerKilled(limit, timed_out) from None
             finally:
                 self._free_slot(slot, broken)
         finally:

@@ -27,3 +27,7 @@ class TooManyJobs(NasError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class QuotaExceeded(NasError):
+    """Storing this would pass the owner's storage quota (HTTP 413)."""

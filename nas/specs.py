@@ -16,6 +16,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from nas import metrics as trial_metrics
 from nas import registry
+from nas.data.stored import UnknownDataset
 from nas.registry import Registry
 from nas.safe_text import check_printable
 
@@ -183,7 +184,11 @@ class JobSpec(_Strict):
         """
         problems: list[tuple[str, tuple[str | int, ...], str]] = []  # (error type, location, message)
         space = registry.search_spaces.create(self.search_space.name, self.search_space.params)
-        shape = registry.datasets.create(self.dataset.name, self.dataset.params).shape()
+        try:
+            shape = registry.datasets.create(self.dataset.name, self.dataset.params).shape()
+        except UnknownDataset as exc:  # the same answer for an id never stored and another owner's
+            problems.append(("dataset_unknown", ("dataset", "params", "id"), str(exc)))
+            self._refuse(problems)
         try:
             weights = space.weight_specs(*shape)
         except ValueError as exc:  # the space cannot take this dataset's inputs
@@ -204,6 +209,11 @@ class JobSpec(_Strict):
         if self.early_stopping is not None:
             rule = registry.early_stopping.create(self.early_stopping.name, self.early_stopping.params)
             problems += [("early_stopping_incompatible", loc, text) for loc, text in rule.check(self)]
+        self._refuse(problems)
+        return self
+
+    def _refuse(self, problems: list[tuple[str, tuple[str | int, ...], str]]) -> None:
+        """Raise the ``(error type, location, message)`` problems as one validation error, if any."""
         if problems:
             raise ValidationError.from_exception_data(
                 type(self).__name__,
@@ -217,7 +227,6 @@ class JobSpec(_Strict):
                     for error_type, loc, message in problems
                 ],
             )
-        return self
 
 
 class JobStatus(str, enum.Enum):
@@ -343,3 +352,43 @@ class Trial(BaseModel):
 class Page(BaseModel):
     items: list[Any]
     next_cursor: str | None = None
+
+
+class DatasetOptions(BaseModel):
+    """How an uploaded file became arrays (their ranges are checked where it is read, :mod:`nas.data.ingest`)."""
+
+    label_column: str | None = Field(None, description="CSV and Parquet: the column of class labels")
+    image_size: int = Field(32, description="image archives: the side, in pixels, every image was resized to")
+    color: str = Field("rgb", description="image archives: grayscale (one channel) or rgb (three)")
+    test_fraction: float = Field(0.2, description="held out for testing when the file had no test split")
+    split_seed: int = Field(0, description="seed of the stratified split made once at upload")
+
+
+class DatasetRecord(BaseModel):
+    """A stored dataset: uploaded, or registered by a path under the server's data roots.
+
+    A job names it as ``dataset: {name: upload, params: {id: ...}}``; its split is made once, so
+    every trial of every job sees the same one.
+    """
+
+    model_config = ConfigDict(title="Dataset")
+
+    id: str
+    name: str
+    owner: str
+    format: Literal["npz", "csv", "parquet", "images"]
+    source: Literal["upload", "path"] = Field(description="uploaded, or read where it lies by path")
+    path: str | None = Field(None, description="the file a path dataset is read from; null for uploads")
+    input_shape: list[int] = Field(description="one example's shape: (features,) for tables, (channels, height, width) for images")
+    num_classes: int
+    class_names: list[str]
+    class_counts: dict[str, list[int]] = Field(description="examples per class in each split: {train: [...], test: [...]}")
+    n_train: int
+    n_test: int
+    size_bytes: int = Field(description="of the uploaded or registered file")
+    stored_bytes: int = Field(description="what the server keeps of it; counts towards the owner's quota")
+    sha256: str = Field(description="of the uploaded or registered file")
+    options: DatasetOptions
+    test_given: bool = Field(description="the file carried its own test split; else a stratified split was made")
+    summary: dict[str, Any] = Field(description="tables: per-column statistics; images: per-channel mean and std")
+    created_at: datetime

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import PrincipalDep, SettingsDep
 from api.responses import ErrorDetail, errors
 from api.workpool import WorkError, work_pool
+from nas.data.stored import UnknownDataset
 from nas.settings import Settings
 from nas.specs import DatasetRef, SearchSpaceRef
 
@@ -140,8 +141,20 @@ def _unprocessable(location: tuple[str | int, ...], message: str) -> HTTPExcepti
     )
 
 
-def check_budget(body: PredictRequest, settings: Settings) -> None:
-    """422 naming the limit for a request whose work exceeds this server's budget, before any work.
+def dataset_shape(ref: Architecture) -> tuple[tuple[int, ...], int]:
+    """``(input shape, classes)`` of the architecture's dataset, read here in the API process (a
+    stored dataset's from the store, through the request's catalog); 422 for one the caller has not."""
+    from nas import registry
+
+    try:
+        return registry.datasets.create(ref.dataset.name, ref.dataset.params).shape()
+    except UnknownDataset as exc:
+        raise _unprocessable(("architecture", "dataset", "params", "id"), str(exc)) from None
+
+
+def check_budget(body: PredictRequest, settings: Settings) -> tuple[tuple[int, ...], int] | None:
+    """422 naming the limit for a request whose work exceeds this server's budget, before any work;
+    the dataset's shape for an architecture.
 
     The budget counts the largest tensor the prediction's forward pass holds (batch included:
     ``batch_size ×`` the values of one example's input or of any layer's output) and, for
@@ -158,13 +171,11 @@ def check_budget(body: PredictRequest, settings: Settings) -> None:
             raise _unprocessable(("layers",), f"the layers have {params} parameters, over this server's limit of "
                                               f"{settings.limit_params} (NAS_LIMIT_PARAMS)")  # fmt: skip
         where: tuple[str, ...] = ("layers",)
+        shape = None
     else:
-        from nas import registry
-
-        ref = body.architecture
-        assert ref is not None
-        input_shape, _ = registry.datasets.create(ref.dataset.name, ref.dataset.params).shape()
-        largest, steps, where = math.prod(input_shape), 0, ("architecture", "dataset")
+        assert body.architecture is not None
+        shape = dataset_shape(body.architecture)
+        largest, steps, where = math.prod(shape[0]), 0, ("architecture", "dataset")
     elements = body.batch_size * largest
     if elements > settings.limit_predict_elements:
         raise _unprocessable(("batch_size",) if body.batch_size > 1 else where,
@@ -175,6 +186,7 @@ def check_budget(body: PredictRequest, settings: Settings) -> None:
         raise _unprocessable(where, f"batch_size × steps × layers × directions of the recurrent layers = "
                                     f"{recurrent}, over this server's limit of "
                                     f"{settings.limit_predict_recurrent_steps} (NAS_LIMIT_PREDICT_RECURRENT_STEPS)")
+    return shape
 
 
 def warm_up() -> None:
@@ -292,14 +304,16 @@ def _module(spec: Any, shape: tuple[int, ...]) -> Any:
     return simple[spec.type]()
 
 
-def _architecture(body: PredictRequest, limit_params: int) -> tuple[Any, tuple[int, ...], Any]:
-    """The space's model for the architecture, its input shape and its densities (space's own, or the body's)."""
+def _architecture(
+    body: PredictRequest, limit_params: int, shape: tuple[tuple[int, ...], int]
+) -> tuple[Any, tuple[int, ...], Any]:
+    """The space's model for the architecture on inputs of ``shape``, its input shape and its
+    densities (space's own, or the body's)."""
     from nas import registry
 
     ref = body.architecture
     space = registry.search_spaces.create(ref.search_space.name, ref.search_space.params)
-    dataset = registry.datasets.create(ref.dataset.name, ref.dataset.params)
-    input_shape, num_classes = dataset.shape()
+    input_shape, num_classes = shape
     try:
         model = space.build(ref.arch, input_shape, num_classes)
     except (KeyError, ValueError, TypeError) as exc:
@@ -331,20 +345,24 @@ async def predict_latency(
     many expensive requests running, 503 with ``Retry-After`` when the server is busy or the
     prediction runs past its time limit.
     """
-    await run_in_threadpool(check_budget, body, settings)  # shapes on the meta device: milliseconds
+    shape = await run_in_threadpool(check_budget, body, settings)  # shapes on the meta device: milliseconds
     return await work_pool(request).run(principal.owner, predict_in_worker, body.model_dump(mode="json"),
-                                        settings.limit_params)  # fmt: skip
+                                        settings.limit_params, shape)  # fmt: skip
 
 
-def predict_in_worker(body_json: dict[str, Any], limit_params: int) -> dict[str, Any] | WorkError:
-    """The prediction, in a worker process: the answer, or the HTTP error to answer with."""
+def predict_in_worker(
+    body_json: dict[str, Any], limit_params: int, shape: tuple[tuple[int, ...], int] | None
+) -> dict[str, Any] | WorkError:
+    """The prediction, in a worker process: the answer, or the HTTP error to answer with.
+    ``shape`` is the architecture's dataset's, which the API process read (a worker knows no
+    stored datasets)."""
     try:
-        return _predict(PredictRequest.model_validate(body_json), limit_params)
+        return _predict(PredictRequest.model_validate(body_json), limit_params, shape)
     except HTTPException as exc:
         return WorkError(exc.status_code, exc.detail)
 
 
-def _predict(body: PredictRequest, limit_params: int) -> dict[str, Any]:
+def _predict(body: PredictRequest, limit_params: int, shape: tuple[tuple[int, ...], int] | None) -> dict[str, Any]:
     from nas.latency import NoPredictor, TargetUnavailable, UnsupportedLayer, predict_details
 
     if body.layers is not None:
@@ -353,7 +371,8 @@ def _predict(body: PredictRequest, limit_params: int) -> dict[str, Any]:
         if body.densities is not None:
             densities = body.densities
     else:
-        model, input_shape, densities = _architecture(body, limit_params)
+        assert shape is not None
+        model, input_shape, densities = _architecture(body, limit_params, shape)
     try:
         details = predict_details(
             model, input_shape, body.target, densities or None, body.batch_size, num_threads=body.num_threads,

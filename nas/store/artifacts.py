@@ -1,4 +1,4 @@
-"""Trial artifacts on disk under ``NAS_HOME/artifacts``; paths are built from ids only."""
+"""Trial artifacts and stored datasets on disk under ``NAS_HOME/artifacts``; paths are built from ids only."""
 
 from __future__ import annotations
 
@@ -29,3 +29,9 @@ def save_model(artifact_dir: Path, job_id: str, trial_id: str, data: bytes, fmt:
         size_bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+def dataset_folder(artifact_dir: Path, dataset_id: str) -> Path:
+    """Where a stored dataset's files lie: ``data.npz`` (its canonical splits, for uploads) and,
+    for image sets, ``samples.png``."""
+    return artifact_dir / "datasets" / dataset_id

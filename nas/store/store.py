@@ -23,13 +23,25 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from nas.arch import fingerprint
-from nas.errors import IllegalTransition, NotFound, TooManyJobs
+from nas.errors import IllegalTransition, NotFound, QuotaExceeded, TooManyJobs
 from nas.safe_text import check_printable
-from nas.specs import EpochMetrics, Job, JobOutline, JobSpec, JobStatus, LayerInfo, Trial, TrialState
+from nas.specs import (
+    DatasetOptions,
+    DatasetRecord,
+    EpochMetrics,
+    Job,
+    JobOutline,
+    JobSpec,
+    JobStatus,
+    LayerInfo,
+    Trial,
+    TrialState,
+)
 from nas.store.retry import CommitUncertain, is_transient, retrying
 from nas.store.tables import (
     ApiKeyRow,
     ArtifactRow,
+    DatasetRow,
     DispatcherRow,
     JobRow,
     LatencyObservationRow,
@@ -120,7 +132,7 @@ def _new_id() -> str:
 
 
 class Store:
-    """Repository of jobs, trials, metrics, layers, artifacts and API keys."""
+    """Repository of jobs, trials, metrics, layers, artifacts, datasets and API keys."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -639,6 +651,92 @@ class Store:
                 raise NotFound(f"trial {trial_id} has no {kind} in {fmt} format")
             return Artifact(row.trial_id, row.kind, row.format, row.path, row.size_bytes, row.sha256)
 
+    # -- datasets ---------------------------------------------------------------------------
+
+    @retrying(idempotent=True)
+    def create_dataset(
+        self, record: DatasetRecord, options_key: str, max_owner_bytes: int | None = None
+    ) -> tuple[DatasetRecord, bool]:
+        """Keep ``record``: ``(record, True)``, or ``(existing, False)`` when its owner already stored
+        the same file read with the same options (``options_key``). ``QuotaExceeded`` when the
+        owner's stored bytes would pass ``max_owner_bytes``; serialised per owner, so two racing
+        uploads cannot both pass the quota or both be kept."""
+        with self._write() as s:
+            self._lock_owner(s, record.owner)
+            existing = s.scalars(
+                select(DatasetRow).where(
+                    DatasetRow.owner == record.owner, DatasetRow.sha256 == record.sha256,
+                    DatasetRow.options_key == options_key,
+                )  # fmt: skip
+            ).first()
+            if existing is not None:
+                return self._dataset(existing), False
+            if max_owner_bytes is not None:
+                stored = self._owner_dataset_bytes(s, record.owner)
+                if stored + record.stored_bytes > max_owner_bytes:
+                    raise QuotaExceeded(
+                        f"{record.owner}'s datasets take {stored} bytes; this one ({record.stored_bytes} bytes) "
+                        f"would pass the limit of {max_owner_bytes} (NAS_LIMIT_OWNER_DATASET_BYTES)"
+                    )
+            fields = record.model_dump(mode="json", exclude={"created_at"})
+            s.add(DatasetRow(**fields, options_key=options_key, created_at=record.created_at))
+        return record, True
+
+    @retrying(idempotent=True)
+    def find_dataset(self, owner: str, sha256: str, options_key: str) -> DatasetRecord | None:
+        """The owner's dataset of that content read with those options, if stored."""
+        stmt = select(DatasetRow).where(
+            DatasetRow.owner == owner, DatasetRow.sha256 == sha256, DatasetRow.options_key == options_key
+        )
+        with self._read() as s:
+            row = s.scalars(stmt).first()
+        return None if row is None else self._dataset(row)
+
+    @retrying(idempotent=True)
+    def get_dataset(self, dataset_id: str, viewer: Principal | None = None) -> DatasetRecord:
+        """``NotFound`` for an unknown id and for another owner's dataset alike."""
+        with self._read() as s:
+            return self._dataset(self._dataset_row(s, dataset_id, viewer))
+
+    @retrying(idempotent=True)
+    def list_datasets(
+        self, viewer: Principal | None = None, limit: int = 50, cursor: int | None = None
+    ) -> tuple[list[DatasetRecord], int | None]:
+        """Newest first; the cursor is the last row's sequence number."""
+        stmt = select(DatasetRow).order_by(DatasetRow.seq.desc()).limit(limit + 1)
+        if viewer is not None and not viewer.is_admin:
+            stmt = stmt.where(DatasetRow.owner == viewer.owner)
+        if cursor is not None:
+            stmt = stmt.where(DatasetRow.seq < cursor)
+        with self._read() as s:
+            rows = list(s.scalars(stmt))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [self._dataset(r) for r in rows], (rows[-1].seq if more and rows else None)
+
+    @retrying(idempotent=False)
+    def delete_dataset(self, dataset_id: str, viewer: Principal | None = None) -> DatasetRecord:
+        """Forget a dataset (its files are the caller's to remove); ``IllegalTransition`` while a
+        queued or running job names it. Serialised with job submissions of its owner."""
+        with self._write() as s:
+            row = self._dataset_row(s, dataset_id, viewer, lock=True)
+            self._lock_owner(s, row.owner)
+            using = self._jobs_using_dataset(s, dataset_id)
+            if using:
+                raise IllegalTransition(
+                    f"dataset {dataset_id} is used by {len(using)} queued or running job(s) ({', '.join(using)}); "
+                    "delete it once they finish or are cancelled"
+                )
+            record = self._dataset(row)
+            s.delete(row)
+        return record
+
+    @retrying(idempotent=True)
+    def owner_dataset_bytes(self, owner: str) -> int:
+        """What the owner's datasets take on the server (their ``stored_bytes``), for the quota."""
+        with self._read() as s:
+            return self._owner_dataset_bytes(s, owner)
+
     # -- latency observations --------------------------------------------------------------
 
     @retrying(idempotent=True)
@@ -755,8 +853,7 @@ class Store:
         both pass (SQLite's BEGIN IMMEDIATE already serialises writers)."""
         if max_active is None and max_per_hour is None and max_spec_bytes is None:
             return
-        if s.bind.dialect.name == "postgresql":
-            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": owner})
+        Store._lock_owner(s, owner)
         mine = JobRow.owner == owner
         if max_active is not None:
             active = s.scalar(
@@ -782,6 +879,49 @@ class Store:
             if stored + size > max_spec_bytes:
                 raise TooManyJobs(f"{owner}'s jobs store {stored} bytes of specs; this one ({size} bytes) would pass "
                                   f"the limit of {max_spec_bytes} (NAS_LIMIT_OWNER_SPEC_BYTES)", retry_after=3600)  # fmt: skip
+
+    @staticmethod
+    def _lock_owner(s: Session, owner: str) -> None:
+        """Serialise this transaction with the owner's other quota-checked writes (PostgreSQL;
+        SQLite's BEGIN IMMEDIATE already serialises writers)."""
+        if s.bind.dialect.name == "postgresql":
+            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": owner})
+
+    @staticmethod
+    def _owner_dataset_bytes(s: Session, owner: str) -> int:
+        return int(s.scalar(select(func.coalesce(func.sum(DatasetRow.stored_bytes), 0)).where(DatasetRow.owner == owner)))
+
+    @staticmethod
+    def _jobs_using_dataset(s: Session, dataset_id: str) -> list[str]:
+        """Ids of the queued or running jobs whose spec names the stored dataset ``dataset_id``."""
+        active = [JobStatus.queued.value, JobStatus.running.value]
+        # The id (32 hex digits) in the spec's text narrows the rows; the spec itself decides.
+        stmt = select(JobRow.id, JobRow.spec).where(
+            JobRow.status.in_(active), cast(JobRow.spec, Text).contains(dataset_id)
+        ).order_by(JobRow.seq)
+        return [
+            job_id for job_id, spec in s.execute(stmt)
+            if spec["dataset"]["name"] == "upload" and spec["dataset"]["params"].get("id") == dataset_id
+        ]  # fmt: skip
+
+    def _dataset_row(self, s: Session, dataset_id: str, viewer: Principal | None, lock: bool = False) -> DatasetRow:
+        stmt = select(DatasetRow).where(DatasetRow.id == dataset_id)
+        if lock:
+            stmt = self._lock(stmt, s)
+        row = s.scalars(stmt).first()
+        if row is None or (viewer is not None and not viewer.is_admin and row.owner != viewer.owner):
+            raise NotFound(f"dataset {dataset_id} not found")
+        return row
+
+    @staticmethod
+    def _dataset(row: DatasetRow) -> DatasetRecord:
+        return DatasetRecord(
+            id=row.id, name=row.name, owner=row.owner, format=row.format, source=row.source, path=row.path,
+            input_shape=row.input_shape, num_classes=row.num_classes, class_names=row.class_names,
+            class_counts=row.class_counts, n_train=row.n_train, n_test=row.n_test, size_bytes=row.size_bytes,
+            stored_bytes=row.stored_bytes, sha256=row.sha256, options=DatasetOptions.model_validate(row.options),
+            test_given=row.test_given, summary=row.summary, created_at=row.created_at,
+        )  # fmt: skip
 
     def _job_row(self, s: Session, job_id: str, viewer: Principal | None, lock: bool = False) -> JobRow:
         stmt = select(JobRow).where(JobRow.id == job_id)

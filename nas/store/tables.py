@@ -192,3 +192,36 @@ class LatencyObservationRow(Base):
     job_id: Mapped[str | None] = mapped_column(String(32))
     trial_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetRow(Base):
+    """A stored dataset (:class:`nas.specs.DatasetRecord`); its files lie under ``artifacts/datasets/<id>``.
+
+    One owner's same file read with the same options is one dataset: ``options_key`` is the
+    digest of the options its format reads.
+    """
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("owner", "sha256", "options_key", name="uq_datasets_owner_content"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    format: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    options_key: Mapped[str] = mapped_column(String(64))
+    options: Mapped[dict[str, Any]]
+    input_shape: Mapped[list[Any]]
+    num_classes: Mapped[int] = mapped_column(Integer)
+    class_names: Mapped[list[Any]]
+    class_counts: Mapped[dict[str, Any]]
+    n_train: Mapped[int] = mapped_column(BigInteger)
+    n_test: Mapped[int] = mapped_column(BigInteger)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
+    test_given: Mapped[bool] = mapped_column(Boolean)
+    summary: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,26 @@
+"""The store as a :class:`~nas.data.stored.DatasetCatalog`: stored datasets' shapes, by id."""
+
+from __future__ import annotations
+
+from nas.data.stored import DatasetCatalog, UnknownDataset
+from nas.errors import NotFound
+from nas.store.store import Principal, Store
+
+
+class StoreDatasetCatalog(DatasetCatalog):
+    """Shapes of the datasets ``owner`` may use; ``owner`` ``None`` (the runner, an admin) may use every one.
+
+    Another owner's dataset is unknown with the very message an id never stored gets, so a
+    refusal reveals nothing.
+    """
+
+    def __init__(self, store: Store, owner: str | None) -> None:
+        self.store = store
+        self.viewer = None if owner is None else Principal(owner)
+
+    def shape(self, dataset_id: str) -> tuple[tuple[int, ...], int]:
+        try:
+            record = self.store.get_dataset(dataset_id, self.viewer)
+        except NotFound:
+            raise UnknownDataset(f"no dataset {dataset_id}: GET /api/v1/datasets lists yours") from None
+        return tuple(record.input_shape), record.num_classes
