@@ -98,7 +98,8 @@ def _inputs(x: np.ndarray, key: str) -> np.ndarray:
         )
     if len(x) == 0 or 0 in x.shape[1:]:
         raise DatasetRejected(f"array {key!r} is empty (shape {x.shape})")
-    x = np.array(x, dtype=np.float32, order="C")
+    with np.errstate(over="ignore"):  # beyond float32's range is infinite, and refused just below
+        x = np.array(x, dtype=np.float32, order="C")
     check_finite(x, f"array {key!r}")
     return x
 

@@ -93,9 +93,11 @@ class IngestLimits:
     def check_expanded(self, nbytes: int, what: str) -> None:
         """Refuse ``what`` once it would take more than :attr:`expanded_bytes`."""
         if nbytes > self.expanded_bytes:
+            size, limit = _size(nbytes), _size(self.expanded_bytes)
+            if size == limit:  # rounded alike: only the exact counts show the difference
+                size, limit = f"{nbytes} bytes", f"{self.expanded_bytes} bytes"
             raise DatasetRejected(
-                f"{what} would expand to {_size(nbytes)}, over the limit of {_size(self.expanded_bytes)} "
-                f"(NAS_LIMIT_DATASET_EXPANDED_BYTES)"
+                f"{what} would expand to {size}, over the limit of {limit} (NAS_LIMIT_DATASET_EXPANDED_BYTES)"
             )
 
 

@@ -48,7 +48,7 @@ def read_images(source: Path, options: IngestOptions, limits: IngestLimits) -> I
     widths, heights = [], []
     with _pixel_limit(limits.image_pixels):
         for parts, data in members(source, limits, wanted, 8 * limits.image_pixels + _FILE_SLACK_BYTES):
-            limits.check_expanded((len(pixels) + 1) * channels * size * size * 4, "the images, resized")
+            limits.check_expanded((len(pixels) + 1) * channels * size * size * 4, "the images once resized")
             image, (width, height) = _decode(data, "/".join(parts), mode, size)
             pixels.append(image)
             paths.append(parts)
