@@ -3,7 +3,8 @@
 The names are read from the registries when the tests are collected, so a plug-in registered
 through an entry point is checked the moment it is installed, against the same assertions as the
 shipped ones. Each check uses the plug-in's defaults (and, for spaces, every ``examples`` entry of
-its ``Params`` JSON Schema), small shapes and a few steps.
+its ``Params`` JSON Schema), small shapes and a few steps; a dataset naming one users stored
+(``upload``) names a real one, written for the test in a node cache of its own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +70,9 @@ def test_every_plugin_subclasses_its_registrys_base_and_has_default_params(reg: 
     cls = reg.get(name)
     assert issubclass(cls, reg.base)
     assert issubclass(cls.Params, BaseModel)
-    cls.Params()  # every option has a default
+    # every option has a default, but the id by which a dataset names one users stored (``upload``)
+    required = {key for key, info in cls.Params.model_fields.items() if info.is_required()}
+    assert required <= ({"id"} if reg is registry.datasets else set()), f"options without a default: {required}"
 
 
 @pytest.mark.parametrize(
@@ -320,11 +325,29 @@ def test_sparsifier_reaches_its_target_through_the_training_hooks(name: str, tor
 # -- datasets ------------------------------------------------------------------------------------
 
 
-def _tiny(name: str) -> Dataset:
-    """The dataset at its defaults, with its split-size limits (when it has them) cut to a few rows."""
+@pytest.fixture
+def stored_dataset(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The id of a dataset stored as users' datasets are, in a worker node's cache of its own."""
+    import numpy as np
+
+    from nas.data import DataSplits
+    from nas.data.node_cache import NodeDatasetCatalog, cache_path
+    from nas.data.stored import scoped_catalog, write_splits
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((60, 2, 6, 5), dtype=np.float32), np.arange(60, dtype=np.int64) % 3
+    cache_dir, dataset_id = tmp_path_factory.mktemp("node-cache"), uuid.uuid4().hex
+    write_splits(cache_path(cache_dir, dataset_id), DataSplits(x[:45], y[:45], x[45:], y[45:], (2, 6, 5), 3))
+    with scoped_catalog(NodeDatasetCatalog(cache_dir)):
+        yield dataset_id
+
+
+def _tiny(name: str, stored_id: str) -> Dataset:
+    """The dataset at its defaults, with its split-size limits (when it has them) cut to a few rows;
+    a dataset that names a stored one by id names ``stored_id``."""
     fields = registry.datasets.get(name).Params.model_fields
-    limits = {key: value for key, value in {"train_limit": 200, "test_limit": 100}.items() if key in fields}
-    return registry.datasets.create(name, limits)
+    options = {"train_limit": 200, "test_limit": 100, "id": stored_id}
+    return registry.datasets.create(name, {key: value for key, value in options.items() if key in fields})
 
 
 def _check_splits(dataset: Dataset, data_dir: Path) -> None:
@@ -340,8 +363,8 @@ def _check_splits(dataset: Dataset, data_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("name", registry.datasets.names())
-def test_dataset_loads_what_it_declares_or_names_the_missing_files(name: str, data_dir: Path) -> None:
-    dataset = _tiny(name)
+def test_dataset_loads_what_it_declares_or_names_the_missing_files(name: str, data_dir: Path, stored_dataset: str) -> None:
+    dataset = _tiny(name, stored_dataset)
     input_shape, num_classes = dataset.shape()
     assert all(isinstance(s, int) and s > 0 for s in input_shape) and num_classes >= 2
     try:
@@ -355,8 +378,10 @@ def test_dataset_loads_what_it_declares_or_names_the_missing_files(name: str, da
 
 
 @pytest.mark.parametrize("name", registry.datasets.names())
-def test_dataset_in_an_empty_folder_is_bundled_or_refused_naming_the_folder(name: str, tmp_path: Path) -> None:
-    dataset = _tiny(name)
+def test_dataset_in_an_empty_folder_is_bundled_or_refused_naming_the_folder(
+    name: str, tmp_path: Path, stored_dataset: str
+) -> None:
+    dataset = _tiny(name, stored_dataset)
     try:
         dataset.check_available(tmp_path)
     except ValueError as missing:

@@ -29,13 +29,16 @@ from ray.tune.search import Searcher  # noqa: E402
 
 from nas import registry  # noqa: E402
 from nas.errors import IllegalTransition, NotFound  # noqa: E402
+from nas.data.stored import scoped_catalog  # noqa: E402
 from nas.pareto import best_trial  # noqa: E402
 from nas.settings import Settings  # noqa: E402
 from nas.specs import Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState  # noqa: E402
 from nas.store import Store  # noqa: E402
 from nas.store.artifacts import save_model  # noqa: E402
+from nas.store.dataset_catalog import StoreDatasetCatalog  # noqa: E402
 from nas.store.observations import predict_with_store_observations  # noqa: E402
 from nas.strategies import WAIT, Strategy  # noqa: E402
+from workers.datasets import deliver  # noqa: E402
 from workers.feasibility import planned_metrics, violation  # noqa: E402
 from workers.schedulers import tune_scheduler  # noqa: E402
 from workers.trainable import EPOCH_METRICS, FINAL, train_trial  # noqa: E402
@@ -165,6 +168,7 @@ class JobRunner:
         # per live trial: a complete trial keeps the former, a pruned one ends with the latter.
         self._planned: dict[str, dict[str, float]] = {}
         self._last_epoch: dict[str, dict[str, float]] = {}
+        self._dataset: dict[str, Any] | None = None  # workers.datasets.deliver's answer, for every trial
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -176,8 +180,12 @@ class JobRunner:
             if self.store.cancel_requested(self.job_id):
                 self.stop_reason = "cancel"
             else:
-                self._prepare(job)
-                self._fit(self.spec)
+                # Planning (the spec's checks, each candidate's cost) reads stored datasets' shapes
+                # from the store; the owner's scope was checked when the job was submitted.
+                with scoped_catalog(StoreDatasetCatalog(self.store, None)):
+                    self._prepare(job)
+                    with deliver(self.store, self.settings, self.job_id, self.spec) as self._dataset:
+                        self._fit(self.spec)
             self._conclude()
         except Exception as exc:  # a bug must end the job visibly, never leave it running
             log.exception("job %s failed in its runner", self.job_id)
@@ -396,6 +404,7 @@ class JobRunner:
             "arch": trial.arch,
             "spec": self.spec.model_dump(mode="json"),
             "data_dir": str(self.settings.data_dir),
+            "dataset": self._dataset,  # how a stored dataset reaches the trial's node (workers.datasets)
         }
 
     def complete_trial(self, trial_id: str, final: dict[str, Any], model: bytes) -> None:
