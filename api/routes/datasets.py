@@ -299,9 +299,11 @@ def _name(fields: dict[str, str], filename: str) -> str:
         raise _invalid("name", str(exc)) from None
 
 
-def options_key(options: Any) -> str:
-    """The digest that tells one reading of a file from another: every ingest option, format included."""
-    return hashlib.sha256(json.dumps(dataclasses.asdict(options), sort_keys=True).encode()).hexdigest()
+def options_key(options: Any, by_path: bool) -> str:
+    """The digest that tells one keeping of a file from another: every ingest option, format included,
+    and whether it is kept (uploaded) or read where it lies (by path, which may change)."""
+    key = {**dataclasses.asdict(options), "source": "path" if by_path else "upload"}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def ingest_in_worker(
@@ -382,7 +384,7 @@ async def _keep(request: Request, store: Store, settings: Settings, principal: P
         options = _options(form.fields, fmt)
     except DatasetRejected as exc:
         raise _invalid("path" if by_path and exc.field == "file" else exc.field, exc.message) from None
-    name, key = _name(form.fields, filename), options_key(options)
+    name, key = _name(form.fields, filename), options_key(options, by_path)
     if not by_path:
         existing = store.find_dataset(principal.owner, form.sha256, key)
         if existing is not None:
