@@ -81,11 +81,12 @@ class Server:
     faults: FaultInjector
 
 
-def serve(home: Path) -> Iterator[Server]:
-    """The app over a SQLite file in ``home`` on a free port, until the generator is closed."""
+def serve(home: Path, **settings_fields: Any) -> Iterator[Server]:
+    """The app over a SQLite file in ``home`` on a free port, until the generator is closed;
+    ``settings_fields`` override the :class:`Settings` defaults."""
     (home / "data").mkdir(exist_ok=True)
     database_url = f"sqlite:///{home / 'nas.db'}"
-    settings = Settings(home=home, database_url=database_url, data_dir=home / "data")
+    settings = Settings(home=home, database_url=database_url, data_dir=home / "data", **settings_fields)
     engine = make_engine(database_url)
     upgrade(engine)
     store = Store(engine)

@@ -24,6 +24,9 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # The server writes at least a keep-alive comment every 15 s; silence this long is a dead stream.
 STREAM_READ_TIMEOUT_S = 60.0
+# A dataset is read (checked, split, stored) before the answer comes: up to NAS_INGEST_TIMEOUT_S on
+# the server (900 s by default), with room for a server configured to allow more.
+UPLOAD_READ_TIMEOUT_S = 3600.0
 
 log = logging.getLogger("nas.client")
 

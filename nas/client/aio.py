@@ -18,6 +18,7 @@ from nas.client._base import (
     RETRY_STATUSES,
     SAFE_METHODS,
     STREAM_READ_TIMEOUT_S,
+    UPLOAD_READ_TIMEOUT_S,
     ClientSettings,
     check_format,
     model_target,
@@ -30,11 +31,21 @@ from nas.client.errors import (
     AuthenticationError,
     ConflictError,
     ConnectionFailed,
+    NotFoundError,
     ServerError,
     WaitTimeout,
     error_for,
 )
-from nas.client.models import Event, JobPage, TrialPage
+from nas.client.models import Dataset, DatasetPage, Event, JobPage, TrialPage
+from nas.client.uploads import (
+    DatasetSource,
+    ReportingFile,
+    UploadProgress,
+    dataset_file,
+    dataset_form,
+    form_parts,
+    upload_reporter,
+)
 from nas.specs import Job, JobSpec, JobStatus, JobSummary, Trial, TrialState
 
 T = TypeVar("T")
@@ -282,3 +293,81 @@ class AsyncClient:
     async def catalog(self) -> dict[str, Any]:
         """Search spaces, strategies, sparsifiers, datasets and targets, each with its params' JSON Schema."""
         return await self._get("/catalog")
+
+    # -- datasets -------------------------------------------------------------------------
+
+    async def upload_dataset(
+        self,
+        source: DatasetSource,
+        *,
+        name: str | None = None,
+        label_column: str | None = None,
+        image_size: int | None = None,
+        color: str | None = None,
+        test_fraction: float | None = None,
+        split_seed: int | None = None,
+        progress: UploadProgress = True,
+    ) -> Dataset:
+        """Upload a dataset and return it as stored; see :meth:`Client.upload_dataset` (a
+        ``progress`` callback is called, not awaited, as the file is read). Safe to repeat: the
+        same content with the same options is stored once, so it is retried as reads are."""
+        form = dataset_form(name=name, label_column=label_column, image_size=image_size, color=color,
+                            test_fraction=test_fraction, split_seed=split_seed)
+        with dataset_file(source) as path, path.open("rb") as file:
+            total = os.fstat(file.fileno()).st_size
+            with upload_reporter(progress, path.name, total) as report:
+                parts = {**form_parts(form), "file": (path.name, ReportingFile(file, report))}
+                response = await self._request("POST", "/datasets", idempotent=True, files=parts,
+                                               timeout=httpx.Timeout(self.settings.timeout, read=UPLOAD_READ_TIMEOUT_S))
+        return Dataset.model_validate(response.json())
+
+    async def register_dataset(
+        self,
+        path: str,
+        *,
+        name: str | None = None,
+        label_column: str | None = None,
+        image_size: int | None = None,
+        color: str | None = None,
+        test_fraction: float | None = None,
+        split_seed: int | None = None,
+    ) -> Dataset:
+        """Register a dataset by its path on the server, under ``NAS_DATA_ROOTS``; see
+        :meth:`Client.register_dataset`."""
+        form = dataset_form(path=path, name=name, label_column=label_column, image_size=image_size, color=color,
+                            test_fraction=test_fraction, split_seed=split_seed)
+        response = await self._request("POST", "/datasets", idempotent=True, files=form_parts(form),
+                                       timeout=httpx.Timeout(self.settings.timeout, read=UPLOAD_READ_TIMEOUT_S))
+        return Dataset.model_validate(response.json())
+
+    async def dataset(self, dataset_id: str) -> Dataset:
+        return Dataset.model_validate(await self._get(f"/datasets/{dataset_id}"))
+
+    async def dataset_page(self, limit: int = 100, cursor: str | None = None) -> DatasetPage:
+        """One page of your datasets, newest first."""
+        return DatasetPage.model_validate(await self._get("/datasets", limit=limit, cursor=cursor))
+
+    async def datasets(self, page_size: int = 100) -> AsyncIterator[Dataset]:
+        """All your datasets, newest first: ``async for dataset in client.datasets(): ...``."""
+        cursor: str | None = None
+        while True:
+            page = await self.dataset_page(page_size, cursor)
+            for dataset in page.items:
+                yield dataset
+            if not (cursor := page.next_cursor):
+                return
+
+    async def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a dataset and its stored files. 409 while a queued or running job uses it."""
+        attempts = 0
+
+        async def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                await self._send("DELETE", f"/datasets/{dataset_id}")
+            except NotFoundError:
+                if attempts == 1:  # later, an earlier attempt may have deleted it before its answer was lost
+                    raise
+
+        await self._retried(attempt, idempotent=True)

@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from nas.specs import JobSummary, Page, Trial
+from nas.specs import DatasetRecord, JobSummary, Page, Trial
+
+Dataset = DatasetRecord  # what ``GET /datasets/{id}`` answers; its JSON Schema title is Dataset
 
 
 class JobPage(Page):
@@ -22,6 +24,12 @@ class TrialPage(Page):
     """One page of ``GET /jobs/{id}/trials``, in trial-number order."""
 
     items: list[Trial]
+
+
+class DatasetPage(Page):
+    """One page of ``GET /datasets``, newest first."""
+
+    items: list[Dataset]
 
 
 class Event(BaseModel):

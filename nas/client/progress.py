@@ -1,11 +1,22 @@
-"""A live progress display for ``wait()``: trials finished of the budget, status, best so far."""
+"""Live progress displays: ``wait()`` (trials finished of the budget, status, best so far) and
+``upload_dataset()`` (bytes sent, rate, time left)."""
 
 from __future__ import annotations
 
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from nas.client._base import objective_metric
 from nas.metrics import format_value
@@ -50,3 +61,34 @@ def best_text(job: Job, best: Trial | None) -> str:
     if best is None or metric is None or metric not in best.metrics:
         return ""
     return f"best {metric} {format_value(metric, best.metrics[metric])}"
+
+
+class UploadBar:
+    """A rich progress bar on stderr (by default) of one file being sent; a context manager that
+    gives the callable to report the bytes sent so far. Once the last byte is sent, the bar says
+    the server is reading the file, which it does before it answers."""
+
+    def __init__(self, label: str, total: int, console: Console | None = None) -> None:
+        self._label = label
+        self._total = total
+        self._progress = Progress(
+            TextColumn("{task.description}", style="bold", markup=False),  # file names are not markup
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console or Console(stderr=True),
+        )
+        self._task = self._progress.add_task(label, total=total)
+
+    def __enter__(self) -> UploadBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._progress.stop()
+
+    def __call__(self, sent: int) -> None:
+        done = sent >= self._total
+        description = f"{self._label} (sent; the server is reading it)" if done else self._label
+        self._progress.update(self._task, completed=sent, description=description)

@@ -17,6 +17,7 @@ from nas.client._base import (
     RETRY_STATUSES,
     SAFE_METHODS,
     STREAM_READ_TIMEOUT_S,
+    UPLOAD_READ_TIMEOUT_S,
     ClientSettings,
     check_format,
     model_target,
@@ -29,11 +30,21 @@ from nas.client.errors import (
     AuthenticationError,
     ConflictError,
     ConnectionFailed,
+    NotFoundError,
     ServerError,
     WaitTimeout,
     error_for,
 )
-from nas.client.models import Event, JobPage, TrialPage
+from nas.client.models import Dataset, DatasetPage, Event, JobPage, TrialPage
+from nas.client.uploads import (
+    DatasetSource,
+    ReportingFile,
+    UploadProgress,
+    dataset_file,
+    dataset_form,
+    form_parts,
+    upload_reporter,
+)
 from nas.specs import Job, JobSpec, JobStatus, JobSummary, Trial, TrialState
 
 T = TypeVar("T")
@@ -276,3 +287,97 @@ class Client:
     def catalog(self) -> dict[str, Any]:
         """Search spaces, strategies, sparsifiers, datasets and targets, each with its params' JSON Schema."""
         return self._get("/catalog")
+
+    # -- datasets -------------------------------------------------------------------------
+
+    def upload_dataset(
+        self,
+        source: DatasetSource,
+        *,
+        name: str | None = None,
+        label_column: str | None = None,
+        image_size: int | None = None,
+        color: str | None = None,
+        test_fraction: float | None = None,
+        split_seed: int | None = None,
+        progress: UploadProgress = True,
+    ) -> Dataset:
+        """Upload a dataset and return it as stored, ready for a job's ``dataset: {name: upload,
+        params: {id: dataset.id}}``.
+
+        ``source`` is a file (``.npz`` with ``x``, ``y`` and optionally ``x_test``, ``y_test``;
+        ``.csv`` or ``.parquet`` with a ``label_column``; a ``.zip``, ``.tar`` or ``.tar.gz`` of
+        images in one folder per class, resized to ``image_size`` in ``color`` ``grayscale`` or
+        ``rgb``), or arrays: ``(x, y)`` or a dict of those four names, sent as a temporary
+        ``.npz`` (needs numpy). The file is streamed from disk, never held whole in memory.
+        Options not given take the server's defaults; without a test split the server makes a
+        stratified one (``test_fraction``, ``split_seed``) once, for every job.
+        ``progress`` is ``True`` for a live bar on stderr, a callback given (bytes sent, bytes
+        in all), or ``False``.
+
+        The same content with the same options is stored once per owner: uploading it again
+        answers the stored dataset. That makes an upload safe to repeat, so it is retried as
+        reads are (on connection errors and 502, 503, 504), sending the file again. Raises
+        :class:`PayloadTooLarge` (413: over the upload limit or your storage quota) and
+        :class:`ValidationError` (422: what is wrong with the data or which option).
+        """
+        form = dataset_form(name=name, label_column=label_column, image_size=image_size, color=color,
+                            test_fraction=test_fraction, split_seed=split_seed)
+        with dataset_file(source) as path, path.open("rb") as file:
+            total = os.fstat(file.fileno()).st_size
+            with upload_reporter(progress, path.name, total) as report:
+                parts = {**form_parts(form), "file": (path.name, ReportingFile(file, report))}
+                response = self._request("POST", "/datasets", idempotent=True, files=parts,
+                                         timeout=httpx.Timeout(self.settings.timeout, read=UPLOAD_READ_TIMEOUT_S))
+        return Dataset.model_validate(response.json())
+
+    def register_dataset(
+        self,
+        path: str,
+        *,
+        name: str | None = None,
+        label_column: str | None = None,
+        image_size: int | None = None,
+        color: str | None = None,
+        test_fraction: float | None = None,
+        split_seed: int | None = None,
+    ) -> Dataset:
+        """Register a dataset too large to upload by its path (or ``file://`` URI) on the server,
+        under one of the folders its admin allows (``NAS_DATA_ROOTS``), which every worker reads
+        too. Same formats and options as :meth:`upload_dataset`, and as safe to repeat."""
+        form = dataset_form(path=path, name=name, label_column=label_column, image_size=image_size, color=color,
+                            test_fraction=test_fraction, split_seed=split_seed)
+        response = self._request("POST", "/datasets", idempotent=True, files=form_parts(form),
+                                 timeout=httpx.Timeout(self.settings.timeout, read=UPLOAD_READ_TIMEOUT_S))
+        return Dataset.model_validate(response.json())
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        return Dataset.model_validate(self._get(f"/datasets/{dataset_id}"))
+
+    def dataset_page(self, limit: int = 100, cursor: str | None = None) -> DatasetPage:
+        """One page of your datasets, newest first."""
+        return DatasetPage.model_validate(self._get("/datasets", limit=limit, cursor=cursor))
+
+    def datasets(self, page_size: int = 100) -> Iterator[Dataset]:
+        """All your datasets, newest first, fetched page by page as the iteration goes."""
+        cursor: str | None = None
+        while True:
+            page = self.dataset_page(page_size, cursor)
+            yield from page.items
+            if not (cursor := page.next_cursor):
+                return
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a dataset and its stored files. 409 while a queued or running job uses it."""
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self._send("DELETE", f"/datasets/{dataset_id}")
+            except NotFoundError:
+                if attempts == 1:  # later, an earlier attempt may have deleted it before its answer was lost
+                    raise
+
+        self._retried(attempt, idempotent=True)
