@@ -40,15 +40,15 @@ class ExitCode(enum.IntEnum):
 
     OK = 0
     JOB_FAILED = 1  # the job failed or was cancelled (--wait), or the server refused a change (409, 429)
-    USAGE = 2  # bad arguments, an unreadable spec file, or a spec the server rejected (422, 413)
+    USAGE = 2  # bad arguments, an unreadable spec file, or a spec or dataset the server rejected (422, 413)
     AUTH = 3  # missing, wrong or revoked API key (401)
-    NOT_FOUND = 4  # no such job or trial, or no model for it (404)
+    NOT_FOUND = 4  # no such job, trial or dataset, or no model for it (404)
     SERVER = 5  # the server failed (5xx) or could not be reached
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 job failed or cancelled (--wait), or change refused (409/429); "
-    "2 usage or invalid spec; 3 authentication; 4 not found; 5 server error or unreachable."
+    "2 usage, or invalid spec or dataset; 3 authentication; 4 not found; 5 server error or unreachable."
 )
 
 SERVER_INSTALL = "pip install 'sparse-nas[server]'"
@@ -133,6 +133,8 @@ db_app = typer.Typer(help="Database administration.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+datasets_app = typer.Typer(help="Your datasets: upload or register one, list, show, remove.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
 from nas.cli_hardware import hardware_app  # noqa: E402  (its commands import torch only when run)
 
 app.add_typer(hardware_app, name="hardware")
@@ -158,6 +160,11 @@ JsonOutput = Annotated[bool, typer.Option("--json", help="print JSON on stdout, 
 class ModelFormat(str, enum.Enum):
     safetensors = "safetensors"
     onnx = "onnx"
+
+
+class Color(str, enum.Enum):
+    grayscale = "grayscale"
+    rgb = "rgb"
 
 
 def _store(database_url: str | None) -> Any:
@@ -442,6 +449,135 @@ def export_model(
             _print_json({"trial_id": trial_id, "format": format.value, "path": str(path), "bytes": size})
         else:
             print(path)
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+DatasetName = Annotated[Optional[str], typer.Option("--name", help="what to call it (default: the file's name)")]
+LabelColumn = Annotated[Optional[str], typer.Option("--label-column", help="CSV, Parquet: the column of the classes")]
+ImageSize = Annotated[
+    Optional[int], typer.Option("--image-size", help="image archives: side of the square images are resized to")
+]
+ColorOption = Annotated[Optional[Color], typer.Option("--color", help="image archives: grayscale or rgb")]
+TestFraction = Annotated[
+    Optional[float], typer.Option("--test-fraction", help="share held out for testing when the data has no test split")
+]
+SplitSeed = Annotated[Optional[int], typer.Option("--split-seed", help="seed of that stratified split")]
+
+
+def _shape(shape: list[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _stored(dataset: Any, json_output: bool) -> None:
+    """Say what was stored on stderr; its id (the last line) or its JSON on stdout."""
+    err.print(escape(f"dataset {dataset.name!r}: {dataset.id} ({dataset.format}, {_shape(dataset.input_shape)}, "
+                     f"{dataset.num_classes} classes, {dataset.n_train} train and {dataset.n_test} test examples)"))
+    if json_output:
+        _print_json(dataset.model_dump(mode="json"))
+    else:
+        print(dataset.id)
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=(
+        ".npz (x, y, optionally x_test, y_test), .csv, .parquet, or .zip/.tar/.tar.gz of images in one folder "
+        "per class"))],
+    name: DatasetName = None,
+    label_column: LabelColumn = None,
+    image_size: ImageSize = None,
+    color: ColorOption = None,
+    test_fraction: TestFraction = None,
+    split_seed: SplitSeed = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Upload a dataset and print its id, for a job's `dataset: {name: upload, params: {id: ID}}`.
+
+    The same file with the same options is stored once: uploading it again prints the same id.
+    """
+    with _client() as client:
+        dataset = client.upload_dataset(path, name=name, label_column=label_column, image_size=image_size,
+                                        color=color.value if color else None, test_fraction=test_fraction,
+                                        split_seed=split_seed, progress=err.is_terminal)
+        _stored(dataset, json_output)
+
+
+@datasets_app.command("register")
+def datasets_register(
+    path: Annotated[str, typer.Argument(help="a path or file:// URI on the server, under its NAS_DATA_ROOTS")],
+    name: DatasetName = None,
+    label_column: LabelColumn = None,
+    image_size: ImageSize = None,
+    color: ColorOption = None,
+    test_fraction: TestFraction = None,
+    split_seed: SplitSeed = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Register a dataset by its path on the server (for data too large to upload) and print its id.
+
+    The path must lie under the server's NAS_DATA_ROOTS; the workers read it there. Same formats as upload.
+    """
+    with _client() as client:
+        dataset = client.register_dataset(path, name=name, label_column=label_column, image_size=image_size,
+                                          color=color.value if color else None, test_fraction=test_fraction,
+                                          split_seed=split_seed)
+        _stored(dataset, json_output)
+
+
+@datasets_app.command("list")
+def datasets_list(json_output: JsonOutput = False) -> None:
+    """List your datasets, newest first."""
+    from rich.filesize import decimal
+
+    with _client() as client:
+        listed = list(client.datasets())
+        if json_output:
+            _print_json(_dump(listed))
+            return
+        table = Table("id", "name", "format", "shape", "classes", "train", "test", "size", "created")
+        for d in listed:
+            table.add_row(d.id, escape(d.name), d.format, _shape(d.input_shape), str(d.num_classes), str(d.n_train),
+                          str(d.n_test), decimal(d.size_bytes), d.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        out.print(table)
+
+
+@datasets_app.command("show")
+def datasets_show(
+    dataset_id: Annotated[str, typer.Argument(help="dataset id")], json_output: JsonOutput = False
+) -> None:
+    """Show a dataset: where it came from, its shape and split, and how many examples each class has."""
+    from rich.filesize import decimal
+
+    with _client() as client:
+        d = client.dataset(dataset_id)
+    if json_output:
+        _print_json(d.model_dump(mode="json"))
+        return
+    options = ", ".join(f"{k}={v}" for k, v in d.options.model_dump().items() if v is not None)
+    fields = Table("field", "value", show_header=False)
+    for label, value in (
+        ("id", d.id), ("name", d.name), ("owner", d.owner), ("format", d.format),
+        ("source", f"{d.source} {d.path}" if d.path else d.source), ("input shape", _shape(d.input_shape)),
+        ("classes", str(d.num_classes)),
+        ("examples", f"{d.n_train} train, {d.n_test} test ({'given' if d.test_given else 'split at upload'})"),
+        ("size", f"{decimal(d.size_bytes)} ({decimal(d.stored_bytes)} stored)"), ("sha256", d.sha256),
+        ("options", options), ("created", d.created_at.strftime("%Y-%m-%d %H:%M:%S")),
+    ):
+        fields.add_row(label, escape(value))
+    out.print(fields)
+    balance = Table("class", "train", "test")
+    for i, class_name in enumerate(d.class_names):
+        balance.add_row(escape(class_name), str(d.class_counts["train"][i]), str(d.class_counts["test"][i]))
+    out.print(balance)
+
+
+@datasets_app.command("rm")
+def datasets_rm(dataset_id: Annotated[str, typer.Argument(help="dataset id")]) -> None:
+    """Delete a dataset and its stored files; refused (exit 1) while a queued or running job uses it."""
+    with _client() as client:
+        client.delete_dataset(dataset_id)
+    err.print(f"deleted dataset {escape(dataset_id)}")
 
 
 @app.command("open")
