@@ -73,7 +73,9 @@ def write_zip(path: Path, files: dict[str, bytes], compression: int = zipfile.ZI
     return path
 
 
-def write_tar(path: Path, files: dict[str, bytes], mode: str = "w:gz", extra: Callable[[tarfile.TarFile], None] | None = None) -> Path:
+def write_tar(
+    path: Path, files: dict[str, bytes], mode: str = "w:gz", extra: Callable[[tarfile.TarFile], None] | None = None
+) -> Path:
     with tarfile.open(path, mode) as archive:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
@@ -96,8 +98,16 @@ def wine_frame():
 
 @pytest.mark.parametrize(
     ("name", "format_"),
-    [("a.npz", "npz"), ("A.CSV", "csv"), ("t.parquet", "parquet"), ("t.pq", "parquet"), ("i.zip", "images"),
-     ("i.tar", "images"), ("i.tar.gz", "images"), ("i.tgz", "images")],
+    [
+        ("a.npz", "npz"),
+        ("A.CSV", "csv"),
+        ("t.parquet", "parquet"),
+        ("t.pq", "parquet"),
+        ("i.zip", "images"),
+        ("i.tar", "images"),
+        ("i.tar.gz", "images"),
+        ("i.tgz", "images"),
+    ],
 )
 def test_the_format_comes_from_the_file_name(name: str, format_: str) -> None:
     assert detect_format(name) == format_
@@ -129,6 +139,10 @@ def test_options_out_of_range_are_refused_at_their_field(options: dict, field: s
     assert info.value.field == field
 
 
+def test_an_empty_label_column_is_none() -> None:
+    assert IngestOptions("images", label_column="").label_column is None
+
+
 def test_a_refusal_keeps_its_field_across_processes() -> None:
     copy = pickle.loads(pickle.dumps(DatasetRejected("no column 'kind'", "label_column")))
     assert (str(copy), copy.field) == ("no column 'kind'", "label_column")
@@ -149,7 +163,9 @@ def test_importing_the_package_loads_no_array_library() -> None:
     import subprocess
 
     code = "import sys, nas.data.ingest, nas.data.roots; print(sorted({'numpy', 'pyarrow', 'PIL'} & set(sys.modules)))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
 # --- npz -----------------------------------------------------------------------------------------
@@ -176,7 +192,9 @@ def test_npz_images_are_split_stratified_and_standardised_from_train(tmp_path: P
 def test_the_split_is_the_seeds_alone(tmp_path: Path) -> None:
     source = digits_npz(tmp_path / "d.npz")
     first, again, other = (ingest(source, IngestOptions("npz", split_seed=seed), LIMITS) for seed in (1, 1, 2))
-    assert np.array_equal(first.splits.x_test, again.splits.x_test) and np.array_equal(first.splits.y_train, again.splits.y_train)
+    assert np.array_equal(first.splits.x_test, again.splits.x_test) and np.array_equal(
+        first.splits.y_train, again.splits.y_train
+    )
     assert not np.array_equal(first.splits.x_test, other.splits.x_test)
 
 
@@ -207,22 +225,53 @@ def test_npz_given_test_split_and_named_labels(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("arrays", "match"),
     [
-        ({"x": np.array([object(), object()], dtype=object), "y": np.array([0, 1])}, r"array 'x' is of Python objects.*never unpickles"),
+        (
+            {"x": np.array([object(), object()], dtype=object), "y": np.array([0, 1])},
+            r"array 'x' is of Python objects.*never unpickles",
+        ),
         ({"x": np.zeros((4, 2))}, r"lacks 'y'.*it holds 'x'"),
-        ({"x": np.zeros((4, 2)), "y": np.arange(4), "w": np.zeros(4)}, r"holds arrays 'w'; it may hold only x, y, x_test, y_test"),
+        (
+            {"x": np.zeros((4, 2)), "y": np.arange(4), "w": np.zeros(4)},
+            r"holds arrays 'w'; it may hold only x, y, x_test, y_test",
+        ),
         ({"x": np.zeros((4, 2)), "y": np.arange(4), "x_test": np.zeros((2, 2))}, "x_test and y_test without the other"),
         ({"x": np.zeros((4, 2)), "y": np.array([0, 1, 0])}, "x holds 4 examples but y 3 labels"),
-        ({"x": np.array([[0.0], [np.nan], [1.0], [2.0]]), "y": np.array([0, 1, 0, 1])}, r"array 'x' holds 1 NaN or infinite values \(the first at index \(1, 0\)\)"),
+        (
+            {"x": np.array([[0.0], [np.nan], [1.0], [2.0]]), "y": np.array([0, 1, 0, 1])},
+            r"array 'x' holds 1 NaN or infinite values \(the first at index \(1, 0\)\)",
+        ),
         ({"x": np.array([[0.0], [1.0], [np.inf], [2.0]]), "y": np.array([0, 1, 0, 1])}, "NaN or infinite"),
         ({"x": np.array([[1e300], [1.0], [0.0], [2.0]]), "y": np.array([0, 1, 0, 1])}, "NaN or infinite"),
         ({"x": np.zeros((4, 2)), "y": np.zeros(4, dtype=int)}, r"one class only \('0'\)"),
-        ({"x": np.zeros((4, 2)), "y": np.array([0.0, 1.0, 0.0, 1.0])}, r"float64 values; labels must be integers or class names.*convert them"),
-        ({"x": np.zeros((4, 2)), "y": np.zeros((4, 2), dtype=int)}, r"'y' is shaped \(4, 2\); labels are one per example"),
+        (
+            {"x": np.zeros((4, 2)), "y": np.array([0.0, 1.0, 0.0, 1.0])},
+            r"float64 values; labels must be integers or class names.*convert them",
+        ),
+        (
+            {"x": np.zeros((4, 2)), "y": np.zeros((4, 2), dtype=int)},
+            r"'y' is shaped \(4, 2\); labels are one per example",
+        ),
         ({"x": np.array(["a", "b", "c", "d"]), "y": np.array([0, 1, 0, 1])}, "inputs must be numbers"),
         ({"x": np.zeros(4), "y": np.array([0, 1, 0, 1])}, r"'x' is shaped \(4,\); inputs are"),
         ({"x": np.zeros((6, 2)), "y": np.array([0, 0, 0, 1, 1, 2])}, r"fewer than 2 examples.*'2' \(1\)"),
-        ({"x": np.zeros((4, 2)), "y": np.array([0, 1, 0, 1]), "x_test": np.zeros((2, 3)), "y_test": np.array([0, 1])}, r"x_test's examples are shaped \(3,\), x's \(2,\)"),
-        ({"x": np.zeros((4, 2)), "y": np.array([0, 1, 0, 1]), "x_test": np.zeros((2, 2)), "y_test": np.array([0, 7])}, "classes the training split lacks: 7"),
+        (
+            {
+                "x": np.zeros((4, 2)),
+                "y": np.array([0, 1, 0, 1]),
+                "x_test": np.zeros((2, 3)),
+                "y_test": np.array([0, 1]),
+            },
+            r"x_test's examples are shaped \(3,\), x's \(2,\)",
+        ),
+        (
+            {
+                "x": np.zeros((4, 2)),
+                "y": np.array([0, 1, 0, 1]),
+                "x_test": np.zeros((2, 2)),
+                "y_test": np.array([0, 7]),
+            },
+            "classes the training split lacks: 7",
+        ),
     ],
 )
 def test_malformed_npz_is_refused_by_name(tmp_path: Path, arrays: dict[str, np.ndarray], match: str) -> None:
@@ -238,10 +287,41 @@ def test_a_file_that_is_no_npz_is_refused(tmp_path: Path) -> None:
     rejected(tmp_path / "cut.npz", IngestOptions("npz"), r"not a readable \.npz")
 
 
+def npy_header(shape: tuple[int, ...], descr: str = "<f8") -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("x_member", "match"),
+    [
+        (b"raw bytes, no array", r"array 'x' is not a NumPy array \(\.npy\)"),
+        (
+            npy_header((10**6,)) + bytes(16),
+            r"array 'x' declares shape \(1000000,\) of float64, more than the data it holds",
+        ),
+        (npy_header((2,), "|O") + bytes(16), "array 'x' is of Python objects"),
+    ],
+)
+def test_npz_members_are_checked_before_numpy_reads_them(tmp_path: Path, x_member: bytes, match: str) -> None:
+    y = io.BytesIO()
+    np.save(y, np.array([0, 1]))
+    write_zip(tmp_path / "m.npz", {"x.npy": x_member, "y.npy": y.getvalue()})
+    rejected(tmp_path / "m.npz", IngestOptions("npz"), match)
+
+
 def test_npz_arrays_expanding_past_the_limit_are_refused_before_reading(tmp_path: Path) -> None:
-    np.savez_compressed(tmp_path / "z.npz", x=np.zeros((4096, 256)), y=np.arange(4096) % 2)  # 8 MiB of zeros, compressed
+    np.savez_compressed(
+        tmp_path / "z.npz", x=np.zeros((4096, 256)), y=np.arange(4096) % 2
+    )  # 8 MiB of zeros, compressed
     assert (tmp_path / "z.npz").stat().st_size < 100_000
-    rejected(tmp_path / "z.npz", IngestOptions("npz"), r"arrays would expand to 8\.\d MiB, over the limit of 1\.0 MiB", IngestLimits(1 << 20, 1 << 20))
+    rejected(
+        tmp_path / "z.npz",
+        IngestOptions("npz"),
+        r"arrays would expand to 8\.\d MiB, over the limit of 1\.0 MiB",
+        IngestLimits(1 << 20, 1 << 20),
+    )
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -285,7 +365,11 @@ def test_parquet_with_named_labels_matches_csv(tmp_path: Path) -> None:
 
 def test_a_missing_label_column_is_refused_listing_the_columns(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text("a,b,kind\n1,2,x\n3,4,y\n")
-    error = rejected(tmp_path / "t.csv", IngestOptions("csv", label_column="label"), "no column 'label'.*its columns are 'a', 'b', 'kind'")
+    error = rejected(
+        tmp_path / "t.csv",
+        IngestOptions("csv", label_column="label"),
+        "no column 'label'.*its columns are 'a', 'b', 'kind'",
+    )
     assert error.field == "label_column"
 
 
@@ -312,7 +396,11 @@ def test_malformed_csv_is_refused_by_name(tmp_path: Path, text: str, match: str)
 def test_a_column_of_too_many_categories_is_refused_by_name(tmp_path: Path) -> None:
     rows = "".join(f"{i},id{i},{i % 2}\n" for i in range(65))
     (tmp_path / "t.csv").write_text("a,customer,label\n" + rows)
-    rejected(tmp_path / "t.csv", IngestOptions("csv", label_column="label"), "column 'customer' holds 65 distinct strings.*at most 64")
+    rejected(
+        tmp_path / "t.csv",
+        IngestOptions("csv", label_column="label"),
+        "column 'customer' holds 65 distinct strings.*at most 64",
+    )
 
 
 def test_parquet_refusals(tmp_path: Path) -> None:
@@ -320,18 +408,31 @@ def test_parquet_refusals(tmp_path: Path) -> None:
     rejected(tmp_path / "junk.parquet", IngestOptions("parquet", label_column="y"), "not a readable Parquet table")
     table = pa.table({"when": pa.array([1, 2, 3], pa.timestamp("s")), "y": [0, 1, 0]})
     pq.write_table(table, tmp_path / "t.parquet")
-    rejected(tmp_path / "t.parquet", IngestOptions("parquet", label_column="y"), r"column 'when' is timestamp\[\w+\]; columns must hold numbers, booleans or strings")
+    rejected(
+        tmp_path / "t.parquet",
+        IngestOptions("parquet", label_column="y"),
+        r"column 'when' is timestamp\[\w+\]; columns must hold numbers, booleans or strings",
+    )
     pq.write_table(pa.table({"a": [1.0, float("nan"), 2.0, 3.0], "y": [0, 1, 0, 1]}), tmp_path / "nan.parquet")
     rejected(tmp_path / "nan.parquet", IngestOptions("parquet", label_column="y"), "column 'a' holds 1 NaN")
     pq.write_table(pa.table({"a": np.zeros(300_000), "y": np.arange(300_000) % 2}), tmp_path / "big.parquet")
-    rejected(tmp_path / "big.parquet", IngestOptions("parquet", label_column="y"), "the table would expand", IngestLimits(1 << 20, 1 << 20))
+    rejected(
+        tmp_path / "big.parquet",
+        IngestOptions("parquet", label_column="y"),
+        "the table would expand",
+        IngestLimits(1 << 20, 1 << 20),
+    )
 
 
 # --- image archives ------------------------------------------------------------------------------
 
 
 def test_an_image_folder_zip_in_grayscale_and_rgb(tmp_path: Path) -> None:
-    files = digit_pngs(prefix="digits/") | {"digits/README.txt": b"hi", "__MACOSX/digits/._0.png": b"x", "digits/.DS_Store": b"x"}
+    files = digit_pngs(prefix="digits/") | {
+        "digits/README.txt": b"hi",
+        "__MACOSX/digits/._0.png": b"x",
+        "digits/.DS_Store": b"x",
+    }
     source = write_zip(tmp_path / "d.zip", files)
     grey = ingest(source, IngestOptions("images", image_size=16, color="grayscale"), LIMITS)
     assert grey.splits.input_shape == (1, 16, 16) and grey.class_names == [str(i) for i in range(10)]
@@ -349,7 +450,9 @@ def test_an_image_folder_zip_in_grayscale_and_rgb(tmp_path: Path) -> None:
 
 def test_a_tar_gz_with_train_and_test_folders_gives_the_test_split(tmp_path: Path) -> None:
     files = digit_pngs(per_class=5, prefix="set/train/") | digit_pngs(per_class=2, prefix="set/test/")
-    got = ingest(write_tar(tmp_path / "d.tar.gz", files), IngestOptions("images", image_size=8, color="grayscale"), LIMITS)
+    got = ingest(
+        write_tar(tmp_path / "d.tar.gz", files), IngestOptions("images", image_size=8, color="grayscale"), LIMITS
+    )
     assert got.test_given and got.summary["split"] == {"given": True}
     assert (len(got.splits.y_train), len(got.splits.y_test)) == (50, 20)
     assert np.array_equal(np.bincount(got.splits.y_test), [2] * 10)
@@ -359,7 +462,9 @@ def test_store_writes_the_canonical_file_and_a_sample_grid(tmp_path: Path) -> No
     source = write_zip(tmp_path / "d.zip", digit_pngs())
     got = ingest(source, IngestOptions("images", image_size=12, color="grayscale", split_seed=7), LIMITS)
     facts = store(got, tmp_path / "stored")
-    assert facts["input_shape"] == [1, 12, 12] and facts["num_classes"] == 10 and facts["class_names"] == got.class_names
+    assert (
+        facts["input_shape"] == [1, 12, 12] and facts["num_classes"] == 10 and facts["class_names"] == got.class_names
+    )
     assert (facts["n_train"], facts["n_test"]) == (96, 24) and sum(facts["class_counts"]["test"]) == 24
     files = sorted(p.name for p in (tmp_path / "stored").iterdir())
     assert files == ["data.npz", "samples.png"]
@@ -367,14 +472,22 @@ def test_store_writes_the_canonical_file_and_a_sample_grid(tmp_path: Path) -> No
     splits = read_splits(tmp_path / "stored" / "data.npz")
     assert np.array_equal(splits.x_test, got.splits.x_test) and splits.input_shape == (1, 12, 12)
     meta = read_meta(tmp_path / "stored" / "data.npz")
-    assert meta == {"class_names": got.class_names, "summary": facts["summary"], "split_seed": 7, "test_fraction": 0.2, "test_given": False}
+    assert meta == {
+        "class_names": got.class_names,
+        "summary": facts["summary"],
+        "split_seed": 7,
+        "test_fraction": 0.2,
+        "test_given": False,
+    }
     with Image.open(tmp_path / "stored" / "samples.png") as grid:
         assert grid.mode == "L" and grid.size == (8 * 14 + 2, 10 * 14 + 2)  # 8 per class, a row per class
 
 
 def test_store_of_a_table_writes_no_sample_grid(tmp_path: Path) -> None:
     wine_frame().to_csv(tmp_path / "wine.csv", index=False)
-    facts = store(ingest(tmp_path / "wine.csv", IngestOptions("csv", label_column="target"), LIMITS), tmp_path / "stored")
+    facts = store(
+        ingest(tmp_path / "wine.csv", IngestOptions("csv", label_column="target"), LIMITS), tmp_path / "stored"
+    )
     assert [p.name for p in (tmp_path / "stored").iterdir()] == ["data.npz"]
     assert facts["input_shape"] == [16] and facts["summary"]["features"][0] == "alcohol"
 
@@ -406,9 +519,13 @@ IMAGE_OPTIONS = IngestOptions("images", image_size=8, color="grayscale")
     [
         ({"notes/readme.txt": b"hi"}, r"holds no images.*1 other files, e.g. 'notes/readme.txt'"),
         ({"0/a.png": b"this is no png"}, r"image '0/a.png' won't decode"),
+        ({"0/a.png": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"}, r"'0/a.png' won't decode: cannot identify"),
         ({"0/a.png": png_declaring(100_000, 100_000)}, r"image '0/a.png' is too large \(NAS_LIMIT_IMAGE_PIXELS\)"),
         ({"0/a.png": png(np.zeros((1000, 1100), np.uint8))}, r"image '0/a.png' is too large"),
-        ({"a.png": png(np.zeros((4, 4), np.uint8)), "b.png": png(np.zeros((4, 4), np.uint8))}, r"'a.png' lies in no class folder"),
+        (
+            {"a.png": png(np.zeros((4, 4), np.uint8)), "b.png": png(np.zeros((4, 4), np.uint8))},
+            r"'a.png' lies in no class folder",
+        ),
         ({"0/a.png": png(np.zeros((4, 4), np.uint8)), "0/b.png": png(np.zeros((4, 4), np.uint8))}, "one class only"),
         ({"../0/a.png": png(np.zeros((4, 4), np.uint8))}, r"entry '../0/a.png' climbs out"),
         ({"0/../../a.png": b"x"}, "climbs out of the archive's folder"),
@@ -417,7 +534,9 @@ IMAGE_OPTIONS = IngestOptions("images", image_size=8, color="grayscale")
     ],
 )
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])
-def test_malformed_image_archives_are_refused_by_name(tmp_path: Path, files: dict[str, bytes], match: str, kind: str) -> None:
+def test_malformed_image_archives_are_refused_by_name(
+    tmp_path: Path, files: dict[str, bytes], match: str, kind: str
+) -> None:
     source = write_zip(tmp_path / "a.zip", files) if kind == "zip" else write_tar(tmp_path / "a.tar.gz", files)
     assert rejected(source, IMAGE_OPTIONS, match).field == "file"
 
@@ -429,7 +548,9 @@ def test_an_empty_archive_is_refused(tmp_path: Path) -> None:
 
 def test_a_corrupt_archive_is_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 not really a zip at all" * 10)
-    rejected(tmp_path / "junk.zip", IMAGE_OPTIONS, "not a readable zip or tar archive")
+    rejected(tmp_path / "junk.zip", IMAGE_OPTIONS, "not a readable zip archive")
+    (tmp_path / "junk.tar").write_bytes(b"not really a tar either" * 100)
+    rejected(tmp_path / "junk.tar", IMAGE_OPTIONS, "not a readable zip or tar archive")
     whole = write_tar(tmp_path / "d.tar.gz", digit_pngs()).read_bytes()
     (tmp_path / "cut.tar.gz").write_bytes(whole[: len(whole) // 2])
     rejected(tmp_path / "cut.tar.gz", IMAGE_OPTIONS, "not a readable zip or tar archive")
@@ -473,7 +594,12 @@ def test_archive_bombs_are_refused_before_decompressing(tmp_path: Path) -> None:
     rejected(write_tar(tmp_path / "z.tar.gz", zeros), IMAGE_OPTIONS, "the archive would expand to 4.0 MiB", limits)
     many = write_zip(tmp_path / "m.zip", digit_pngs(per_class=1))
     rejected(many, IMAGE_OPTIONS, "holds 10 entries, over the limit of 5", IngestLimits(1 << 20, 1 << 20, max_files=5))
-    rejected(write_tar(tmp_path / "m.tar", digit_pngs(per_class=1), "w"), IMAGE_OPTIONS, "more than 5 entries", IngestLimits(1 << 20, 1 << 20, max_files=5))
+    rejected(
+        write_tar(tmp_path / "m.tar", digit_pngs(per_class=1), "w"),
+        IMAGE_OPTIONS,
+        "more than 5 entries",
+        IngestLimits(1 << 20, 1 << 20, max_files=5),
+    )
 
 
 def test_a_huge_tar_header_extension_is_refused_unread(tmp_path: Path) -> None:
@@ -489,7 +615,12 @@ def test_a_huge_tar_header_extension_is_refused_unread(tmp_path: Path) -> None:
 def test_images_expanding_past_the_limit_once_resized_are_refused(tmp_path: Path) -> None:
     source = write_zip(tmp_path / "d.zip", digit_pngs())
     limits = IngestLimits(expanded_bytes=1 << 20, image_pixels=1 << 20)
-    rejected(source, IngestOptions("images", image_size=64, color="rgb"), r"the images once resized would expand to \d+ bytes, over the limit of 1048576 bytes", limits)
+    rejected(
+        source,
+        IngestOptions("images", image_size=64, color="rgb"),
+        r"the images once resized would expand to \d+ bytes, over the limit of 1048576 bytes",
+        limits,
+    )
 
 
 def test_ingested_is_what_store_takes(tmp_path: Path) -> None:
@@ -516,7 +647,8 @@ def test_paths_and_file_uris_under_a_root_resolve(root: Path) -> None:
     target = root / "sets" / "my data.csv"
     assert resolve_under_roots(str(target), [root]) == target
     assert resolve_under_roots(target.as_uri(), [root]) == target
-    assert resolve_under_roots("file://localhost" + target.as_uri()[len("file://"):], [root]) == target
+    assert resolve_under_roots("file://localhost" + target.as_uri()[len("file://") :], [root]) == target
+    assert resolve_under_roots(f"file:{target}", [root]) == target
     (root / "sets" / "alias.csv").symlink_to(target)  # a link that stays inside the root is fine
     assert resolve_under_roots(str(root / "sets" / "alias.csv"), [root]) == target
     (root.parent / "link-to-root").symlink_to(root)  # roots are compared by their real paths
@@ -535,8 +667,9 @@ def test_paths_and_file_uris_under_a_root_resolve(root: Path) -> None:
         ("{root}/sets/missing.csv", "no file at"),
         ("{root}/sets", "is not a file"),
         ("sets/my data.csv", "is relative"),
-        ("http://example.com/data.csv", r"not http:// URIs"),
-        ("s3://bucket/data.csv", r"not s3:// URIs"),
+        ("http://example.com/data.csv", "only paths and file: URIs name datasets, not http: URIs"),
+        ("s3://bucket/data.csv", "not s3: URIs"),
+        ("file:///{root}/sets/my data.csv?x=1", "not a local file URI"),
         ("file://otherhost/data.csv", "not a local file URI"),
     ],
 )

@@ -17,7 +17,7 @@ from nas.data.ingest.base import DatasetRejected
 
 
 def resolve_under_roots(path_or_uri: str, roots: Sequence[Path]) -> Path:
-    """The real path of the file that ``path_or_uri`` (an absolute path or a ``file://`` URI) names;
+    """The real path of the file that ``path_or_uri`` (an absolute path or a ``file:`` URI) names;
     :class:`DatasetRejected` (field ``path``) unless it is a file under one of ``roots``."""
     if not roots:
         raise DatasetRejected("registering by path is off: the server's admin sets NAS_DATA_ROOTS", "path")
@@ -28,10 +28,12 @@ def resolve_under_roots(path_or_uri: str, roots: Sequence[Path]) -> Path:
         raise DatasetRejected(f"path {path_or_uri!r} is relative; give an absolute path", "path")
     real = Path(os.path.realpath(path))
     if not any(real.is_relative_to(os.path.realpath(root)) for root in roots):
-        raise DatasetRejected(f"path {path_or_uri!r} is not under the folders the server reads datasets from (NAS_DATA_ROOTS)", "path")
-    if not real.exists():
+        raise DatasetRejected(
+            f"path {path_or_uri!r} is not under the folders the server reads datasets from (NAS_DATA_ROOTS)", "path"
+        )
+    if not os.path.exists(real):
         raise DatasetRejected(f"no file at {path_or_uri!r}", "path")
-    if not real.is_file():
+    if not os.path.isfile(real):
         raise DatasetRejected(f"{path_or_uri!r} is not a file", "path")
     return real
 
@@ -39,11 +41,11 @@ def resolve_under_roots(path_or_uri: str, roots: Sequence[Path]) -> Path:
 def _local_path(path_or_uri: str) -> str:
     if "\x00" in path_or_uri:
         raise DatasetRejected("the path has a NUL byte", "path")
-    if "://" not in path_or_uri:
-        return path_or_uri
     uri = urlsplit(path_or_uri)
+    if not uri.scheme:
+        return path_or_uri
     if uri.scheme != "file":
-        raise DatasetRejected(f"only file:// URIs and paths name datasets, not {uri.scheme}:// URIs", "path")
+        raise DatasetRejected(f"only paths and file: URIs name datasets, not {uri.scheme}: URIs", "path")
     if uri.netloc not in ("", "localhost") or uri.query or uri.fragment:
         raise DatasetRejected(f"{path_or_uri!r} is not a local file URI (file:///absolute/path)", "path")
     return unquote(uri.path)

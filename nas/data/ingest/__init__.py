@@ -48,9 +48,7 @@ def detect_format(filename: str) -> str:
     for suffix in sorted(_SUFFIXES, key=len, reverse=True):
         if lowered.endswith(suffix):
             return _SUFFIXES[suffix]
-    raise DatasetRejected(
-        f"can't tell the format of {filename!r} from its name; names end in {', '.join(_SUFFIXES)}"
-    )
+    raise DatasetRejected(f"can't tell the format of {filename!r} from its name; names end in {', '.join(_SUFFIXES)}")
 
 
 def ingest(source: Path, options: IngestOptions, limits: IngestLimits) -> Ingested:

@@ -24,15 +24,25 @@ from pathlib import Path
 from nas.data.ingest.base import DatasetRejected, IngestLimits
 
 MAX_HEADER_BYTES = 1 << 20
-_HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+_HEADER_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
 
 Wanted = Callable[[tuple[str, ...]], bool]
 
 
-def members(source: Path, limits: IngestLimits, wanted: Wanted, member_bytes: int) -> Iterator[tuple[tuple[str, ...], bytes]]:
+def members(
+    source: Path, limits: IngestLimits, wanted: Wanted, member_bytes: int
+) -> Iterator[tuple[tuple[str, ...], bytes]]:
     """``(path parts, bytes)`` of each regular file that ``wanted`` accepts, in archive order; files
     over ``member_bytes`` are refused."""
-    if zipfile.is_zipfile(source):
+    with source.open("rb") as handle:
+        is_zip = handle.read(2) == b"PK"  # by its first bytes: a tar whose last file is a zip ends like a zip
+    if is_zip:
         yield from _zip_members(source, limits, wanted, member_bytes)
     else:
         yield from _tar_members(source, limits, wanted, member_bytes)
@@ -44,14 +54,18 @@ def entry_parts(name: str) -> tuple[str, ...]:
         raise DatasetRejected(f"archive entry {name!r} has a NUL byte in its name")
     path = name.replace("\\", "/")
     if path.startswith("/") or re.match(r"[A-Za-z]:", path):
-        raise DatasetRejected(f"archive entry {name!r} has an absolute path; entries must lie inside the archive's folder")
+        raise DatasetRejected(
+            f"archive entry {name!r} has an absolute path; entries must lie inside the archive's folder"
+        )
     parts = tuple(part for part in path.split("/") if part not in ("", "."))
     if ".." in parts:
         raise DatasetRejected(f"archive entry {name!r} climbs out of the archive's folder ('..')")
     return parts
 
 
-def _zip_members(source: Path, limits: IngestLimits, wanted: Wanted, member_bytes: int) -> Iterator[tuple[tuple[str, ...], bytes]]:
+def _zip_members(
+    source: Path, limits: IngestLimits, wanted: Wanted, member_bytes: int
+) -> Iterator[tuple[tuple[str, ...], bytes]]:
     try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -94,7 +108,9 @@ class _CheckedTarInfo(tarfile.TarInfo):
         return info
 
 
-def _tar_members(source: Path, limits: IngestLimits, wanted: Wanted, member_bytes: int) -> Iterator[tuple[tuple[str, ...], bytes]]:
+def _tar_members(
+    source: Path, limits: IngestLimits, wanted: Wanted, member_bytes: int
+) -> Iterator[tuple[tuple[str, ...], bytes]]:
     count = expanded = 0
     try:
         # Stream mode ("r|*": gzip, bzip2, xz or none): one pass, one member at a time, no seeking back.
@@ -106,7 +122,9 @@ def _tar_members(source: Path, limits: IngestLimits, wanted: Wanted, member_byte
                 parts = entry_parts(member.name)
                 if member.issym() or member.islnk():
                     kind = "symbolic" if member.issym() else "hard"
-                    raise DatasetRejected(f"archive entry {member.name!r} is a {kind} link (to {member.linkname!r}); links are refused")
+                    raise DatasetRejected(
+                        f"archive entry {member.name!r} is a {kind} link (to {member.linkname!r}); links are refused"
+                    )
                 if member.isdir():
                     continue
                 if not member.isreg():

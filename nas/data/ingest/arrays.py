@@ -8,11 +8,13 @@ channel (images) with the training split's statistics.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy
 
 from nas.data.ingest.base import DatasetRejected, Ingested, IngestLimits, IngestOptions
 from nas.data.ingest.prepare import check_finite, class_indices, split, splits, standardise
@@ -35,24 +37,44 @@ def read_npz(source: Path, options: IngestOptions, limits: IngestLimits) -> Inge
         x = np.concatenate([x, x_test])
         y = np.concatenate([_labels(y, "y"), _labels(y_test, "y_test")])
     labels, class_names = class_indices(_labels(y, "y"), "the labels y")
-    x_train, y_train, x_test, y_test, split_summary = split(x, labels, class_names, options, len(arrays["y"]) if given else None)
+    x_train, y_train, x_test, y_test, split_summary = split(
+        x, labels, class_names, options, len(arrays["y"]) if given else None
+    )
     mean, std = standardise(x_train, x_test)
-    summary: dict[str, Any] = {"per": "feature" if x.ndim == 2 else "channel", "mean": mean, "std": std, "split": split_summary}
+    summary: dict[str, Any] = {
+        "per": "feature" if x.ndim == 2 else "channel",
+        "mean": mean,
+        "std": std,
+        "split": split_summary,
+    }
     return Ingested(splits(x_train, y_train, x_test, y_test, len(class_names)), class_names, given, summary)
 
 
 def _load(source: Path, limits: IngestLimits) -> dict[str, np.ndarray]:
-    """The arrays, after checking the archive's names and declared sizes: ``np.load`` reads members
-    through :mod:`zipfile`, which stops at a member's declared size."""
+    """The arrays, once the archive's names, declared sizes and array headers pass: ``np.load`` reads
+    members through :mod:`zipfile`, which stops at a member's declared size."""
     try:
         with zipfile.ZipFile(source) as archive:
-            infos = archive.infolist()
+            names = _check_members(archive, limits)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DatasetRejected(f"not a readable .npz (NumPy's zip of arrays): {exc}") from None
+    try:
+        with np.load(source, allow_pickle=False) as npz:
+            return {key: npz[key] for key in names}
+    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DatasetRejected(f"the .npz is corrupt: {exc}") from None
+
+
+def _check_members(archive: zipfile.ZipFile, limits: IngestLimits) -> list[str]:
+    """The arrays' names, once each member is one of :data:`KEYS`, holds numbers or strings (no
+    Python objects) and declares no more data than it holds."""
+    infos = archive.infolist()
     names = [info.filename.removesuffix(".npy") for info in infos]
     unknown = sorted(set(names) - set(KEYS))
     if unknown:
-        raise DatasetRejected(f"the .npz holds arrays {', '.join(map(repr, unknown))}; it may hold only {', '.join(KEYS)}")
+        raise DatasetRejected(
+            f"the .npz holds arrays {', '.join(map(repr, unknown))}; it may hold only {', '.join(KEYS)}"
+        )
     missing = [key for key in ("x", "y") if key not in names]
     if missing:
         raise DatasetRejected(
@@ -62,26 +84,24 @@ def _load(source: Path, limits: IngestLimits) -> dict[str, np.ndarray]:
     if ("x_test" in names) != ("y_test" in names):
         raise DatasetRejected("the .npz holds one of x_test and y_test without the other: give both or neither")
     limits.check_expanded(sum(info.file_size for info in infos), "the .npz's arrays")
-    arrays = {}
-    try:
-        with np.load(source, allow_pickle=False) as npz:
-            for key in names:
-                arrays[key] = _read(npz, key)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DatasetRejected(f"the .npz is corrupt: {exc}") from None
-    return arrays
-
-
-def _read(npz: Any, key: str) -> np.ndarray:
-    try:
-        return npz[key]
-    except ValueError as exc:  # object arrays need pickle; so do malformed headers that claim them
-        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+    for info, key in zip(infos, names, strict=True):
+        with archive.open(info) as member:
+            try:
+                version = npy.read_magic(member)
+                read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+            except ValueError as exc:
+                raise DatasetRejected(f"array {key!r} is not a NumPy array (.npy): {exc}") from None
+            header_bytes = member.tell()
+        if dtype.hasobject:
             raise DatasetRejected(
                 f"array {key!r} is of Python objects, which only pickle can read, and the service never "
                 f"unpickles uploads: store numbers (and labels as integers or strings)"
-            ) from None
-        raise DatasetRejected(f"array {key!r} is not a readable NumPy array: {exc}") from None
+            )
+        declared = math.prod(shape) * dtype.itemsize
+        if declared > info.file_size - header_bytes:
+            raise DatasetRejected(f"array {key!r} declares shape {shape} of {dtype}, more than the data it holds")
+    return names
 
 
 def _inputs(x: np.ndarray, key: str) -> np.ndarray:

@@ -52,16 +52,24 @@ class IngestOptions:
     split_seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.label_column == "":  # a form's empty field: not given
+            object.__setattr__(self, "label_column", None)
         if self.format not in FORMATS:
             raise DatasetRejected(f"unknown format {self.format!r}; the formats are {', '.join(FORMATS)}")
         if self.format in ("csv", "parquet"):
             if not self.label_column:
-                raise DatasetRejected(f"a {self.format} table needs label_column: the column holding the labels", "label_column")
+                raise DatasetRejected(
+                    f"a {self.format} table needs label_column: the column holding the labels", "label_column"
+                )
         elif self.label_column is not None:
-            raise DatasetRejected(f"label_column applies to csv and parquet tables, not to {self.format}", "label_column")
+            raise DatasetRejected(
+                f"label_column applies to csv and parquet tables, not to {self.format}", "label_column"
+            )
         low, high = IMAGE_SIZES
         if not _is_int(self.image_size) or not low <= self.image_size <= high:
-            raise DatasetRejected(f"image_size must be an integer from {low} to {high}, not {self.image_size!r}", "image_size")
+            raise DatasetRejected(
+                f"image_size must be an integer from {low} to {high}, not {self.image_size!r}", "image_size"
+            )
         if self.color not in COLORS:
             raise DatasetRejected(f"color must be one of {', '.join(COLORS)}, not {self.color!r}", "color")
         low_f, high_f = TEST_FRACTIONS
@@ -69,7 +77,9 @@ class IngestOptions:
         if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not low_f <= fraction <= high_f:
             raise DatasetRejected(f"test_fraction must be from {low_f} to {high_f}, not {fraction!r}", "test_fraction")
         if not _is_int(self.split_seed) or not 0 <= self.split_seed < 2**32:
-            raise DatasetRejected(f"split_seed must be an integer from 0 to 2**32 - 1, not {self.split_seed!r}", "split_seed")
+            raise DatasetRejected(
+                f"split_seed must be an integer from 0 to 2**32 - 1, not {self.split_seed!r}", "split_seed"
+            )
 
 
 def _is_int(value: object) -> bool:

@@ -64,7 +64,11 @@ def _write_samples(ingested: Ingested, path: Path) -> None:
     tile_h, tile_w = max(1, round(height * scale)), max(1, round(width * scale))
     rows = min(splits.num_classes, SAMPLE_ROWS)
     mode = "L" if channels == 1 else "RGB"
-    grid = Image.new(mode, (SAMPLES_PER_CLASS * (tile_w + _GAP) + _GAP, rows * (tile_h + _GAP) + _GAP), 255 if channels == 1 else (255, 255, 255))
+    grid = Image.new(
+        mode,
+        (SAMPLES_PER_CLASS * (tile_w + _GAP) + _GAP, rows * (tile_h + _GAP) + _GAP),
+        255 if channels == 1 else (255, 255, 255),
+    )
     mean = np.asarray(ingested.summary["mean"], dtype=np.float32)[:, None, None]
     std = np.asarray(ingested.summary["std"], dtype=np.float32)[:, None, None]
     for row in range(rows):

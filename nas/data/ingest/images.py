@@ -2,11 +2,11 @@
 
 The layout is ``<class>/<image>`` (deeper folders belong to their top folder's class), optionally
 inside one wrapper folder; top-level ``train/`` and ``test/`` folders, both present, each in that
-layout, give the test split. Files whose names don't end in an image extension, and hidden
-ones (``.DS_Store``, ``__MACOSX/``), are skipped and counted; a file with an image extension
-that Pillow can't decode is refused. Every image is converted to grey-scale or RGB, resized
-(squashed, not cropped) to ``image_size`` x ``image_size``, scaled to [0, 1], then standardised
-per channel with the training split's mean and standard deviation.
+layout, give the test split. Files whose names don't end in an image extension are skipped
+and counted, hidden ones (``.DS_Store``, ``__MACOSX/``) skipped; a file with an image extension
+that Pillow can't decode as one of :data:`DECODERS` is refused. Every image is converted to
+grey-scale or RGB, resized (squashed, not cropped) to ``image_size`` x ``image_size``, scaled to
+[0, 1], then standardised per channel with the training split's mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ from nas.data.ingest.archives import members
 from nas.data.ingest.base import DatasetRejected, Ingested, IngestLimits, IngestOptions
 from nas.data.ingest.prepare import class_indices, split, splits, standardise
 
-EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"})
+EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+# Pillow's decoders for those, and no others: some of Pillow's plug-ins hand the data to outside
+# programs (EPS to Ghostscript), and fewer decoders are fewer parsers facing untrusted bytes.
+DECODERS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 # An image file's bytes, beyond its pixels at 8 bytes each (16-bit RGBA): room for headers and metadata.
 _FILE_SLACK_BYTES = 1 << 20
 
@@ -100,7 +105,7 @@ def _decode(data: bytes, name: str, mode: str, size: int) -> tuple[np.ndarray, t
     """The image in ``mode``, resized to ``size`` x ``size``, as uint8 ``(size, size, channels)``;
     and its size in the archive."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=DECODERS) as image:
             source_size = image.size
             image.draft(mode, (size, size))  # JPEG decodes at a reduced scale when that suffices
             resized = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)

@@ -93,7 +93,9 @@ def _listed(items: list[str], at_most: int = 10) -> str:
     return shown + (f" and {len(items) - at_most} more" if len(items) > at_most else "")
 
 
-def standardise(x_train: np.ndarray, x_test: np.ndarray, features: np.ndarray | None = None) -> tuple[list[float], list[float]]:
+def standardise(
+    x_train: np.ndarray, x_test: np.ndarray, features: np.ndarray | None = None
+) -> tuple[list[float], list[float]]:
     """Centre and scale, in place, each index of axis 1 (a feature of a table, a channel of an image)
     by the training split's mean and standard deviation; returns them.
 
@@ -115,7 +117,9 @@ def standardise(x_train: np.ndarray, x_test: np.ndarray, features: np.ndarray | 
     return means, stds
 
 
-def splits(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, num_classes: int) -> DataSplits:
+def splits(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, num_classes: int
+) -> DataSplits:
     """The canonical splits: float32 inputs, int64 labels, the shape of one example."""
     return DataSplits(
         x_train=np.ascontiguousarray(x_train, dtype=np.float32),

@@ -43,16 +43,25 @@ def read_table(source: Path, options: IngestOptions, limits: IngestLimits) -> In
         raise DatasetRejected(f"the table has no column besides the label {label_column!r}")
     for name in names:
         _check_no_nulls(table.column(name), name)
-    labels, class_names = class_indices(_label_values(table.column(label_column), label_column), f"the labels in column {label_column!r}", "label_column")
+    labels, class_names = class_indices(
+        _label_values(table.column(label_column), label_column),
+        f"the labels in column {label_column!r}",
+        "label_column",
+    )
     x, columns, feature_names, numeric = _encode(table, features, limits)
     del table
     x_train, y_train, x_test, y_test, split_summary = split(x, labels, class_names, options, None)
     means, stds = standardise(x_train, x_test, numeric)
-    stats = iter(zip(means, stds))
+    stats = iter(zip(means, stds, strict=True))
     for column in columns:
         if column["kind"] == "numeric":
             column["mean"], column["std"] = next(stats)
-    summary: dict[str, Any] = {"label_column": label_column, "columns": columns, "features": feature_names, "split": split_summary}
+    summary: dict[str, Any] = {
+        "label_column": label_column,
+        "columns": columns,
+        "features": feature_names,
+        "split": split_summary,
+    }
     return Ingested(splits(x_train, y_train, x_test, y_test, len(class_names)), class_names, False, summary)
 
 
@@ -155,7 +164,9 @@ def _encode(
         x[:, at] = column.cast(pa.float64()).to_numpy()
         bad = int((~np.isfinite(x[:, at])).sum())
         if bad:
-            raise DatasetRejected(f"column {name!r} holds {bad} NaN or infinite values (or numbers beyond float32's range)")
+            raise DatasetRejected(
+                f"column {name!r} holds {bad} NaN or infinite values (or numbers beyond float32's range)"
+            )
         if summary["kind"] == "numeric":
             numeric.append(at)
         at += 1
