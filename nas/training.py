@@ -192,7 +192,9 @@ def load_trained_model(model_bytes: bytes) -> nn.Module:
 def load_dataset(name: str, params: dict[str, Any], data_dir: Path) -> DataSplits:
     """The named dataset's splits, cached per process: Ray reuses worker processes across trials.
 
-    The cached arrays are shared between callers, who must not modify them.
+    The cached arrays are shared between callers, who must not modify them. A stored dataset
+    (``upload``) is cached by its id, which always names the same splits: a stored dataset never
+    changes, and a deleted one's id is never given again.
     """
     return _load_dataset(name, json.dumps(params, sort_keys=True), str(data_dir))
 

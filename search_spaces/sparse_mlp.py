@@ -45,7 +45,10 @@ def _layer_names(depth: int) -> list[str]:
 
 
 class SparseMLP(SearchSpace):
-    """Fully connected networks (Flatten, then Linear + activation per hidden layer, then a Linear classifier)."""
+    """Fully connected networks (Flatten, then Linear + activation per hidden layer, then a Linear classifier).
+
+    Inputs of any shape are flattened, so the space takes tables, sequences and images alike.
+    """
 
     class Params(BaseModel):
         model_config = ConfigDict(
