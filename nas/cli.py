@@ -31,7 +31,7 @@ from nas.safe_text import escape_controls
 if TYPE_CHECKING:
     from typer import _click as click  # typer's own copy of click
 
-    from nas.client import Client
+    from nas.client import Client, Dataset
     from nas.specs import Job, Trial
 
 
@@ -453,7 +453,7 @@ def export_model(
 
 # -- datasets ----------------------------------------------------------------------------------
 
-DatasetName = Annotated[Optional[str], typer.Option("--name", help="what to call it (default: the file's name)")]
+DatasetName = Annotated[Optional[str], typer.Option("--name", help="what to call it (default: the file's name, without extension)")]
 LabelColumn = Annotated[Optional[str], typer.Option("--label-column", help="CSV, Parquet: the column of the classes")]
 ImageSize = Annotated[
     Optional[int], typer.Option("--image-size", help="image archives: side of the square images are resized to")
@@ -469,7 +469,7 @@ def _shape(shape: list[int]) -> str:
     return "x".join(map(str, shape))
 
 
-def _stored(dataset: Any, json_output: bool) -> None:
+def _stored(dataset: Dataset, json_output: bool) -> None:
     """Say what was stored on stderr; its id (the last line) or its JSON on stdout."""
     err.print(escape(f"dataset {dataset.name!r}: {dataset.id} ({dataset.format}, {_shape(dataset.input_shape)}, "
                      f"{dataset.num_classes} classes, {dataset.n_train} train and {dataset.n_test} test examples)"))

@@ -126,21 +126,25 @@ def test_upload_arrays(client: Client, tmp_path: Path, monkeypatch: pytest.Monke
     assert [d.id for d in client.datasets()] == [given.id, pair.id]
 
 
-def test_arrays_without_numpy_name_what_to_install() -> None:
-    """The light client has no numpy: arrays are refused before anything is sent."""
+def test_the_light_client_uploads_files_without_numpy(server: Server, key: str, tmp_path: Path) -> None:
+    """The light client has no numpy: files go as they are; arrays are refused, naming the install."""
     code = (
         "import sys\n"
         "sys.modules['numpy'] = None\n"
         "from nas.client import Client\n"
-        "try:\n"
-        "    Client(url='http://127.0.0.1:9').upload_dataset(([[0.0], [1.0]], [0, 1]), progress=False)\n"
-        "except ImportError as exc:\n"
-        "    print(exc)\n"
+        "with Client() as client:\n"
+        "    print(client.upload_dataset(sys.argv[1], label_column='species', progress=False).format)\n"
+        "    try:\n"
+        "        client.upload_dataset(([[0.0], [1.0]], [0, 1]), progress=False)\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "NAS_URL": server.url,
+           "NAS_API_KEY": key}
+    result = subprocess.run([sys.executable, "-c", code, str(csv_file(tmp_path / "plants.csv"))], capture_output=True,
+                            text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
-    assert "pip install numpy" in result.stdout
+    assert result.stdout.splitlines()[0] == "csv" and "pip install numpy" in result.stdout
 
 
 def test_options_reach_the_server(client: Client, tmp_path: Path) -> None:
