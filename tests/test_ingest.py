@@ -248,6 +248,14 @@ def test_npz_given_test_split_and_named_labels(tmp_path: Path) -> None:
             r"float64 values; labels must be integers or class names.*convert them",
         ),
         (
+            {"x": np.zeros((4, 2)), "y": np.arange(4) % 2, "x_test": np.zeros((2, 2)), "y_test": np.array([0.0, 1.0])},
+            r"the labels y_test are float64 values",
+        ),
+        (
+            {"x": np.zeros((4, 2)), "y": np.arange(4) % 2, "x_test": np.zeros((2, 2)), "y_test": np.array(["a", "b"])},
+            "y and y_test must both hold integers or both class names",
+        ),
+        (
             {"x": np.zeros((4, 2)), "y": np.zeros((4, 2), dtype=int)},
             r"'y' is shaped \(4, 2\); labels are one per example",
         ),
@@ -602,14 +610,19 @@ def test_archive_bombs_are_refused_before_decompressing(tmp_path: Path) -> None:
     )
 
 
-def test_a_huge_tar_header_extension_is_refused_unread(tmp_path: Path) -> None:
-    def add(archive: tarfile.TarFile) -> None:
+@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_huge_tar_headers_are_refused_before_they_are_read_whole(tmp_path: Path, tar_format: int) -> None:
+    # 8 MiB of pax records or of a GNU long name, gzip-compressed to a few kilobytes
+    info = tarfile.TarInfo("0/" + "a" * (8 << 20) + ".png")
+    if tar_format == tarfile.PAX_FORMAT:
         info = tarfile.TarInfo("0/a.png")
-        info.pax_headers = {"comment": "x" * (2 << 20)}
+        info.pax_headers = {"comment": "x" * (8 << 20)}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tar_format) as archive:
         archive.addfile(info, io.BytesIO(b""))
-
-    source = write_tar(tmp_path / "p.tar.gz", {}, "w:gz", add)
-    rejected(source, IMAGE_OPTIONS, "header extension of 20971\\d\\d bytes")
+    (tmp_path / "h.tar.gz").write_bytes(buffer.getvalue())
+    assert len(buffer.getvalue()) < 100_000
+    rejected(tmp_path / "h.tar.gz", IMAGE_OPTIONS, r"the archive's headers take more than \d+ bytes for one entry")
 
 
 def test_images_expanding_past_the_limit_once_resized_are_refused(tmp_path: Path) -> None:

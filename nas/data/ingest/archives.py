@@ -6,12 +6,14 @@ that would be skipped: an archive holding one is not a plain folder of files. De
 are bounded by what the entries declare: zip and tar readers stop at a member's declared size
 (zip also checks its CRC), so the sum of declared sizes, checked against
 :attr:`~nas.data.ingest.base.IngestLimits.expanded_bytes` before anything is read (zip) or before
-each member is (tar), bounds what decompressing can produce; tar's header extensions (long names,
-pax records), read whole by :mod:`tarfile`, are capped at :data:`MAX_HEADER_BYTES`.
+each member is (tar), bounds what decompressing can produce; a tar stream is moreover metered, so
+that its headers can't grow past :data:`HEADER_BYTES` an entry either.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import lzma
 import re
 import stat
@@ -20,16 +22,17 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from nas.data.ingest.base import DatasetRejected, IngestLimits
 
-MAX_HEADER_BYTES = 1 << 20
-_HEADER_TYPES = (
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
+# What one tar entry's headers may take: a long name or pax records up to 1 MiB, the header blocks,
+# and the read-ahead of tarfile's stream.
+HEADER_BYTES = (1 << 20) + 4 * tarfile.BLOCKSIZE + tarfile.RECORDSIZE
+_COMPRESSIONS: tuple[tuple[bytes, Callable[[BinaryIO], BinaryIO]], ...] = (
+    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    (b"BZh", lambda raw: bz2.BZ2File(raw)),
+    (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw)),
 )
 
 Wanted = Callable[[tuple[str, ...]], bool]
@@ -96,16 +99,33 @@ def _zip_members(
             yield parts, data
 
 
-class _CheckedTarInfo(tarfile.TarInfo):
-    """Refuses a header extension larger than :data:`MAX_HEADER_BYTES` before :mod:`tarfile` reads it
-    into memory whole."""
+class _Metered:
+    """A tar stream, decompressed, that gives no more than its allowance: what the entries seen so far
+    declare, plus :data:`HEADER_BYTES` for the next entry's headers.
 
-    @classmethod
-    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
-        info = super().frombuf(buf, encoding, errors)
-        if info.type in _HEADER_TYPES and info.size > MAX_HEADER_BYTES:
-            raise DatasetRejected(f"the archive has a header extension of {info.size} bytes, over {MAX_HEADER_BYTES}")
-        return info
+    :mod:`tarfile` reads some headers whole into memory (long names, pax records, sparse maps), and a
+    compressed archive can make them huge from a few bytes; this bounds them, and with them the work
+    of decompressing, by what the archive truthfully holds.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._given = 0
+        self._allowance = HEADER_BYTES
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size if size >= 0 else self._allowance - self._given + 1)
+        self._given += len(data)
+        if self._given > self._allowance:
+            raise DatasetRejected(
+                f"the archive's headers take more than {HEADER_BYTES} bytes for one entry "
+                f"(long names, pax records or a sparse map)"
+            )
+        return data
+
+    def allow(self, member: tarfile.TarInfo) -> None:
+        """Let the stream give ``member``'s data (padded to whole blocks) and the next entry's headers."""
+        self._allowance += -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE + HEADER_BYTES
 
 
 def _tar_members(
@@ -113,32 +133,48 @@ def _tar_members(
 ) -> Iterator[tuple[tuple[str, ...], bytes]]:
     count = expanded = 0
     try:
-        # Stream mode ("r|*": gzip, bzip2, xz or none): one pass, one member at a time, no seeking back.
-        with tarfile.open(source, mode="r|*", tarinfo=_CheckedTarInfo) as archive:
-            for member in archive:
-                count += 1
-                if count > limits.max_files:
-                    raise DatasetRejected(f"the archive holds more than {limits.max_files} entries")
-                parts = entry_parts(member.name)
-                if member.issym() or member.islnk():
-                    kind = "symbolic" if member.issym() else "hard"
-                    raise DatasetRejected(
-                        f"archive entry {member.name!r} is a {kind} link (to {member.linkname!r}); links are refused"
-                    )
-                if member.isdir():
-                    continue
-                if not member.isreg():
-                    raise DatasetRejected(f"archive entry {member.name!r} is not a file or folder (a device or pipe)")
-                expanded += member.size
-                limits.check_expanded(expanded, "the archive")
-                if not wanted(parts):
-                    continue
-                _check_member_bytes(member.name, member.size, member_bytes)
-                handle = archive.extractfile(member)
-                assert handle is not None  # a regular file has contents
-                yield parts, handle.read()
+        with source.open("rb") as raw, _decompressed(raw) as stream:
+            metered = _Metered(stream)
+            # Stream mode: one pass, one member at a time, nothing seeks back.
+            with tarfile.open(fileobj=metered, mode="r|") as archive:  # type: ignore[call-overload]
+                for member in archive:
+                    metered.allow(member)
+                    count += 1
+                    if count > limits.max_files:
+                        raise DatasetRejected(f"the archive holds more than {limits.max_files} entries")
+                    parts = entry_parts(member.name)
+                    if member.issym() or member.islnk():
+                        kind = "symbolic" if member.issym() else "hard"
+                        raise DatasetRejected(
+                            f"archive entry {member.name!r} is a {kind} link (to {member.linkname!r}); "
+                            f"links are refused"
+                        )
+                    if member.isdir():
+                        continue
+                    if not member.isreg():
+                        raise DatasetRejected(
+                            f"archive entry {member.name!r} is not a file or folder (a device or pipe)"
+                        )
+                    expanded += member.size
+                    limits.check_expanded(expanded, "the archive")
+                    if not wanted(parts):
+                        continue
+                    _check_member_bytes(member.name, member.size, member_bytes)
+                    handle = archive.extractfile(member)
+                    assert handle is not None  # a regular file has contents
+                    yield parts, handle.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise DatasetRejected(f"not a readable zip or tar archive: {exc}") from None
+
+
+def _decompressed(raw: BinaryIO) -> BinaryIO:
+    """``raw``'s bytes, decompressed if they start like gzip, bzip2 or xz."""
+    start = raw.read(6)
+    raw.seek(0)
+    for magic, opener in _COMPRESSIONS:
+        if start.startswith(magic):
+            return opener(raw)
+    return raw
 
 
 def _check_member_bytes(name: str, size: int, member_bytes: int) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.lib import format as npy
 
 from nas.data.ingest.base import DatasetRejected, Ingested, IngestLimits, IngestOptions
-from nas.data.ingest.prepare import check_finite, class_indices, split, splits, standardise
+from nas.data.ingest.prepare import check_finite, check_label_kind, class_indices, split, splits, standardise
 
 KEYS = ("x", "y", "x_test", "y_test")
 CHANNELS = (1, 3, 4)
@@ -26,20 +26,20 @@ CHANNELS = (1, 3, 4)
 def read_npz(source: Path, options: IngestOptions, limits: IngestLimits) -> Ingested:
     arrays = _load(source, limits)
     given = "x_test" in arrays
-    x = _inputs(arrays["x"], "x")
-    y, y_test = arrays["y"], arrays.get("y_test")
-    _check_lengths(x, y, "x", "y")
+    x, y = _inputs(arrays["x"], "x"), _labels(arrays["y"], "y")
+    _check_lengths(x, y, "")
+    n_given_train = None
     if given:
-        x_test = _inputs(arrays["x_test"], "x_test")
-        _check_lengths(x_test, y_test, "x_test", "y_test")
+        x_test, y_test = _inputs(arrays["x_test"], "x_test"), _labels(arrays["y_test"], "y_test")
+        _check_lengths(x_test, y_test, "_test")
         if x_test.shape[1:] != x.shape[1:]:
             raise DatasetRejected(f"x_test's examples are shaped {x_test.shape[1:]}, x's {x.shape[1:]}")
-        x = np.concatenate([x, x_test])
-        y = np.concatenate([_labels(y, "y"), _labels(y_test, "y_test")])
-    labels, class_names = class_indices(_labels(y, "y"), "the labels y")
-    x_train, y_train, x_test, y_test, split_summary = split(
-        x, labels, class_names, options, len(arrays["y"]) if given else None
-    )
+        if (y.dtype.kind in "US") != (y_test.dtype.kind in "US"):
+            raise DatasetRejected("y and y_test must both hold integers or both class names")
+        n_given_train = len(y)
+        x, y = np.concatenate([x, x_test]), np.concatenate([y, y_test])
+    labels, class_names = class_indices(y, "the labels y" + (" and y_test" if given else ""))
+    x_train, y_train, x_test, y_test, split_summary = split(x, labels, class_names, options, n_given_train)
     mean, std = standardise(x_train, x_test)
     summary: dict[str, Any] = {
         "per": "feature" if x.ndim == 2 else "channel",
@@ -125,13 +125,15 @@ def _inputs(x: np.ndarray, key: str) -> np.ndarray:
 
 
 def _labels(y: np.ndarray, key: str) -> np.ndarray:
+    """``y`` one label per example, of a kind labels may be."""
     if y.ndim == 2 and y.shape[1] == 1:
-        return y[:, 0]
+        y = y[:, 0]
     if y.ndim != 1:
         raise DatasetRejected(f"array {key!r} is shaped {y.shape}; labels are one per example, shaped (N,)")
+    check_label_kind(y, f"the labels {key}")
     return y
 
 
-def _check_lengths(x: np.ndarray, y: np.ndarray | None, x_key: str, y_key: str) -> None:
-    if y is None or len(x) != len(y):
-        raise DatasetRejected(f"{x_key} holds {len(x)} examples but {y_key} {0 if y is None else len(y)} labels")
+def _check_lengths(x: np.ndarray, y: np.ndarray, suffix: str) -> None:
+    if len(x) != len(y):
+        raise DatasetRejected(f"x{suffix} holds {len(x)} examples but y{suffix} {len(y)} labels")

@@ -13,27 +13,29 @@ from nas.data.ingest.base import DatasetRejected, IngestOptions
 
 
 def class_indices(labels: np.ndarray, what: str, field: str | None = "file") -> tuple[np.ndarray, list[str]]:
-    """Labels (integers, booleans or names) as indices ``0..C-1`` into the sorted class names.
+    """Labels (integers, booleans or names) as indices ``0..C-1`` into the sorted class names."""
+    check_label_kind(labels, what, field)
+    if labels.dtype.kind == "S":
+        try:
+            labels = np.char.decode(labels, "utf-8")
+        except UnicodeDecodeError:
+            raise DatasetRejected(f"{what} hold byte strings that are not UTF-8 text", field) from None
+    values, indices = np.unique(labels, return_inverse=True)
+    return indices.astype(np.int64).reshape(-1), [str(value) for value in values.tolist()]
+
+
+def check_label_kind(labels: np.ndarray, what: str, field: str | None = "file") -> None:
+    """Refuse labels that are not integers, booleans or strings.
 
     Floats are refused, even whole ones: a column of measurements given as the label by mistake
     would otherwise become thousands of classes.
     """
-    if labels.ndim != 1:
-        raise DatasetRejected(f"{what} must be one label per example (1-D), not shape {labels.shape}", field)
-    kind = labels.dtype.kind
-    if kind == "S":
-        try:
-            labels = np.char.decode(labels, "utf-8")
-        except UnicodeDecodeError:
-            raise DatasetRejected(f"{what} holds byte strings that are not UTF-8 text", field) from None
-    elif kind not in "biuU":
+    if labels.dtype.kind not in "biuUS":
         raise DatasetRejected(
             f"{what} are {labels.dtype} values; labels must be integers or class names (strings)"
-            + (" - whole numbers stored as floats: convert them to integers" if kind == "f" else ""),
+            + (" - whole numbers stored as floats: convert them to integers" if labels.dtype.kind == "f" else ""),
             field,
         )
-    values, indices = np.unique(labels, return_inverse=True)
-    return indices.astype(np.int64).reshape(-1), [str(value) for value in values.tolist()]
 
 
 def check_finite(x: np.ndarray, what: str) -> None:
