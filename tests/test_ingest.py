@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -36,6 +37,7 @@ from nas.data.stored import read_meta, read_splits
 from nas.settings import Settings
 
 LIMITS = IngestLimits(expanded_bytes=64 << 20, image_pixels=1 << 20)
+IMAGE_OPTIONS = IngestOptions("images", image_size=8, color="grayscale")
 
 
 def rejected(source: Path, options: IngestOptions, match: str, limits: IngestLimits = LIMITS) -> DatasetRejected:
@@ -86,7 +88,7 @@ def write_tar(
     return path
 
 
-def wine_frame():
+def wine_frame() -> pd.DataFrame:
     frame = load_wine(as_frame=True).frame
     frame["strength"] = np.where(frame["alcohol"] > 13, "strong", "mild")
     frame["dark"] = frame["color_intensity"] > 5
@@ -371,6 +373,19 @@ def test_parquet_with_named_labels_matches_csv(tmp_path: Path) -> None:
     assert np.allclose(from_parquet.splits.x_train, from_csv.splits.x_train, atol=1e-4)
 
 
+def test_parquet_categoricals_are_read_as_their_values(tmp_path: Path) -> None:
+    frame = wine_frame()
+    frame["strength"] = frame["strength"].astype("category")
+    frame["target"] = load_wine().target_names[frame["target"]]
+    frame["target"] = frame["target"].astype("category")
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    assert pa.types.is_dictionary(table.schema.field("strength").type)
+    pq.write_table(table, tmp_path / "wine.parquet")
+    got = ingest(tmp_path / "wine.parquet", IngestOptions("parquet", label_column="target"), LIMITS)
+    assert got.class_names == ["class_0", "class_1", "class_2"]
+    assert got.summary["features"][-3:] == ["strength=mild", "strength=strong", "dark"]
+
+
 def test_a_missing_label_column_is_refused_listing_the_columns(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text("a,b,kind\n1,2,x\n3,4,y\n")
     error = rejected(
@@ -456,6 +471,19 @@ def test_an_image_folder_zip_in_grayscale_and_rgb(tmp_path: Path) -> None:
     assert np.allclose(rgb.splits.x_train[:, 0], rgb.splits.x_train[:, 2])  # grey pictures: equal channels
 
 
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    def png16(value: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((6, 6), value, dtype=np.uint16)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    files = {f"{label}/{i}.png": png16(value) for label, value in (("dark", 1000), ("bright", 60000)) for i in range(5)}
+    got = ingest(write_zip(tmp_path / "w.zip", files), IMAGE_OPTIONS, LIMITS)
+    mean, std = got.summary["mean"][0], got.summary["std"][0]
+    pixels = np.concatenate([got.splits.x_train, got.splits.x_test]) * std + mean
+    assert np.allclose(sorted(set(np.round(pixels.ravel() * 255).astype(int))), [4, 233])
+
+
 def test_a_tar_gz_with_train_and_test_folders_gives_the_test_split(tmp_path: Path) -> None:
     files = digit_pngs(per_class=5, prefix="set/train/") | digit_pngs(per_class=2, prefix="set/test/")
     got = ingest(
@@ -517,9 +545,6 @@ def with_link(kind: bytes, name: str, target: str) -> Callable[[tarfile.TarFile]
         archive.addfile(info)
 
     return add
-
-
-IMAGE_OPTIONS = IngestOptions("images", image_size=8, color="grayscale")
 
 
 @pytest.mark.parametrize(

@@ -30,9 +30,9 @@ from nas.data.ingest.base import DatasetRejected, IngestLimits
 # and the read-ahead of tarfile's stream.
 HEADER_BYTES = (1 << 20) + 4 * tarfile.BLOCKSIZE + tarfile.RECORDSIZE
 _COMPRESSIONS: tuple[tuple[bytes, Callable[[BinaryIO], BinaryIO]], ...] = (
-    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
-    (b"BZh", lambda raw: bz2.BZ2File(raw)),
-    (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw)),
+    (b"\x1f\x8b", gzip.open),
+    (b"BZh", bz2.open),
+    (b"\xfd7zXZ\x00", lzma.open),
 )
 
 Wanted = Callable[[tuple[str, ...]], bool]

@@ -70,7 +70,8 @@ def read_images(source: Path, options: IngestOptions, limits: IngestLimits) -> I
     labels, class_names = class_indices(np.asarray(names, dtype=str)[order], "the class folders")
     x = np.stack([pixels[i] for i in order]).reshape(len(order), size, size, channels)
     del pixels
-    x = x.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    x = x.transpose(0, 3, 1, 2).astype(np.float32)
+    x /= np.float32(255.0)
     x_train, y_train, x_test, y_test, split_summary = split(x, labels, class_names, options, n_given_train)
     mean, std = standardise(x_train, x_test)
     summary: dict[str, Any] = {
@@ -108,12 +109,21 @@ def _decode(data: bytes, name: str, mode: str, size: int) -> tuple[np.ndarray, t
         with Image.open(io.BytesIO(data), formats=DECODERS) as image:
             source_size = image.size
             image.draft(mode, (size, size))  # JPEG decodes at a reduced scale when that suffices
-            resized = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+            resized = _eight_bit(image).convert(mode).resize((size, size), Image.Resampling.BILINEAR)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DatasetRejected(f"image {name!r} is too large (NAS_LIMIT_IMAGE_PIXELS): {exc}") from None
     except Exception as exc:  # Pillow's decoders raise many kinds (OSError, SyntaxError, struct.error) on bad data
         raise DatasetRejected(f"image {name!r} won't decode: {exc}") from None
     return np.asarray(resized, dtype=np.uint8), source_size
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grey-scale (scientific and medical PNG, TIFF) scaled to 8 bits; Pillow's own conversion
+    would clip everything above 255 to white."""
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return image
+    values = np.asarray(image, dtype=np.float32) / np.float32(257.0)
+    return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
 
 
 def _layout(paths: list[tuple[str, ...]]) -> tuple[list[str], np.ndarray]:

@@ -64,7 +64,7 @@ def split(
         train_counts = np.bincount(y[:n_given_train], minlength=num_classes)
         missing = [class_names[c] for c in np.unique(y[n_given_train:]) if train_counts[c] == 0]
         if missing:
-            raise DatasetRejected(f"the test split holds classes the training split lacks: {_listed(missing)}")
+            raise DatasetRejected(f"the test split holds classes the training split lacks: {listed(missing)}")
         if n_given_train == len(y):
             raise DatasetRejected("the test split is empty")
         return x[:n_given_train], y[:n_given_train], x[n_given_train:], y[n_given_train:], {"given": True}
@@ -74,7 +74,7 @@ def split(
     scarce = [f"{class_names[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < 2)]
     if scarce:
         raise DatasetRejected(
-            f"classes with fewer than 2 examples can't be split into train and test: {_listed(scarce)}"
+            f"classes with fewer than 2 examples can't be split into train and test: {listed(scarce)}"
         )
     n_test = math.ceil(options.test_fraction * len(y))
     if n_test < num_classes or len(y) - n_test < num_classes:
@@ -90,7 +90,8 @@ def split(
     return x[train], y[train], x[test], y[test], summary
 
 
-def _listed(items: list[str], at_most: int = 10) -> str:
+def listed(items: list[str], at_most: int = 10) -> str:
+    """``items`` for a message: the first ``at_most``, and how many more."""
     shown = ", ".join(items[:at_most])
     return shown + (f" and {len(items) - at_most} more" if len(items) > at_most else "")
 

@@ -18,22 +18,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nas.data.ingest.base import DatasetRejected, Ingested, IngestLimits, IngestOptions
-from nas.data.ingest.prepare import class_indices, split, splits, standardise
+from nas.data.ingest.prepare import class_indices, listed, split, splits, standardise
 
 MAX_CATEGORIES = 64
 
 
 def read_table(source: Path, options: IngestOptions, limits: IngestLimits) -> Ingested:
     table = _read_csv(source, limits) if options.format == "csv" else _read_parquet(source, limits)
+    table = _decoded(table)
     label_column = options.label_column
     assert label_column is not None  # IngestOptions requires it for tables
     names = table.column_names
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise DatasetRejected(f"the table names columns more than once: {', '.join(map(repr, duplicates))}")
+        raise DatasetRejected(f"the table names columns more than once: {listed(list(map(repr, duplicates)))}")
     if label_column not in names:
         raise DatasetRejected(
-            f"the table has no column {label_column!r} (label_column); its columns are {', '.join(map(repr, names))}",
+            f"the table has no column {label_column!r} (label_column); "
+            f"its columns are {listed(list(map(repr, names)), 50)}",
             "label_column",
         )
     if table.num_rows == 0:
@@ -84,12 +86,23 @@ def _read_parquet(source: Path, limits: IngestLimits) -> pa.Table:
     try:
         with pq.ParquetFile(source) as parquet:
             metadata = parquet.metadata
-            declared = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
-            limits.check_expanded(declared, "the table")
-            table = parquet.read()
+            groups = range(metadata.num_row_groups)
+            limits.check_expanded(sum(metadata.row_group(i).total_byte_size for i in groups), "the table")
+            parts, nbytes = [], 0
+            for i in groups:  # what the row groups declare may be a lie: count what they hold
+                parts.append(parquet.read_row_group(i))
+                nbytes += parts[-1].nbytes
+                limits.check_expanded(nbytes, "the table")
+            return pa.concat_tables(parts) if parts else parquet.schema_arrow.empty_table()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise DatasetRejected(f"not a readable Parquet table: {exc}") from None
-    limits.check_expanded(table.nbytes, "the table")
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """``table`` with dictionary-encoded columns (pandas' categoricals) as plain ones."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
     return table
 
 
@@ -117,8 +130,6 @@ def _label_values(column: pa.ChunkedArray, name: str) -> np.ndarray:
 
 
 def _kind(arrow_type: pa.DataType) -> str | None:
-    if pa.types.is_dictionary(arrow_type):
-        arrow_type = arrow_type.value_type
     if pa.types.is_boolean(arrow_type):
         return "boolean"
     if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
@@ -161,7 +172,8 @@ def _encode(
             x[np.arange(table.num_rows), at + codes.to_numpy()] = 1.0
             at += len(summary["categories"])
             continue
-        x[:, at] = column.cast(pa.float64()).to_numpy()
+        with np.errstate(over="ignore"):  # beyond float32's range is infinite, and refused just below
+            x[:, at] = column.cast(pa.float64()).to_numpy()
         bad = int((~np.isfinite(x[:, at])).sum())
         if bad:
             raise DatasetRejected(
