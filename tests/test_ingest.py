@@ -484,11 +484,10 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path: Path) -> None:
     assert np.allclose(sorted(set(np.round(pixels.ravel() * 255).astype(int))), [4, 233])
 
 
-def test_a_tar_gz_with_train_and_test_folders_gives_the_test_split(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["w:gz", "w:bz2", "w:xz", "w"])
+def test_a_tar_with_train_and_test_folders_gives_the_test_split(tmp_path: Path, mode: str) -> None:
     files = digit_pngs(per_class=5, prefix="set/train/") | digit_pngs(per_class=2, prefix="set/test/")
-    got = ingest(
-        write_tar(tmp_path / "d.tar.gz", files), IngestOptions("images", image_size=8, color="grayscale"), LIMITS
-    )
+    got = ingest(write_tar(tmp_path / "d.tar", files, mode), IMAGE_OPTIONS, LIMITS)
     assert got.test_given and got.summary["split"] == {"given": True}
     assert (len(got.splits.y_train), len(got.splits.y_test)) == (50, 20)
     assert np.array_equal(np.bincount(got.splits.y_test), [2] * 10)
