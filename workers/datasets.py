@@ -60,7 +60,7 @@ def deliver(store: Store, settings: Settings, job_id: str, spec: JobSpec) -> Ite
     if record.source == "path":
         yield {"id": dataset_id, "path": record.path, "sha256": record.sha256, "format": record.format,
                "options": record.options.model_dump(mode="json"),
-               "shape": [record.input_shape, record.num_classes, record.n_train, record.n_test]}  # fmt: skip
+               "registered": [record.input_shape, record.num_classes, record.n_train, record.n_test]}  # fmt: skip
         return
     import numpy as np
 
@@ -127,11 +127,10 @@ def _read_source(delivery: dict[str, Any], settings: Settings) -> DataSplits:
     options = IngestOptions(format=delivery["format"], **delivery["options"])
     splits = ingest(Path(source), options, IngestLimits.from_settings(settings)).splits
     check()  # not changed while it was read
-    input_shape, num_classes, n_train, n_test = delivery["shape"]
     read = [list(splits.input_shape), splits.num_classes, len(splits.y_train), len(splits.y_test)]
-    if read != [input_shape, num_classes, n_train, n_test]:
+    if read != delivery["registered"]:
         raise ValueError(
             f"dataset {dataset_id}: this node read {source} as (input shape, classes, train, test) {read}, "
-            f"not {[input_shape, num_classes, n_train, n_test]} as registered; its ingest differs from the server's"
+            f"not {delivery['registered']} as registered; its ingest differs from the server's"
         )
     return splits
