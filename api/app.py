@@ -22,6 +22,7 @@ from api.metrics import metrics_registry
 from api.metrics import router as metrics_router
 from api.ratelimit import FailureLimiter
 from api.request_context import RequestContext, install_log_record_factory
+from api.workpool import POOLS
 from api.routes import catalog, dashboard, dashboard_api, datasets, events, jobs, keys, trials
 from api.routes.latency import router as latency_router
 from api.routes.latency import warm_up
@@ -121,9 +122,10 @@ class BodySizeLimit:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
     yield
-    pool = getattr(app.state, "work_pool", None)
-    if pool is not None:  # the worker processes of expensive requests end with the app
-        pool.shutdown()
+    for name in POOLS:  # the worker processes of expensive requests end with the app
+        pool = getattr(app.state, name, None)
+        if pool is not None:
+            pool.shutdown()
 
 
 def create_app(store: Store, settings: Settings) -> FastAPI:

@@ -3,13 +3,14 @@
 Such work must not run on the event loop, nor in the API's thread pool, where one owner's
 requests would hold the interpreter lock and the threads every other request needs. Each API
 process keeps ``work_processes`` slots, each a one-process executor spawned on first use, at a
-lower CPU priority than the API. A request takes a free slot or waits for one while at most
+lower CPU priority than the API; uploads are read in a pool of their own, so reads that take
+minutes never hold up a latency prediction. A request takes a free slot or waits for one while at most
 ``work_queue`` others wait; beyond that it answers 503 with ``Retry-After``. An owner who already
 has ``limit_expensive_requests`` requests in flight in this process gets 429 with ``Retry-After``.
 
-A task that runs past ``work_timeout_s`` (or the limit its caller gives) is ended by the kernel: the worker arms ``SIGALRM`` with
-its default action, which terminates the process even inside one long C call (a big LSTM), where
-a Python-level timeout would never fire. The request answers 503 naming the limit, and the slot
+A task that runs past ``work_timeout_s`` (or the limit its caller gives) is ended by the kernel:
+the worker arms ``SIGALRM`` with its default action, which terminates the process even inside one
+long C call (a big LSTM, a decoder), where a Python-level timeout would never fire. The request answers 503 naming the limit, and the slot
 starts a fresh process for the next one. One slot per executor keeps such a kill from failing the
 other slots' requests.
 """
@@ -84,6 +85,13 @@ def _init_worker(env: dict[str, str]) -> None:
     import torch.onnx._internal.exporter._core  # noqa: F401
 
 
+def _init_reader(env: dict[str, str]) -> None:
+    """The server's settings, one thread and lower priority, for reading uploads (no PyTorch)."""
+    os.environ.update(env)
+    os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    os.nice(5)
+
+
 def _run_with_alarm(timeout_s: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     """Run ``fn(*args)``; past ``timeout_s`` seconds the kernel ends this process (``SIGALRM``'s default)."""
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
@@ -99,10 +107,21 @@ def _too_busy(detail: str, status_code: int, retry_after: int) -> HTTPException:
 
 
 class WorkPool:
-    """The slots of one API process, and the per-owner count of requests in flight."""
+    """The slots of one API process, and the per-owner count of requests in flight.
 
-    def __init__(self, settings: Settings) -> None:
+    ``initializer`` prepares each worker process from the settings' environment; ``what`` names
+    the requests the pool runs, in its answers.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        initializer: Callable[[dict[str, str]], None] = _init_worker,
+        what: str = "latency predictions, ONNX exports",
+    ) -> None:
         self.settings = settings
+        self.initializer = initializer
+        self.what = what
         self._lock = threading.Lock()
         self._slots: list[concurrent.futures.ProcessPoolExecutor | None] = [None] * settings.work_processes
         self._busy = [False] * settings.work_processes
@@ -117,7 +136,7 @@ class WorkPool:
         with self._lock:
             if self._per_owner.get(owner, 0) >= limit:
                 raise _too_busy(
-                    f"{owner} already has {limit} expensive requests (latency predictions, ONNX exports, dataset uploads) "
+                    f"{owner} already has {limit} expensive requests ({self.what}) "
                     f"running; the limit is NAS_LIMIT_EXPENSIVE_REQUESTS={limit}",
                     status.HTTP_429_TOO_MANY_REQUESTS, retry,
                 )  # fmt: skip
@@ -147,7 +166,7 @@ class WorkPool:
                     if self._slots[i] is None:
                         env = self.settings.to_env()
                         self._slots[i] = concurrent.futures.ProcessPoolExecutor(
-                            1, mp_context=self._context, initializer=_init_worker, initargs=(env,)
+                            1, mp_context=self._context, initializer=self.initializer, initargs=(env,)
                         )
                     return i
             return None
@@ -202,17 +221,29 @@ class WorkPool:
             self._slots = [None] * len(self._slots)
 
 
+POOLS = ("work_pool", "ingest_pool")  # the app.state attributes that hold an app's pools
+
+
 def work_pool(request: Request) -> WorkPool:
-    """The app's pool, made on first use."""
-    pool = getattr(request.app.state, "work_pool", None)
+    """The app's pool for latency predictions and ONNX exports, made on first use."""
+    return _app_pool(request, "work_pool", WorkPool)
+
+
+def ingest_pool(request: Request) -> WorkPool:
+    """The app's pool for reading uploaded datasets, made on first use; its processes load no PyTorch."""
+    return _app_pool(request, "ingest_pool", lambda settings: WorkPool(settings, _init_reader, "dataset uploads"))
+
+
+def _app_pool(request: Request, name: str, make: Callable[[Settings], WorkPool]) -> WorkPool:
+    pool = getattr(request.app.state, name, None)
     if pool is None:
         with _pool_lock:
-            pool = getattr(request.app.state, "work_pool", None)
+            pool = getattr(request.app.state, name, None)
             if pool is None:
                 # The workers read the app's own database (latency observations), whatever the settings name.
                 database_url = request.app.state.store.engine.url.render_as_string(hide_password=False)
-                settings = dataclasses.replace(request.app.state.settings, database_url=database_url)
-                pool = request.app.state.work_pool = WorkPool(settings)
+                pool = make(dataclasses.replace(request.app.state.settings, database_url=database_url))
+                setattr(request.app.state, name, pool)
     return pool
 
 

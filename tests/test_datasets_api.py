@@ -337,7 +337,7 @@ def test_paths_outside_the_data_roots_are_refused(live: Live, tmp_path: Path) ->
         f"{live.roots}/sets/../../{tmp_path.name}/secret.csv": "'..'",
         str(live.roots / "sets" / "escape.csv"): "not under",
         "sets/rows.csv": "relative",
-        "https://example.com/rows.csv": "file://",
+        "https://example.com/rows.csv": "https",
         str(live.roots / "sets" / "missing.csv"): "no file",
     }
     before = live.left()

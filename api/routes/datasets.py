@@ -3,7 +3,7 @@
 An upload streams to a temporary file under ``NAS_HOME/uploads``, hashed on the way and refused
 with 413 the moment it passes ``NAS_LIMIT_UPLOAD_BYTES``; it is never whole in memory. Reading it
 feeds user bytes to decoders (numpy, pyarrow, Pillow, archives), so that runs in a worker process
-of :mod:`api.workpool`, killed past ``NAS_INGEST_TIMEOUT_S``: a crash or a bomb ends that process,
+of :mod:`api.workpool` (a pool of its own), killed past ``NAS_INGEST_TIMEOUT_S``: a crash or a bomb ends that process,
 never the API. What is kept is the canonical file of the splits (``data.npz``) and, for image
 sets, a grid of samples; the upload itself is removed, and any refusal leaves no file and no row.
 """
@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import PrincipalDep, SettingsDep, StoreDep
 from api.pagination import decode_cursor, encode_cursor
 from api.responses import errors
-from api.workpool import TimeLimit, WorkError, WorkerKilled, work_pool
+from api.workpool import TimeLimit, WorkError, WorkerKilled, ingest_pool
 from nas.errors import NotFound, QuotaExceeded
 from nas.safe_text import check_printable
 from nas.settings import Settings
@@ -397,7 +397,7 @@ async def _keep(request: Request, store: Store, settings: Settings, principal: P
     dataset_id = uuid.uuid4().hex
     folder = dataset_folder(settings.artifact_dir, dataset_id)
     try:
-        computed = await work_pool(request).run(
+        computed = await ingest_pool(request).run(
             principal.owner, ingest_in_worker, str(source),
             dataclasses.asdict(options),
             dataclasses.asdict(IngestLimits.from_settings(settings)), str(folder), by_path,
