@@ -64,12 +64,13 @@ export const api = {
   async get(path, params) { return (await request('GET', path, { params })).data; },
   async getWithDate(path, params) { return request('GET', path, { params }); },
   async post(path, body, params) { return (await request('POST', path, { body, params })).data; },
+  async delete(path) { return (await request('DELETE', path)).data; },
   /** Check a key before keeping it: the user stays on the sign-in page if it is refused. */
   async check(key) { return (await request('GET', '/jobs', { params: { limit: 1 }, key })).data; },
 };
 
-/** Fetch a file with the key and hand it to the browser as a download. */
-export async function download(path, params, filename) {
+/** A file the API serves, fetched with the key (an <img> or a link cannot send it). */
+async function fetchFile(path, params) {
   const res = await fetch(url(path, params), { headers: { Authorization: `Bearer ${session.key()}` } });
   if (!res.ok) {
     let detail = res.statusText;
@@ -77,6 +78,17 @@ export async function download(path, params, filename) {
     if (res.status === 401) session.signOut(`Signed out: ${detail}.`);
     throw new ApiError(res.status, detail, res.headers.get('x-request-id'));
   }
+  return res;
+}
+
+/** An object URL of a file the API serves, for an <img>; the caller revokes it. */
+export async function objectUrl(path, params) {
+  return URL.createObjectURL(await (await fetchFile(path, params)).blob());
+}
+
+/** Fetch a file with the key and hand it to the browser as a download. */
+export async function download(path, params, filename) {
+  const res = await fetchFile(path, params);
   const name = /filename="?([^";]+)"?/.exec(res.headers.get('content-disposition') || '')?.[1] || filename;
   const blob = await res.blob();
   const href = URL.createObjectURL(blob);
@@ -88,6 +100,33 @@ export async function download(path, params, filename) {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(href), 10_000);
   return { name, size: blob.size };
+}
+
+/**
+ * POST a multipart form. XMLHttpRequest rather than fetch: only it reports how much of the body
+ * has been sent (`onProgress(sent, total)`). Aborting `signal` stops the upload.
+ */
+export function upload(path, form, { onProgress = () => {}, signal = null } = {}) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', url(path));
+    xhr.setRequestHeader('Accept', 'application/json');
+    xhr.setRequestHeader('Authorization', `Bearer ${session.key()}`);
+    xhr.upload.addEventListener('progress', (event) => onProgress(event.loaded, event.lengthComputable ? event.total : null));
+    xhr.addEventListener('load', () => {
+      let data = null;
+      try { data = xhr.responseText ? JSON.parse(xhr.responseText) : null; } catch { data = { detail: xhr.responseText }; }
+      const requestId = xhr.getResponseHeader('x-request-id');
+      if (xhr.status === 401) session.signOut(`Signed out: ${data?.detail || 'the API key was rejected'}. Sign in with a valid key.`);
+      if (xhr.status >= 200 && xhr.status < 300) resolve({ data, status: xhr.status });
+      else reject(new ApiError(xhr.status, data?.detail ?? xhr.statusText, requestId));
+    });
+    // a server that refuses a body part-way (413) may close the connection before the browser reads the answer
+    xhr.addEventListener('error', () => reject(new ApiError(0, 'The connection closed during the upload; the server may have refused its size.')));
+    xhr.addEventListener('abort', () => reject(new ApiError(0, 'Upload cancelled.')));
+    signal?.addEventListener('abort', () => xhr.abort());
+    xhr.send(form);
+  });
 }
 
 // -- server-sent events --------------------------------------------------------------------

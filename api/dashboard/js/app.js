@@ -6,9 +6,12 @@ import { clear, errorBox, setMetrics } from './ui.js';
 const routes = [
   { pattern: /^#\/signin$/, page: () => import('./pages/signin.js'), open: true, nav: null },
   { pattern: /^#\/jobs$/, page: () => import('./pages/jobs.js'), nav: 'jobs' },
-  { pattern: /^#\/new$/, page: () => import('./pages/newjob.js'), nav: 'new' },
+  { pattern: /^#\/new(?:\?dataset=([0-9a-f]{32}))?$/, page: () => import('./pages/newjob.js'), nav: 'new' },
   { pattern: /^#\/jobs\/([0-9a-f]{1,64})$/, page: () => import('./pages/job.js'), nav: 'jobs' },
   { pattern: /^#\/trials\/([0-9a-f]{1,64})$/, page: () => import('./pages/trial.js'), nav: 'jobs' },
+  { pattern: /^#\/datasets$/, page: () => import('./pages/datasets.js'), nav: 'datasets' },
+  { pattern: /^#\/datasets\/upload$/, page: () => import('./pages/upload.js'), nav: 'datasets' },
+  { pattern: /^#\/datasets\/([0-9a-f]{32})$/, page: () => import('./pages/dataset.js'), nav: 'datasets' },
 ];
 
 const view = document.getElementById('view');

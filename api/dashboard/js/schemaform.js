@@ -105,10 +105,15 @@ export function validate(schema, value, root, loc = [], out = []) {
 
 const title = (name, schema) => schema.title || name.replaceAll('_', ' ').replace(/^./, (c) => c.toUpperCase());
 
-/** The form for a JobSpec; `value()` reads it, `setValue(spec)` fills it, `showErrors(errors)` marks it. */
+/**
+ * The form for a JobSpec; `value()` reads it, `setValue(spec)` fills it, `showErrors(errors)` marks it.
+ * `choices` offers a menu for a field the schema only types, keyed by its loc
+ * (`{'dataset.params.id': {label, options: [{value, label}], empty}}`; `empty` shows when there are none).
+ */
 export class SpecForm {
-  constructor(catalog) {
+  constructor(catalog, { choices = {} } = {}) {
     this.catalog = catalog;
+    this.choices = choices;
     this.root = catalog.job_spec_schema;
     this.errorSlots = new Map();
     this.parts = {};
@@ -159,6 +164,8 @@ export class SpecForm {
     const wrap = (control) => h('div', { class: 'field', dataset: { loc: locKey(loc) } }, label, control, help, this.slot(loc));
     const type = Array.isArray(s.type) ? s.type[0] : s.type;
 
+    const choice = this.choices[locKey(loc)];
+    if (choice) return this.choiceWidget(choice, id, loc);
     if (type === 'object' && s.properties) {
       const subs = Object.entries(s.properties).map(([k, sub]) => [k, this.widget(sub, [...loc, k], k, { required: (s.required || []).includes(k), root })]);
       const el = h('div', { class: 'field-grid' }, subs.map(([, w]) => w.el));
@@ -244,6 +251,24 @@ export class SpecForm {
         if (!area.value.trim()) return undefined;
         try { return JSON.parse(area.value); } catch { return { __invalid_json__: area.value }; }
       },
+      set,
+    };
+  }
+
+  /** A menu of the values `choice` offers; a value it does not list is kept, so the API names the problem. */
+  choiceWidget(choice, id, loc) {
+    const select = h('select', { id, name: locKey(loc) },
+      h('option', { value: '' }, choice.options.length ? '— choose —' : 'none yet'),
+      choice.options.map((o) => h('option', { value: o.value }, o.label)));
+    const set = (v) => {
+      if (v && !choice.options.some((o) => o.value === v)) select.append(h('option', { value: v }, `${v} (unknown)`));
+      select.value = v ?? (choice.options.length === 1 ? choice.options[0].value : '');
+    };
+    set();
+    return {
+      el: h('div', { class: 'field field-choice', dataset: { loc: locKey(loc) } }, h('label', { for: id }, choice.label), select,
+        choice.options.length ? null : h('div', { class: 'help' }, choice.empty), this.slot(loc)),
+      get: () => (select.value === '' ? undefined : select.value),
       set,
     };
   }

@@ -79,6 +79,14 @@ export const fmt = {
     return `${Math.round(s / 86400)} d ago`;
   },
   shortId(id) { return id ? id.slice(0, 8) : '—'; },
+  bytes(v) {
+    if (!isNum(v)) return '—';
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let i = 0;
+    while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return i === 0 ? `${v} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
+  },
+  shape(dims) { return Array.isArray(dims) && dims.length ? dims.join('×') : '—'; },
 };
 
 /** Seconds between two ISO times (the second defaults to now). */

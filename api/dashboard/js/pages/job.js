@@ -25,6 +25,12 @@ const densityCeiling = (rows) => {
   return [0.05, 0.1, 0.25, 0.5, 1].find((c) => top <= c) ?? 1;
 };
 const pctTick = (v) => `${Number((v * 100).toFixed(1))}%`;
+
+/** The dataset's name; an uploaded one links to its page. */
+function datasetChip(dataset) {
+  const id = dataset?.name === 'upload' ? dataset.params?.id : null;
+  return id ? h('a', { href: `#/datasets/${id}`, title: 'the uploaded dataset' }, `upload ${fmt.shortId(id)}`) : dataset?.name;
+}
 const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));
 
 export async function render(view, jobId) {
@@ -137,7 +143,7 @@ export async function render(view, jobId) {
         job.started_at ? h('span', {}, `ran ${fmt.duration(elapsed(job.started_at, job.finished_at))}`) : null,
         h('span', {}, `owner ${job.owner}`)),
       h('div', { class: 'chips' },
-        [spec.search_space?.name, spec.strategy?.name, sparsifier, spec.dataset?.name,
+        [spec.search_space?.name, spec.strategy?.name, sparsifier, datasetChip(spec.dataset),
           spec.training ? `${spec.training.epochs} epochs` : null, spec.early_stopping ? `early stop: ${spec.early_stopping.name}` : null]
           .filter(Boolean).map((t) => h('span', { class: 'chip' }, t)),
         state.objectives.map((o) => h('span', { class: 'chip chip-objective' }, `${o.direction === 'maximize' ? '↑' : '↓'} ${metricLabel(o.metric)}`))),

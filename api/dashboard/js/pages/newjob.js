@@ -3,6 +3,7 @@
 import { api } from '../api.js';
 import { SpecForm } from '../schemaform.js';
 import { clear, debounce, errorBox, h, toast } from '../ui.js';
+import { allDatasets, describe } from './datasets.js';
 
 const EXAMPLE = `name: lenet-tickets
 search_space: {name: sparse_mlp, params: {max_depth: 2}}
@@ -16,15 +17,26 @@ objectives:
 budget: {max_trials: 8, max_concurrent: 2}
 `;
 
-export async function render(view) {
-  let catalog;
+/** The user's datasets as the menu of the `upload` dataset's id. */
+function datasetChoice(datasets) {
+  return {
+    label: 'Dataset',
+    options: datasets.map((d) => ({ value: d.id, label: describe(d) })),
+    empty: h('span', {}, 'You have no datasets yet: ', h('a', { href: '#/datasets/upload' }, 'upload one'), '.'),
+  };
+}
+
+/** `datasetId` (from `#/new?dataset=ID`) starts the form on that dataset. */
+export async function render(view, datasetId) {
+  let catalog, datasets;
   try {
-    catalog = await api.get('/catalog');
+    [catalog, datasets] = await Promise.all([api.get('/catalog'), allDatasets()]);
   } catch (error) {
     if (error.status !== 401) view.append(errorBox(error));
     return null;
   }
-  const form = new SpecForm(catalog);
+  const form = new SpecForm(catalog, { choices: { 'dataset.params.id': datasetChoice(datasets) } });
+  if (datasetId) form.parts.dataset.set({ name: 'upload', params: { id: datasetId } });
   const summary = h('div', { class: 'alert alert-error', id: 'form-errors', hidden: true });
   const preview = h('pre', { class: 'code preview', id: 'spec-preview' });
   const submit = h('button', { class: 'btn btn-primary btn-lg', type: 'submit', id: 'submit-job' }, 'Submit job');
