@@ -152,10 +152,10 @@ def test_a_dataset_registered_by_path_is_read_by_the_workers_under_their_own_roo
     record = _register(store, settings, source, "csv", by_path=True, label_column="cultivar")
     assert not (dataset_folder(settings.artifact_dir, record.id) / DATA_FILE).exists()
 
-    job_id = _run(store, settings, record.id)
+    job_id = _run(store, settings, record.id, max_trials=1)
     assert store.get_job(job_id).status is JobStatus.succeeded, store.get_job(job_id).error
-    trials, _ = store.list_trials(job_id)
-    assert all(t.metrics["accuracy"] > 0.6 for t in trials), [t.metrics["accuracy"] for t in trials]  # chance: 0.4
+    (trial,) = store.list_trials(job_id)[0]
+    assert trial.metrics["accuracy"] > 0.6, trial.metrics["accuracy"]  # chance: 0.4
     cached = worker_home / "cache" / "datasets" / f"{record.id}.npz"
     assert read_meta(cached) == {"source_sha256": record.sha256}
 
