@@ -1,6 +1,6 @@
 """The dashboard in real headless Chromium against a real ``nas serve``, as a researcher uses it.
 
-Debian's chromium (``apt-get install chromium``) is driven by Playwright. One server runs a tiny
+Debian's chromium is driven by Playwright (``conftest.py``). One server runs a tiny
 digits job submitted through the form: the test signs in, is refused a bad key, sees browser-side
 and server-side validation errors beside their fields, submits, watches trials arrive without a
 reload, opens a trial, downloads its model, and is sent back to sign-in when its key stops working.
@@ -9,33 +9,20 @@ The page must log no console error it did not provoke.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from safetensors.numpy import load_file
 
 from tests.server_process import ServerProcess
 
+if TYPE_CHECKING:
+    from tests.browser.conftest import Console
+
 pytestmark = [pytest.mark.browser, pytest.mark.ray]
-
-CHROMIUM = os.environ.get("NAS_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-EXPECTED_STATUS = re.compile(r"Failed to load resource: the server responded with a status of (401|422)")
-
-
-def _chromium() -> str:
-    if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).is_file():
-        message = f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (or set NAS_CHROMIUM)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return CHROMIUM
 
 
 @pytest.fixture(scope="module")
@@ -46,49 +33,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator
     process.start()
     yield process, key
     process.stop()
-
-
-@dataclass
-class Console:
-    """Console errors and uncaught exceptions, and which of them a step provoked on purpose."""
-
-    errors: list[str] = field(default_factory=list)
-    allowed: bool = False
-
-    def record(self, text: str) -> None:
-        if not (self.allowed and EXPECTED_STATUS.search(text)):
-            self.errors.append(text)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    executable = _chromium()
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[tuple[Any, Console]]:
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
-    tab = context.new_page()
-    tab.set_default_timeout(30_000)
-    console = Console()
-    tab.on("console", lambda message: console.record(message.text) if message.type == "error" else None)
-    tab.on("pageerror", lambda error: console.errors.append(f"uncaught: {error}"))
-    yield tab, console
-    context.close()
-
-
-def sign_in(tab: Any, url: str, key: str) -> None:
-    tab.goto(url)
-    tab.wait_for_url(re.compile(r"#/signin$"))
-    tab.fill("#api-key", key)
-    tab.click("button[type=submit]")
-    tab.wait_for_selector("#jobs-table")
 
 
 def test_submit_watch_open_and_download(server: tuple[ServerProcess, str], page: tuple[Any, Console], tmp_path: Path) -> None:
@@ -191,10 +135,12 @@ def test_submit_watch_open_and_download(server: tuple[ServerProcess, str], page:
     assert console.errors == []
 
 
-def test_a_key_that_stops_working_returns_to_sign_in(server: tuple[ServerProcess, str], page: tuple[Any, Console]) -> None:
+def test_a_key_that_stops_working_returns_to_sign_in(
+    server: tuple[ServerProcess, str], page: tuple[Any, Console], sign_in: Callable[[str, str], None]
+) -> None:
     process, key = server
     tab, console = page
-    sign_in(tab, process.url, key)
+    sign_in(process.url, key)
     tab.evaluate("() => sessionStorage.setItem('nas.apiKey', 'nas_revoked-or-expired')")
     console.allowed = True
     tab.evaluate("() => { location.hash = '#/new'; }")  # the next call (or the event stream's) is refused
