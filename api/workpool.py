@@ -129,25 +129,34 @@ class WorkPool:
         self._per_owner: dict[str, int] = {}
         self._context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
 
+    def check_admission(self, owner: str) -> None:
+        """Raise now the 429 or 503 that :meth:`run` would answer at once, so that a request with a
+        large body (an upload) is refused before it is received."""
+        with self._lock:
+            self._refuse_if_full(owner)
+
     def _admit(self, owner: str) -> None:
         """Count the request in, or refuse it: 429 for this owner's quota, 503 for a full queue."""
-        limit = self.settings.limit_expensive_requests
-        retry = max(1, math.ceil(self.settings.work_timeout_s / 4))
         with self._lock:
-            if self._per_owner.get(owner, 0) >= limit:
-                raise _too_busy(
-                    f"{owner} already has {limit} expensive requests ({self.what}) "
-                    f"running; the limit is NAS_LIMIT_EXPENSIVE_REQUESTS={limit}",
-                    status.HTTP_429_TOO_MANY_REQUESTS, retry,
-                )  # fmt: skip
-            if all(self._busy) and self._waiting >= self.settings.work_queue:
-                raise _too_busy(
-                    f"the server is busy: {len(self._busy)} worker processes busy and {self._waiting} requests "
-                    f"waiting (NAS_WORK_PROCESSES, NAS_WORK_QUEUE)",
-                    status.HTTP_503_SERVICE_UNAVAILABLE, retry,
-                )  # fmt: skip
+            self._refuse_if_full(owner)
             self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
             self._waiting += 1
+
+    def _refuse_if_full(self, owner: str) -> None:
+        limit = self.settings.limit_expensive_requests
+        retry = max(1, math.ceil(self.settings.work_timeout_s / 4))
+        if self._per_owner.get(owner, 0) >= limit:
+            raise _too_busy(
+                f"{owner} already has {limit} expensive requests ({self.what}) "
+                f"running; the limit is NAS_LIMIT_EXPENSIVE_REQUESTS={limit}",
+                status.HTTP_429_TOO_MANY_REQUESTS, retry,
+            )  # fmt: skip
+        if all(self._busy) and self._waiting >= self.settings.work_queue:
+            raise _too_busy(
+                f"the server is busy: {len(self._busy)} worker processes busy and {self._waiting} requests "
+                f"waiting (NAS_WORK_PROCESSES, NAS_WORK_QUEUE)",
+                status.HTTP_503_SERVICE_UNAVAILABLE, retry,
+            )  # fmt: skip
 
     def _release_owner(self, owner: str) -> None:
         with self._lock:

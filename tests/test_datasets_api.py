@@ -418,6 +418,16 @@ def test_another_owner_meets_404_everywhere_and_cannot_use_it(live: Live) -> Non
         assert live.client.get(f"{URL}/{dataset['id']}", headers=live.headers(owner)).status_code == 200
 
 
+def test_a_latency_prediction_takes_its_input_shape_from_a_stored_dataset(live: Live) -> None:
+    """The prediction runs in a worker process, which knows no stored datasets: the API passes the shape."""
+    live.store.create_dataset(_record("alice", 10, "7" * 64).model_copy(update={"input_shape": [1, 12, 12]}), "k")
+    architecture = {"search_space": {"name": "sparse_mlp", "params": {}}, "arch": {"depth": 1, "width_0": 32, "activation": "relu"},
+                    "dataset": {"name": "upload", "params": {"id": "7" * 32}}}  # fmt: skip
+    response = live.client.post(f"{API_PREFIX}/latency/predict", json={"architecture": architecture}, headers=live.headers("alice"))
+    assert response.status_code == 200, response.text
+    assert response.json()["input_shape"] == [1, 12, 12]
+
+
 def test_a_dataset_a_queued_job_uses_cannot_be_deleted(live: Live) -> None:
     dataset = created(live.upload("alice", "used.npz", npz(**blobs(seed=8))))
     job = live.client.post(f"{API_PREFIX}/jobs", json=_job(dataset["id"]), headers=live.headers("alice"))

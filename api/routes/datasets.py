@@ -355,7 +355,9 @@ async def upload_dataset(request: Request, store: StoreDep, settings: SettingsDe
     ``NAS_DATA_ROOTS``; its options as form fields. 201 with the dataset; 200 with the one stored
     before when the owner sends the same file with the same options; 422 naming what is wrong
     with the file or a field; 413 past ``NAS_LIMIT_UPLOAD_BYTES`` or the owner's quota
-    (``NAS_LIMIT_OWNER_DATASET_BYTES``). A job uses it as ``dataset: {name: upload, params: {id}}``."""
+    (``NAS_LIMIT_OWNER_DATASET_BYTES``); 429 while ``NAS_LIMIT_EXPENSIVE_REQUESTS`` of the owner's
+    uploads are being read. A job uses it as ``dataset: {name: upload, params: {id}}``."""
+    ingest_pool(request).check_admission(principal.owner)  # an owner at the limit sends no body in vain
     uploads = upload_dir(settings)
     await run_in_threadpool(uploads.mkdir, 0o700, True, True)
     target = uploads / f"{uuid.uuid4().hex}{UPLOAD_SUFFIX}"
