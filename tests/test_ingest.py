@@ -32,6 +32,7 @@ from nas.data.ingest import (
     ingest,
     store,
 )
+from nas.data.ingest.archives import open_zip
 from nas.data.roots import resolve_under_roots
 from nas.data.stored import read_meta, read_splits
 from nas.settings import Settings
@@ -625,13 +626,25 @@ def test_archive_bombs_are_refused_before_decompressing(tmp_path: Path) -> None:
     rejected(zip_bomb, IMAGE_OPTIONS, r"the archive would expand to 4\.0 MiB, over the limit of 1\.0 MiB", limits)
     rejected(write_tar(tmp_path / "z.tar.gz", zeros), IMAGE_OPTIONS, "the archive would expand to 4.0 MiB", limits)
     many = write_zip(tmp_path / "m.zip", digit_pngs(per_class=1))
-    rejected(many, IMAGE_OPTIONS, "holds 10 entries, over the limit of 5", IngestLimits(1 << 20, 1 << 20, max_files=5))
+    rejected(many, IMAGE_OPTIONS, "holds more than 5 entries", IngestLimits(1 << 20, 1 << 20, max_files=5))
     rejected(
         write_tar(tmp_path / "m.tar", digit_pngs(per_class=1), "w"),
         IMAGE_OPTIONS,
         "more than 5 entries",
         IngestLimits(1 << 20, 1 << 20, max_files=5),
     )
+
+
+@pytest.mark.parametrize("entries", [3, 70_000])  # past 65,535 entries a zip has zip64's end record
+def test_a_zips_entries_are_counted_before_zipfile_builds_them(tmp_path: Path, entries: int) -> None:
+    with zipfile.ZipFile(tmp_path / "n.zip", "w", zipfile.ZIP_STORED) as archive:
+        for i in range(entries):
+            archive.writestr(f"{i}", b"")
+        archive.comment = b"an end record with a comment"
+    with open_zip(tmp_path / "n.zip", entries) as archive:
+        assert len(archive.infolist()) == entries
+    with pytest.raises(DatasetRejected, match=f"holds more than {entries - 1} entries"):
+        open_zip(tmp_path / "n.zip", entries - 1)
 
 
 @pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])

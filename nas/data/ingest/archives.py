@@ -7,7 +7,9 @@ are bounded by what the entries declare: zip and tar readers stop at a member's 
 (zip also checks its CRC), so the sum of declared sizes, checked against
 :attr:`~nas.data.ingest.base.IngestLimits.expanded_bytes` before anything is read (zip) or before
 each member is (tar), bounds what decompressing can produce; a tar stream is moreover metered, so
-that its headers can't grow past :data:`HEADER_BYTES` an entry either.
+that its headers can't grow past :data:`HEADER_BYTES` an entry either. Entries are counted against
+:attr:`~nas.data.ingest.base.IngestLimits.max_files` before anything is held for each (zip) or as
+they come (tar).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import os
 import re
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -34,6 +38,13 @@ _COMPRESSIONS: tuple[tuple[bytes, Callable[[BinaryIO], BinaryIO]], ...] = (
     (b"BZh", bz2.open),
     (b"\xfd7zXZ\x00", lzma.open),
 )
+
+# zip's records (APPNOTE 4.3.12, 4.3.14-16): the central directory's file header, the end of
+# central directory record, and zip64's end record and its locator.
+_CENTRAL_HEADER = struct.Struct("<4s4B4HL2L5H2L")
+_END = struct.Struct("<4s4H2LH")
+_END64 = struct.Struct("<4sQ2H2L4Q")
+_END64_LOCATOR = struct.Struct("<4sLQL")
 
 Wanted = Callable[[tuple[str, ...]], bool]
 
@@ -66,17 +77,57 @@ def entry_parts(name: str) -> tuple[str, ...]:
     return parts
 
 
+def open_zip(source: Path, max_files: int) -> zipfile.ZipFile:
+    """``source`` opened with :mod:`zipfile`, once its central directory is found to list at most
+    ``max_files`` entries: :mod:`zipfile` builds an object for every one up front, and a directory
+    of nothing but entries makes gigabytes of them from a large enough upload."""
+    with source.open("rb") as handle:
+        start, size = _central_directory(handle)
+        handle.seek(start)
+        entries = 0
+        while size >= _CENTRAL_HEADER.size:  # as zipfile walks it
+            header = _CENTRAL_HEADER.unpack(handle.read(_CENTRAL_HEADER.size))
+            if header[0] != b"PK\x01\x02":
+                break  # zipfile refuses it
+            entries += 1
+            if entries > max_files:
+                raise DatasetRejected(f"the archive holds more than {max_files} entries")
+            variable = header[12] + header[13] + header[14]  # name, extra field and comment lengths
+            handle.seek(variable, os.SEEK_CUR)
+            size -= _CENTRAL_HEADER.size + variable
+    return zipfile.ZipFile(source)
+
+
+def _central_directory(handle: BinaryIO) -> tuple[int, int]:
+    """Where a zip's central directory starts and its size, found as :mod:`zipfile` finds them: from
+    the end record (without or with a comment), and the zip64 end record just before it if there is
+    one; ``(0, 0)`` when there is no end record (:mod:`zipfile` refuses the file then)."""
+    end = handle.seek(0, os.SEEK_END)
+    tail_start = max(0, end - _END.size - 0xFFFF)
+    handle.seek(tail_start)
+    tail = handle.read()
+    at = len(tail) - _END.size if tail[-_END.size :][:4] == b"PK\x05\x06" else tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _END.size:
+        return 0, 0
+    location, size = tail_start + at, _END.unpack_from(tail, at)[5]
+    locator = tail[at - _END64_LOCATOR.size : at] if at >= _END64_LOCATOR.size else b""
+    if locator[:4] == b"PK\x06\x07" and location >= _END64_LOCATOR.size + _END64.size:
+        handle.seek(location - _END64_LOCATOR.size - _END64.size)
+        record = _END64.unpack(handle.read(_END64.size))
+        if record[0] == b"PK\x06\x06":
+            location, size = location - _END64_LOCATOR.size - _END64.size, record[8]
+    return max(0, location - size), size
+
+
 def _zip_members(
     source: Path, limits: IngestLimits, wanted: Wanted, member_bytes: int
 ) -> Iterator[tuple[tuple[str, ...], bytes]]:
     try:
-        archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        archive = open_zip(source, limits.max_files)
+    except (zipfile.BadZipFile, OSError, EOFError, struct.error) as exc:
         raise DatasetRejected(f"not a readable zip archive: {exc}") from None
     with archive:
         infos = archive.infolist()
-        if len(infos) > limits.max_files:
-            raise DatasetRejected(f"the archive holds {len(infos)} entries, over the limit of {limits.max_files}")
         for info in infos:
             entry_parts(info.filename)
             mode = info.external_attr >> 16

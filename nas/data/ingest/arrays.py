@@ -9,6 +9,7 @@ channel (images) with the training split's statistics.
 from __future__ import annotations
 
 import math
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy
 
+from nas.data.ingest.archives import open_zip
 from nas.data.ingest.base import DatasetRejected, Ingested, IngestLimits, IngestOptions
 from nas.data.ingest.prepare import check_finite, check_label_kind, class_indices, split, splits, standardise
 
@@ -54,9 +56,9 @@ def _load(source: Path, limits: IngestLimits) -> dict[str, np.ndarray]:
     """The arrays, once the archive's names, declared sizes and array headers pass: ``np.load`` reads
     members through :mod:`zipfile`, which stops at a member's declared size."""
     try:
-        with zipfile.ZipFile(source) as archive:
+        with open_zip(source, limits.max_files) as archive:
             names = _check_members(archive, limits)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, struct.error) as exc:
         raise DatasetRejected(f"not a readable .npz (NumPy's zip of arrays): {exc}") from None
     try:
         with np.load(source, allow_pickle=False) as npz:
