@@ -9,7 +9,7 @@ naming it. Without a test split of its own, a dataset is split once, stratified,
 seed, so every trial of every job sees the same split. Inputs are standardised with statistics of
 the training split only; :attr:`Ingested.summary` records them, for preparing a deployed model's inputs.
 
-Importing this package imports neither numpy nor pyarrow: the API validates options with it.
+Importing this package imports neither numpy, pyarrow nor Pillow: the API validates options with it.
 """
 
 from __future__ import annotations

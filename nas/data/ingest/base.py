@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nas.data.base import DataSplits
+
+if TYPE_CHECKING:
+    from nas.settings import Settings
 
 FORMATS = ("npz", "csv", "parquet", "images")
 COLORS = ("grayscale", "rgb")
@@ -96,7 +99,7 @@ class IngestLimits:
     max_files: int = 1_000_000
 
     @classmethod
-    def from_settings(cls, settings: Any) -> IngestLimits:
+    def from_settings(cls, settings: Settings) -> IngestLimits:
         """The limits a server's :class:`~nas.settings.Settings` set."""
         return cls(expanded_bytes=settings.limit_dataset_expanded_bytes, image_pixels=settings.limit_image_pixels)
 
@@ -127,8 +130,8 @@ class Ingested:
     from the upload, so that a user can do the same to the inputs of a deployed model: for tables
     ``columns`` (per column: ``name``, ``kind`` and either ``mean``/``std`` or ``categories``) and
     ``features`` (the input's names after one-hot encoding); for images and arrays ``mean`` and
-    ``std`` per channel (or per feature); always ``split``, the seed and fraction of the split made
-    here, or ``{"given": true}``.
+    ``std`` per channel (or per feature), images being scaled by ``scale`` (1/255) first; always
+    ``split``, the seed and fraction of the split made here, or ``{"given": true}``.
     """
 
     splits: DataSplits
