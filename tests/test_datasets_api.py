@@ -25,7 +25,7 @@ from api.app import API_PREFIX, create_app
 from api.routes.datasets import FORM_OVERHEAD_BYTES, remove_strays, upload_dir
 from nas.errors import IllegalTransition, NotFound, QuotaExceeded
 from nas.settings import Settings
-from nas.data.stored import scoped_catalog
+from nas.data.stored import UnknownDataset, scoped_catalog
 from nas.specs import DatasetOptions, DatasetRecord
 from nas.store import Principal, Store, make_engine, upgrade
 from nas.store.artifacts import dataset_folder
@@ -501,3 +501,9 @@ def test_store_keeps_datasets_per_owner(store: Store, make_spec: Any) -> None:
     assert store.delete_dataset(record.id, alice) == record
     with pytest.raises(NotFound):
         store.get_dataset(record.id)
+    # a job checked while its dataset existed is not queued once the dataset is gone
+    with scoped_catalog(StoreDatasetCatalog(store, "alice")):
+        late = make_spec(dataset={"name": "upload", "params": {"id": second.id}})
+    store.delete_dataset(second.id, alice)
+    with pytest.raises(UnknownDataset, match=second.id):
+        store.create_job(late, "alice")

@@ -13,6 +13,7 @@ from api.pagination import decode_cursor, encode_cursor
 from api.responses import errors
 from api.routes.dashboard_api import get_queries
 from nas import registry
+from nas.data.stored import UnknownDataset
 from nas.errors import TooManyJobs
 from nas.pareto import pareto_front
 from nas.specs import Job, JobSpec, JobStatus, JobSummary, Objective, Page, Trial, TrialState
@@ -62,6 +63,8 @@ def submit_job(spec: JobSpec, store: StoreDep, settings: SettingsDep, principal:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)}
         ) from None
+    except UnknownDataset as exc:  # deleted while the spec was checked
+        raise HTTPException(422, [{"loc": ["body", "dataset", "params", "id"], "msg": str(exc), "type": "dataset_unknown"}]) from None
 
 
 @router.get("", response_model=JobPage, responses=errors(422))

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from nas.arch import fingerprint
+from nas.data.stored import UnknownDataset
 from nas.errors import IllegalTransition, NotFound, QuotaExceeded, TooManyJobs
 from nas.safe_text import check_printable
 from nas.specs import (
@@ -129,6 +130,12 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _stored_dataset(spec: dict[str, Any]) -> str | None:
+    """The id of the stored dataset a (validated) job spec names, if it names one."""
+    dataset = spec["dataset"]
+    return dataset["params"].get("id") if dataset["name"] == "upload" else None
 
 
 class Store:
@@ -249,7 +256,8 @@ class Store:
         max_spec_bytes: int | None = None,
     ) -> Job:
         """Queue a job; ``TooManyJobs`` if the owner already has ``max_active`` active jobs, created
-        ``max_per_hour`` in the last hour, or would store more than ``max_spec_bytes`` of specs."""
+        ``max_per_hour`` in the last hour, or would store more than ``max_spec_bytes`` of specs;
+        ``UnknownDataset`` if the stored dataset it names was deleted since the spec was checked."""
         row = JobRow(
             id=_new_id(),
             name=spec.name,
@@ -261,6 +269,14 @@ class Store:
         )
         with self._write() as s:
             self._check_quota(s, owner, row.spec, max_active, max_per_hour, max_spec_bytes)
+            dataset_id = _stored_dataset(row.spec)
+            if dataset_id is not None:
+                # A shared lock on its row: a deletion waits for this job, then finds it using the dataset.
+                held = select(DatasetRow.id).where(DatasetRow.id == dataset_id)
+                if s.bind.dialect.name != "sqlite":
+                    held = held.with_for_update(read=True)
+                if s.scalar(held) is None:
+                    raise UnknownDataset(f"no dataset {dataset_id}: it was deleted")
             s.add(row)
             s.flush()
             return self._job(s, row)
@@ -899,10 +915,7 @@ class Store:
         stmt = select(JobRow.id, JobRow.spec).where(
             JobRow.status.in_(active), cast(JobRow.spec, Text).contains(dataset_id)
         ).order_by(JobRow.seq)
-        return [
-            job_id for job_id, spec in s.execute(stmt)
-            if spec["dataset"]["name"] == "upload" and spec["dataset"]["params"].get("id") == dataset_id
-        ]  # fmt: skip
+        return [job_id for job_id, spec in s.execute(stmt) if _stored_dataset(spec) == dataset_id]
 
     def _dataset_row(self, s: Session, dataset_id: str, viewer: Principal | None, lock: bool = False) -> DatasetRow:
         stmt = select(DatasetRow).where(DatasetRow.id == dataset_id)
