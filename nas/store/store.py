@@ -733,10 +733,10 @@ class Store:
     @retrying(idempotent=False)
     def delete_dataset(self, dataset_id: str, viewer: Principal | None = None) -> DatasetRecord:
         """Forget a dataset (its files are the caller's to remove); ``IllegalTransition`` while a
-        queued or running job names it. Serialised with job submissions of its owner."""
+        queued or running job names it. Its row's lock serialises this with submissions of such jobs
+        (:meth:`create_job`)."""
         with self._write() as s:
             row = self._dataset_row(s, dataset_id, viewer, lock=True)
-            self._lock_owner(s, row.owner)
             using = self._jobs_using_dataset(s, dataset_id)
             if using:
                 raise IllegalTransition(
