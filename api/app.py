@@ -140,8 +140,9 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     # Dataset uploads stream to disk: the route counts the file against NAS_LIMIT_UPLOAD_BYTES.
-    upload = (settings.limit_upload_bytes + datasets.FORM_OVERHEAD_BYTES, datasets.too_large(settings.limit_upload_bytes))
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, streamed={("POST", f"{API_PREFIX}/datasets"): upload})
+    upload = settings.limit_upload_bytes
+    streamed = {("POST", f"{API_PREFIX}/datasets"): (upload + datasets.FORM_OVERHEAD_BYTES, datasets.too_large(upload))}
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, streamed=streamed)
     if settings.cors_origins:  # closed unless origins are named: no CORS headers at all
         app.add_middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "DELETE"],

@@ -8,10 +8,16 @@ a client starts its listing again.
 
 from __future__ import annotations
 
-from fastapi import HTTPException, Request
+from typing import Annotated
+
+from fastapi import HTTPException, Query, Request
 
 PURPOSE = "cursor"
 _LARGEST = 2**63 - 1  # a position is a 64-bit sequence or trial number
+
+# A page's size, and the opaque cursor of a previous page, as list routes take them.
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Cursor = Annotated[str | None, Query(min_length=1, max_length=1000, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 def encode_cursor(request: Request, position: int | None, scope: str) -> str | None:

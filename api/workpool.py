@@ -10,8 +10,8 @@ has ``limit_expensive_requests`` requests in flight in this process gets 429 wit
 
 A task that runs past ``work_timeout_s`` (or the limit its caller gives) is ended by the kernel:
 the worker arms ``SIGALRM`` with its default action, which terminates the process even inside one
-long C call (a big LSTM, a decoder), where a Python-level timeout would never fire. The request answers 503 naming the limit, and the slot
-starts a fresh process for the next one. One slot per executor keeps such a kill from failing the
+long C call (a big LSTM, a decoder), where a Python-level timeout would never fire. The request
+answers 503 naming the limit, and the slot starts a fresh process for the next one. One slot per executor keeps such a kill from failing the
 other slots' requests.
 """
 

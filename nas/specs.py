@@ -379,10 +379,10 @@ class DatasetRecord(BaseModel):
     format: Literal["npz", "csv", "parquet", "images"]
     source: Literal["upload", "path"] = Field(description="uploaded, or read where it lies by path")
     path: str | None = Field(None, description="the file a path dataset is read from; null for uploads")
-    input_shape: list[int] = Field(description="one example's shape: (features,) for tables, (channels, height, width) for images")
+    input_shape: list[int] = Field(description="one example's shape: (features,) of a table, (channels, height, width) of images")
     num_classes: int
     class_names: list[str]
-    class_counts: dict[str, list[int]] = Field(description="examples per class in each split: {train: [...], test: [...]}")
+    class_counts: dict[str, list[int]] = Field(description="examples per class in each split: {train, test}")
     n_train: int
     n_test: int
     size_bytes: int = Field(description="of the uploaded or registered file")

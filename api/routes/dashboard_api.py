@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from api.deps import PrincipalDep, SettingsDep, StoreDep
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import Cursor, decode_cursor, encode_cursor
 from api.queries import (
     CHART_METRICS,
     DashboardQueries,
@@ -36,7 +36,6 @@ from nas.store import Principal, Store
 router = APIRouter(tags=["dashboard"])
 
 MAX_HISTORY_TRIALS = 20
-Cursor = Annotated[str | None, Query(min_length=1, max_length=1000, pattern=r"^[A-Za-z0-9_.-]+$")]
 Order = Literal["asc", "desc"]
 
 

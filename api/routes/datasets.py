@@ -19,16 +19,16 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import FileResponse, JSONResponse
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, SettingsDep, StoreDep
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from api.responses import errors
 from api.workpool import TimeLimit, WorkError, WorkerKilled, ingest_pool
 from nas.errors import NotFound, QuotaExceeded
@@ -50,9 +50,6 @@ MAX_NAME = 200
 FLUSH_BYTES = 1 << 20  # the file is written (and hashed) off the event loop a mebibyte at a time
 # What a multipart body may carry besides the file: boundaries, part headers, the fields.
 FORM_OVERHEAD_BYTES = MAX_PARTS * (MAX_FIELD_BYTES + 1024)
-
-Limit = Annotated[int, Query(ge=1, le=1000)]
-Cursor = Annotated[str | None, Query(min_length=1, max_length=1000, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 _FORM_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import PrincipalDep, SettingsDep, StoreDep
 from api.limits import check_spec
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from api.responses import errors
 from api.routes.dashboard_api import get_queries
 from nas import registry
@@ -23,10 +23,6 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 # Point reads and single-row writes are ``async def``: their indexed queries take about a millisecond,
 # less than FastAPI's hand-off of a plain ``def`` route to its thread pool and back (BENCHMARKS.md,
 # Load). Routes that do real work (validating and limiting a spec, the Pareto front) stay in the pool.
-
-Limit = Annotated[int, Query(ge=1, le=1000)]
-# an opaque cursor from a previous page
-Cursor = Annotated[str | None, Query(min_length=1, max_length=1000, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 class JobPage(Page):
@@ -64,7 +60,9 @@ def submit_job(spec: JobSpec, store: StoreDep, settings: SettingsDep, principal:
             status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)}
         ) from None
     except UnknownDataset as exc:  # deleted while the spec was checked
-        raise HTTPException(422, [{"loc": ["body", "dataset", "params", "id"], "msg": str(exc), "type": "dataset_unknown"}]) from None
+        raise HTTPException(
+            422, [{"loc": ["body", "dataset", "params", "id"], "msg": str(exc), "type": "dataset_unknown"}]
+        ) from None
 
 
 @router.get("", response_model=JobPage, responses=errors(422))

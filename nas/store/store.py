@@ -905,7 +905,8 @@ class Store:
 
     @staticmethod
     def _owner_dataset_bytes(s: Session, owner: str) -> int:
-        return int(s.scalar(select(func.coalesce(func.sum(DatasetRow.stored_bytes), 0)).where(DatasetRow.owner == owner)))
+        total = func.coalesce(func.sum(DatasetRow.stored_bytes), 0)
+        return int(s.scalar(select(total).where(DatasetRow.owner == owner)))
 
     @staticmethod
     def _jobs_using_dataset(s: Session, dataset_id: str) -> list[str]:
