@@ -187,8 +187,7 @@ class JobSpec(_Strict):
         try:
             shape = registry.datasets.create(self.dataset.name, self.dataset.params).shape()
         except UnknownDataset as exc:  # the same answer for an id never stored and another owner's
-            problems.append(("dataset_unknown", ("dataset", "params", "id"), str(exc)))
-            self._refuse(problems)
+            raise self._invalid([("dataset_unknown", ("dataset", "params", "id"), str(exc))]) from None
         try:
             weights = space.weight_specs(*shape)
         except ValueError as exc:  # the space cannot take this dataset's inputs
@@ -209,24 +208,24 @@ class JobSpec(_Strict):
         if self.early_stopping is not None:
             rule = registry.early_stopping.create(self.early_stopping.name, self.early_stopping.params)
             problems += [("early_stopping_incompatible", loc, text) for loc, text in rule.check(self)]
-        self._refuse(problems)
+        if problems:
+            raise self._invalid(problems)
         return self
 
-    def _refuse(self, problems: list[tuple[str, tuple[str | int, ...], str]]) -> None:
-        """Raise the ``(error type, location, message)`` problems as one validation error, if any."""
-        if problems:
-            raise ValidationError.from_exception_data(
-                type(self).__name__,
-                [
-                    InitErrorDetails(
-                        # the message goes in through the context: a template would read its braces as fields
-                        type=PydanticCustomError(error_type, "{reason}", {"reason": message}),
-                        loc=loc,
-                        input=getattr(self, str(loc[0]), None) if loc else None,
-                    )
-                    for error_type, loc, message in problems
-                ],
-            )
+    def _invalid(self, problems: list[tuple[str, tuple[str | int, ...], str]]) -> ValidationError:
+        """The ``(error type, location, message)`` problems as one validation error."""
+        return ValidationError.from_exception_data(
+            type(self).__name__,
+            [
+                InitErrorDetails(
+                    # the message goes in through the context: a template would read its braces as fields
+                    type=PydanticCustomError(error_type, "{reason}", {"reason": message}),
+                    loc=loc,
+                    input=getattr(self, str(loc[0]), None) if loc else None,
+                )
+                for error_type, loc, message in problems
+            ],
+        )
 
 
 class JobStatus(str, enum.Enum):
