@@ -239,8 +239,13 @@ def work_pool(request: Request) -> WorkPool:
 
 
 def ingest_pool(request: Request) -> WorkPool:
-    """The app's pool for reading uploaded datasets, made on first use; its processes load no PyTorch."""
-    return _app_pool(request, "ingest_pool", lambda settings: WorkPool(settings, _init_reader, "dataset uploads"))
+    """The app's pool for reading uploaded datasets, made on first use."""
+    return _app_pool(request, "ingest_pool", reader_pool)
+
+
+def reader_pool(settings: Settings) -> WorkPool:
+    """A pool for reading uploaded datasets: its processes load no PyTorch."""
+    return WorkPool(settings, _init_reader, "dataset uploads")
 
 
 def _app_pool(request: Request, name: str, make: Callable[[Settings], WorkPool]) -> WorkPool:

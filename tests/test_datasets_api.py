@@ -6,8 +6,10 @@ SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,12 +19,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select
 
 from api.app import API_PREFIX, create_app
 from api.routes.datasets import FORM_OVERHEAD_BYTES, remove_strays, upload_dir
+from api.workpool import TimeLimit, WorkerKilled, reader_pool
 from nas.errors import IllegalTransition, NotFound, QuotaExceeded
 from nas.settings import Settings
 from nas.data.stored import UnknownDataset, scoped_catalog
@@ -465,6 +469,28 @@ def test_strays_of_a_killed_server_are_removed_at_start(live: Live, tmp_path: Pa
     remove_strays(live.store, settings)
     assert not upload_dir(settings).exists()
     assert [p.name for p in dataset_folder(settings.artifact_dir, "x").parent.iterdir()] == [kept["id"]]
+
+
+def test_a_read_past_its_time_limit_is_killed_naming_the_setting(tmp_path: Path) -> None:
+    """The kernel ends the reading process, however long the call it is in; the owner's next upload
+    was refused before its body while the read ran."""
+    pool = reader_pool(Settings(home=tmp_path, limit_expensive_requests=1))
+
+    async def read() -> None:
+        running = asyncio.ensure_future(pool.run("alice", time.sleep, 600, limit=TimeLimit(1, "NAS_INGEST_TIMEOUT_S")))
+        await asyncio.sleep(0)  # the read is admitted
+        with pytest.raises(HTTPException) as refused:
+            pool.check_admission("alice")
+        assert refused.value.status_code == 429 and "dataset uploads" in refused.value.detail
+        with pytest.raises(WorkerKilled) as killed:
+            await running
+        assert killed.value.timed_out and "NAS_INGEST_TIMEOUT_S" in killed.value.detail
+        pool.check_admission("alice")  # free again
+
+    try:
+        asyncio.run(read())
+    finally:
+        pool.shutdown()
 
 
 # -- the store, on SQLite and PostgreSQL -------------------------------------------------------------------
