@@ -32,7 +32,7 @@ from nas.settings import Settings
 from nas.data.stored import UnknownDataset, scoped_catalog
 from nas.specs import DatasetOptions, DatasetRecord
 from nas.store import Principal, Store, make_engine, upgrade
-from nas.store.artifacts import dataset_folder
+from nas.store.artifacts import dataset_folder, datasets_dir
 from nas.store.dataset_catalog import StoreDatasetCatalog
 from nas.store.tables import DatasetRow
 
@@ -121,7 +121,7 @@ class Live:
     def left(self) -> tuple[list[str], list[str], int]:
         """What the server keeps: files under uploads/, dataset folders, dataset rows."""
         uploads = upload_dir(self.settings)
-        folders = dataset_folder(self.settings.artifact_dir, "x").parent
+        folders = datasets_dir(self.settings.artifact_dir)
         with self.store.engine.connect() as connection:
             rows = connection.scalar(select(func.count()).select_from(DatasetRow))
         return (
@@ -468,7 +468,7 @@ def test_strays_of_a_killed_server_are_removed_at_start(live: Live, tmp_path: Pa
         dataset_folder(settings.artifact_dir, dataset_id).mkdir(parents=True)
     remove_strays(live.store, settings)
     assert not upload_dir(settings).exists()
-    assert [p.name for p in dataset_folder(settings.artifact_dir, "x").parent.iterdir()] == [kept["id"]]
+    assert [p.name for p in datasets_dir(settings.artifact_dir).iterdir()] == [kept["id"]]
 
 
 def test_a_read_past_its_time_limit_is_killed_naming_the_setting(tmp_path: Path) -> None:

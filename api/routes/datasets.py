@@ -3,8 +3,8 @@
 An upload streams to a temporary file under ``NAS_HOME/uploads``, hashed on the way and refused
 with 413 the moment it passes ``NAS_LIMIT_UPLOAD_BYTES``; it is never whole in memory. Reading it
 feeds user bytes to decoders (numpy, pyarrow, Pillow, archives), so that runs in a worker process
-of :mod:`api.workpool` (a pool of its own), killed past ``NAS_INGEST_TIMEOUT_S``: a crash or a bomb ends that process,
-never the API. What is kept is the canonical file of the splits (``data.npz``) and, for image
+of :mod:`api.workpool` (a pool of its own), killed past ``NAS_INGEST_TIMEOUT_S``: a crash or a bomb
+ends that process, never the API. What is kept is the canonical file of the splits (``data.npz``) and, for image
 sets, a grid of samples; the upload itself is removed, and any refusal leaves no file and no row.
 """
 
@@ -36,7 +36,7 @@ from nas.safe_text import check_printable
 from nas.settings import Settings
 from nas.specs import DatasetOptions, DatasetRecord, Page
 from nas.store import Principal, Store
-from nas.store.artifacts import dataset_folder
+from nas.store.artifacts import dataset_folder, datasets_dir
 from nas.store.tables import utcnow
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -81,7 +81,7 @@ def remove_strays(store: Store, settings: Settings) -> None:
     """Remove what a killed server left: uploads that were arriving, and dataset folders that no row
     names (reading stopped midway). Run at start, before any API process takes a request."""
     shutil.rmtree(upload_dir(settings), ignore_errors=True)
-    folders = dataset_folder(settings.artifact_dir, "x").parent
+    folders = datasets_dir(settings.artifact_dir)
     if not folders.is_dir():
         return
     for folder in folders.iterdir():

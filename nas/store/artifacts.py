@@ -31,7 +31,12 @@ def save_model(artifact_dir: Path, job_id: str, trial_id: str, data: bytes, fmt:
     )
 
 
+def datasets_dir(artifact_dir: Path) -> Path:
+    """The folder of every stored dataset's folder."""
+    return artifact_dir / "datasets"
+
+
 def dataset_folder(artifact_dir: Path, dataset_id: str) -> Path:
     """Where a stored dataset's files lie: ``data.npz`` (its canonical splits, for uploads) and,
     for image sets, ``samples.png``."""
-    return artifact_dir / "datasets" / dataset_id
+    return datasets_dir(artifact_dir) / dataset_id
