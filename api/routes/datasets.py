@@ -332,7 +332,8 @@ def ingest_in_worker(
         return WorkError(422, _rejected(field_name, exc.message))
     except Exception as exc:  # a decoder's own error on a malformed file is still the file's problem
         log.warning("reading an uploaded dataset failed", exc_info=True)
-        return WorkError(422, _rejected("path" if by_path else "file", f"the file could not be read: {exc}"[:1000]))
+        why = str(exc).replace(source, "the file")  # an upload's temporary path is the server's business
+        return WorkError(422, _rejected("path" if by_path else "file", f"the file could not be read: {why}"[:1000]))
 
 
 @router.post(
