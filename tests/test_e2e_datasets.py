@@ -21,8 +21,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from api.routes.datasets import upload_dir
 from nas.client import Client, ValidationError
+from nas.settings import Settings
 from nas.specs import JobStatus
+from nas.store.artifacts import datasets_dir
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.ray
@@ -217,6 +220,13 @@ def test_each_kind_of_upload_trains_well_above_chance(server: ServerProcess, tmp
             assert masks, (case.kind, sorted(model))
             kept = sum(int(model[name].sum()) for name in masks) / sum(model[name].size for name in masks)
             assert kept < 1.0, (case.kind, kept)
+
+        for dataset in datasets.values():  # the jobs have ended: nothing holds the datasets now
+            client.delete_dataset(dataset["id"])
+        assert list(client.datasets()) == []
+    settings = Settings(home=server.home)
+    assert not any(datasets_dir(settings.artifact_dir).iterdir())
+    assert not any(upload_dir(settings).iterdir())
 
     # Halfway from chance to perfect: 0.55 on digits (chance 0.1), about 0.7 on wine and 0.8 on breast cancer.
     below = {kind: (accuracy, base) for kind, (accuracy, base) in outcome.items() if accuracy < base + (1 - base) / 2}
