@@ -5,7 +5,8 @@ NumPy arrays (``.npz``), wine as CSV (string labels, a categorical column), brea
 Parquet (string labels, a boolean column) and the digit images as PNG files in one folder per
 class (``.tar.gz``). Each is uploaded through one of the user's tools (the SDK, the CLI, plain
 multipart REST), a small search runs on it, its best trial must be well above chance on the
-dataset's own test split, and the best sparse model downloads.
+dataset's own test split, and the best sparse model downloads; then every dataset deletes,
+leaving no file behind.
 """
 
 from __future__ import annotations
