@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deps import known_query_only
 from api.metrics import metrics_registry
 from api.metrics import router as metrics_router
 from api.ratelimit import FailureLimiter
@@ -158,11 +159,13 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     app.state.key_use_noted = {}  # key id -> when this process last stamped its last use (api.deps)
     assert settings.secret_file is not None  # Settings fills it in
     app.state.secret = ServerSecret(settings.secret_file)
+    # Every API route refuses query parameters it does not take, as the OpenAPI document says.
+    strict = [Depends(known_query_only)]
     for router in (jobs.router, trials.router, datasets.router, catalog.router, keys.router):
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, dependencies=strict)
     for router in (dashboard_api.router, events.router):
-        app.include_router(router, prefix=API_PREFIX)
-    app.include_router(latency_router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, dependencies=strict)
+    app.include_router(latency_router, prefix=API_PREFIX, dependencies=strict)
     app.include_router(dashboard.router)  # the web dashboard at /
     app.include_router(metrics_router, prefix=API_PREFIX)
     app.include_router(metrics_router, include_in_schema=False)  # Prometheus' default path

@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
@@ -91,6 +94,34 @@ async def get_principal(
     scope_catalog(StoreDatasetCatalog(store, None if principal.is_admin else principal.owner))
     await _note_use(request, store, principal)
     return principal
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a dependant takes, its dependencies' included."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
+
+
+async def known_query_only(request: Request) -> None:
+    """Refuse a query parameter the route does not take (422 naming it).
+
+    Ignoring it would turn a misspelt filter (``?stat=failed``) into a silent, unfiltered answer.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = _query_names(route.dependant)  # a walk over a few dependants
+    unknown = [name for name in dict.fromkeys(request.query_params.keys()) if name not in known]
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        errors: list[dict[str, Any]] = [
+            {"type": "extra_forbidden", "loc": ["query", name], "input": request.query_params[name],
+             "msg": f"unknown query parameter {name!r}; this route takes: {takes}"}
+            for name in unknown
+        ]
+        raise RequestValidationError(errors)
 
 
 StoreDep = Annotated[Store, Depends(get_store)]

@@ -299,6 +299,20 @@ def test_jobs_status_filter_and_bad_queries(client: TestClient, keys: dict[str, 
     assert client.get(f"{API}/jobs", params={"cursor": "not a cursor!"}, headers=h).status_code == 422
 
 
+def test_an_unknown_query_parameter_is_refused_by_name(client: TestClient, keys: dict[str, str]) -> None:
+    """A misspelt filter answers 422 naming it, not an unfiltered list; a route's own parameters pass."""
+    h = auth(keys["alice"])
+    job = submit(client, keys["alice"])
+    for url, params in ((f"{API}/jobs", {"stauts": "failed"}), (f"{API}/jobs/{job['id']}/trials", {"": "1"})):
+        response = client.get(url, params=params, headers=h)
+        assert response.status_code == 422
+        (error,) = response.json()["detail"]
+        name = next(iter(params))
+        assert error["loc"] == ["query", name] and repr(name) in error["msg"]
+    assert "limit" in client.get(f"{API}/jobs", params={"x": "1"}, headers=h).json()["detail"][0]["msg"]
+    assert client.get(f"{API}/jobs/{job['id']}/trials", params={"limit": 5}, headers=h).status_code == 200
+
+
 def test_trials_cursor_pagination(client: TestClient, store: Store, keys: dict[str, str]) -> None:
     job = submit(client, keys["alice"])
     ids = [store.create_trial(job["id"], {"depth": i % 3, "i": i}).id for i in range(7)]

@@ -29,8 +29,8 @@ def api_schema(tmp_path: Path) -> schemathesis.BaseSchema:
     app.state.fuzz_headers = {"Authorization": f"Bearer {key}"}
     # Starlette answers a wrong method per route, so the `Allow` header of a 405 lists only that
     # route's methods (GET and POST /jobs are two routes): a routing limit, not an API defect.
-    # Cursors are opaque tokens; a made-up one is refused with 422 by design. Unknown query
-    # parameters are ignored, as HTTP APIs commonly do, rather than refused.
+    # Cursors are opaque tokens; a made-up one is refused with 422 by design. A query parameter
+    # a route does not take is refused with 422, as the document's schema implies.
     # Every default check runs. A schema-valid request may still be refused with 422 or 413 for a
     # reason no schema can state: a signed cursor the server never made, plug-ins that cannot run
     # together, dataset files that are missing, a budget the server sets (README, "Limits"); so
