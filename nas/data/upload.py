@@ -11,8 +11,10 @@ from nas.data.stored import ID_PATTERN, current_catalog, read_splits
 
 
 class Upload(Dataset):
-    """An uploaded dataset (or one registered by path): its shape comes from the store, its arrays
-    from the worker node's cache (:mod:`nas.data.stored`)."""
+    """A dataset uploaded or registered by path, named by its id.
+
+    Its shape comes from the store, its arrays from the worker node's cache (:mod:`nas.data.stored`).
+    """
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
