@@ -335,6 +335,18 @@ def test_npz_arrays_expanding_past_the_limit_are_refused_before_reading(tmp_path
     )
 
 
+def test_npz_inputs_are_counted_as_the_float32_they_become(tmp_path: Path) -> None:
+    """0.75 MiB of uint8 images fit a 1 MiB limit as stored in the file, not as the 3 MiB read."""
+    x = np.zeros((1024, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "u8.npz", x=x, y=np.arange(1024) % 2)
+    rejected(
+        tmp_path / "u8.npz",
+        IngestOptions("npz"),
+        r"the \.npz's arrays, as float32 inputs and int64 labels, would expand to 3\.1 MiB, over the limit of 1\.0 MiB",
+        IngestLimits(1 << 20, 1 << 20),
+    )
+
+
 # --- tables --------------------------------------------------------------------------------------
 
 

@@ -28,11 +28,12 @@ CHANNELS = (1, 3, 4)
 def read_npz(source: Path, options: IngestOptions, limits: IngestLimits) -> Ingested:
     arrays = _load(source, limits)
     given = "x_test" in arrays
-    x, y = _inputs(arrays["x"], "x"), _labels(arrays["y"], "y")
+    # Popped, so that inputs converted to float32 do not keep the loaded ones alive.
+    x, y = _inputs(arrays.pop("x"), "x"), _labels(arrays.pop("y"), "y")
     _check_lengths(x, y, "")
     n_given_train = None
     if given:
-        x_test, y_test = _inputs(arrays["x_test"], "x_test"), _labels(arrays["y_test"], "y_test")
+        x_test, y_test = _inputs(arrays.pop("x_test"), "x_test"), _labels(arrays.pop("y_test"), "y_test")
         _check_lengths(x_test, y_test, "_test")
         if x_test.shape[1:] != x.shape[1:]:
             raise DatasetRejected(f"x_test's examples are shaped {x_test.shape[1:]}, x's {x.shape[1:]}")
@@ -40,6 +41,7 @@ def read_npz(source: Path, options: IngestOptions, limits: IngestLimits) -> Inge
             raise DatasetRejected("y and y_test must both hold integers or both class names")
         n_given_train = len(y)
         x, y = np.concatenate([x, x_test]), np.concatenate([y, y_test])
+        del x_test, y_test  # split() below copies x: one fewer array alive meanwhile
     labels, class_names = class_indices(y, "the labels y" + (" and y_test" if given else ""))
     x_train, y_train, x_test, y_test, split_summary = split(x, labels, class_names, options, n_given_train)
     mean, std = standardise(x_train, x_test)
@@ -86,6 +88,7 @@ def _check_members(archive: zipfile.ZipFile, limits: IngestLimits) -> list[str]:
     if ("x_test" in names) != ("y_test" in names):
         raise DatasetRejected("the .npz holds one of x_test and y_test without the other: give both or neither")
     limits.check_expanded(sum(info.file_size for info in infos), "the .npz's arrays")
+    stored = 0  # bytes once read: inputs as float32, labels as int64
     for info, key in zip(infos, names, strict=True):
         with archive.open(info) as member:
             try:
@@ -103,6 +106,8 @@ def _check_members(archive: zipfile.ZipFile, limits: IngestLimits) -> list[str]:
         declared = math.prod(shape) * dtype.itemsize
         if declared > info.file_size - header_bytes:
             raise DatasetRejected(f"array {key!r} declares shape {shape} of {dtype}, more than the data it holds")
+        stored += math.prod(shape) * (8 if key.startswith("y") else 4)
+    limits.check_expanded(stored, "the .npz's arrays, as float32 inputs and int64 labels,")
     return names
 
 
@@ -121,7 +126,7 @@ def _inputs(x: np.ndarray, key: str) -> np.ndarray:
     if len(x) == 0 or 0 in x.shape[1:]:
         raise DatasetRejected(f"array {key!r} is empty (shape {x.shape})")
     with np.errstate(over="ignore"):  # beyond float32's range is infinite, and refused just below
-        x = np.array(x, dtype=np.float32, order="C")
+        x = np.ascontiguousarray(x, dtype=np.float32)  # float32 inputs are not copied
     check_finite(x, f"array {key!r}")
     return x
 

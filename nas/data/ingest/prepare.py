@@ -109,8 +109,8 @@ def standardise(
     means, stds = [], []
     for i in indices:
         column = x_train[:, i]
-        mean = float(column.mean(dtype=np.float64))
-        std = float(column.std(dtype=np.float64))
+        mean = float(column.mean(dtype=np.float64))  # a buffered reduction: no float64 copy
+        std = _std(column, mean)
         std = std if std > 0 and math.isfinite(std) else 1.0
         for x in (x_train, x_test):
             x[:, i] -= np.float32(mean)
@@ -118,6 +118,24 @@ def standardise(
         means.append(mean)
         stds.append(std)
     return means, stds
+
+
+# Elements of a column turned to float64 at once while its deviation is summed.
+STD_CHUNK_ELEMENTS = 1 << 22
+
+
+def _std(column: np.ndarray, mean: float) -> float:
+    """The population standard deviation in float64, a block of rows at a time.
+
+    ``ndarray.std(dtype=float64)`` materialises the whole column's deviations in float64, twice
+    the size of a float32 image set's channel; this holds 32 MiB at most.
+    """
+    rows = max(1, STD_CHUNK_ELEMENTS // max(1, column[0].size))
+    total = 0.0
+    for start in range(0, len(column), rows):
+        deviation = column[start : start + rows].astype(np.float64) - mean
+        total += float(np.vdot(deviation, deviation))
+    return math.sqrt(total / column.size)
 
 
 def splits(
