@@ -1,4 +1,5 @@
-"""The real app on a real localhost socket (uvicorn in a thread), for the SDK and CLI tests.
+"""The real app on a real localhost socket (uvicorn in a thread, with the app's lifespan), for the
+SDK, CLI and HTTP tests.
 
 ``FaultInjector`` wraps the app to answer chosen requests with a gateway error, before or after
 the app has handled them (the answer lost on the way back), so retries are tested against the
@@ -96,7 +97,7 @@ def serve(home: Path, **settings_fields: Any) -> Iterator[Server]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(faults, log_level="warning", lifespan="off"))
+    uv = uvicorn.Server(uvicorn.Config(faults, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -107,8 +108,8 @@ def serve(home: Path, **settings_fields: Any) -> Iterator[Server]:
     try:
         yield Server(f"http://127.0.0.1:{port}", store, settings, database_url, faults)
     finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
+        uv.should_exit = True  # the lifespan's end shuts the app's worker pools down
+        thread.join(timeout=30)
         sock.close()
         engine.dispose()
 

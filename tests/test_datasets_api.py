@@ -1,4 +1,5 @@
-"""Users' datasets over HTTP against a live app (uploads read in its real worker processes): each bad
+"""Users' datasets over HTTP against a live server (uvicorn on a localhost socket, uploads read in
+the app's real worker processes): each bad
 upload answers a 4xx naming the problem and leaves no file and no row; identical uploads are stored
 once; quotas and the upload limit hold; another owner meets 404 on every route and cannot use the
 dataset in a job; a dataset a queued job uses cannot be deleted. The store's dataset methods run on
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import tarfile
 import time
 import zipfile
@@ -17,24 +19,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi import HTTPException
-from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select
 
-from api.app import API_PREFIX, create_app
+from api.app import API_PREFIX
 from api.routes.datasets import FORM_OVERHEAD_BYTES, remove_strays, upload_dir
 from api.workpool import TimeLimit, WorkerKilled, reader_pool
 from nas.errors import IllegalTransition, NotFound, QuotaExceeded
 from nas.settings import Settings
 from nas.data.stored import UnknownDataset, scoped_catalog
 from nas.specs import DatasetOptions, DatasetRecord
-from nas.store import Principal, Store, make_engine, upgrade
+from nas.store import Principal, Store
 from nas.store.artifacts import dataset_folder, datasets_dir
 from nas.store.dataset_catalog import StoreDatasetCatalog
 from nas.store.tables import DatasetRow
+from tests.sdk_server import serve
 
 URL = f"{API_PREFIX}/datasets"
 UPLOAD_LIMIT = 256 * 1024
@@ -103,7 +106,7 @@ def form(**fields: str) -> dict[str, tuple[None, str]]:
 
 @dataclass
 class Live:
-    client: TestClient
+    client: httpx.Client
     store: Store
     settings: Settings
     keys: dict[str, str]
@@ -133,22 +136,20 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    home = tmp_path_factory.mktemp("datasets-api")
-    roots = home / "roots"
+    base = tmp_path_factory.mktemp("datasets-api")
+    roots, home = base / "roots", base / "home"
     (roots / "sets").mkdir(parents=True)
-    engine = make_engine(f"sqlite:///{home / 'nas.db'}")
-    upgrade(engine)
-    store = Store(engine)
-    keys = {owner: store.create_api_key(owner) for owner in ("alice", "bob", "carol", "dave")}
-    keys["root"] = store.create_api_key("root", is_admin=True)
-    settings = Settings(
-        home=home / "home", data_dir=home, data_roots=(roots,), limit_upload_bytes=UPLOAD_LIMIT,
-        limit_owner_dataset_bytes=QUOTA, limit_dataset_expanded_bytes=4 << 20, limit_image_pixels=1 << 14,
-        auth_failures_per_minute=10**6,
+    home.mkdir()
+    server = serve(
+        home, data_roots=(roots,), limit_upload_bytes=UPLOAD_LIMIT, limit_owner_dataset_bytes=QUOTA,
+        limit_dataset_expanded_bytes=4 << 20, limit_image_pixels=1 << 14, auth_failures_per_minute=10**6,
     )  # fmt: skip
-    with TestClient(create_app(store, settings)) as client:
-        yield Live(client, store, settings, keys, roots)
-    engine.dispose()
+    running = next(server)
+    keys = {owner: running.store.create_api_key(owner) for owner in ("alice", "bob", "carol", "dave")}
+    keys["root"] = running.store.create_api_key("root", is_admin=True)
+    with httpx.Client(base_url=running.url, timeout=120) as client:
+        yield Live(client, running.store, running.settings, keys, roots)
+    server.close()
 
 
 def created(response: Any) -> dict[str, Any]:
@@ -287,9 +288,15 @@ def test_an_upload_over_the_limit_is_413_as_it_arrives(live: Live) -> None:
         **live.headers("bob"), "Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
     assert chunked.status_code == 413 and "NAS_LIMIT_UPLOAD_BYTES" in chunked.json()["detail"]
     # a declared length past the limit and the form's allowance is refused before a byte is read
-    huge = live.client.post(URL, content=b"", headers={
-        **live.headers("bob"), "Content-Length": str(UPLOAD_LIMIT + FORM_OVERHEAD_BYTES + 1)})  # fmt: skip
-    assert huge.status_code == 413
+    # (over a raw socket: an HTTP client will not declare more than it sends)
+    url = httpx.URL(str(live.client.base_url))
+    declared_only = (f"POST {URL} HTTP/1.1\r\nHost: {url.host}\r\nAuthorization: Bearer {live.keys['bob']}\r\n"
+                     f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                     f"Content-Length: {UPLOAD_LIMIT + FORM_OVERHEAD_BYTES + 1}\r\n\r\n")  # fmt: skip
+    with socket.create_connection((url.host, url.port), timeout=30) as connection:
+        connection.sendall(declared_only.encode())
+        status_line = connection.makefile("rb").readline()
+    assert status_line.split()[1] == b"413", status_line
     assert live.left() == before
 
 
@@ -384,11 +391,11 @@ def _job(dataset_id: str, space: str = "sparse_mlp") -> dict[str, Any]:
             "training": {"epochs": 1}, "budget": {"max_trials": 1}}  # fmt: skip
 
 
-def dataset_routes(app: Any) -> list[tuple[str, str]]:
-    """(method, path) of every operation on one dataset, read from the OpenAPI document."""
+def dataset_routes(client: httpx.Client) -> list[tuple[str, str]]:
+    """(method, path) of every operation on one dataset, read from the server's OpenAPI document."""
     return [
         (method.upper(), path)
-        for path, operations in app.openapi()["paths"].items()
+        for path, operations in client.get(f"{API_PREFIX}/openapi.json").json()["paths"].items()
         if "{dataset_id}" in path
         for method in operations
     ]
@@ -396,7 +403,7 @@ def dataset_routes(app: Any) -> list[tuple[str, str]]:
 
 def test_another_owner_meets_404_everywhere_and_cannot_use_it(live: Live) -> None:
     dataset = created(live.upload("alice", "private.npz", npz(**blobs(seed=7))))
-    routes = dataset_routes(live.client.app)
+    routes = dataset_routes(live.client)
     assert {(m, p.removeprefix(URL)) for m, p in routes} == {
         ("GET", "/{dataset_id}"), ("GET", "/{dataset_id}/samples.png"), ("DELETE", "/{dataset_id}")}
     before = live.left()
