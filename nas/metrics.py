@@ -71,6 +71,15 @@ _ALL = (
            objective=True, description="latency_ms as the latency predictor estimated it before training"),
     Metric(name="train_time_s", label="Train time", unit="s", kind="float", direction="minimize", objective=True,
            description="wall time of training"),
+    Metric(name="dense_accuracy", label="Dense accuracy", unit="", kind="fraction", direction="none", objective=False,
+           description="test accuracy of the given model before any pruning, measured once per job (spaces over a "
+                       "given model, such as model_sparsity)"),
+    Metric(name="accuracy_drop", label="Accuracy drop", unit="", kind="float", direction="minimize", objective=False,
+           description="dense_accuracy minus accuracy: what making the given model sparse cost (negative: it gained)"),
+    Metric(name="dense_latency_ms", label="Dense latency", unit="ms", kind="float", direction="none", objective=False,
+           description="latency of the given model before any pruning, timed as latency_ms is, once per job"),
+    Metric(name="speedup", label="Speedup", unit="", kind="float", direction="maximize", objective=False,
+           description="dense_latency_ms divided by latency_ms: how many times faster the sparse inference model runs"),
 )
 
 METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
@@ -84,6 +93,20 @@ PER_EPOCH: tuple[str, ...] = tuple(m.name for m in _ALL if m.per_epoch)
 
 LATENCY: tuple[str, ...] = ("latency_ms", "latency_median_ms", "latency_iqr_ms", "masked_latency_ms")
 """The latency set every complete trial of every strategy records."""
+
+
+BASELINE: tuple[str, ...] = ("dense_accuracy", "dense_latency_ms")
+"""What a job over a given model measures of it once (:mod:`workers.baseline`) and records on every trial."""
+
+
+def beside_baseline(baseline: Mapping[str, float], metrics: Mapping[str, float]) -> dict[str, float]:
+    """The job's ``baseline`` and, where ``metrics`` has what they compare, ``accuracy_drop`` and ``speedup``."""
+    beside = dict(baseline)
+    if "dense_accuracy" in baseline and "accuracy" in metrics:
+        beside["accuracy_drop"] = baseline["dense_accuracy"] - metrics["accuracy"]
+    if "dense_latency_ms" in baseline and metrics.get("latency_ms", 0.0) > 0.0:
+        beside["speedup"] = baseline["dense_latency_ms"] / metrics["latency_ms"]
+    return beside
 
 
 def typed(metrics: Mapping[str, float]) -> dict[str, float]:

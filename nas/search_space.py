@@ -10,8 +10,9 @@ building its network, the per-layer sparsity it fixes and the bounds on its size
 capabilities have defaults that mean "the space does not offer this", and callers ask the base
 for them instead of probing: per-layer sparsity patterns (default: none, every weight takes the
 sparsifier's own pattern), the weights a sparsifier can check at submission (default: none, the
-job is not checked), and the dimensions that define-by-run samplers such as Optuna's draw from
-(default: none, so ``tpe`` and ``nsga2`` refuse the space).
+job is not checked), the stored model the networks are made from and its dense reference
+(default: none, networks are built from scratch), and the dimensions that define-by-run samplers
+such as Optuna's draw from (default: none, so ``tpe`` and ``nsga2`` refuse the space).
 
 Importing this module imports neither torch nor optuna: the API server validates job specs with
 spaces and never builds a model.
@@ -109,6 +110,24 @@ class SearchSpace(ABC):
         Raises ``ValueError`` when the space cannot take inputs of ``input_shape`` (the job is then
         refused on its dataset). The default, ``None``, offers no list: the job's sparsifier is not
         checked against the space before training.
+        """
+        return None
+
+    def stored_model(self) -> str | None:
+        """The id of the stored model (``POST /api/v1/models``) the space's networks are made from.
+
+        The runner delivers that model's ONNX to every node a trial of the job runs on
+        (:mod:`workers.models`). The default, ``None``: networks are built from scratch.
+        """
+        return None
+
+    def reference_model(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module | None:
+        """The trained network the space's architectures start from, dense, with its weights.
+
+        The job measures its accuracy and latency once (:mod:`workers.baseline`) and shows them
+        beside every trial (``dense_accuracy``, ``accuracy_drop``, ``dense_latency_ms``,
+        ``speedup``). Raises ``ValueError`` like :meth:`build`. The default, ``None``: there is no
+        given network to compare with.
         """
         return None
 

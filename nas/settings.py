@@ -139,6 +139,11 @@ class Settings:
         """This machine's copies of stored datasets, as trials read them (a worker node's own NAS_HOME)."""
         return self.home / "cache" / "datasets"
 
+    @property
+    def model_cache_dir(self) -> Path:
+        """This machine's copies of stored models' ONNX files, as trials read them (a worker node's own NAS_HOME)."""
+        return self.home / "cache" / "models"
+
     def to_env(self) -> dict[str, str]:
         """The environment from which :meth:`from_env` rebuilds these settings in another process."""
         env = {

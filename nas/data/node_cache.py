@@ -75,7 +75,7 @@ def cache_bytes(cache_dir: Path, dataset_id: str, sha256: str, fetch: Callable[[
         received = hashlib.sha256(data).hexdigest()
         if received != sha256:
             raise ValueError(f"dataset {dataset_id} arrived damaged: sha256 {received}, expected {sha256}")
-        _write_atomically(path, data)
+        write_atomically(path, data)
 
     return _cached(cache_dir, dataset_id, sha256, valid, write)
 
@@ -99,7 +99,13 @@ def cache_source(cache_dir: Path, dataset_id: str, sha256: str, read: Callable[[
 def _cached(
     cache_dir: Path, dataset_id: str, key: str, valid: Callable[[Path], bool], write: Callable[[Path], None]
 ) -> Path:
-    path = cache_path(cache_dir, dataset_id)
+    return cached_file(cache_path(cache_dir, dataset_id), key, valid, write)
+
+
+def cached_file(path: Path, key: str, valid: Callable[[Path], bool], write: Callable[[Path], None]) -> Path:
+    """``path`` once it holds what ``key`` names: ``write(path)`` runs only when it is missing or not
+    ``valid``, under a lock that makes trials starting together on one node wait for one writer;
+    each process checks a file once (by its stat) for each key."""
     if _known(path, key):
         return path
     with _node_lock(path):  # trials starting together on one node: one fetches, the others wait for it
@@ -129,7 +135,8 @@ def _node_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _write_atomically(path: Path, data: memoryview) -> None:
+def write_atomically(path: Path, data: memoryview) -> None:
+    """Write ``data`` to ``path`` (mode 0600) through a temporary file, so no reader sees half of it."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
