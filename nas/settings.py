@@ -57,6 +57,8 @@ LIMIT_ENV = {
     "limit_dataset_expanded_bytes": "NAS_LIMIT_DATASET_EXPANDED_BYTES",
     "limit_image_pixels": "NAS_LIMIT_IMAGE_PIXELS",
     "ingest_timeout_s": "NAS_INGEST_TIMEOUT_S",
+    "limit_model_bytes": "NAS_LIMIT_MODEL_BYTES",
+    "limit_model_params": "NAS_LIMIT_MODEL_PARAMS",
 }
 
 
@@ -110,6 +112,10 @@ class Settings:
     limit_dataset_expanded_bytes: int = 8 << 30
     limit_image_pixels: int = 1 << 25
     ingest_timeout_s: int = 900
+    # Users' models (nas/models/onnx_import.py): the largest ONNX file and the most values its
+    # weights may hold (a ResNet-50 is 25 M).
+    limit_model_bytes: int = 256 << 20
+    limit_model_params: int = 50_000_000
     # Folders (and everything under them) that datasets registered by path may be read from;
     # empty: registering by path is off. NAS_DATA_ROOTS, separated like PATH.
     data_roots: tuple[Path, ...] = ()
