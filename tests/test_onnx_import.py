@@ -176,6 +176,58 @@ def test_converted_model_trains_and_runs_after_magnitude_pruning(exported) -> No
         assert module.eval()(x).shape == (8, 10)
 
 
+def test_opset_13_export_with_decomposed_gelu_and_shape_arithmetic(tmp_path: Path) -> None:
+    """The oldest opset taken: the TorchScript exporter writes Gelu as Erf arithmetic and flatten
+    as Shape/Gather/Unsqueeze/Concat/Reshape."""
+    path = tmp_path / "old.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _randomize_bn(SmallCNN()), (torch.randn(2, 1, 12, 12),), path, dynamo=False, opset_version=13,
+            input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}},
+        )  # fmt: skip
+        torch.manual_seed(1)
+        torch.onnx.export(
+            MLP().eval(), (torch.randn(2, 12),), tmp_path / "mlp.onnx", dynamo=False, opset_version=13,
+            input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}},
+        )  # fmt: skip
+    ops = {node.op_type for node in onnx.load(path).graph.node} | {n.op_type for n in onnx.load(tmp_path / "mlp.onnx").graph.node}
+    assert {"Shape", "Gather", "Unsqueeze", "Concat", "Reshape", "Erf"} <= ops
+    assert read_model(path, LIMITS).opset == 13
+    assert [layer["name"] for layer in read_model(tmp_path / "mlp.onnx", LIMITS).layers] == ["hidden.weight", "out.weight"]
+
+
+def test_converted_module_pickles_and_exports_back_to_onnx(exported, tmp_path: Path) -> None:
+    """Trials get copies of the converted module, and the trained result is exported again."""
+    import pickle
+
+    module = load_onnx_model(exported["cnn", False], LIMITS)  # its flatten is Shape arithmetic
+    x = torch.randn(3, 1, 12, 12)
+    clone = pickle.loads(pickle.dumps(module))
+    assert torch.equal(clone(x), module(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (x,), tmp_path / "again.onnx", dynamo=True, external_data=False, input_names=["x"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+        )  # fmt: skip
+    again = check_onnx(tmp_path / "again.onnx", LIMITS)
+    assert compare_with_onnxruntime(again, module, (1, 12, 12)) < 1e-4
+
+
+def test_weights_shared_between_nodes_stay_one_module() -> None:
+    weight = _init("shared.weight", np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32))
+    nodes = [
+        helper.make_node("Gemm", ["x", "shared.weight"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Identity", ["shared.weight"], ["tied"]),  # how the TorchScript exporter ties weights
+        helper.make_node("Gemm", ["r", "tied"], ["y"], transB=1),
+    ]
+    proto = _model(nodes, [_value("x", ["N", 4])], [_value("y", ["N", 4])], [weight])
+    module = _convert_and_compare(proto)
+    assert list(prunable_weights(module)) == ["shared.weight"]
+
+
 def _model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="handmade")

@@ -327,6 +327,21 @@ def onnx_global_max_pool(x: torch.Tensor) -> torch.Tensor:
     return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
 
 
+_RUNTIME_FUNCTIONS = (
+    onnx_add, onnx_sub, onnx_mul, onnx_div, onnx_shape, onnx_gather, onnx_unsqueeze, onnx_squeeze, onnx_concat,
+    onnx_cast, onnx_reshape, onnx_flatten, onnx_gemm, onnx_hard_sigmoid, onnx_clip, onnx_reduce_mean,
+    onnx_global_average_pool, onnx_global_max_pool,
+)  # fmt: skip
+
+
+class OnnxTracer(fx.Tracer):
+    """Keeps the functions above as single calls when a converted module's code is traced again
+    (unpickling a GraphModule does that), since shape arithmetic cannot run on proxies."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, autowrap_functions=_RUNTIME_FUNCTIONS, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------
 # Conversion
 
@@ -386,6 +401,7 @@ class _Converter:
         self.env: dict[str, Value] = {}
         self.used_names: set[str] = set()
         self.buffers: dict[int, fx.Node] = {}
+        self.shared: dict[tuple, str] = {}
         self.bias_free: dict[str, nn.Linear] = {}  # MatMul output -> its bias-less Linear (an Add may give it a bias)
         self.consumers: dict[str, int] = {}
         for node in proto.graph.node:
@@ -429,6 +445,7 @@ class _Converter:
                     raise ModelRejected(f"operator {node.op_type} at node {node.name or '(unnamed)'}: output {extra!r} is not supported")
         result = self._node(self.env[self.proto.graph.output[0].name])
         self.graph.output(result)
+        self.graph._tracer_cls = OnnxTracer
         module = fx.GraphModule(self.root, self.graph, class_name="OnnxModel")
         return module.eval()
 
@@ -461,10 +478,18 @@ class _Converter:
             return fn(*args, **kwargs)
         return self.graph.call_function(fn, tuple(self._node(a) for a in args), kwargs)
 
-    def module(self, node: onnx.NodeProto, hint: str | None, module: nn.Module, x: fx.Node) -> fx.Node:
-        """``module`` applied to ``x``, named after ``hint`` (an initializer's name) or the node's name."""
-        name = self._unique(_module_name(hint, node))
-        self.root.add_module(name, module)
+    def module(
+        self, node: onnx.NodeProto, hint: str | None, make: Callable[[], nn.Module], x: fx.Node, shared: tuple | None = None
+    ) -> fx.Node:
+        """A module from ``make()`` applied to ``x``, named after ``hint`` (an initializer's name) or
+        the node's name. Nodes with the same ``shared`` key (the same weight tensors and attributes)
+        call one module, so weights tied in the ONNX graph stay tied when trained."""
+        name = self.shared.get(shared) if shared is not None else None
+        if name is None:
+            name = self._unique(_module_name(hint, node))
+            self.root.add_module(name, make())
+            if shared is not None:
+                self.shared[shared] = name
         return self.graph.call_module(name, (x,))
 
     def const(self, value: Value, node: onnx.NodeProto, what: str) -> torch.Tensor:
@@ -530,24 +555,35 @@ def _conv(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, An
     dilations = list(a.get("dilations", [1, 1]))
     pads = _spatial_pads(c, node, a, [kh, kw], dilations)
     x, padding = _pad_input(c, ins[0], pads)
-    layer = nn.Conv2d(
-        per_group * groups, out_ch, (kh, kw), stride=tuple(a.get("strides", [1, 1])), padding=padding,
-        dilation=tuple(dilations), groups=groups, bias=bias is not None,
-    )  # fmt: skip
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        if bias is not None:
-            layer.bias.copy_(bias)
-    return c.module(node, node.input[1], layer, c._node(x))
+    strides = tuple(a.get("strides", [1, 1]))
+
+    def make() -> nn.Conv2d:
+        layer = nn.Conv2d(
+            per_group * groups, out_ch, (kh, kw), stride=strides, padding=padding, dilation=tuple(dilations),
+            groups=groups, bias=bias is not None,
+        )  # fmt: skip
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
+
+    shared = ("Conv", id(weight), id(bias), strides, padding, tuple(dilations), groups)
+    return c.module(node, node.input[1], make, c._node(x), shared)
 
 
-def _linear(c: _Converter, node: onnx.NodeProto, x: Value, weight: torch.Tensor, bias: torch.Tensor | None, hint: str) -> fx.Node:
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        if bias is not None:
-            layer.bias.copy_(bias)
-    return c.module(node, hint, layer, x)
+def _linear(
+    c: _Converter, node: onnx.NodeProto, x: Value, weight: torch.Tensor, bias: torch.Tensor | None, shared: tuple | None
+) -> fx.Node:
+    def make() -> nn.Linear:
+        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
+
+    return c.module(node, node.input[1], make, x, shared)
 
 
 def _gemm(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
@@ -558,16 +594,17 @@ def _gemm(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, An
     if isinstance(x, fx.Node) and isinstance(b, torch.Tensor) and not trans_a and (bias is None or isinstance(bias, torch.Tensor)):
         weight = (b if trans_b else b.t()) * alpha
         out_features = weight.shape[0]
-        if bias is None or bias.numel() in (1, out_features):
+        if bias is None or bias.numel() == 1 or (bias.numel() == out_features and bias.shape[-1] == out_features):
             vector = None if bias is None else (beta * bias).float().flatten().expand(out_features).clone()
-            return _linear(c, node, x, weight.contiguous(), vector, node.input[1])
+            shared = ("Gemm", id(b), id(bias), alpha, beta, trans_b)
+            return _linear(c, node, x, weight.contiguous(), vector, shared)
     return c.call(onnx_gemm, x, b, bias, alpha, beta, trans_a, trans_b)
 
 
 def _matmul(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
     x, b = ins
     if isinstance(x, fx.Node) and isinstance(b, torch.Tensor) and b.dim() == 2 and b.dtype.is_floating_point:
-        out = _linear(c, node, x, b.t().contiguous(), None, node.input[1])
+        out = _linear(c, node, x, b.t().contiguous(), None, None)  # not shared: an Add may give it a bias
         c.bias_free[node.output[0]] = c.root.get_submodule(str(out.target))
         return out
     return c.call(torch.matmul, x, b)
@@ -594,13 +631,17 @@ def _batch_norm(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[s
     kind = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d}.get(rank)
     if kind is None:
         raise ModelRejected(f"operator BatchNormalization at node {node.name}: inputs of rank {rank} are not supported")
-    layer = kind(scale.numel(), eps=a.get("epsilon", 1e-5), momentum=1.0 - a.get("momentum", 0.9))
-    with torch.no_grad():
-        layer.weight.copy_(scale)
-        layer.bias.copy_(shift)
-        layer.running_mean.copy_(mean)
-        layer.running_var.copy_(var)
-    return c.module(node, node.input[1], layer, c._node(ins[0]))
+
+    def make() -> nn.Module:
+        layer = kind(scale.numel(), eps=a.get("epsilon", 1e-5), momentum=1.0 - a.get("momentum", 0.9))
+        with torch.no_grad():
+            layer.weight.copy_(scale)
+            layer.bias.copy_(shift)
+            layer.running_mean.copy_(mean)
+            layer.running_var.copy_(var)
+        return layer
+
+    return c.module(node, node.input[1], make, c._node(ins[0]))
 
 
 def _pool_args(c: _Converter, node: onnx.NodeProto, a: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int]]:
@@ -636,7 +677,7 @@ def _dropout(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str,
     if len(ins) > 2 and ins[2] is not None and bool(_as_list(c.const(ins[2], node, "training_mode"))):
         raise ModelRejected(f"operator Dropout at node {node.name} is in training mode; export the model in eval mode")
     p = float(_as_list(c.const(ratio, node, "ratio")) if isinstance(ratio, torch.Tensor) else ratio)
-    return c.module(node, None, nn.Dropout(p), c._node(ins[0]))
+    return c.module(node, None, lambda: nn.Dropout(p), c._node(ins[0]))
 
 
 def _constant(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
