@@ -79,6 +79,32 @@ class MLP(nn.Module):
         return self.out(self.drop(torch.tanh(F.gelu(self.hidden(x)))))
 
 
+class ResidualSE(nn.Module):
+    """ResNet basic blocks with a strided 1x1 downsample, squeeze-excitation, padding, channel slicing and chunking."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
+        self.conv1 = nn.Conv2d(8, 16, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.down = nn.Sequential(nn.Conv2d(8, 16, 1, 2, bias=False), nn.BatchNorm2d(16))
+        self.squeeze = nn.Conv2d(16, 4, 1)
+        self.excite = nn.Conv2d(4, 16, 1)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.down(x))
+        x = x * torch.sigmoid(self.excite(F.relu(self.squeeze(x.mean((2, 3), keepdim=True)))))
+        x = self.pad(x)
+        a, b = x[:, :8], x[:, 8:]
+        c, d = torch.chunk(torch.cat([b, a], 1), 2, dim=1)
+        return self.fc(nn.Flatten()(F.adaptive_avg_pool2d(torch.cat([d, c * 0.5], 1), 1)))
+
+
 def _randomize_bn(model: nn.Module) -> nn.Module:
     """Running statistics and affine parameters away from their identity defaults, so a lost BN shows."""
     gen = torch.Generator().manual_seed(0)
@@ -119,6 +145,15 @@ CASES = {
         {"stem.weight": [8, 3, 3, 3], "dw.weight": [8, 1, 3, 3], "pw.weight": [8, 8, 1, 1], "head.weight": [4, 8]},
     ),
     "mlp": (MLP, (12,), {"hidden.weight": [32, 12], "out.weight": [3, 32]}),
+    "resnet_se": (
+        ResidualSE,
+        (3, 8, 8),
+        {
+            "stem_0.weight": [8, 3, 3, 3], "conv1.weight": [16, 8, 3, 3], "conv2.weight": [16, 16, 3, 3],
+            "down_0.weight": [16, 8, 1, 1], "squeeze.weight": [4, 16, 1, 1], "excite.weight": [16, 4, 1, 1],
+            "fc.weight": [10, 16],
+        },
+    ),  # fmt: skip
 }
 
 
@@ -143,7 +178,7 @@ def test_exported_models_match_onnxruntime_and_expose_prunable_layers(exported, 
     assert {layer["name"]: layer["shape"] for layer in info.layers} == layers
     assert {layer["kind"] for layer in info.layers} == ({"linear"} if name == "mlp" else {"conv", "linear"})
     assert all(layer["params"] == int(np.prod(layer["shape"])) for layer in info.layers)
-    assert info.num_outputs == {"cnn": 10, "depthwise_residual": 4, "mlp": 3}[name]
+    assert info.num_outputs == {"cnn": 10, "depthwise_residual": 4, "mlp": 3, "resnet_se": 10}[name]
     assert info.opset == 20 and info.producer.startswith("pytorch")
 
     module = to_torch(check_onnx(path, LIMITS))
@@ -391,6 +426,18 @@ def test_size_and_parameter_limits_are_refused() -> None:
         check_onnx(data, ModelLimits(max_bytes=100, max_params=10**6))
     with pytest.raises(ModelRejected, match="parameter limit: the model holds 15 values, over the limit of 10"):
         check_onnx(data, ModelLimits(max_bytes=1 << 20, max_params=10))
+
+
+def test_a_graph_that_computes_a_huge_tensor_is_refused() -> None:
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "axes"], ["column"]),
+        helper.make_node("Mul", ["column", "row"], ["outer"]),  # (N, 16384, 16384)
+        helper.make_node("ReduceSum", ["outer", "axes"], ["y"], keepdims=0),
+    ]
+    initializers = [_init("axes", np.array([2], np.int64)), _init("row", np.ones((1, 1, 1 << 14), np.float32))]
+    proto = _model(nodes, [_value("x", ["N", 1 << 14])], [_value("y", ["N", 1 << 14])], initializers)
+    with pytest.raises(ModelRejected, match=r"tensor size: 'outer' would hold 268435456 values per example"):
+        check_onnx(_bytes(proto), LIMITS)
 
 
 def test_checker_failure_is_refused() -> None:

@@ -44,8 +44,11 @@ if TYPE_CHECKING:
 
 OPSET_MIN = 13
 OPSET_MAX = 23
-# Largest input of one example the service accepts (values), so checking a model cannot allocate without bound.
+# Largest input of one example (values), and largest tensor the graph may compute for one example
+# (256 MiB of float32; a ResNet-50's largest activation at 224x224 is 0.8 M values): checking and
+# converting a model then cannot allocate without bound.
 MAX_INPUT_VALUES = 1 << 24
+MAX_TENSOR_VALUES = 1 << 26
 # Outputs of onnxruntime and of the converted module agree within atol + rtol * max|onnxruntime output|.
 COMPARE_RTOL = 1e-3
 COMPARE_ATOL = 1e-4
@@ -103,6 +106,7 @@ def check_onnx(data: bytes | Path, limits: ModelLimits) -> onnx.ModelProto:
     if params > limits.max_params:
         raise ModelRejected(f"parameter limit: the model holds {params} values, over the limit of {limits.max_params}")
     _check_signature(proto)
+    _check_tensor_sizes(proto)
     return proto
 
 
@@ -182,6 +186,19 @@ def _check_signature(proto: onnx.ModelProto) -> None:
     values = math.prod(d.dim_value for d in dims[1:])
     if values > MAX_INPUT_VALUES:
         raise ModelRejected(f"input {value.name!r} has {values} values per example, over the limit of {MAX_INPUT_VALUES}")
+
+
+def _check_tensor_sizes(proto: onnx.ModelProto) -> None:
+    """Refuse a graph whose inferred tensors (batch dimension 1) hold more than MAX_TENSOR_VALUES."""
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        if info.type.WhichOneof("value") != "tensor_type" or not info.type.tensor_type.HasField("shape"):
+            continue
+        values = math.prod(d.dim_value if d.HasField("dim_value") else 1 for d in info.type.tensor_type.shape.dim)
+        if values > MAX_TENSOR_VALUES:
+            raise ModelRejected(
+                f"tensor size: {info.name!r} would hold {values} values per example, over the limit of {MAX_TENSOR_VALUES}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,10 +330,51 @@ def onnx_clip(x: torch.Tensor, low: Any = None, high: Any = None) -> torch.Tenso
     return torch.clamp(x, low, high)
 
 
-def onnx_reduce_mean(x: torch.Tensor, axes: list[int] | None, keepdims: int) -> torch.Tensor:
-    if axes is None:
-        return x.mean(dim=tuple(range(x.dim())), keepdim=bool(keepdims))
-    return x.mean(dim=tuple(axes), keepdim=bool(keepdims))
+def onnx_reduce(x: torch.Tensor, how: str, axes: list[int] | None, keepdims: int) -> torch.Tensor:
+    """``how`` is the tensor method: ``mean``, ``sum``, ``amax`` or ``amin``."""
+    dims = tuple(range(x.dim())) if axes is None else tuple(axes)
+    return getattr(x, how)(dim=dims, keepdim=bool(keepdims))
+
+
+def onnx_pad(x: torch.Tensor, pads: list[int], mode: str, value: float, axes: list[int] | None) -> torch.Tensor:
+    rank = x.dim()
+    axes = [a % rank for a in axes] if axes is not None else list(range(rank))
+    begin, end = pads[: len(axes)], pads[len(axes) :]
+    by_axis = {axis: (b, e) for axis, b, e in zip(axes, begin, end)}
+    last = min(by_axis, default=rank)  # F.pad lists (begin, end) from the last dimension backwards
+    flat: list[int] = []
+    for axis in range(rank - 1, last - 1, -1):
+        flat.extend(by_axis.get(axis, (0, 0)))
+    torch_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
+    return F.pad(x, flat, mode=torch_mode, value=value if torch_mode == "constant" else None)
+
+
+def onnx_slice(data: Any, starts: Any, ends: Any, axes: list[int] | None, steps: list[int] | None) -> Any:
+    starts, ends = ([v] if _is_shape(v) and not isinstance(v, (list, tuple)) else list(v) for v in (starts, ends))
+    if isinstance(data, (list, tuple)):
+        return list(data[slice(starts[0], ends[0], (steps or [1])[0])])
+    rank = data.dim()
+    axes = [a % rank for a in axes] if axes is not None else list(range(len(starts)))
+    steps = steps or [1] * len(starts)
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        if step > 0:
+            data = data[(slice(None),) * axis + (slice(start, end, step),)]
+        else:  # torch tensors do not slice backwards: pick the indices Python's slicing would
+            index = torch.tensor(range(*slice(start, end, step).indices(data.shape[axis])), dtype=torch.long)
+            data = data.index_select(axis, index)
+    return data
+
+
+def onnx_split(x: torch.Tensor, sizes: list[int] | None, axis: int, parts: int) -> tuple[torch.Tensor, ...]:
+    return torch.split(x, sizes if sizes is not None else -(-x.shape[axis] // parts), dim=axis)
+
+
+def onnx_constant_of_shape(shape: Any, value: torch.Tensor) -> torch.Tensor:
+    return torch.full(list(_as_list(shape)), value.item(), dtype=value.dtype)
+
+
+def onnx_expand(x: torch.Tensor, shape: Any) -> torch.Tensor:
+    return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(_as_list(shape))))
 
 
 def onnx_global_average_pool(x: torch.Tensor) -> torch.Tensor:
@@ -329,7 +387,8 @@ def onnx_global_max_pool(x: torch.Tensor) -> torch.Tensor:
 
 _RUNTIME_FUNCTIONS = (
     onnx_add, onnx_sub, onnx_mul, onnx_div, onnx_shape, onnx_gather, onnx_unsqueeze, onnx_squeeze, onnx_concat,
-    onnx_cast, onnx_reshape, onnx_flatten, onnx_gemm, onnx_hard_sigmoid, onnx_clip, onnx_reduce_mean,
+    onnx_cast, onnx_reshape, onnx_flatten, onnx_gemm, onnx_hard_sigmoid, onnx_clip, onnx_reduce, onnx_pad, onnx_slice, onnx_split,
+    onnx_constant_of_shape, onnx_expand,
     onnx_global_average_pool, onnx_global_max_pool,
 )  # fmt: skip
 
@@ -696,13 +755,49 @@ def _cast(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, An
     return c.call(onnx_cast, ins[0], dtype=dtype)
 
 
-def _reduce_mean(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
-    axes = a.get("axes")
+def _reduce(how: str) -> Callable[[_Converter, onnx.NodeProto, list[Value], dict[str, Any]], Value]:
+    def handler(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
+        axes = _axes(c, node, ins, a)
+        if not axes and a.get("noop_with_empty_axes", 0):
+            return ins[0]
+        return c.call(onnx_reduce, ins[0], how, list(axes) if axes else None, a.get("keepdims", 1))
+
+    return handler
+
+
+def _pad(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    value = ins[2] if len(ins) > 2 and ins[2] is not None else None
+    value = 0.0 if value is None else float(c.const(value, node, "constant value").item())
+    axes = _ints(c.const(ins[3], node, "axes")) if len(ins) > 3 and ins[3] is not None else None
+    return c.call(onnx_pad, ins[0], _ints(c.const(ins[1], node, "pads")), mode, value, axes)
+
+
+def _slice(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
+    # starts and ends may come from shape arithmetic (torch.chunk exports so); axes and steps are constant
+    starts, ends = (_as_list(v) for v in ins[1:3])
+    axes, steps = (
+        _ints(c.const(ins[i], node, what)) if len(ins) > i and ins[i] is not None else None
+        for i, what in ((3, "axes"), (4, "steps"))
+    )
+    return c.call(onnx_slice, ins[0], starts, ends, axes, steps)
+
+
+def _split(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
+    sizes = a.get("split")
     if len(ins) > 1 and ins[1] is not None:
-        axes = _ints(c.const(ins[1], node, "axes"))
-    if not axes and a.get("noop_with_empty_axes", 0):
-        return ins[0]
-    return c.call(onnx_reduce_mean, ins[0], list(axes) if axes else None, a.get("keepdims", 1))
+        sizes = _ints(c.const(ins[1], node, "split"))
+    parts = a.get("num_outputs", len(node.output))
+    result = c.call(onnx_split, ins[0], list(sizes) if sizes else None, a.get("axis", 0), parts)
+    if isinstance(result, fx.Node):
+        return tuple(c.graph.call_function(operator.getitem, (result, i)) for i in range(len(node.output)))
+    return tuple(result)
+
+
+def _constant_of_shape(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
+    value = torch.from_numpy(numpy_helper.to_array(a["value"]).copy()) if "value" in a else torch.tensor([0.0])
+    return c.call(onnx_constant_of_shape, ins[0], value.flatten())
 
 
 def _clip(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
@@ -736,7 +831,15 @@ _HANDLERS: dict[str, Callable[[_Converter, onnx.NodeProto, list[Value], dict[str
     "AveragePool": _average_pool,
     "GlobalAveragePool": lambda c, n, i, a: c.call(onnx_global_average_pool, i[0]),
     "GlobalMaxPool": lambda c, n, i, a: c.call(onnx_global_max_pool, i[0]),
-    "ReduceMean": _reduce_mean,
+    "ReduceMean": _reduce("mean"),
+    "ReduceSum": _reduce("sum"),
+    "ReduceMax": _reduce("amax"),
+    "ReduceMin": _reduce("amin"),
+    "Pad": _pad,
+    "Slice": _slice,
+    "Split": _split,
+    "ConstantOfShape": _constant_of_shape,
+    "Expand": lambda c, n, i, a: c.call(onnx_expand, i[0], _as_list(i[1])),
     "Flatten": lambda c, n, i, a: (
         c.call(torch.flatten, i[0], 1) if a.get("axis", 1) == 1 else c.call(onnx_flatten, i[0], a.get("axis", 1))
     ),
