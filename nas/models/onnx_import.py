@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,11 +80,16 @@ class ModelLimits:
 
 
 def check_onnx(data: bytes | Path, limits: ModelLimits) -> onnx.ModelProto:
-    """The model in ``data`` (the file's bytes or its path), once every check passed; ``ModelRejected`` otherwise."""
-    size = Path(data).stat().st_size if isinstance(data, Path) else len(data)
+    """The model in ``data`` (the file's bytes or its path), once every check passed; ``ModelRejected`` otherwise.
+
+    The cheap checks come first (size, parse, external data, opset, parameter count), so a file
+    refused by one of them never reaches the checker's full shape inference.
+    """
+    is_path = isinstance(data, (str, os.PathLike))
+    size = Path(data).stat().st_size if is_path else len(data)
     if size > limits.max_bytes:
         raise ModelRejected(f"size limit: the file is {size} bytes, over the limit of {limits.max_bytes} bytes")
-    raw = Path(data).read_bytes() if isinstance(data, Path) else bytes(data)
+    raw = Path(data).read_bytes() if is_path else bytes(data)
     try:
         proto = onnx.load_model_from_string(raw)
     except Exception as exc:  # protobuf's DecodeError and friends
@@ -91,10 +97,6 @@ def check_onnx(data: bytes | Path, limits: ModelLimits) -> onnx.ModelProto:
     if not proto.HasField("graph") or proto.ir_version <= 0 or not proto.graph.node:
         raise ModelRejected("not an ONNX model: no IR version or no graph nodes")
     _check_no_external_data(proto)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:  # ValidationError, InferenceError
-        raise ModelRejected(f"ONNX checker failed: {_first_line(exc)}") from None
     opset = default_opset(proto)
     if opset is None:
         raise ModelRejected("opset: the model imports no default-domain (ai.onnx) opset")
@@ -102,9 +104,13 @@ def check_onnx(data: bytes | Path, limits: ModelLimits) -> onnx.ModelProto:
         raise ModelRejected(
             f"opset {opset} is not supported: the default-domain opset must be {limits.opset_min} to {limits.opset_max}"
         )
-    params = sum(int(np.prod(t.dims)) for t in _tensors(proto.graph))
+    params = sum(math.prod(t.dims) for t in _tensors(proto.graph))
     if params > limits.max_params:
         raise ModelRejected(f"parameter limit: the model holds {params} values, over the limit of {limits.max_params}")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError
+        raise ModelRejected(f"ONNX checker failed: {_first_line(exc)}") from None
     _check_signature(proto)
     _check_tensor_sizes(proto)
     return proto
@@ -863,7 +869,14 @@ SUPPORTED_OPERATORS: tuple[str, ...] = tuple(sorted(_HANDLERS))
 
 def to_torch(proto: onnx.ModelProto) -> fx.GraphModule:
     """The network of a checked ``proto`` as a torch module with its pretrained weights, in eval mode."""
-    return _Converter(proto).convert()
+    if proto.graph.sparse_initializer:
+        raise ModelRejected(f"sparse initializers are not supported ({proto.graph.sparse_initializer[0].values.name!r})")
+    try:
+        return _Converter(proto).convert()
+    except ModelRejected:
+        raise
+    except Exception as exc:  # a graph the checks let through but the converter cannot build
+        raise ModelRejected(f"conversion failed: {_first_line(exc)}") from None
 
 
 def compare_with_onnxruntime(
@@ -890,6 +903,7 @@ def compare_with_onnxruntime(
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    options.log_severity_level = 4  # failures come back as exceptions, named in the refusal
     try:
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -906,8 +920,11 @@ def compare_with_onnxruntime(
             (expected,) = session.run(None, {name: x})
         except Exception as exc:
             raise ModelRejected(f"onnxruntime cannot run the model on a {list(x.shape)} input: {_first_line(exc)}") from None
-        with torch.no_grad():
-            got = module(torch.from_numpy(x)).numpy()
+        try:
+            with torch.no_grad():
+                got = module(torch.from_numpy(x)).numpy()
+        except Exception as exc:
+            raise ModelRejected(f"the converted module fails on a {list(x.shape)} input: {_first_line(exc)}") from None
         if got.shape != expected.shape:
             raise ModelRejected(f"onnxruntime comparison: output shape {list(got.shape)} differs from onnxruntime's {list(expected.shape)}")
         diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
