@@ -72,11 +72,12 @@ class MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.hidden = nn.Linear(12, 32)
+        self.norm = nn.BatchNorm1d(32)
         self.drop = nn.Dropout(0.2)
         self.out = nn.Linear(32, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.drop(torch.tanh(F.gelu(self.hidden(x)))))
+        return self.out(self.drop(torch.tanh(F.gelu(self.norm(self.hidden(x))))))
 
 
 class ResidualSE(nn.Module):
@@ -109,7 +110,7 @@ def _randomize_bn(model: nn.Module) -> nn.Module:
     """Running statistics and affine parameters away from their identity defaults, so a lost BN shows."""
     gen = torch.Generator().manual_seed(0)
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
             with torch.no_grad():
                 module.running_mean.copy_(torch.randn(module.num_features, generator=gen))
                 module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
@@ -184,8 +185,8 @@ def test_exported_models_match_onnxruntime_and_expose_prunable_layers(exported, 
     module = to_torch(check_onnx(path, LIMITS))
     assert not module.training
     assert compare_with_onnxruntime(check_onnx(path, LIMITS), module, shape) < 1e-4
-    if not dynamo and name != "mlp":  # the TorchScript export kept BatchNormalization: it is a BatchNorm2d
-        norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not dynamo:  # the TorchScript export kept BatchNormalization: a BatchNorm2d/1d with the running statistics
+        norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm1d if name == "mlp" else nn.BatchNorm2d)]
         assert norms and all(not torch.equal(m.running_mean, torch.zeros_like(m.running_mean)) for m in norms)
 
 
@@ -329,6 +330,51 @@ def test_handmade_graph_with_same_padding_matmul_bias_and_shape_ops() -> None:
     assert names == {"block_conv.weight": (4, 2, 3, 3), "asym.weight": (4, 2, 3, 3), "head.weight": (6, 200)}
     assert module.head.bias is not None  # the Add became the Linear's bias
     assert module(torch.randn(5, 2, 9, 9)).shape == (5, 2, 3)
+
+
+def test_handmade_graph_with_dropout_pooling_squeeze_and_a_scaled_gemm() -> None:
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("Dropout", ["x", "ratio"], ["d"], name="drop"),
+        helper.make_node("MaxPool", ["d"], ["p"], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_LOWER"),
+        helper.make_node("AveragePool", ["p"], ["q"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0),
+        helper.make_node("GlobalMaxPool", ["q"], ["g"]),
+        helper.make_node("Squeeze", ["g", "spatial"], ["s"]),
+        helper.make_node("Gemm", ["s", "w"], ["h"], alpha=0.5, beta=2.0, name="scaled"),
+        helper.make_node("Identity", ["h"], ["i"]),
+        helper.make_node("LeakyRelu", ["i"], ["l"], alpha=0.2),
+        helper.make_node("Gemm", ["l", "w2", "b2"], ["y"], transB=1),
+    ]
+    initializers = [
+        _init("ratio", np.array(0.25, np.float32)),
+        _init("spatial", np.array([2, 3], np.int64)),
+        _init("w", rng.standard_normal((3, 5)).astype(np.float32)),
+        _init("w2", rng.standard_normal((2, 5)).astype(np.float32)),
+        _init("b2", rng.standard_normal((1, 2)).astype(np.float32)),
+    ]
+    proto = _model(nodes, [_value("x", ["N", 3, 7, 7])], [_value("y", ["N", 2])], initializers)
+    module = _convert_and_compare(proto)
+    assert isinstance(module.drop, nn.Dropout) and module.drop.p == 0.25  # fine-tuning uses it
+    assert {name: tuple(owner.weight.shape) for name, (owner, _) in prunable_weights(module).items()} == {
+        "w.weight": (5, 3), "w2.weight": (2, 5)
+    }
+
+
+def test_corrupted_files_are_refused_or_accepted_never_crash(exported) -> None:
+    data = exported["cnn", False].read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = {"accepted": 0, "refused": 0}
+    for _ in range(40):
+        corrupted = bytearray(data)
+        for at in rng.integers(0, len(data), size=3):
+            corrupted[at] = int(rng.integers(0, 256))
+        try:
+            proto = check_onnx(bytes(corrupted), LIMITS)
+            compare_with_onnxruntime(proto, to_torch(proto), input_shape(proto))
+            outcomes["accepted"] += 1
+        except ModelRejected:  # anything else (a crash, a torch or onnxruntime error) fails the test
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and sum(outcomes.values()) == 40
 
 
 def _tiny(opset: int = 17, **changes) -> onnx.ModelProto:
