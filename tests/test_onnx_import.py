@@ -394,6 +394,13 @@ def test_a_valid_tiny_model_passes() -> None:
     assert isinstance(module.fc, nn.Linear)
 
 
+def test_module_names_never_shadow_the_graph_module() -> None:
+    nodes = [helper.make_node("Gemm", ["x", "graph.weight"], ["y"], transB=1)]
+    proto = _model(nodes, [_value("x", ["N", 4])], [_value("y", ["N", 3])], [_init("graph.weight", np.ones((3, 4), np.float32))])
+    module = _convert_and_compare(proto)
+    assert list(prunable_weights(module)) == ["graph_2.weight"]
+
+
 def test_not_onnx_is_refused() -> None:
     for data in (b"", b"PK\x03\x04 this is a zip", b"\x00\xff" * 40):
         with pytest.raises(ModelRejected, match="not an ONNX model"):

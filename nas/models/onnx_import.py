@@ -518,8 +518,9 @@ class _Converter:
         return None if name == "" else self.env[name]
 
     def _unique(self, name: str) -> str:
+        """``name``, or ``name_2``, ``name_3``...: not taken, and no attribute of a GraphModule (``graph``, ``forward``)."""
         base, n = name, 1
-        while name in self.used_names:
+        while name in self.used_names or hasattr(fx.GraphModule, name):
             n += 1
             name = f"{base}_{n}"
         self.used_names.add(name)
