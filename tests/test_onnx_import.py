@@ -431,7 +431,7 @@ def test_external_data_in_a_constant_attribute_is_refused() -> None:
 def test_unsupported_operator_is_refused_by_name_and_node() -> None:
     nodes = [
         helper.make_node("Unsqueeze", ["x", "axes"], ["boxes"]),
-        helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["y"], name="nms_1"),
+        helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["y"], name="nms_1\x1b[2J"),
     ]
     graph = helper.make_graph(
         nodes, "g", [_value("x", ["N", 4])], [_value("y", [None, 3], TensorProto.INT64)],
@@ -439,7 +439,8 @@ def test_unsupported_operator_is_refused_by_name_and_node() -> None:
     )  # fmt: skip
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     checked = check_onnx(_bytes(proto), LIMITS)
-    with pytest.raises(ModelRejected, match=r"unsupported operator NonMaxSuppression at node nms_1; supported: .*Conv"):
+    # the node's name is shown with its terminal escape written out
+    with pytest.raises(ModelRejected, match=r"unsupported operator NonMaxSuppression at node nms_1\\x1b\[2J; supported: .*Conv"):
         to_torch(checked)
     assert "Loop" not in SUPPORTED_OPERATORS and "Conv" in SUPPORTED_OPERATORS
 

@@ -2,9 +2,11 @@
 
 An uploaded file is read with ``onnx`` and never executed as code: :func:`check_onnx` refuses
 what the service will not take (too large, not ONNX, external data, a failed ``onnx.checker``, an
-opset outside the range below, anything but one float input and one output), and :func:`to_torch`
-builds a ``torch.fx.GraphModule`` over a closed set of operators. An operator outside that set is
-refused by name, so the set is also the safety boundary of what the service runs.
+opset outside the range below, anything but one float input and one output, a tensor too large to
+compute), and :func:`to_torch` builds a ``torch.fx.GraphModule`` over a closed set of operators
+(:data:`SUPPORTED_OPERATORS`). An operator outside that set is refused by name, so the set is also
+the safety boundary of what the service runs. :func:`compare_with_onnxruntime` then checks the
+conversion against onnxruntime on random inputs.
 
 The converter is written here rather than taken from ``onnx2torch``: onnx2torch imports
 torchvision in its node converters, and no torchvision wheel runs beside the pinned CPU torch
@@ -39,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, numpy_helper
 from torch import fx, nn
+
+from nas.safe_text import escape_controls
 
 if TYPE_CHECKING:
     from nas.settings import Settings
@@ -133,8 +137,18 @@ def input_shape(proto: onnx.ModelProto) -> tuple[int, ...]:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The start of an error's message, safe to show (it may quote names from the file)."""
     text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split("\n")[:3])[:500]
+    return escape_controls(" ".join(text.split("\n")[:3])[:500])
+
+
+def _shown(text: str, limit: int = 100) -> str:
+    """A name from the file as a refusal shows it: control characters escaped, at most ``limit`` characters."""
+    return escape_controls(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _at(node: onnx.NodeProto) -> str:
+    return f"operator {_shown(node.op_type)} at node {_shown(node.name) or '(unnamed)'}"
 
 
 def _tensors(graph: onnx.GraphProto):
@@ -160,7 +174,7 @@ def _check_no_external_data(proto: onnx.ModelProto) -> None:
         if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
             where = {e.key: e.value for e in tensor.external_data}.get("location", "?")
             raise ModelRejected(
-                f"external data: tensor {tensor.name!r} refers to data outside the file ({where}); "
+                f"external data: tensor {_shown(tensor.name)!r} refers to data outside the file ({_shown(where)}); "
                 "save the model with all its weights inside (onnx.save(..., save_as_external_data=False))"
             )
 
@@ -168,30 +182,30 @@ def _check_no_external_data(proto: onnx.ModelProto) -> None:
 def _check_signature(proto: onnx.ModelProto) -> None:
     inputs = graph_inputs(proto)
     if len(inputs) != 1:
-        raise ModelRejected(f"inputs: the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); it must have exactly one")
+        raise ModelRejected(f"inputs: the model has {len(inputs)} inputs ({', '.join(_shown(i.name) for i in inputs)}); it must have exactly one")
     if len(proto.graph.output) != 1:
         raise ModelRejected(f"outputs: the model has {len(proto.graph.output)} outputs; it must have exactly one")
     (value,) = inputs
     kind = value.type.WhichOneof("value")
     if kind != "tensor_type" or value.type.tensor_type.elem_type != TensorProto.FLOAT:
         elem = TensorProto.DataType.Name(value.type.tensor_type.elem_type) if kind == "tensor_type" else kind
-        raise ModelRejected(f"input {value.name!r} is {elem}; it must be a float32 tensor")
+        raise ModelRejected(f"input {_shown(value.name)!r} is {elem}; it must be a float32 tensor")
     if not value.type.tensor_type.HasField("shape"):
-        raise ModelRejected(f"input {value.name!r} has no shape; it must be (N, features) or (N, C, H, W)")
+        raise ModelRejected(f"input {_shown(value.name)!r} has no shape; it must be (N, features) or (N, C, H, W)")
     dims = list(value.type.tensor_type.shape.dim)
     shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in dims]
     if len(dims) not in (2, 4):
-        raise ModelRejected(f"input {value.name!r} has shape {shape}; it must be (N, features) or (N, C, H, W)")
+        raise ModelRejected(f"input {_shown(value.name)!r} has shape {shape}; it must be (N, features) or (N, C, H, W)")
     batch = dims[0]
     if batch.HasField("dim_value") and batch.dim_value != 1:
         raise ModelRejected(
-            f"input {value.name!r} has shape {shape}; its first dimension must be the batch (symbolic, e.g. 'N', or 1)"
+            f"input {_shown(value.name)!r} has shape {shape}; its first dimension must be the batch (symbolic, e.g. 'N', or 1)"
         )
     if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims[1:]):
-        raise ModelRejected(f"input {value.name!r} has shape {shape}; every dimension but the batch must be a fixed size")
+        raise ModelRejected(f"input {_shown(value.name)!r} has shape {shape}; every dimension but the batch must be a fixed size")
     values = math.prod(d.dim_value for d in dims[1:])
     if values > MAX_INPUT_VALUES:
-        raise ModelRejected(f"input {value.name!r} has {values} values per example, over the limit of {MAX_INPUT_VALUES}")
+        raise ModelRejected(f"input {_shown(value.name)!r} has {values} values per example, over the limit of {MAX_INPUT_VALUES}")
 
 
 def _check_tensor_sizes(proto: onnx.ModelProto) -> None:
@@ -203,7 +217,7 @@ def _check_tensor_sizes(proto: onnx.ModelProto) -> None:
         values = math.prod(d.dim_value if d.HasField("dim_value") else 1 for d in info.type.tensor_type.shape.dim)
         if values > MAX_TENSOR_VALUES:
             raise ModelRejected(
-                f"tensor size: {info.name!r} would hold {values} values per example, over the limit of {MAX_TENSOR_VALUES}"
+                f"tensor size: {_shown(info.name)!r} would hold {values} values per example, over the limit of {MAX_TENSOR_VALUES}"
             )
 
 
@@ -393,9 +407,8 @@ def onnx_global_max_pool(x: torch.Tensor) -> torch.Tensor:
 
 _RUNTIME_FUNCTIONS = (
     onnx_add, onnx_sub, onnx_mul, onnx_div, onnx_shape, onnx_gather, onnx_unsqueeze, onnx_squeeze, onnx_concat,
-    onnx_cast, onnx_reshape, onnx_flatten, onnx_gemm, onnx_hard_sigmoid, onnx_clip, onnx_reduce, onnx_pad, onnx_slice, onnx_split,
-    onnx_constant_of_shape, onnx_expand,
-    onnx_global_average_pool, onnx_global_max_pool,
+    onnx_cast, onnx_reshape, onnx_flatten, onnx_gemm, onnx_hard_sigmoid, onnx_clip, onnx_reduce, onnx_pad,
+    onnx_slice, onnx_split, onnx_constant_of_shape, onnx_expand, onnx_global_average_pool, onnx_global_max_pool,
 )  # fmt: skip
 
 
@@ -493,21 +506,22 @@ class _Converter:
             if handler is None:
                 op = node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
                 raise ModelRejected(
-                    f"unsupported operator {op} at node {node.name or '(unnamed)'}; supported: {', '.join(SUPPORTED_OPERATORS)}"
+                    f"unsupported operator {_shown(op)} at node {_shown(node.name) or '(unnamed)'}; "
+                    f"supported: {', '.join(SUPPORTED_OPERATORS)}"
                 )
             try:
                 outputs = handler(self, node, [self._get(n) for n in node.input], _attrs(node))
             except ModelRejected:
                 raise
             except Exception as exc:
-                raise ModelRejected(f"operator {node.op_type} at node {node.name or '(unnamed)'} cannot convert: {_first_line(exc)}") from None
+                raise ModelRejected(f"{_at(node)} cannot convert: {_first_line(exc)}") from None
             if not isinstance(outputs, tuple):
                 outputs = (outputs,)
             for name, value in zip(node.output, outputs):
                 self.env[name] = value
             for extra in node.output[len(outputs):]:
                 if extra and self.consumers.get(extra):
-                    raise ModelRejected(f"operator {node.op_type} at node {node.name or '(unnamed)'}: output {extra!r} is not supported")
+                    raise ModelRejected(f"{_at(node)}: output {_shown(extra)!r} is not supported")
         result = self._node(self.env[self.proto.graph.output[0].name])
         self.graph.output(result)
         self.graph._tracer_cls = OnnxTracer
@@ -560,13 +574,13 @@ class _Converter:
 
     def const(self, value: Value, node: onnx.NodeProto, what: str) -> torch.Tensor:
         if not isinstance(value, torch.Tensor):
-            raise ModelRejected(f"operator {node.op_type} at node {node.name or '(unnamed)'}: its {what} must be a constant")
+            raise ModelRejected(f"{_at(node)}: its {what} must be a constant")
         return value
 
     def shape_of(self, node: onnx.NodeProto, name: str) -> list[int | None]:
         shape = self.shapes.get(name)
         if shape is None:
-            raise ModelRejected(f"operator {node.op_type} at node {node.name or '(unnamed)'}: the shape of its input is unknown")
+            raise ModelRejected(f"{_at(node)}: the shape of its input is unknown")
         return shape
 
 
@@ -593,7 +607,7 @@ def _spatial_pads(conv: _Converter, node: onnx.NodeProto, a: dict[str, Any], ker
     strides = a.get("strides", [1, 1])
     size = conv.shape_of(node, node.input[0])[2:]
     if any(s is None for s in size):
-        raise ModelRejected(f"operator {node.op_type} at node {node.name}: auto_pad {auto_pad} needs a known input size")
+        raise ModelRejected(f"{_at(node)}: auto_pad {auto_pad} needs a known input size")
     begin, end = [], []
     for n, k, s, d in zip(size, kernel, strides, dilations):
         total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
@@ -614,7 +628,7 @@ def _pad_input(conv: _Converter, x: Value, pads: list[int], value: float = 0.0) 
 def _conv(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
     weight = c.const(ins[1], node, "weight")
     if weight.dim() != 4:
-        raise ModelRejected(f"operator Conv at node {node.name}: only 2-D convolutions (4-D weights) are supported")
+        raise ModelRejected(f"{_at(node)}: only 2-D convolutions (4-D weights) are supported")
     bias = c.const(ins[2], node, "bias") if len(ins) > 2 and ins[2] is not None else None
     out_ch, per_group, kh, kw = weight.shape
     groups = a.get("group", 1)
@@ -691,12 +705,12 @@ def _add(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any
 
 def _batch_norm(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
     if a.get("training_mode", 0):
-        raise ModelRejected(f"operator BatchNormalization at node {node.name} is in training mode; export the model in eval mode")
+        raise ModelRejected(f"{_at(node)} is in training mode; export the model in eval mode")
     scale, shift, mean, var = (c.const(v, node, "parameters") for v in ins[1:5])
     rank = len(c.shape_of(node, node.input[0]))
     kind = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d}.get(rank)
     if kind is None:
-        raise ModelRejected(f"operator BatchNormalization at node {node.name}: inputs of rank {rank} are not supported")
+        raise ModelRejected(f"{_at(node)}: inputs of rank {rank} are not supported")
 
     def make() -> nn.Module:
         layer = kind(scale.numel(), eps=a.get("epsilon", 1e-5), momentum=1.0 - a.get("momentum", 0.9))
@@ -713,7 +727,7 @@ def _batch_norm(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[s
 def _pool_args(c: _Converter, node: onnx.NodeProto, a: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int]]:
     kernel = list(a["kernel_shape"])
     if len(kernel) != 2:
-        raise ModelRejected(f"operator {node.op_type} at node {node.name}: only 2-D pooling is supported")
+        raise ModelRejected(f"{_at(node)}: only 2-D pooling is supported")
     dilations = list(a.get("dilations", [1, 1]))
     return kernel, list(a.get("strides", [1, 1])), _spatial_pads(c, node, a, kernel, dilations), dilations
 
@@ -729,9 +743,9 @@ def _max_pool(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str
 def _average_pool(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
     kernel, strides, pads, dilations = _pool_args(c, node, a)
     if dilations != [1, 1]:
-        raise ModelRejected(f"operator AveragePool at node {node.name}: dilations are not supported")
+        raise ModelRejected(f"{_at(node)}: dilations are not supported")
     if pads[:2] != pads[2:] or any(p > k // 2 for p, k in zip(pads, kernel)):
-        raise ModelRejected(f"operator AveragePool at node {node.name}: asymmetric or over-half-kernel pads are not supported")
+        raise ModelRejected(f"{_at(node)}: asymmetric or over-half-kernel pads are not supported")
     return c.call(
         F.avg_pool2d, ins[0], tuple(kernel), tuple(strides), (pads[0], pads[1]), bool(a.get("ceil_mode", 0)),
         bool(a.get("count_include_pad", 0)),
@@ -741,7 +755,7 @@ def _average_pool(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict
 def _dropout(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
     ratio = ins[1] if len(ins) > 1 and ins[1] is not None else a.get("ratio", 0.5)
     if len(ins) > 2 and ins[2] is not None and bool(_as_list(c.const(ins[2], node, "training_mode"))):
-        raise ModelRejected(f"operator Dropout at node {node.name} is in training mode; export the model in eval mode")
+        raise ModelRejected(f"{_at(node)} is in training mode; export the model in eval mode")
     p = float(_as_list(c.const(ratio, node, "ratio")) if isinstance(ratio, torch.Tensor) else ratio)
     return c.module(node, None, lambda: nn.Dropout(p), c._node(ins[0]))
 
@@ -752,13 +766,13 @@ def _constant(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str
     for key, dtype in (("value_float", torch.float32), ("value_floats", torch.float32), ("value_int", torch.int64), ("value_ints", torch.int64)):
         if key in a:
             return torch.tensor(a[key], dtype=dtype)
-    raise ModelRejected(f"operator Constant at node {node.name}: only tensor, float and int values are supported")
+    raise ModelRejected(f"{_at(node)}: only tensor, float and int values are supported")
 
 
 def _cast(c: _Converter, node: onnx.NodeProto, ins: list[Value], a: dict[str, Any]) -> Value:
     dtype = _DTYPES.get(a["to"])
     if dtype is None:
-        raise ModelRejected(f"operator Cast at node {node.name}: casting to {TensorProto.DataType.Name(a['to'])} is not supported")
+        raise ModelRejected(f"{_at(node)}: casting to {TensorProto.DataType.Name(a['to'])} is not supported")
     return c.call(onnx_cast, ins[0], dtype=dtype)
 
 
@@ -871,7 +885,7 @@ SUPPORTED_OPERATORS: tuple[str, ...] = tuple(sorted(_HANDLERS))
 def to_torch(proto: onnx.ModelProto) -> fx.GraphModule:
     """The network of a checked ``proto`` as a torch module with its pretrained weights, in eval mode."""
     if proto.graph.sparse_initializer:
-        raise ModelRejected(f"sparse initializers are not supported ({proto.graph.sparse_initializer[0].values.name!r})")
+        raise ModelRejected(f"sparse initializers are not supported ({_shown(proto.graph.sparse_initializer[0].values.name)!r})")
     try:
         return _Converter(proto).convert()
     except ModelRejected:
