@@ -389,9 +389,15 @@ def _tiny(opset: int = 17, **changes) -> onnx.ModelProto:
     return _model(nodes, inputs, outputs, initializers, opset=opset)
 
 
-def test_a_valid_tiny_model_passes() -> None:
+def test_a_valid_tiny_model_passes(tmp_path: Path) -> None:
     module = _convert_and_compare(_tiny())
     assert isinstance(module.fc, nn.Linear)
+    proto = _tiny()
+    proto.producer_name, proto.producer_version = "maker\x1b[31m", "1" * 500
+    (tmp_path / "m.onnx").write_bytes(_bytes(proto))
+    info = read_model(tmp_path / "m.onnx", LIMITS)
+    assert info.producer.startswith("maker\\x1b[31m 111") and len(info.producer) < 220
+    assert (info.input_shape, info.num_outputs, info.params, info.opset) == ((4,), 3, 15, 17)
 
 
 def test_module_names_never_shadow_the_graph_module() -> None:

@@ -22,6 +22,7 @@ from nas.models.onnx_import import (
     input_shape,
     to_torch,
 )
+from nas.safe_text import escape_controls
 from nas.sparse.masks import prunable_weights, weight_kind
 
 # Layer kinds as the catalog names them (masks' "conv2d" is the only convolution the converter builds).
@@ -60,7 +61,8 @@ def read_model(path: Path, limits: ModelLimits) -> ModelInfo:
         }
         for name, (owner, attr) in prunable_weights(module).items()
     ]
-    producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
+    # the file's own words: shown in listings, so escaped and kept short
+    producer = escape_controls(" ".join(p for p in (proto.producer_name, proto.producer_version) if p)[:200])
     return ModelInfo(
         input_shape=shape,
         num_outputs=_output_values(module, shape),
