@@ -360,6 +360,36 @@ def test_handmade_graph_with_dropout_pooling_squeeze_and_a_scaled_gemm() -> None
     }
 
 
+def test_handmade_graph_with_split_expand_reductions_and_elementwise_math() -> None:
+    nodes = [
+        helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=1),
+        helper.make_node("Exp", ["a"], ["e"]),
+        helper.make_node("Neg", ["e"], ["n"]),
+        helper.make_node("Abs", ["b"], ["ab"]),
+        helper.make_node("Sqrt", ["ab"], ["sq"]),
+        helper.make_node("Pow", ["sq", "two"], ["pw"]),
+        helper.make_node("ReduceMax", ["pw", "one"], ["mx"], keepdims=1),
+        helper.make_node("ReduceMin", ["pw", "one"], ["mn"], keepdims=1),
+        helper.make_node("ReduceSum", ["pw", "one"], ["sm"], keepdims=1),
+        helper.make_node("Sub", ["mx", "mn"], ["range"]),
+        helper.make_node("Div", ["sm", "range"], ["ratio"]),
+        helper.make_node("Shape", ["a"], ["a_shape"]),
+        helper.make_node("Expand", ["ratio", "a_shape"], ["wide"]),
+        helper.make_node("Cast", ["wide"], ["cast"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["n", "cast"], ["m"]),
+        helper.make_node("Concat", ["m", "pw"], ["c"], axis=1),
+        helper.make_node("LogSoftmax", ["c"], ["y"], axis=1),
+    ]
+    initializers = [
+        _init("sizes", np.array([2, 4], np.int64)),
+        _init("two", np.array(2.0, np.float32)),
+        _init("one", np.array([1], np.int64)),
+    ]
+    proto = _model(nodes, [_value("x", ["N", 6])], [_value("y", ["N", 6])], initializers, opset=18)
+    module = _convert_and_compare(proto)
+    assert module(torch.randn(4, 6)).shape == (4, 6) and not list(prunable_weights(module))
+
+
 def test_corrupted_files_are_refused_or_accepted_never_crash(exported) -> None:
     data = exported["cnn", False].read_bytes()
     rng = np.random.default_rng(0)

@@ -925,34 +925,42 @@ def compare_with_onnxruntime(
         raise ModelRejected(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
     batch_dim = graph_inputs(proto)[0].type.tensor_type.shape.dim[0]
     batch = 1 if batch_dim.HasField("dim_value") else 2
-    name = session.get_inputs()[0].name
     rng = np.random.default_rng(seed)
     worst = 0.0
+    was_training = module.training
     module.eval()
-    for sample in range(samples):
-        x = rng.standard_normal((batch, *input_shape), dtype=np.float32)
-        try:
-            (expected,) = session.run(None, {name: x})
-        except Exception as exc:
-            raise ModelRejected(f"onnxruntime cannot run the model on a {list(x.shape)} input: {_first_line(exc)}") from None
-        try:
-            with torch.no_grad():
-                got = module(torch.from_numpy(x)).numpy()
-        except Exception as exc:
-            raise ModelRejected(f"the converted module fails on a {list(x.shape)} input: {_first_line(exc)}") from None
-        if got.shape != expected.shape:
-            raise ModelRejected(f"onnxruntime comparison: output shape {list(got.shape)} differs from onnxruntime's {list(expected.shape)}")
-        diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-        largest = float(diff.max()) if diff.size else 0.0
-        if not np.isfinite(largest):
-            raise ModelRejected(f"onnxruntime comparison: non-finite outputs on random input {sample}")
-        tolerance = atol + rtol * float(np.abs(expected).max(initial=0.0))
-        if largest > tolerance:
-            raise ModelRejected(
-                f"onnxruntime comparison: outputs differ by up to {largest:.3g} (tolerance {tolerance:.3g}) on random input {sample}"
-            )
-        worst = max(worst, largest)
+    try:
+        for sample in range(samples):
+            x = rng.standard_normal((batch, *input_shape), dtype=np.float32)
+            worst = max(worst, _compare_once(session, module, x, f"random input {sample}", rtol, atol))
+    finally:
+        module.train(was_training)
     return worst
+
+
+def _compare_once(session: Any, module: nn.Module, x: np.ndarray, which: str, rtol: float, atol: float) -> float:
+    """The largest absolute difference on one input ``x``; ``ModelRejected`` beyond tolerance."""
+    try:
+        (expected,) = session.run(None, {session.get_inputs()[0].name: x})
+    except Exception as exc:
+        raise ModelRejected(f"onnxruntime cannot run the model on a {list(x.shape)} input: {_first_line(exc)}") from None
+    try:
+        with torch.no_grad():
+            got = module(torch.from_numpy(x)).numpy()
+    except Exception as exc:
+        raise ModelRejected(f"the converted module fails on a {list(x.shape)} input: {_first_line(exc)}") from None
+    if got.shape != expected.shape:
+        raise ModelRejected(f"onnxruntime comparison: output shape {list(got.shape)} differs from onnxruntime's {list(expected.shape)}")
+    diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    largest = float(diff.max()) if diff.size else 0.0
+    if not np.isfinite(largest):
+        raise ModelRejected(f"onnxruntime comparison: non-finite outputs on {which}")
+    tolerance = atol + rtol * float(np.abs(expected).max(initial=0.0))
+    if largest > tolerance:
+        raise ModelRejected(
+            f"onnxruntime comparison: outputs differ by up to {largest:.3g} (tolerance {tolerance:.3g}) on {which}"
+        )
+    return largest
 
 
 def load_onnx_model(data: bytes | Path, limits: ModelLimits | None = None) -> nn.Module:
