@@ -391,3 +391,29 @@ class DatasetRecord(BaseModel):
     test_given: bool = Field(description="the file carried its own test split; else a stratified split was made")
     summary: dict[str, Any] = Field(description="tables: per-column statistics; images: per-channel mean and std")
     created_at: datetime
+
+
+class ModelRecord(BaseModel):
+    """A stored model: a user's trained network uploaded as ONNX, checked and summarised once at upload.
+
+    A job names it as ``search_space: {name: model_sparsity, params: {model_id: ...}}``; the
+    file never changes, so every trial of every job starts from the same pretrained weights.
+    """
+
+    model_config = ConfigDict(title="Model")
+
+    id: str
+    name: str
+    owner: str
+    input_shape: list[int] = Field(description="one example's shape, without the batch: (features,) or (channels, height, width)")
+    num_outputs: int = Field(description="values the output holds per example (a classifier's class count)")
+    params: int = Field(description="parameters of the converted network")
+    layers: list[dict[str, Any]] = Field(description="prunable weights: {name, kind, shape, params} each")
+    opset: int = Field(description="the file's default-domain opset")
+    producer: str = Field(description="the exporter the file names")
+    size_bytes: int = Field(description="of the uploaded ONNX file; counts towards the owner's quota")
+    sha256: str = Field(description="of the uploaded ONNX file")
+    dense_latency_ms: dict[str, float] = Field(
+        description="the dense network's measured latency on each of the server's targets (10th percentile, ms)"
+    )
+    created_at: datetime
