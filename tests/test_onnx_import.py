@@ -233,6 +233,23 @@ def test_opset_13_export_with_decomposed_gelu_and_shape_arithmetic(tmp_path: Pat
     assert [layer["name"] for layer in read_model(tmp_path / "mlp.onnx", LIMITS).layers] == ["hidden.weight", "out.weight"]
 
 
+def test_layers_are_named_after_the_torch_modules_when_batchnorm_was_folded_in(tmp_path: Path) -> None:
+    """The TorchScript exporter's constant folding merges BatchNorm into Conv and names the merged
+    weights onnx::Conv_<n>; the node's scope name still gives the torch module path."""
+    path = tmp_path / "folded.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _randomize_bn(ResidualSE()), (torch.randn(2, 3, 8, 8),), path, dynamo=False, input_names=["x"],
+            output_names=["y"], dynamic_axes={"x": {0: "batch"}},
+        )  # fmt: skip
+    proto = onnx.load(path)
+    assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}
+    assert any(i.name.startswith("onnx::Conv") for i in proto.graph.initializer)
+    info = read_model(path, LIMITS)
+    assert {layer["name"]: layer["shape"] for layer in info.layers} == CASES["resnet_se"][2]
+
+
 def test_converted_module_pickles_and_exports_back_to_onnx(exported, tmp_path: Path) -> None:
     """Trials get copies of the converted module, and the trained result is exported again."""
     import pickle

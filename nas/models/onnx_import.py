@@ -585,11 +585,21 @@ class _Converter:
 
 
 def _module_name(hint: str | None, node: onnx.NodeProto) -> str:
+    """A module's name: its weight initializer's (``layers.0.conv1.weight`` -> ``layers_0_conv1``),
+    or, where an exporter generated the weight's name (``onnx::Conv_123`` once BatchNorm was folded
+    in), the torch module path in the node's scope name (``/layers/layers.0/conv1/Conv``, the same)."""
     if hint and not hint.startswith(("onnx::", "val_")) and not re.fullmatch(r"(const|_v)?_?\d+", hint):
         return _sanitize(re.sub(r"[._](weight|kernel|w)$", "", hint))
-    name = node.name.strip("/")
-    name = re.sub(rf"/({node.op_type}|{node.op_type}_\d+)$", "", name)
-    return _sanitize(name or node.op_type.lower())
+    parts = [p for p in node.name.split("/") if p]
+    if parts and re.fullmatch(rf"{node.op_type}(_\d+)?", parts[-1]):
+        parts.pop()
+    path: list[str] = []
+    for part in parts:  # a child of a Sequential is scoped "parent.index" after "parent"
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return _sanitize(".".join(path) or node.op_type.lower())
 
 
 def _ints(value: Value) -> list[int]:
