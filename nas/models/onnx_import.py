@@ -30,7 +30,7 @@ import math
 import operator
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,7 +108,7 @@ def check_onnx(data: bytes | Path, limits: ModelLimits) -> onnx.ModelProto:
         raise ModelRejected(
             f"opset {opset} is not supported: the default-domain opset must be {limits.opset_min} to {limits.opset_max}"
         )
-    params = sum(math.prod(t.dims) for t in _tensors(proto.graph))
+    params = sum(math.prod(t.dims) for t in _tensors(proto))
     if params > limits.max_params:
         raise ModelRejected(f"parameter limit: the model holds {params} values, over the limit of {limits.max_params}")
     try:
@@ -151,12 +151,23 @@ def _at(node: onnx.NodeProto) -> str:
     return f"operator {_shown(node.op_type)} at node {_shown(node.name) or '(unnamed)'}"
 
 
-def _tensors(graph: onnx.GraphProto):
-    """Every tensor stored in ``graph`` and its subgraphs: initializers and attribute values."""
+def _tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor stored in the model: initializers and attribute values, in the graph, its
+    subgraphs and the model's local functions."""
+    yield from _graph_tensors(proto.graph)
+    for function in proto.functions:
+        yield from _node_tensors(function.node)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
-    for node in graph.node:
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
@@ -164,13 +175,13 @@ def _tensors(graph: onnx.GraphProto):
             if attr.HasField("sparse_tensor"):
                 yield attr.sparse_tensor.values
             if attr.HasField("g"):
-                yield from _tensors(attr.g)
+                yield from _graph_tensors(attr.g)
             for sub in attr.graphs:
-                yield from _tensors(sub)
+                yield from _graph_tensors(sub)
 
 
 def _check_no_external_data(proto: onnx.ModelProto) -> None:
-    for tensor in _tensors(proto.graph):
+    for tensor in _tensors(proto):
         if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
             where = {e.key: e.value for e in tensor.external_data}.get("location", "?")
             raise ModelRejected(
