@@ -268,7 +268,8 @@ def _int_div(a: Any, b: Any) -> Any:
         return torch.div(a, b, rounding_mode="trunc")
     if isinstance(a, float) or isinstance(b, float):
         return a / b
-    return int(a / b)  # ONNX integer division truncates toward zero
+    quotient = abs(a) // abs(b)  # ONNX integer division truncates toward zero, exactly for any size
+    return quotient if (a >= 0) == (b >= 0) else -quotient
 
 
 def onnx_add(a: Any, b: Any) -> Any:
@@ -344,7 +345,7 @@ def onnx_reshape(x: torch.Tensor, shape: Any, allowzero: int = 0) -> torch.Tenso
 
 
 def onnx_flatten(x: torch.Tensor, axis: int) -> torch.Tensor:
-    axis = axis % (x.dim() + 1) if axis < 0 else axis
+    axis = axis + x.dim() if axis < 0 else axis
     return x.reshape(math.prod(x.shape[:axis]), -1)
 
 
