@@ -4,7 +4,8 @@ The names are read from the registries when the tests are collected, so a plug-i
 through an entry point is checked the moment it is installed, against the same assertions as the
 shipped ones. Each check uses the plug-in's defaults (and, for spaces, every ``examples`` entry of
 its ``Params`` JSON Schema), small shapes and a few steps; a dataset naming one users stored
-(``upload``) names a real one, written for the test in a node cache of its own.
+(``upload``) names a real one, written for the test in a node cache of its own, and so does a
+space made from a stored model (``model_sparsity``): a CNN trained on the digits and exported to ONNX.
 """
 
 from __future__ import annotations
@@ -52,6 +53,33 @@ def _json_round_trip(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+@pytest.fixture(scope="module")
+def stored_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The id of a model stored as users' models are (a CNN trained on the ``SHAPE_DATASET`` digits),
+    in a worker node's cache of its own, which this process's model catalog knows."""
+    import torch
+
+    from nas.models.stored import use_model_catalog
+    from tests.pretrained import digits_cnn, node_catalog
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data, _ = digits_cnn()
+    finally:
+        torch.set_num_threads(threads)
+    catalog, (model_id,) = node_catalog(tmp_path_factory.mktemp("model-cache"), [data])
+    use_model_catalog(catalog)
+    yield model_id
+    use_model_catalog(None)
+
+
+def _space_params(name: str, params: dict[str, Any], model_id: str) -> dict[str, Any]:
+    """``params`` of the space ``name``, naming the stored model ``model_id`` where the space is made from one."""
+    fields = registry.search_spaces.get(name).Params.model_fields
+    return {"model_id": model_id, **params} if "model_id" in fields else params
+
+
 @pytest.mark.parametrize(
     ("reg", "name"),
     [
@@ -70,9 +98,11 @@ def test_every_plugin_subclasses_its_registrys_base_and_has_default_params(reg: 
     cls = reg.get(name)
     assert issubclass(cls, reg.base)
     assert issubclass(cls.Params, BaseModel)
-    # every option has a default, but the id by which a dataset names one users stored (``upload``)
+    # every option has a default, but the id by which a dataset (``upload``) or a space (``model_sparsity``)
+    # names what users stored
     required = {key for key, info in cls.Params.model_fields.items() if info.is_required()}
-    assert required <= ({"id"} if reg is registry.datasets else set()), f"options without a default: {required}"
+    stored = {"id"} if reg is registry.datasets else {"model_id"} if reg is registry.search_spaces else set()
+    assert required <= stored, f"options without a default: {required}"
 
 
 @pytest.mark.parametrize(
@@ -100,8 +130,10 @@ def test_a_registry_refuses_a_class_that_is_not_of_its_kind(reg: registry.Regist
 
 
 @pytest.mark.parametrize(("name", "params"), SPACE_CASES)
-def test_space_samples_are_json_deterministic_and_within_its_dimensions(name: str, params: dict[str, Any]) -> None:
-    space = registry.search_spaces.create(name, params)
+def test_space_samples_are_json_deterministic_and_within_its_dimensions(
+    name: str, params: dict[str, Any], stored_model: str
+) -> None:
+    space = registry.search_spaces.create(name, _space_params(name, params, stored_model))
     dims = space.dimensions()
     if dims is not None:
         from optuna.distributions import BaseDistribution, CategoricalDistribution
@@ -124,14 +156,14 @@ def test_space_samples_are_json_deterministic_and_within_its_dimensions(name: st
 
 @pytest.mark.parametrize(("name", "params"), SPACE_CASES)
 def test_space_builds_networks_that_match_its_declarations(
-    name: str, params: dict[str, Any], torch_single_thread: None
+    name: str, params: dict[str, Any], torch_single_thread: None, stored_model: str
 ) -> None:
     import torch
 
     from nas.sparse.magnitude import parse_pattern
     from nas.sparse.masks import prunable_weights, weight_kind
 
-    space = registry.search_spaces.create(name, params)
+    space = registry.search_spaces.create(name, _space_params(name, params, stored_model))
     input_shape, num_classes = registry.datasets.create(SHAPE_DATASET, {}).shape()
     low, high = space.min_params(input_shape, num_classes), space.max_params(input_shape, num_classes)
     assert isinstance(low, int) and isinstance(high, int) and 0 < low <= high
@@ -163,10 +195,17 @@ def test_space_builds_networks_that_match_its_declarations(
             for pattern in patterns.values():
                 assert pattern in ("dense", "unstructured", "channel") or parse_pattern(pattern) is not None, pattern
 
+    # a space made from a given network offers it, dense, as every architecture's reference
+    reference = space.reference_model(input_shape, num_classes)
+    if reference is not None:
+        with torch.no_grad():
+            assert reference.eval()(torch.randn(2, *input_shape)).shape == (2, num_classes)
+        assert set(prunable_weights(reference)) == set(weights)
+
 
 @pytest.mark.parametrize("name", registry.search_spaces.names())
-def test_space_refuses_an_architecture_of_another_space(name: str) -> None:
-    space = registry.search_spaces.create(name, {})
+def test_space_refuses_an_architecture_of_another_space(name: str, stored_model: str) -> None:
+    space = registry.search_spaces.create(name, _space_params(name, {}, stored_model))
     with pytest.raises(ValueError):
         space.layer_sparsity({"not_a_key_of_any_space": 1})
 
@@ -240,11 +279,12 @@ STRATEGY_JOB: dict[str, Any] = {
 }
 
 
-def _job_for(strategy: str) -> JobSpec:
+def _job_for(strategy: str, model_id: str) -> JobSpec:
     refusals = []
     for space in registry.search_spaces.names():
         try:
-            job = {**STRATEGY_JOB, "search_space": {"name": space}, "strategy": {"name": strategy}}
+            params = _space_params(space, {}, model_id)
+            job = {**STRATEGY_JOB, "search_space": {"name": space, "params": params}, "strategy": {"name": strategy}}
             return JobSpec.model_validate(job)
         except ValidationError as exc:
             refusals.append(f"{space}: {exc.errors()[0]['msg']}")
@@ -252,8 +292,8 @@ def _job_for(strategy: str) -> JobSpec:
 
 
 @pytest.mark.parametrize("name", registry.strategies.names())
-def test_strategy_proposes_architectures_of_its_space(name: str) -> None:
-    spec = _job_for(name)
+def test_strategy_proposes_architectures_of_its_space(name: str, stored_model: str) -> None:
+    spec = _job_for(name, stored_model)
     cls = registry.strategies.get(name)
     params = cls.Params.model_validate(spec.strategy.params)
     space = registry.search_spaces.create(spec.search_space.name, spec.search_space.params)
