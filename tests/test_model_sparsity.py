@@ -4,7 +4,8 @@ A CNN on the digits and an MLP on a table are trained in the test, exported with
 and described as the store describes an uploaded model, in a node catalog of their own. The space
 builds them with their trained weights; a job whose data does not fit the model, or that names a
 model the caller has not, is refused at the field; a trial fine-tunes from the trained weights
-under each sparsifier, the lottery ticket rewinding to them.
+under each sparsifier, the lottery ticket rewinding to them; the latency predictor refuses an
+allocation too slow for the job's target before it trains.
 """
 
 from __future__ import annotations
@@ -160,3 +161,31 @@ def test_every_trial_is_shown_beside_the_dense_model() -> None:
     assert beside == pytest.approx({**baseline, "accuracy_drop": 0.01, "speedup": 4.0})
     assert beside_baseline(baseline, {"accuracy": 0.5}) == pytest.approx({**baseline, "accuracy_drop": 0.48})
     assert beside_baseline({}, {"accuracy": 0.97, "latency_ms": 0.1}) == {}
+
+
+def test_the_latency_predictor_refuses_allocations_too_slow_for_the_target(tmp_path: Path) -> None:
+    """Planned before any training: the dense allocation of a wide MLP predicts slower than a 95% sparse one,
+    so a latency target between the two refuses the first and lets the second train."""
+    from torch import nn
+
+    from nas.models.node_cache import NodeModelCatalog
+    from tests.pretrained import onnx_bytes
+    from workers.feasibility import planned_metrics, violation
+
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Linear(24, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 4))
+    catalog, (model_id,) = node_catalog(tmp_path, [onnx_bytes(wide, (24,))])
+    assert isinstance(catalog, NodeModelCatalog)
+    dense = {f"pattern_group{g}": "dense" for g in range(3)}
+    sparse = {**{f"pattern_group{g}": "unstructured" for g in range(3)}, **{f"sparsity_group{g}": 0.95 for g in range(3)}}
+    with scoped_model_catalog(catalog):
+        job = _spec(model_id, {"name": "synthetic", "params": {"input_shape": [24], "num_classes": 4}},
+                    space={"layer_sparsity_choices": [0.5, 0.95]})  # fmt: skip
+        spec = JobSpec.model_validate(job)
+        space = registry.search_spaces.create("model_sparsity", spec.search_space.params)
+        random_search = registry.strategies.get("random")
+        slow, fast = (planned_metrics(spec, space, random_search, arch)["predicted_latency_ms"] for arch in (dense, sparse))
+        assert fast < slow
+        spec = JobSpec.model_validate({**job, "constraints": {"max_latency_ms": (slow * fast) ** 0.5}})
+        assert "exceeds constraints.max_latency_ms" in violation(spec, planned_metrics(spec, space, random_search, dense))
+        assert violation(spec, planned_metrics(spec, space, random_search, sparse)) is None
