@@ -24,7 +24,7 @@ from api.metrics import router as metrics_router
 from api.ratelimit import FailureLimiter
 from api.request_context import RequestContext, install_log_record_factory
 from api.workpool import POOLS
-from api.routes import catalog, dashboard, dashboard_api, datasets, events, jobs, keys, trials
+from api.routes import catalog, dashboard, dashboard_api, datasets, events, jobs, keys, models, trials
 from api.routes.latency import router as latency_router
 from api.routes.latency import warm_up
 from nas import __version__
@@ -140,9 +140,13 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         docs_url=f"{API_PREFIX}/docs" if settings.api_docs else None,
         redoc_url=None,
     )
-    # Dataset uploads stream to disk: the route counts the file against NAS_LIMIT_UPLOAD_BYTES.
-    upload = settings.limit_upload_bytes
-    streamed = {("POST", f"{API_PREFIX}/datasets"): (upload + datasets.FORM_OVERHEAD_BYTES, datasets.too_large(upload))}
+    # Dataset and model uploads stream to disk: the route counts the file against NAS_LIMIT_UPLOAD_BYTES
+    # (NAS_LIMIT_MODEL_BYTES).
+    upload, model = settings.limit_upload_bytes, settings.limit_model_bytes
+    streamed = {
+        ("POST", f"{API_PREFIX}/datasets"): (upload + datasets.FORM_OVERHEAD_BYTES, datasets.too_large(upload)),
+        ("POST", f"{API_PREFIX}/models"): (model + datasets.FORM_OVERHEAD_BYTES, models.too_large(model)),
+    }
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, streamed=streamed)
     if settings.cors_origins:  # closed unless origins are named: no CORS headers at all
         app.add_middleware(
@@ -161,7 +165,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     app.state.secret = ServerSecret(settings.secret_file)
     # Every API route refuses query parameters it does not take, as the OpenAPI document says.
     strict = [Depends(known_query_only)]
-    for router in (jobs.router, trials.router, datasets.router, catalog.router, keys.router):
+    for router in (jobs.router, trials.router, datasets.router, models.router, catalog.router, keys.router):
         app.include_router(router, prefix=API_PREFIX, dependencies=strict)
     for router in (dashboard_api.router, events.router):
         app.include_router(router, prefix=API_PREFIX, dependencies=strict)

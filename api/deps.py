@@ -23,9 +23,11 @@ from starlette.concurrency import run_in_threadpool
 from api.ratelimit import FailureLimiter
 from api.request_context import note_owner
 from nas.data.stored import scope_catalog
+from nas.models.stored import scope_model_catalog
 from nas.settings import Settings
 from nas.store import Principal, Store
 from nas.store.dataset_catalog import StoreDatasetCatalog
+from nas.store.model_catalog import StoreModelCatalog
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,9 @@ async def get_principal(
     if principal is None:
         raise authentication_refused(request, "invalid or revoked API key")
     note_owner(principal.owner)
-    # Before FastAPI validates the body: a job spec naming a stored dataset finds only the caller's.
+    # Before FastAPI validates the body: a job spec naming a stored dataset or model finds only the caller's.
     scope_catalog(StoreDatasetCatalog(store, None if principal.is_admin else principal.owner))
+    scope_model_catalog(StoreModelCatalog(store, None if principal.is_admin else principal.owner))
     await _note_use(request, store, principal)
     return principal
 

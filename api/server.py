@@ -76,7 +76,7 @@ def serve(
     """Start the REST API and the job dispatcher (SQLite and a local Ray by default)."""
     import uvicorn
 
-    from api.routes.datasets import remove_strays
+    from api.routes import datasets, models
     from nas.logging_setup import configure_logging
     from nas.settings import Settings, make_private
     from nas.signing import ServerSecret
@@ -98,7 +98,8 @@ def serve(
     engine = make_engine(settings.database_url)
     upgrade(engine)
     store = Store(engine)
-    remove_strays(store, settings)  # before any API process takes an upload
+    datasets.remove_strays(store, settings)  # before any API process takes an upload
+    models.remove_strays(store, settings)
     # API workers and the dispatcher rebuild these settings from the environment.
     os.environ.update({**settings.to_env(), "NAS_LOG_FORMAT": log_format})
     dispatcher = spawn_child(max_jobs, dispatcher_id, ray_dashboard) if dispatcher_id else None

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -123,10 +124,16 @@ class _Form:
 
 class _FormReader:
     """Feeds a multipart body through python-multipart's streaming parser, writing the file part to
-    disk (0600) and hashing it in chunks; fields are kept, each at most ``MAX_FIELD_BYTES``."""
+    disk (0600) and hashing it in chunks; ``fields`` (the form's others) are kept, each at most
+    ``MAX_FIELD_BYTES``. Stored models arrive through it too (:mod:`api.routes.models`)."""
 
-    def __init__(self, boundary: bytes, target: Path, max_file_bytes: int) -> None:
+    def __init__(
+        self, boundary: bytes, target: Path, max_file_bytes: int, fields: tuple[str, ...] = FIELDS,
+        refusal: Callable[[int], str] = too_large,
+    ) -> None:
         self.form = _Form(target)
+        self.fields = fields
+        self.refusal = refusal  # the 413's words, naming the limit's setting
         self.max_file_bytes = max_file_bytes
         self.events: list[tuple[str, bytes]] = []
         self.done = False
@@ -193,7 +200,7 @@ class _FormReader:
             if self._part == "":
                 self.form.size += len(data)
                 if self.form.size > self.max_file_bytes:
-                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, too_large(self.max_file_bytes))
+                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, self.refusal(self.max_file_bytes))
                 self._pending += data
             else:
                 self._value += data
@@ -217,20 +224,20 @@ class _FormReader:
         name = options.get(b"name", b"").decode("utf-8", "replace")
         if name == "file":
             if self.form.filename is not None:
-                raise _invalid("file", "the form has more than one file part; upload one dataset at a time")
+                raise _invalid("file", "the form has more than one file part; upload one file at a time")
             filename = options.get(b"filename", b"").decode("utf-8", "replace")
             # The client's name says the format and the default name; it is never a path here.
             self.form.filename = PureWindowsPath(PurePosixPath(filename).name).name
             fd = os.open(self.form.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self._handle = os.fdopen(fd, "wb")
             self._part = ""
-        elif name in FIELDS:
+        elif name in self.fields:
             if name in self.form.fields:
                 raise _invalid(name, f"the form field {name} is given twice")
             self._part, self._value = name, bytearray()
         else:
             shown = _quoted(name)
-            raise _invalid(name or None, f"unknown form field {shown}; the fields are file, {', '.join(FIELDS)}")
+            raise _invalid(name or None, f"unknown form field {shown}; the fields are file, {', '.join(self.fields)}")
 
     def _flush(self) -> None:
         if self._pending:

@@ -40,3 +40,13 @@ def dataset_folder(artifact_dir: Path, dataset_id: str) -> Path:
     """Where a stored dataset's files lie: ``data.npz`` (its canonical splits, for uploads) and,
     for image sets, ``samples.png``."""
     return datasets_dir(artifact_dir) / dataset_id
+
+
+def models_dir(artifact_dir: Path) -> Path:
+    """The folder of every stored model's folder."""
+    return artifact_dir / "models"
+
+
+def model_file(artifact_dir: Path, model_id: str) -> Path:
+    """Where a stored model's ONNX file lies: ``models/<id>/model.onnx``."""
+    return models_dir(artifact_dir) / model_id / "model.onnx"

@@ -12,7 +12,7 @@ import math
 import hmac
 import secrets
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from nas.arch import fingerprint
 from nas.data.stored import UnknownDataset
+from nas.models.stored import UnknownModel
 from nas.errors import IllegalTransition, NotFound, QuotaExceeded, TooManyJobs
 from nas.safe_text import check_printable
 from nas.specs import (
@@ -35,6 +36,7 @@ from nas.specs import (
     JobSpec,
     JobStatus,
     LayerInfo,
+    ModelRecord,
     Trial,
     TrialState,
 )
@@ -46,6 +48,7 @@ from nas.store.tables import (
     DispatcherRow,
     JobRow,
     LatencyObservationRow,
+    ModelRow,
     TrialEpochRow,
     TrialLayerRow,
     TrialRow,
@@ -136,6 +139,13 @@ def _stored_dataset(spec: dict[str, Any]) -> str | None:
     """The id of the stored dataset a (validated) job spec names, if it names one."""
     dataset = spec["dataset"]
     return dataset["params"].get("id") if dataset["name"] == "upload" else None
+
+
+def _stored_model(spec: dict[str, Any]) -> str | None:
+    """The id of the stored model a (validated) job spec's search space is made from, if any: a
+    space names its stored model in the parameter ``model_id``."""
+    model_id = spec["search_space"].get("params", {}).get("model_id")
+    return model_id if isinstance(model_id, str) else None
 
 
 class Store:
@@ -257,7 +267,8 @@ class Store:
     ) -> Job:
         """Queue a job; ``TooManyJobs`` if the owner already has ``max_active`` active jobs, created
         ``max_per_hour`` in the last hour, or would store more than ``max_spec_bytes`` of specs;
-        ``UnknownDataset`` if the stored dataset it names was deleted since the spec was checked."""
+        ``UnknownDataset`` (``UnknownModel``) if the stored dataset (model) it names was deleted
+        since the spec was checked."""
         row = JobRow(
             id=_new_id(),
             name=spec.name,
@@ -277,6 +288,13 @@ class Store:
                     held = held.with_for_update(read=True)
                 if s.scalar(held) is None:
                     raise UnknownDataset(f"no dataset {dataset_id}: it was deleted")
+            model_id = _stored_model(row.spec)
+            if model_id is not None:  # as for the dataset, and always after it: one lock order
+                held_model = select(ModelRow.id).where(ModelRow.id == model_id)
+                if s.bind.dialect.name != "sqlite":
+                    held_model = held_model.with_for_update(read=True)
+                if s.scalar(held_model) is None:
+                    raise UnknownModel(f"no model {model_id}: it was deleted")
             s.add(row)
             s.flush()
             return self._job(s, row)
@@ -574,6 +592,17 @@ class Store:
             return self._trial(row)
 
     @retrying(idempotent=True)
+    def add_trial_metrics(self, trial_id: str, metrics: dict[str, float]) -> Trial:
+        """Add measurements taken after a trial finished (e.g. ``onnx_latency_ms`` at its first export)."""
+        with self._write() as s:
+            row = self._trial_row(s, trial_id)
+            if not TrialState(row.state).finished:
+                raise IllegalTransition(f"trial {trial_id} is {row.state}; metrics are added to a finished trial")
+            row.metrics = {**(row.metrics or {}), **_finite(metrics)}
+            row.updated_at = utcnow()
+            return self._trial(row)
+
+    @retrying(idempotent=True)
     def requeue_trial(self, trial_id: str, error: str | None = None, count_attempt: bool = True) -> Trial:
         """Send a running trial back to the queue (its worker died or its runner stopped).
 
@@ -737,7 +766,7 @@ class Store:
         (:meth:`create_job`)."""
         with self._write() as s:
             row = self._dataset_row(s, dataset_id, viewer, lock=True)
-            using = self._jobs_using_dataset(s, dataset_id)
+            using = self._jobs_using(s, dataset_id, _stored_dataset)
             if using:
                 raise IllegalTransition(
                     f"dataset {dataset_id} is used by {len(using)} queued or running job(s) ({', '.join(using)}); "
@@ -749,9 +778,81 @@ class Store:
 
     @retrying(idempotent=True)
     def owner_dataset_bytes(self, owner: str) -> int:
-        """What the owner's datasets take on the server (their ``stored_bytes``), for the quota."""
+        """What the owner's datasets and models take on the server (the datasets' ``stored_bytes``,
+        the models' ``size_bytes``): one quota, ``NAS_LIMIT_OWNER_DATASET_BYTES``."""
         with self._read() as s:
             return self._owner_dataset_bytes(s, owner)
+
+    # -- models -----------------------------------------------------------------------------
+
+    @retrying(idempotent=True)
+    def create_model(self, record: ModelRecord, max_owner_bytes: int | None = None) -> tuple[ModelRecord, bool]:
+        """Keep ``record``: ``(record, True)``, or ``(existing, False)`` when its owner already stored
+        the same file. ``QuotaExceeded`` when the owner's stored bytes (datasets and models, one
+        quota) would pass ``max_owner_bytes``; serialised per owner like :meth:`create_dataset`."""
+        with self._write() as s:
+            self._lock_owner(s, record.owner)
+            existing = s.scalars(
+                select(ModelRow).where(ModelRow.owner == record.owner, ModelRow.sha256 == record.sha256)
+            ).first()
+            if existing is not None:
+                return self._model(existing), False
+            if max_owner_bytes is not None:
+                stored = self._owner_dataset_bytes(s, record.owner)
+                if stored + record.size_bytes > max_owner_bytes:
+                    raise QuotaExceeded(
+                        f"{record.owner}'s datasets and models take {stored} bytes; this model ({record.size_bytes} "
+                        f"bytes) would pass the limit of {max_owner_bytes} (NAS_LIMIT_OWNER_DATASET_BYTES)"
+                    )
+            fields = record.model_dump(mode="json", exclude={"created_at"})
+            s.add(ModelRow(**fields, created_at=record.created_at))
+        return record, True
+
+    @retrying(idempotent=True)
+    def find_model(self, owner: str, sha256: str) -> ModelRecord | None:
+        """The owner's model of that content, if stored."""
+        with self._read() as s:
+            row = s.scalars(select(ModelRow).where(ModelRow.owner == owner, ModelRow.sha256 == sha256)).first()
+        return None if row is None else self._model(row)
+
+    @retrying(idempotent=True)
+    def get_model(self, model_id: str, viewer: Principal | None = None) -> ModelRecord:
+        """``NotFound`` for an unknown id and for another owner's model alike."""
+        with self._read() as s:
+            return self._model(self._model_row(s, model_id, viewer))
+
+    @retrying(idempotent=True)
+    def list_models(
+        self, viewer: Principal | None = None, limit: int = 50, cursor: int | None = None
+    ) -> tuple[list[ModelRecord], int | None]:
+        """Newest first; the cursor is the last row's sequence number."""
+        stmt = select(ModelRow).order_by(ModelRow.seq.desc()).limit(limit + 1)
+        if viewer is not None and not viewer.is_admin:
+            stmt = stmt.where(ModelRow.owner == viewer.owner)
+        if cursor is not None:
+            stmt = stmt.where(ModelRow.seq < cursor)
+        with self._read() as s:
+            rows = list(s.scalars(stmt))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [self._model(r) for r in rows], (rows[-1].seq if more and rows else None)
+
+    @retrying(idempotent=False)
+    def delete_model(self, model_id: str, viewer: Principal | None = None) -> ModelRecord:
+        """Forget a model (its file is the caller's to remove); ``IllegalTransition`` while a queued
+        or running job's search space is made from it. Its row's lock serialises this with
+        submissions of such jobs (:meth:`create_job`)."""
+        with self._write() as s:
+            row = self._model_row(s, model_id, viewer, lock=True)
+            using = self._jobs_using(s, model_id, _stored_model)
+            if using:
+                raise IllegalTransition(
+                    f"model {model_id} is used by {len(using)} queued or running job(s) ({', '.join(using)}); "
+                    "delete it once they finish or are cancelled"
+                )
+            record = self._model(row)
+            s.delete(row)
+        return record
 
     # -- latency observations --------------------------------------------------------------
 
@@ -905,18 +1006,37 @@ class Store:
 
     @staticmethod
     def _owner_dataset_bytes(s: Session, owner: str) -> int:
-        total = func.coalesce(func.sum(DatasetRow.stored_bytes), 0)
-        return int(s.scalar(select(total).where(DatasetRow.owner == owner)))
+        datasets = s.scalar(select(func.coalesce(func.sum(DatasetRow.stored_bytes), 0)).where(DatasetRow.owner == owner))
+        models = s.scalar(select(func.coalesce(func.sum(ModelRow.size_bytes), 0)).where(ModelRow.owner == owner))
+        return int(datasets) + int(models)
 
     @staticmethod
-    def _jobs_using_dataset(s: Session, dataset_id: str) -> list[str]:
-        """Ids of the queued or running jobs whose spec names the stored dataset ``dataset_id``."""
+    def _jobs_using(s: Session, stored_id: str, named: Callable[[dict[str, Any]], str | None]) -> list[str]:
+        """Ids of the queued or running jobs whose spec names ``stored_id`` where ``named`` reads it."""
         active = [JobStatus.queued.value, JobStatus.running.value]
         # The id (32 hex digits) in the spec's text narrows the rows; the spec itself decides.
         stmt = select(JobRow.id, JobRow.spec).where(
-            JobRow.status.in_(active), cast(JobRow.spec, Text).contains(dataset_id)
+            JobRow.status.in_(active), cast(JobRow.spec, Text).contains(stored_id)
         ).order_by(JobRow.seq)
-        return [job_id for job_id, spec in s.execute(stmt) if _stored_dataset(spec) == dataset_id]
+        return [job_id for job_id, spec in s.execute(stmt) if named(spec) == stored_id]
+
+    def _model_row(self, s: Session, model_id: str, viewer: Principal | None, lock: bool = False) -> ModelRow:
+        stmt = select(ModelRow).where(ModelRow.id == model_id)
+        if lock:
+            stmt = self._lock(stmt, s)
+        row = s.scalars(stmt).first()
+        if row is None or (viewer is not None and not viewer.is_admin and row.owner != viewer.owner):
+            raise NotFound(f"model {model_id} not found")
+        return row
+
+    @staticmethod
+    def _model(row: ModelRow) -> ModelRecord:
+        return ModelRecord(
+            id=row.id, name=row.name, owner=row.owner, input_shape=row.input_shape, num_outputs=row.num_outputs,
+            params=row.params, layers=row.layers, opset=row.opset, producer=row.producer,
+            size_bytes=row.size_bytes, sha256=row.sha256, dense_latency_ms=row.dense_latency_ms,
+            created_at=row.created_at,
+        )  # fmt: skip
 
     def _dataset_row(self, s: Session, dataset_id: str, viewer: Principal | None, lock: bool = False) -> DatasetRow:
         stmt = select(DatasetRow).where(DatasetRow.id == dataset_id)

@@ -225,3 +225,28 @@ class DatasetRow(Base):
     test_given: Mapped[bool] = mapped_column(Boolean)
     summary: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelRow(Base):
+    """A stored model (:class:`nas.specs.ModelRecord`); its ONNX file lies at ``artifacts/models/<id>/model.onnx``.
+
+    One owner's same file is one model (``sha256``), whatever name it was uploaded under.
+    """
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("owner", "sha256", name="uq_models_owner_content"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    input_shape: Mapped[list[Any]]
+    num_outputs: Mapped[int] = mapped_column(BigInteger)
+    params: Mapped[int] = mapped_column(BigInteger)
+    layers: Mapped[list[Any]]
+    opset: Mapped[int] = mapped_column(Integer)
+    producer: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    dense_latency_ms: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
