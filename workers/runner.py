@@ -30,6 +30,8 @@ from ray.tune.search import Searcher  # noqa: E402
 from nas import registry  # noqa: E402
 from nas.errors import IllegalTransition, NotFound  # noqa: E402
 from nas.data.stored import scoped_catalog  # noqa: E402
+from nas.metrics import BASELINE, beside_baseline  # noqa: E402
+from nas.models.stored import scoped_model_catalog  # noqa: E402
 from nas.pareto import best_trial  # noqa: E402
 from nas.settings import Settings  # noqa: E402
 from nas.specs import Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState  # noqa: E402
@@ -38,7 +40,9 @@ from nas.store.artifacts import save_model  # noqa: E402
 from nas.store.dataset_catalog import StoreDatasetCatalog  # noqa: E402
 from nas.store.observations import predict_with_store_observations  # noqa: E402
 from nas.strategies import WAIT, Strategy  # noqa: E402
+from workers.baseline import measure_baseline  # noqa: E402
 from workers.datasets import deliver  # noqa: E402
+from workers.models import ServerModelCatalog, deliver as deliver_model  # noqa: E402
 from workers.feasibility import planned_metrics, violation  # noqa: E402
 from workers.schedulers import tune_scheduler  # noqa: E402
 from workers.trainable import EPOCH_METRICS, FINAL, train_trial  # noqa: E402
@@ -169,6 +173,9 @@ class JobRunner:
         self._planned: dict[str, dict[str, float]] = {}
         self._last_epoch: dict[str, dict[str, float]] = {}
         self._dataset: dict[str, Any] | None = None  # workers.datasets.deliver's answer, for every trial
+        self._model: dict[str, Any] | None = None  # workers.models.deliver's answer, for every trial
+        # The dense reference's metrics (workers.baseline), recorded on every trial; empty without one.
+        self._baseline: dict[str, float] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -181,10 +188,14 @@ class JobRunner:
                 self.stop_reason = "cancel"
             else:
                 # Planning (the spec's checks, each candidate's cost) reads stored datasets' shapes
-                # from the store; the owner's scope was checked when the job was submitted.
-                with scoped_catalog(StoreDatasetCatalog(self.store, None)):
+                # and stored models from the store (and builds candidates from the model's file here); the
+                # owner's scope was checked when the job was submitted.
+                with scoped_catalog(StoreDatasetCatalog(self.store, None)), \
+                        scoped_model_catalog(ServerModelCatalog(self.store, self.settings)):
                     self._prepare(job)
-                    with deliver(self.store, self.settings, self.job_id, self.spec) as self._dataset:
+                    with deliver(self.store, self.settings, self.job_id, self.spec) as self._dataset, \
+                            deliver_model(self.store, self.settings, self.job_id, self.space) as self._model:
+                        self._measure_baseline()
                         self._fit(self.spec)
             self._conclude()
         except Exception as exc:  # a bug must end the job visibly, never leave it running
@@ -220,6 +231,21 @@ class JobRunner:
         self.spec = spec
         self._stall_s = spec.budget.trial_stall_s
         self._best = best_trial(trials, spec.objectives)
+        # measured by an earlier runner of the job: every trial it created carries it
+        recorded = (t.metrics for t in trials if all(name in t.metrics for name in BASELINE))
+        self._baseline = {name: metrics[name] for metrics in recorded for name in BASELINE}
+
+    def _measure_baseline(self) -> None:
+        """The dense reference's accuracy and latency, once per job, on a worker as the trials are measured."""
+        if self._baseline:
+            return
+        shape = registry.datasets.create(self.spec.dataset.name, self.spec.dataset.params).shape()
+        if self.space.reference_model(*shape) is None:
+            return
+        self._baseline = measure_baseline({
+            "spec": self.spec.model_dump(mode="json"), "data_dir": str(self.settings.data_dir),
+            "dataset": self._dataset, "model": self._model,
+        })  # fmt: skip
 
     def _fit(self, spec: JobSpec) -> None:
         elapsed = 0.0
@@ -349,7 +375,9 @@ class JobRunner:
                 if trial is None:
                     return None
             self._live.add(trial.id)
-            self._planned[trial.id] = {k: v for k, v in trial.metrics.items() if k in ("params", "predicted_latency_ms")}
+            self._planned[trial.id] = {
+                k: v for k, v in trial.metrics.items() if k in ("params", "predicted_latency_ms", *BASELINE)
+            }
             self._progress.pop(trial.id, None)
             return trial
 
@@ -363,7 +391,7 @@ class JobRunner:
             if plan is None:
                 self._strategy_done = True
                 return None
-            planned = planned_metrics(self.spec, self.space, type(self.strategy), plan.arch)
+            planned = {**planned_metrics(self.spec, self.space, type(self.strategy), plan.arch), **self._baseline}
             reason = violation(self.spec, planned)
             self._n_trials += 1
             if reason is None:
@@ -405,6 +433,7 @@ class JobRunner:
             "spec": self.spec.model_dump(mode="json"),
             "data_dir": str(self.settings.data_dir),
             "dataset": self._dataset,  # how a stored dataset reaches the trial's node (workers.datasets)
+            "model": self._model,  # how a stored model reaches it (workers.models)
         }
 
     def complete_trial(self, trial_id: str, final: dict[str, Any], model: bytes) -> None:
@@ -418,7 +447,7 @@ class JobRunner:
         trial = self.store.finish_trial(
             trial_id,
             TrialState.complete,
-            metrics={**planned, **final["metrics"]},
+            metrics={**planned, **final["metrics"], **beside_baseline(self._baseline, final["metrics"])},
             layers=[LayerInfo.model_validate(layer) for layer in final["layers"]],
             node_id=final.get("node_id"),
             outputs=final.get("outputs") or {},
@@ -439,7 +468,8 @@ class JobRunner:
         try:
             if unreported and self.stop_reason is None:
                 if self.spec.early_stopping is not None and last_epoch is not None:
-                    ended = self.store.finish_trial(trial_id, TrialState.pruned, metrics={**planned, **last_epoch})
+                    metrics = {**planned, **last_epoch, **beside_baseline(self._baseline, last_epoch)}
+                    ended = self.store.finish_trial(trial_id, TrialState.pruned, metrics=metrics)
                 else:
                     ended = self.store.finish_trial(
                         trial_id, TrialState.failed, error="the trial ended without its final report"

@@ -1,9 +1,9 @@
 """The Ray Tune trainable: one trial on a Ray worker.
 
-Workers need no database credentials and keep nothing but their node's copy of a stored dataset
-(:mod:`workers.datasets`): they report per-epoch metrics and, in a last report, the final metrics,
-the layer report, the latency observation for the predictor's correction and the model bytes,
-which the runner persists.
+Workers need no database credentials and keep nothing but their node's copies of a stored dataset
+and a stored model (:mod:`workers.datasets`, :mod:`workers.models`): they report per-epoch metrics
+and, in a last report, the final metrics, the layer report, the latency observation for the
+predictor's correction and the model bytes, which the runner persists.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ def train_trial(config: dict[str, Any]) -> None:
     from nas import registry
     from nas.specs import JobSpec
     from workers.datasets import receive
+    from workers.models import receive as receive_model
 
     receive(config.get("dataset"))  # before the spec's checks, which read a stored dataset's shape
+    receive_model(config.get("model"))  # and a stored model's description
     spec = JobSpec.model_validate(config["spec"])
     # A worker node may keep its data elsewhere than the server that planned the trial.
     data_dir = Path(os.environ.get("NAS_DATA_DIR") or config["data_dir"])

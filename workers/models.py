@@ -1,0 +1,97 @@
+"""How a job's stored model reaches the nodes its trials run on: through Ray, never a path on the API machine.
+
+The runner reads the model's ONNX file once per job and puts the bytes in Ray's object store,
+where a small actor named in every trial's config holds them until the job ends (:func:`deliver`).
+A trial whose node lacks the file asks that actor for the object and writes the node's cache
+(:func:`receive`), which every later trial on the node reads. The object reference itself never
+enters a trial's config: Tune pickles configs into its experiment state, which would pin the
+bytes for the life of the dispatcher. The model's record travels in the config, so the worker
+knows the model's shape and layers without the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from nas.models.node_cache import NodeModelCatalog, cache_model
+from nas.models.stored import UnknownModel, use_model_catalog
+from nas.search_space import SearchSpace
+from nas.settings import Settings
+from nas.specs import ModelRecord
+from nas.store import Store
+from nas.store.artifacts import model_file
+from nas.store.model_catalog import StoreModelCatalog
+
+
+class ServerModelCatalog(StoreModelCatalog):
+    """The runner's catalog: every owner's records from the store, and their ONNX files from the store's own
+    folder, which the runner (on the server's machine) reads to plan candidates and to deliver them."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        super().__init__(store, None)
+        self.artifact_dir = settings.artifact_dir
+
+    def onnx_path(self, model_id: str) -> Path:
+        self.get(model_id)  # an id the store does not know is unknown, whatever lies on disk
+        path = model_file(self.artifact_dir, model_id)
+        if not path.is_file():
+            raise UnknownModel(f"model {model_id}'s file is missing from {path.parent}")
+        return path
+
+
+@ray.remote(num_cpus=0)
+class _ModelSource:
+    """Keeps one job's model in the object store while the job runs; trials ask it for the object."""
+
+    def __init__(self, held: list[ray.ObjectRef]) -> None:
+        self._held = held  # in a list, so Ray hands over the reference, not the bytes
+
+    def reference(self) -> list[ray.ObjectRef]:
+        return self._held
+
+
+@contextmanager
+def deliver(store: Store, settings: Settings, job_id: str, space: SearchSpace) -> Iterator[dict[str, Any] | None]:
+    """What every trial of the job needs to find its stored model (``None`` when the space builds from
+    none), for the ``with`` block: the model's bytes stay in Ray's object store until it ends."""
+    model_id = space.stored_model()
+    if model_id is None:
+        yield None
+        return
+    record = store.get_model(model_id)
+    data = model_file(settings.artifact_dir, model_id).read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    if sha256 != record.sha256:
+        raise ValueError(f"model {model_id}'s stored file is not the one uploaded (sha256 {sha256}, recorded {record.sha256})")
+    held = ray.put(data)
+    del data
+    name = f"nas-model-{job_id}-{uuid.uuid4().hex[:8]}"
+    source = _ModelSource.options(name=name).remote([held])
+    try:
+        yield {"id": model_id, "sha256": sha256, "source": name, "record": record.model_dump(mode="json")}
+    finally:
+        ray.kill(source)
+        del held
+
+
+def receive(delivery: dict[str, Any] | None) -> None:
+    """Make this process find the job's model in its node's cache, filling the cache if the node lacks it."""
+    if delivery is None:
+        return
+    cache_dir = Settings.from_env().model_cache_dir
+    model_id = delivery["id"]
+    cache_model(cache_dir, model_id, delivery["sha256"], lambda: _fetch(delivery["source"]))
+    use_model_catalog(NodeModelCatalog(cache_dir, {model_id: ModelRecord.model_validate(delivery["record"])}))
+
+
+def _fetch(source_name: str) -> Any:
+    source = ray.get_actor(source_name)
+    (held,) = ray.get(source.reference.remote())
+    return ray.get(held)
