@@ -31,7 +31,7 @@ from nas.safe_text import escape_controls
 if TYPE_CHECKING:
     from typer import _click as click  # typer's own copy of click
 
-    from nas.client import Client, Dataset
+    from nas.client import Client, Dataset, Model
     from nas.specs import Job, Trial
 
 
@@ -135,6 +135,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 datasets_app = typer.Typer(help="Your datasets: upload or register one, list, show, remove.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+models_app = typer.Typer(help="Your trained models (ONNX): upload one, list, show, remove.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 from nas.cli_hardware import hardware_app  # noqa: E402  (its commands import torch only when run)
 
 app.add_typer(hardware_app, name="hardware")
@@ -578,6 +580,85 @@ def datasets_rm(dataset_id: Annotated[str, typer.Argument(help="dataset id")]) -
     with _client() as client:
         client.delete_dataset(dataset_id)
     err.print(f"deleted dataset {escape(dataset_id)}")
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+def _latency(model: Model) -> str:
+    return ", ".join(f"{target} {ms:.3g} ms" for target, ms in model.dense_latency_ms.items()) or "-"
+
+
+@models_app.command("upload")
+def models_upload(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="an ONNX file, its weights inside it")],
+    name: Annotated[Optional[str], typer.Option("--name", help="what to call it (default: the file's name, without extension)")] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Upload a trained network as ONNX and print its id, for a job's
+    `search_space: {name: model_sparsity, params: {model_id: ID}}`.
+
+    The server checks and converts it and times it dense; a refusal names the failed check or
+    operator (exit 2). The same file is stored once: uploading it again prints the same id.
+    """
+    with _client() as client:
+        model = client.upload_model(path, name=name, progress=err.is_terminal)
+    err.print(escape(f"model {model.name!r}: {model.id} (input {_shape(model.input_shape)}, {model.num_outputs} "
+                     f"outputs, {model.params} parameters, {len(model.layers)} prunable layers, dense {_latency(model)})"))
+    if json_output:
+        _print_json(model.model_dump(mode="json"))
+    else:
+        print(model.id)
+
+
+@models_app.command("list")
+def models_list(json_output: JsonOutput = False) -> None:
+    """List your models, newest first."""
+    from rich.filesize import decimal
+
+    with _client() as client:
+        listed = list(client.models())
+    if json_output:
+        _print_json(_dump(listed))
+        return
+    table = Table("id", "name", "input", "outputs", "params", "layers", "dense latency", "size", "created")
+    for m in listed:
+        table.add_row(m.id, escape(m.name), _shape(m.input_shape), str(m.num_outputs), str(m.params), str(len(m.layers)),
+                      _latency(m), decimal(m.size_bytes), m.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    out.print(table)
+
+
+@models_app.command("show")
+def models_show(model_id: Annotated[str, typer.Argument(help="model id")], json_output: JsonOutput = False) -> None:
+    """Show a model: its input, parameters, dense latency and every prunable layer with its shape."""
+    from rich.filesize import decimal
+
+    with _client() as client:
+        m = client.model(model_id)
+    if json_output:
+        _print_json(m.model_dump(mode="json"))
+        return
+    fields = Table("field", "value", show_header=False)
+    for label, value in (
+        ("id", m.id), ("name", m.name), ("owner", m.owner), ("input shape", _shape(m.input_shape)),
+        ("outputs", str(m.num_outputs)), ("parameters", str(m.params)), ("dense latency", _latency(m)),
+        ("opset", str(m.opset)), ("producer", m.producer), ("size", decimal(m.size_bytes)), ("sha256", m.sha256),
+        ("created", m.created_at.strftime("%Y-%m-%d %H:%M:%S")),
+    ):
+        fields.add_row(label, escape(value))
+    out.print(fields)
+    layers = Table("layer", "kind", "shape", "params")
+    for layer in m.layers:
+        layers.add_row(escape(str(layer["name"])), escape(str(layer["kind"])), _shape(layer["shape"]), str(layer["params"]))
+    out.print(layers)
+
+
+@models_app.command("rm")
+def models_rm(model_id: Annotated[str, typer.Argument(help="model id")]) -> None:
+    """Delete a model and its stored file; refused (exit 1) while a queued or running job searches it."""
+    with _client() as client:
+        client.delete_model(model_id)
+    err.print(f"deleted model {escape(model_id)}")
 
 
 @app.command("open")

@@ -3,7 +3,7 @@
 Light on purpose: importing it pulls in neither torch nor ray, so notebooks and CI scripts can
 drive a remote server (uploading arrays as a dataset needs numpy, imported then). Results are
 the pydantic models of :mod:`nas.specs` (:class:`Job`, :class:`Trial`) and
-:mod:`nas.client.models` (:class:`Dataset` among them); failures raise the classes of
+:mod:`nas.client.models` (:class:`Dataset` and :class:`Model` among them); failures raise the classes of
 :mod:`nas.client.errors`, all :class:`NasError`. :data:`METRICS` says what each trial metric
 means (unit, direction, kind); a :class:`Trial`'s integer metrics are ``int``.
 """
@@ -27,7 +27,7 @@ from nas.client.errors import (
     ValidationError,
     WaitTimeout,
 )
-from nas.client.models import Dataset, DatasetPage, Event, JobPage, TrialPage
+from nas.client.models import Dataset, DatasetPage, Event, JobPage, Model, ModelPage, TrialPage
 from nas.client.sync import Client
 from nas.metrics import METRICS, Metric
 from nas.specs import Job, JobOutline, JobSpec, JobStatus, JobSummary, LayerInfo, Trial, TrialState
@@ -54,6 +54,8 @@ __all__ = [
     "LayerInfo",
     "METRICS",
     "Metric",
+    "Model",
+    "ModelPage",
     "NasError",
     "NotFoundError",
     "PayloadTooLarge",

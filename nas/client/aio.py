@@ -36,7 +36,7 @@ from nas.client.errors import (
     WaitTimeout,
     error_for,
 )
-from nas.client.models import Dataset, DatasetPage, Event, JobPage, TrialPage
+from nas.client.models import Dataset, DatasetPage, Event, JobPage, Model, ModelPage, TrialPage
 from nas.client.uploads import (
     DatasetSource,
     ReportingFile,
@@ -366,6 +366,53 @@ class AsyncClient:
             attempts += 1
             try:
                 await self._send("DELETE", f"/datasets/{dataset_id}")
+            except NotFoundError:
+                if attempts == 1:  # later, an earlier attempt may have deleted it before its answer was lost
+                    raise
+
+        await self._retried(attempt, idempotent=True)
+
+    # -- models ---------------------------------------------------------------------------
+
+    async def upload_model(
+        self, path: str | os.PathLike[str], *, name: str | None = None, progress: UploadProgress = True
+    ) -> Model:
+        """Upload a trained network as an ONNX file and return it as stored; see :meth:`Client.upload_model`."""
+        source = Path(path)
+        with source.open("rb") as file:
+            total = os.fstat(file.fileno()).st_size
+            with upload_reporter(progress, source.name, total) as report:
+                parts = {**form_parts(dataset_form(name=name)), "file": (source.name, ReportingFile(file, report))}
+                response = await self._request("POST", "/models", idempotent=True, files=parts,
+                                               timeout=httpx.Timeout(self.settings.timeout, read=UPLOAD_READ_TIMEOUT_S))
+        return Model.model_validate(response.json())
+
+    async def model(self, model_id: str) -> Model:
+        return Model.model_validate(await self._get(f"/models/{model_id}"))
+
+    async def model_page(self, limit: int = 100, cursor: str | None = None) -> ModelPage:
+        """One page of your models, newest first."""
+        return ModelPage.model_validate(await self._get("/models", limit=limit, cursor=cursor))
+
+    async def models(self, page_size: int = 100) -> AsyncIterator[Model]:
+        """All your models, newest first: ``async for model in client.models(): ...``."""
+        cursor: str | None = None
+        while True:
+            page = await self.model_page(page_size, cursor)
+            for model in page.items:
+                yield model
+            if not (cursor := page.next_cursor):
+                return
+
+    async def delete_model(self, model_id: str) -> None:
+        """Delete a model and its stored file. 409 while a queued or running job searches it."""
+        attempts = 0
+
+        async def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                await self._send("DELETE", f"/models/{model_id}")
             except NotFoundError:
                 if attempts == 1:  # later, an earlier attempt may have deleted it before its answer was lost
                     raise

@@ -7,9 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from nas.specs import DatasetRecord, JobSummary, Page, Trial
+from nas.specs import DatasetRecord, JobSummary, ModelRecord, Page, Trial
 
 Dataset = DatasetRecord  # what ``GET /datasets/{id}`` answers; its JSON Schema title is Dataset
+Model = ModelRecord  # what ``GET /models/{id}`` answers; its JSON Schema title is Model
 
 
 class JobPage(Page):
@@ -30,6 +31,12 @@ class DatasetPage(Page):
     """One page of ``GET /datasets``, newest first."""
 
     items: list[Dataset]
+
+
+class ModelPage(Page):
+    """One page of ``GET /models``, newest first."""
+
+    items: list[Model]
 
 
 class Event(BaseModel):

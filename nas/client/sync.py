@@ -35,7 +35,7 @@ from nas.client.errors import (
     WaitTimeout,
     error_for,
 )
-from nas.client.models import Dataset, DatasetPage, Event, JobPage, TrialPage
+from nas.client.models import Dataset, DatasetPage, Event, JobPage, Model, ModelPage, TrialPage
 from nas.client.uploads import (
     DatasetSource,
     ReportingFile,
@@ -376,6 +376,61 @@ class Client:
             attempts += 1
             try:
                 self._send("DELETE", f"/datasets/{dataset_id}")
+            except NotFoundError:
+                if attempts == 1:  # later, an earlier attempt may have deleted it before its answer was lost
+                    raise
+
+        self._retried(attempt, idempotent=True)
+
+    # -- models ---------------------------------------------------------------------------
+
+    def upload_model(self, path: str | os.PathLike[str], *, name: str | None = None, progress: UploadProgress = True) -> Model:
+        """Upload a trained network as an ONNX file (weights inside it) and return it as stored,
+        ready for a job's ``search_space: {name: model_sparsity, params: {model_id: model.id}}``.
+
+        The server checks it (onnx's checker, opset, no external data, size, a supported
+        operator set), converts it to torch, compares the outputs with onnxruntime's and times the
+        dense network on its targets; the answer holds its input shape, parameters, prunable
+        layers and ``dense_latency_ms``. ``name`` defaults to the file's name. ``progress`` as in
+        :meth:`upload_dataset`. The same file is stored once per owner, so an upload is safe to
+        repeat and is retried as reads are. Raises :class:`PayloadTooLarge` (413: over
+        ``NAS_LIMIT_MODEL_BYTES`` or your storage quota) and :class:`ValidationError` (422: the
+        check that failed, naming the operator).
+        """
+        source = Path(path)
+        with source.open("rb") as file:
+            total = os.fstat(file.fileno()).st_size
+            with upload_reporter(progress, source.name, total) as report:
+                parts = {**form_parts(dataset_form(name=name)), "file": (source.name, ReportingFile(file, report))}
+                response = self._request("POST", "/models", idempotent=True, files=parts,
+                                         timeout=httpx.Timeout(self.settings.timeout, read=UPLOAD_READ_TIMEOUT_S))
+        return Model.model_validate(response.json())
+
+    def model(self, model_id: str) -> Model:
+        return Model.model_validate(self._get(f"/models/{model_id}"))
+
+    def model_page(self, limit: int = 100, cursor: str | None = None) -> ModelPage:
+        """One page of your models, newest first."""
+        return ModelPage.model_validate(self._get("/models", limit=limit, cursor=cursor))
+
+    def models(self, page_size: int = 100) -> Iterator[Model]:
+        """All your models, newest first, fetched page by page as the iteration goes."""
+        cursor: str | None = None
+        while True:
+            page = self.model_page(page_size, cursor)
+            yield from page.items
+            if not (cursor := page.next_cursor):
+                return
+
+    def delete_model(self, model_id: str) -> None:
+        """Delete a model and its stored file. 409 while a queued or running job searches it."""
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self._send("DELETE", f"/models/{model_id}")
             except NotFoundError:
                 if attempts == 1:  # later, an earlier attempt may have deleted it before its answer was lost
                     raise
