@@ -68,15 +68,22 @@ class WorkerKilled(HTTPException):
 
 def _init_worker(env: dict[str, str]) -> None:
     """The server's settings (the worker reads them from the environment), one thread, lower
-    priority, and latency predictions corrected by the observations in the server's database."""
+    priority, latency predictions corrected by the observations in the server's database, and the
+    stored models (records and files), from which a trial of a model's search is rebuilt to export it
+    (the route checked the caller may see the trial)."""
+    from nas.models.stored import use_model_catalog
     from nas.settings import Settings
     from nas.store import Store, make_engine
+    from nas.store.model_catalog import StoreModelCatalog
     from nas.store.observations import predict_with_store_observations
 
     os.environ.update(env)
     os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     os.nice(5)
-    predict_with_store_observations(Store(make_engine(Settings.from_env().database_url)))
+    settings = Settings.from_env()
+    store = Store(make_engine(settings.database_url))
+    predict_with_store_observations(store)
+    use_model_catalog(StoreModelCatalog(store, None, settings.artifact_dir))
     # PyTorch, the ONNX exporter and runtime, and the predictor load here, outside any request's time limit.
     import nas.export  # noqa: F401
     import nas.latency  # noqa: F401

@@ -23,7 +23,7 @@ from nas import registry
 from nas.metrics import beside_baseline
 from nas.models.stored import scoped_model_catalog
 from nas.specs import JobSpec
-from nas.training import evaluate, load_data, run_trial
+from nas.training import evaluate, load_data, load_trained_model, run_trial
 from search_spaces.model_sparsity import ModelSparsity, groups
 from tests.pretrained import TABLE, digits_cnn, node_catalog, table_mlp
 
@@ -153,6 +153,10 @@ def test_a_trial_fine_tunes_from_the_trained_weights(
     densities = {layer["name"]: layer["density"] for layer in outcome.layers}
     for name, sparsity in space.layer_sparsity(arch).items():
         assert densities[name] == pytest.approx(1 - sparsity, abs=0.02)
+    # the saved trial rebuilds from the stored model and its own weights and masks, as an export does
+    data = load_data(spec, Path("."))
+    rebuilt = load_trained_model(outcome.model_bytes)
+    assert evaluate(rebuilt, data.x_test, data.y_test)[1] == pytest.approx(outcome.metrics["accuracy"])
 
 
 def test_every_trial_is_shown_beside_the_dense_model() -> None:

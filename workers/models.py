@@ -15,35 +15,17 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import ray
 
 from nas.models.node_cache import NodeModelCatalog, cache_model
-from nas.models.stored import UnknownModel, use_model_catalog
+from nas.models.stored import use_model_catalog
 from nas.search_space import SearchSpace
 from nas.settings import Settings
 from nas.specs import ModelRecord
 from nas.store import Store
 from nas.store.artifacts import model_file
-from nas.store.model_catalog import StoreModelCatalog
-
-
-class ServerModelCatalog(StoreModelCatalog):
-    """The runner's catalog: every owner's records from the store, and their ONNX files from the store's own
-    folder, which the runner (on the server's machine) reads to plan candidates and to deliver them."""
-
-    def __init__(self, store: Store, settings: Settings) -> None:
-        super().__init__(store, None)
-        self.artifact_dir = settings.artifact_dir
-
-    def onnx_path(self, model_id: str) -> Path:
-        self.get(model_id)  # an id the store does not know is unknown, whatever lies on disk
-        path = model_file(self.artifact_dir, model_id)
-        if not path.is_file():
-            raise UnknownModel(f"model {model_id}'s file is missing from {path.parent}")
-        return path
 
 
 @ray.remote(num_cpus=0)

@@ -38,11 +38,12 @@ from nas.specs import Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState  # n
 from nas.store import Store  # noqa: E402
 from nas.store.artifacts import save_model  # noqa: E402
 from nas.store.dataset_catalog import StoreDatasetCatalog  # noqa: E402
+from nas.store.model_catalog import StoreModelCatalog  # noqa: E402
 from nas.store.observations import predict_with_store_observations  # noqa: E402
 from nas.strategies import WAIT, Strategy  # noqa: E402
 from workers.baseline import measure_baseline  # noqa: E402
 from workers.datasets import deliver  # noqa: E402
-from workers.models import ServerModelCatalog, deliver as deliver_model  # noqa: E402
+from workers.models import deliver as deliver_model  # noqa: E402
 from workers.feasibility import planned_metrics, violation  # noqa: E402
 from workers.schedulers import tune_scheduler  # noqa: E402
 from workers.trainable import EPOCH_METRICS, FINAL, train_trial  # noqa: E402
@@ -191,7 +192,7 @@ class JobRunner:
                 # and stored models from the store (and builds candidates from the model's file here); the
                 # owner's scope was checked when the job was submitted.
                 with scoped_catalog(StoreDatasetCatalog(self.store, None)), \
-                        scoped_model_catalog(ServerModelCatalog(self.store, self.settings)):
+                        scoped_model_catalog(StoreModelCatalog(self.store, None, self.settings.artifact_dir)):
                     self._prepare(job)
                     with deliver(self.store, self.settings, self.job_id, self.spec) as self._dataset, \
                             deliver_model(self.store, self.settings, self.job_id, self.space) as self._model:
