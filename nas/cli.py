@@ -26,6 +26,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from nas.metrics import METRICS, format_value
+from nas.model_formats import FORMATS
 from nas.safe_text import escape_controls
 
 if TYPE_CHECKING:
@@ -159,9 +160,7 @@ DatabaseUrl = Annotated[
 JsonOutput = Annotated[bool, typer.Option("--json", help="print JSON on stdout, for scripts")]
 
 
-class ModelFormat(str, enum.Enum):
-    safetensors = "safetensors"
-    onnx = "onnx"
+ModelFormat = enum.Enum("ModelFormat", {name: name for name in FORMATS}, type=str)  # type: ignore[misc]
 
 
 class Color(str, enum.Enum):
@@ -436,19 +435,37 @@ def cancel(job_id: Annotated[str, typer.Argument(help="job id")], json_output: J
 @app.command("export")
 def export_model(
     trial_id: Annotated[str, typer.Argument(help="trial id")],
-    format: Annotated[ModelFormat, typer.Option("--format", "-f", help="file format")] = ModelFormat.safetensors,
+    format: Annotated[
+        ModelFormat,
+        typer.Option(
+            "--format", "-f",
+            help="safetensors (masked model), onnx (sparse inference model; CSR layers dense), "
+                 "inference (torch sparse inference model) or report (per-layer sparsity report, JSON)",
+        ),
+    ] = ModelFormat.safetensors,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="file to write (default: trial-<id>.<format> here)")
+        Optional[Path], typer.Option("--output", "-o", help="file to write (default: trial-<id>.<suffix> here)")
+    ] = None,
+    report: Annotated[
+        Optional[Path], typer.Option("--report", help="also write the per-layer sparsity report (JSON) to this file")
     ] = None,
     json_output: JsonOutput = False,
 ) -> None:
-    """Download a trial's trained model: safetensors (weights and masks) or ONNX (masks baked in)."""
+    """Download a trial's model: safetensors (weights and masks), ONNX (the sparse inference model the
+    latency was measured on, checked in onnxruntime; layers that run as CSR in torch are dense in
+    ONNX), inference (the torch sparse inference model, for nas.export.load_inference_model) or its
+    sparsity report."""
     with _client() as client:
         path = client.download_model(trial_id, output if output is not None else Path.cwd(), format=format.value)
         size = path.stat().st_size
         err.print(escape(f"wrote the {format.value} model of trial {trial_id} to {path} ({size} bytes)"))
+        written = {"trial_id": trial_id, "format": format.value, "path": str(path), "bytes": size}
+        if report is not None:
+            report_path = client.download_model(trial_id, report, format="report")
+            err.print(escape(f"wrote the sparsity report of trial {trial_id} to {report_path}"))
+            written["report"] = str(report_path)
         if json_output:
-            _print_json({"trial_id": trial_id, "format": format.value, "path": str(path), "bytes": size})
+            _print_json(written)
         else:
             print(path)
 

@@ -67,6 +67,11 @@ _ALL = (
            objective=True,
            description="10th percentile of per-call times of the trained masked model run dense (batch 1): what the "
                        "sparse inference model saves"),
+    Metric(name="onnx_latency_ms", label="Latency (ONNX)", unit="ms", kind="float", direction="minimize",
+           objective=False,
+           description="10th percentile of per-call times of the trial's ONNX export in onnxruntime (CPU, one thread, "
+                       "batch 1), measured when the model is first exported, on the exporting server; layers that run "
+                       "as CSR in torch run dense in ONNX"),
     Metric(name="predicted_latency_ms", label="Latency (predicted)", unit="ms", kind="float", direction="minimize",
            objective=True, description="latency_ms as the latency predictor estimated it before training"),
     Metric(name="train_time_s", label="Train time", unit="s", kind="float", direction="minimize", objective=True,

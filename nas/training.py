@@ -182,11 +182,15 @@ def _latency_observation(
 
 def load_trained_model(model_bytes: bytes) -> nn.Module:
     """Rebuild a trial's model, masks included, from its ``TrialOutcome.model_bytes`` alone."""
-    meta = read_metadata(model_bytes)
-    space = registry.search_spaces.create(meta["search_space"], json.loads(meta["search_space_params"]))
-    model = space.build(json.loads(meta["arch"]), tuple(json.loads(meta["input_shape"])), int(meta["num_classes"]))
+    model = build_network(read_metadata(model_bytes))
     load_model(model, model_bytes)
     return model.eval()
+
+
+def build_network(meta: dict[str, str]) -> nn.Module:
+    """A freshly built network of the architecture a saved model's metadata names (its weights untrained)."""
+    space = registry.search_spaces.create(meta["search_space"], json.loads(meta["search_space_params"]))
+    return space.build(json.loads(meta["arch"]), tuple(json.loads(meta["input_shape"])), int(meta["num_classes"]))
 
 
 def load_dataset(name: str, params: dict[str, Any], data_dir: Path) -> DataSplits:

@@ -290,6 +290,25 @@ def test_cli_export(server: Server, cli_env: dict[str, str], tmp_path: Path, tor
     default = _invoke(["export", trial.id, "-f", "onnx"], cli_env)
     assert Path(default.stdout.strip()) == tmp_path / "out" / f"trial-{trial.id}.onnx"
 
+    bundle = _invoke(["export", trial.id, "-f", "inference", "--report", str(tmp_path / "r.json"), "--json"], cli_env)
+    assert bundle.exit_code == 0, bundle.stderr
+    written = json.loads(bundle.stdout)
+    assert written["path"] == str(tmp_path / "out" / f"trial-{trial.id}.inference.safetensors")
+    assert written["report"] == str(tmp_path / "r.json")
+    layers = json.loads((tmp_path / "r.json").read_text())["layers"]
+    assert [entry["layer"] for entry in layers] == [layer["name"] for layer in model_layers(payload)]
+    from nas.export import load_inference_model
+
+    with torch.no_grad():
+        np.testing.assert_allclose(load_inference_model(Path(written["path"]))(x).numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def model_layers(payload: bytes) -> list[dict[str, Any]]:
+    from nas.sparse.stats import layer_report
+    from nas.training import load_trained_model
+
+    return layer_report(load_trained_model(payload))
+
 
 def test_cli_open(server: Server, cli_env: dict[str, str], tmp_path: Path) -> None:
     job_id = "a" * 32

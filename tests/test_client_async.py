@@ -167,6 +167,8 @@ def test_download_models(app: InProcess, tmp_path: Path, torch_single_thread: No
             with torch.no_grad():
                 expected = load_trained_model(data)(torch.from_numpy(x)).numpy()
             np.testing.assert_allclose(run_onnx(exported.read_bytes(), x), expected, rtol=1e-4, atol=1e-5)
+            report = await client.model_report(trial.id)
+            assert report["trial"]["trial_id"] == trial.id and report["onnx"]["latency_ms"] > 0
 
     run(scenario())
 

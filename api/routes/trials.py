@@ -1,10 +1,11 @@
-"""Trials: one trial with its history and layers, and its model as safetensors or ONNX."""
+"""Trials: one trial with its history and layers, and its model as safetensors, ONNX, the torch
+inference model, or its sparsity report."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, status
 from fastapi.responses import FileResponse
@@ -14,13 +15,20 @@ from api.deps import PrincipalDep, SettingsDep, StoreDep
 from api.responses import errors
 from api.workpool import WorkError, work_pool
 from nas.errors import NotFound
+from nas.model_formats import EXPORTED, SUFFIXES, Format
 from nas.settings import Settings
 from nas.specs import Trial, TrialState
 from nas.store import Artifact, Principal, Store
 
+if TYPE_CHECKING:
+    from nas.export import Exported
+
 router = APIRouter(prefix="/trials", tags=["trials"])
 log = logging.getLogger(__name__)
 
+ARTIFACT_FORMATS = {"onnx": "inference.onnx", "inference": "inference.safetensors", "report": "report.json"}
+"""The artifact each export is kept as; ``onnx`` artifacts (the masked dense ONNX of earlier versions) are not served."""
+_REPORTED_METRICS = ("latency_ms", "latency_median_ms", "masked_latency_ms", "accuracy", "sparsity")
 
 
 @router.get("/{trial_id}", response_model=Trial, responses=errors(404))
@@ -33,8 +41,11 @@ async def get_trial(trial_id: str, store: StoreDep, principal: PrincipalDep) -> 
     response_class=FileResponse,
     responses={
         **errors(404, 422),
-        200: {"content": {"application/octet-stream": {}}, "description": "the model file"},
-        500: {"description": "the ONNX export failed; the detail says why"},
+        200: {
+            "content": {"application/octet-stream": {}, "application/json": {}},
+            "description": "the model file, or the sparsity report (JSON)",
+        },
+        500: {"description": "the export failed, or the ONNX file does not compute what torch does; the detail says why"},
         503: {"description": "the server is busy exporting (Retry-After)"},
     },
 )
@@ -44,22 +55,30 @@ async def download_model(
     store: StoreDep,
     settings: SettingsDep,
     principal: PrincipalDep,
-    format: Literal["safetensors", "onnx"] = "safetensors",
+    format: Format = "safetensors",
 ) -> FileResponse:
-    """The trained model: ``safetensors`` (weights as the forward pass sees them, and their masks)
-    or ``onnx`` (masks baked in), which is exported from the stored model on first request, in a
-    worker process (see :mod:`api.workpool`), and kept beside it. 404 says why a trial has no model."""
+    """The trained model in one of four formats (see :mod:`nas.export`): ``safetensors`` (the stored
+    masked model: weights as the forward pass sees them, and their masks); ``onnx`` (the sparse
+    inference model the trial's latency was measured on: shrunk layers smaller, CSR layers stored
+    dense with their zeros, checked against torch in onnxruntime); ``inference`` (the torch sparse
+    inference model, CSR layers included: safetensors plus its JSON description); ``report`` (the
+    per-layer sparsity report, JSON). The last three are made together on the first request for any
+    of them, in a worker process (see :mod:`api.workpool`), kept beside the stored model, and the
+    ONNX file's measured latency is added to the trial's metrics as ``onnx_latency_ms``.
+    404 says why a trial has no model."""
     trial = store.get_trial(trial_id, principal)
     if not trial.has_model:
         raise NotFound(no_model_reason(trial))
+    kind = ARTIFACT_FORMATS.get(format, format)
     try:
-        artifact = store.get_artifact(trial_id, "model", format, principal)
+        artifact = store.get_artifact(trial_id, "model", kind, principal)
     except NotFound:
-        if format != "onnx":
+        if format == "safetensors":
             raise
-        artifact = await _export_onnx(request, store, settings, trial, principal)
+        artifact = (await _export(request, store, settings, trial, principal))[format]
     path = _artifact_file(settings, artifact, trial_id)
-    return FileResponse(path, media_type="application/octet-stream", filename=f"trial-{trial_id}.{format}")
+    media = "application/json" if format == "report" else "application/octet-stream"
+    return FileResponse(path, media_type=media, filename=f"trial-{trial_id}.{SUFFIXES[format]}")
 
 
 def no_model_reason(trial: Trial) -> str:
@@ -82,32 +101,48 @@ def _artifact_file(settings: Settings, artifact: Artifact, trial_id: str) -> Pat
     return path
 
 
-async def _export_onnx(request: Request, store: Store, settings: Settings, trial: Trial, principal: Principal) -> Artifact:
-    """Export the stored safetensors model to ONNX in a worker process and keep it as the trial's
-    ``onnx`` artifact. Two requests for the same trial may both export; the second write replaces
-    the first with the same bytes."""
+async def _export(
+    request: Request, store: Store, settings: Settings, trial: Trial, principal: Principal
+) -> dict[str, Artifact]:
+    """Make the trial's ONNX, inference and report exports from its stored safetensors model in a
+    worker process, keep them as artifacts, and add ``onnx_latency_ms`` to its metrics. Two requests
+    for the same trial may both export; the second's files and measurement replace the first's."""
     from nas.store.artifacts import save_model
 
     source = store.get_artifact(trial.id, "model", "safetensors", principal)
     path = _artifact_file(settings, source, trial.id)
-    data = await work_pool(request).run(principal.owner, export_in_worker, str(path), trial.id)
+    about = {
+        "trial_id": trial.id,
+        "job_id": trial.job_id,
+        "number": trial.number,
+        "metrics": {k: v for k, v in trial.metrics.items() if k in _REPORTED_METRICS},
+    }
+    layers = [layer.model_dump() for layer in trial.layers]
+    exported = await work_pool(request).run(principal.owner, export_in_worker, str(path), trial.id, layers, about)
 
-    def keep() -> Artifact:
-        artifact = save_model(settings.artifact_dir, trial.job_id, trial.id, data, fmt="onnx")
-        store.add_artifact(artifact)
-        return artifact
+    def keep() -> dict[str, Artifact]:
+        kept = {}
+        for format in EXPORTED:
+            kept[format] = save_model(
+                settings.artifact_dir, trial.job_id, trial.id, exported.file(format), fmt=ARTIFACT_FORMATS[format]
+            )
+            store.add_artifact(kept[format])
+        store.add_trial_metrics(trial.id, {"onnx_latency_ms": exported.report["onnx"]["latency_ms"]})
+        return kept
 
-    artifact = await run_in_threadpool(keep)
-    log.info("exported trial %s to ONNX (%d bytes)", trial.id, len(data))
-    return artifact
+    kept = await run_in_threadpool(keep)
+    log.info("exported trial %s (ONNX %d bytes, inference %d bytes)", trial.id, len(exported.onnx), len(exported.inference))
+    return kept
 
 
-def export_in_worker(path: str, trial_id: str) -> bytes | WorkError:
-    """ONNX bytes of the safetensors model at ``path``, in a worker process; or the HTTP error."""
-    from nas.export import ExportError, to_onnx
+def export_in_worker(
+    path: str, trial_id: str, layers: list[dict[str, Any]], about: dict[str, Any]
+) -> Exported | WorkError:
+    """The exports of the safetensors model at ``path``, in a worker process; or the HTTP error."""
+    from nas.export import ExportError, export_trial
 
     try:
-        return to_onnx(Path(path).read_bytes())
+        return export_trial(Path(path).read_bytes(), layers, about)
     except (ExportError, ValueError, KeyError) as exc:
-        log.exception("ONNX export of trial %s failed", trial_id)
-        return WorkError(status.HTTP_500_INTERNAL_SERVER_ERROR, f"ONNX export of trial {trial_id} failed: {exc}")
+        log.exception("export of trial %s failed", trial_id)
+        return WorkError(status.HTTP_500_INTERNAL_SERVER_ERROR, f"export of trial {trial_id} failed: {exc}")

@@ -14,11 +14,12 @@ import tenacity
 import yaml
 
 from nas.client.errors import ServerError
+from nas.model_formats import FORMATS, SUFFIXES
 from nas.specs import JobSpec
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
-MODEL_FORMATS = ("safetensors", "onnx")
+MODEL_FORMATS = FORMATS
 # Answers of a proxy or a restarting server: the request may succeed if sent again.
 RETRY_STATUSES = frozenset({502, 503, 504})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -167,7 +168,7 @@ def check_format(format: str) -> str:
 def model_target(path: str | Path, trial_id: str, format: str) -> Path:
     """Where a download goes: ``path``, or ``trial-<id>.<format>`` inside it when it is a folder."""
     target = Path(path)
-    return target / f"trial-{trial_id}.{format}" if target.is_dir() else target
+    return target / f"trial-{trial_id}.{SUFFIXES[format]}" if target.is_dir() else target
 
 
 def partial_path(target: Path) -> Path:

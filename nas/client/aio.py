@@ -270,7 +270,8 @@ class AsyncClient:
         return [Trial.model_validate(t) for t in (await self._get(f"/jobs/{job_id}/pareto"))["items"]]
 
     async def download_model(self, trial_id: str, path: str | Path, format: str = "safetensors") -> Path:
-        """Save a trial's trained model (``safetensors`` or ``onnx``); see :meth:`Client.download_model`."""
+        """Save a trial's trained model in ``format`` (``safetensors``, ``onnx``, ``inference`` or ``report``);
+        see :meth:`Client.download_model`."""
         target = model_target(path, trial_id, check_format(format))
         part = partial_path(target)
 
@@ -289,6 +290,10 @@ class AsyncClient:
         finally:
             part.unlink(missing_ok=True)
         return target
+
+    async def model_report(self, trial_id: str) -> dict[str, Any]:
+        """A trial's per-layer sparsity report; see :meth:`Client.model_report`."""
+        return await self._get(f"/trials/{trial_id}/model", format="report")
 
     async def catalog(self) -> dict[str, Any]:
         """Search spaces, strategies, sparsifiers, datasets and targets, each with its params' JSON Schema."""

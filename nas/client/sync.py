@@ -260,10 +260,15 @@ class Client:
         return [Trial.model_validate(t) for t in self._get(f"/jobs/{job_id}/pareto")["items"]]
 
     def download_model(self, trial_id: str, path: str | Path, format: str = "safetensors") -> Path:
-        """Save a trial's trained model as ``safetensors`` (weights and masks) or ``onnx``.
+        """Save a trial's trained model in ``format``, one of :data:`nas.model_formats.FORMATS`.
 
-        ``path`` is a file, or a folder to hold ``trial-<id>.<format>``; the file appears whole
-        or not at all. Returns where it went.
+        ``safetensors``: the stored masked model (weights and masks); ``onnx``: the sparse
+        inference model its latency was measured on (removed units gone; layers that run as CSR in
+        torch stored dense with their zeros, since onnxruntime has no faster kernel for them),
+        checked against torch in onnxruntime; ``inference``: the torch sparse inference model, CSR
+        layers included, for :func:`nas.export.load_inference_model`; ``report``: the per-layer
+        sparsity report (JSON; :meth:`model_report` reads it). ``path`` is a file, or a folder to
+        hold ``trial-<id>.<suffix>``; the file appears whole or not at all. Returns where it went.
         """
         target = model_target(path, trial_id, check_format(format))
         part = partial_path(target)
@@ -283,6 +288,11 @@ class Client:
         finally:
             part.unlink(missing_ok=True)
         return target
+
+    def model_report(self, trial_id: str) -> dict[str, Any]:
+        """A trial's per-layer sparsity report: each prunable layer's shape, density, pattern, kernel
+        and how the ONNX file holds it, with the ONNX check and its measured latency beside torch's."""
+        return self._get(f"/trials/{trial_id}/model", format="report")
 
     def catalog(self) -> dict[str, Any]:
         """Search spaces, strategies, sparsifiers, datasets and targets, each with its params' JSON Schema."""

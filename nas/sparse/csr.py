@@ -147,3 +147,28 @@ def csr_layer(layer: nn.Module) -> nn.Module | None:
     if isinstance(layer, nn.Conv2d) and supports_csr_conv(layer):
         return CSRConv2d(layer)
     return None
+
+
+def dense_layer(layer: CSRLinear | CSRConv2d) -> nn.Module:
+    """The plain ``Linear`` or ``Conv2d`` a CSR layer computes, its zeros stored: the inverse of :func:`csr_layer`.
+
+    For formats with no unstructured-sparse kernel of their own (ONNX), and to rebuild a CSR layer
+    from its stored arrays.
+    """
+    csr = layer.csr
+    weight = csr.matrix().to_dense()
+    bias = csr.bias is not None
+    if isinstance(layer, CSRLinear):
+        dense: nn.Module = nn.Linear(layer.in_features, layer.out_features, bias=bias, dtype=weight.dtype)
+    else:
+        kh, kw = layer.kernel_size
+        dense = nn.Conv2d(
+            csr.shape[1] // (kh * kw), layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+            layer.dilation, bias=bias, dtype=weight.dtype,
+        )  # fmt: skip
+        weight = weight.view(dense.weight.shape)
+    with torch.no_grad():
+        dense.weight.copy_(weight)
+        if bias:
+            dense.bias.copy_(csr.bias)
+    return dense.eval().requires_grad_(False)

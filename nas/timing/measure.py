@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 
 from nas.timing.targets import CUDA, TARGETS, require_target
 
-__all__ = ["TARGETS", "measure", "measure_interleaved", "reference_model", "time_calls", "timing_context"]
+__all__ = ["TARGETS", "measure", "measure_calls", "measure_interleaved", "reference_model", "time_calls", "timing_context"]
 
 _NOISY = 0.1  # IQR / median above which a measurement is repeated once, longer
 _WARMUP_CALLS = 10
@@ -174,13 +174,30 @@ def measure(
     if rounds < 1 or min_run_time <= 0:
         raise ValueError(f"rounds must be at least 1 and min_run_time positive, got {rounds} and {min_run_time}")
     with timing_context(num_threads), _Runner(model, input_shape, target, batch_size) as runner:
-        times = [runner.round(min_run_time / rounds) for _ in range(rounds)]
-        result = _summary(times)
-        if result["iqr_ms"] > _NOISY * result["median_ms"]:
-            retry = _summary([runner.round(4 * min_run_time / rounds) for _ in range(rounds)])
-            result = min(result, retry, key=lambda r: r["iqr_ms"] / r["median_ms"])
-    noisy = result["iqr_ms"] > _NOISY * result["median_ms"]
-    return {**result, "num_threads": num_threads, "batch_size": batch_size, "noisy": float(noisy)}
+        result = _in_rounds(runner.round, min_run_time, rounds)
+    return {**result, "num_threads": num_threads, "batch_size": batch_size}
+
+
+def measure_calls(fn: Callable[[], Any], min_run_time: float = 0.2, rounds: int = 3) -> dict[str, float]:
+    """:func:`measure`'s statistics for any call, e.g. an onnxruntime session's ``run``, after the same warm-up.
+
+    The caller sets the thread count of whatever ``fn`` runs; ``noisy`` and the quantiles mean what
+    they mean for :func:`measure`, so the two are compared like for like.
+    """
+    if rounds < 1 or min_run_time <= 0:
+        raise ValueError(f"rounds must be at least 1 and min_run_time positive, got {rounds} and {min_run_time}")
+    for _ in range(_WARMUP_CALLS):
+        fn()
+    return _in_rounds(lambda seconds: time_calls(fn, seconds), min_run_time, rounds)
+
+
+def _in_rounds(round_: Callable[[float], np.ndarray], min_run_time: float, rounds: int) -> dict[str, float]:
+    """Time ``rounds`` rounds of ``min_run_time / rounds`` seconds; a noisy result is timed once more, longer."""
+    result = _summary([round_(min_run_time / rounds) for _ in range(rounds)])
+    if result["iqr_ms"] > _NOISY * result["median_ms"]:
+        retry = _summary([round_(4 * min_run_time / rounds) for _ in range(rounds)])
+        result = min(result, retry, key=lambda r: r["iqr_ms"] / r["median_ms"])
+    return {**result, "noisy": float(result["iqr_ms"] > _NOISY * result["median_ms"])}
 
 
 def reference_model() -> tuple[nn.Module, tuple[int, ...]]:
