@@ -166,7 +166,8 @@ def check_format(format: str) -> str:
 
 
 def model_target(path: str | Path, trial_id: str, format: str) -> Path:
-    """Where a download goes: ``path``, or ``trial-<id>.<format>`` inside it when it is a folder."""
+    """Where a download goes: ``path``, or ``trial-<id>.<suffix>`` inside it when it is a folder
+    (``trial-<id>.onnx``, ``trial-<id>.inference.safetensors``, ``trial-<id>.report.json`` ...)."""
     target = Path(path)
     return target / f"trial-{trial_id}.{SUFFIXES[format]}" if target.is_dir() else target
 
