@@ -46,9 +46,10 @@ def spec_problems(spec: JobSpec, settings: Settings) -> list[dict[str, Any]]:
         problems.append(_error(("constraints", "max_params"), f"at most {limit} parameters on this server", wanted))
     space = registry.search_spaces.create(spec.search_space.name, spec.search_space.params)
     dataset = registry.datasets.create(spec.dataset.name, spec.dataset.params)
-    largest = space.max_params(*dataset.shape())
+    shape = dataset.shape()
+    largest = space.max_params(*shape)
     if largest > limit:
-        problems.append(_error(("search_space", "params"),
+        problems.append(_error(("search_space", "params", *space.largest_at(limit, *shape)),
                                f"the largest architecture of this space has {largest} parameters; "
                                f"this server allows {limit}", spec.search_space.params))
     return problems

@@ -113,6 +113,23 @@ class SearchSpace(ABC):
         """
         return None
 
+    def fit_problems(self, input_shape: tuple[int, ...], num_classes: int) -> list[tuple[tuple[str | int, ...], str]]:
+        """``(location within params, why)`` for each field whose choices cannot build on inputs of ``input_shape``.
+
+        A space whose params describe the network piece by piece names the piece, so a job is
+        refused at ``search_space.params.<location>``. The default, none: a space that cannot take
+        the inputs at all says so from :meth:`weight_specs` (refused at the dataset).
+        """
+        return []
+
+    def largest_at(self, limit: int, input_shape: tuple[int, ...], num_classes: int) -> tuple[str | int, ...]:
+        """The field of params whose choices take the largest architecture past ``limit`` parameters.
+
+        Called when :meth:`max_params` exceeds the server's limit, to refuse the job at
+        ``search_space.params.<location>``. The default, ``()``: the params as a whole.
+        """
+        return ()
+
     def stored_model(self) -> str | None:
         """The id of the stored model (``POST /api/v1/models``) the space's networks are made from.
 

@@ -188,8 +188,10 @@ class JobSpec(_Strict):
             shape = registry.datasets.create(self.dataset.name, self.dataset.params).shape()
         except UnknownDataset as exc:  # the same answer for an id never stored and another owner's
             raise self._invalid([("dataset_unknown", ("dataset", "params", "id"), str(exc))]) from None
+        unfit = space.fit_problems(*shape)
+        problems += [("search_space_incompatible", ("search_space", "params", *loc), text) for loc, text in unfit]
         try:
-            weights = space.weight_specs(*shape)
+            weights = space.weight_specs(*shape) if not unfit else []
         except ValueError as exc:  # the space cannot take this dataset's inputs
             weights = []
             problems.append(("dataset_incompatible", ("dataset", "name"), str(exc)))
