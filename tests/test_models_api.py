@@ -8,6 +8,7 @@ The store's model methods run on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,7 +21,7 @@ from sqlalchemy import func, select
 from torch import nn
 
 from api.app import API_PREFIX
-from api.routes.datasets import upload_dir
+from api.routes.datasets import FORM_OVERHEAD_BYTES, upload_dir
 from api.routes.models import remove_strays
 from nas.errors import IllegalTransition, NotFound, QuotaExceeded
 from nas.models.stored import UnknownModel, scoped_model_catalog
@@ -161,6 +162,16 @@ def test_an_upload_over_the_limit_is_413_and_leaves_nothing(live: Live) -> None:
     before = live.left()
     response = live.upload("bob", "big.onnx", b"\0" * (MODEL_LIMIT + 1))
     assert response.status_code == 413 and "NAS_LIMIT_MODEL_BYTES" in response.json()["detail"]
+    # a declared length past the limit and the form's allowance is refused before a byte is read
+    # (over a raw socket: an HTTP client will not declare more than it sends)
+    url = httpx.URL(str(live.client.base_url))
+    declared_only = (f"POST {URL} HTTP/1.1\r\nHost: {url.host}\r\nAuthorization: Bearer {live.keys['bob']}\r\n"
+                     "Content-Type: multipart/form-data; boundary=b0und4ry\r\n"
+                     f"Content-Length: {MODEL_LIMIT + FORM_OVERHEAD_BYTES + 1}\r\n\r\n")  # fmt: skip
+    with socket.create_connection((url.host, url.port), timeout=30) as connection:
+        connection.sendall(declared_only.encode())
+        status_line = connection.makefile("rb").readline()
+    assert status_line.split()[1] == b"413", status_line
     assert live.left() == before
 
 

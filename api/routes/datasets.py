@@ -399,7 +399,7 @@ async def _keep(request: Request, store: Store, settings: Settings, principal: P
     limit = settings.limit_owner_dataset_bytes
     if store.owner_dataset_bytes(principal.owner) >= limit:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            f"{principal.owner}'s datasets already take this server's limit of {limit} bytes "
+                            f"{principal.owner}'s datasets and models already take this server's limit of {limit} bytes "
                             f"(NAS_LIMIT_OWNER_DATASET_BYTES); delete some first")  # fmt: skip
     dataset_id = uuid.uuid4().hex
     folder = dataset_folder(settings.artifact_dir, dataset_id)

@@ -720,7 +720,7 @@ class Store:
                 stored = self._owner_dataset_bytes(s, record.owner)
                 if stored + record.stored_bytes > max_owner_bytes:
                     raise QuotaExceeded(
-                        f"{record.owner}'s datasets take {stored} bytes; this one ({record.stored_bytes} bytes) "
+                        f"{record.owner}'s datasets and models take {stored} bytes; this dataset ({record.stored_bytes} bytes) "
                         f"would pass the limit of {max_owner_bytes} (NAS_LIMIT_OWNER_DATASET_BYTES)"
                     )
             fields = record.model_dump(mode="json", exclude={"created_at"})
