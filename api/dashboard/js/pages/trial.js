@@ -50,6 +50,7 @@ export async function render(view, trialId) {
     const latencySub = [
       m.latency_median_ms !== undefined ? `median ${fmt.ms(m.latency_median_ms)}` : null,
       m.masked_latency_ms !== undefined ? `masked dense ${fmt.ms(m.masked_latency_ms)}` : null,
+      m.onnx_latency_ms !== undefined ? `ONNX ${fmt.ms(m.onnx_latency_ms)}` : null,
     ].filter(Boolean).join(' · ');
     const metricKpi = (name, sub = null) => {
       const box = kpi(metricLabel(name), formatMetric(name, m[name]), sub);
@@ -71,15 +72,15 @@ export async function render(view, trialId) {
 
   function paintDownloads() {
     const reason = trial.has_model ? null : (FINISHED.includes(trial.state) ? `trial ${trial.state} without a saved model` : `no model until the trial completes (now ${trial.state})`);
-    const button = (format, label) => h('button', {
-      class: 'btn', type: 'button', id: `download-${format}`, disabled: !trial.has_model, title: reason || `Download the trained model as ${format}`,
+    const button = (format, suffix, label, title) => h('button', {
+      class: 'btn', type: 'button', id: `download-${format}`, disabled: !trial.has_model, title: reason || title,
       onclick: async (e) => {
         const b = e.currentTarget;
         b.disabled = true;
         downloadMessage.className = 'muted small';
         downloadMessage.textContent = `Preparing ${format}…`;
         try {
-          const file = await download(`/trials/${trial.id}/model`, { format }, `trial-${trial.id}.${format}`);
+          const file = await download(`/trials/${trial.id}/model`, { format }, `trial-${trial.id}.${suffix}`);
           downloadMessage.textContent = `Downloaded ${file.name} (${fmt.compact(file.size)} bytes).`;
         } catch (error) {
           downloadMessage.className = 'field-error';
@@ -87,8 +88,24 @@ export async function render(view, trialId) {
         } finally { b.disabled = false; }
       },
     }, label);
-    clear(downloads, button('safetensors', '⬇ Model · safetensors'), button('onnx', '⬇ Model · ONNX'));
+    clear(downloads,
+      button('onnx', 'onnx', '⬇ ONNX', 'The sparse inference model in ONNX, checked against torch in onnxruntime'),
+      button('inference', 'inference.safetensors', '⬇ Torch inference model', 'The sparse inference model with its CSR layers, for nas.export.load_inference_model'),
+      button('safetensors', 'safetensors', '⬇ Masked model · safetensors', 'The trained model: weights and masks'),
+      button('report', 'report.json', '⬇ Sparsity report · JSON', 'Per layer: shape, density, pattern, kernel, and how the ONNX file holds it'));
     if (reason) downloadMessage.textContent = reason;
+  }
+
+  function modelNote() {
+    const csr = (trial.layers || []).filter((l) => l.kernel === 'csr').map((l) => l.name);
+    return h('div', { class: 'muted small', id: 'model-note' },
+      h('p', {}, 'ONNX: the sparse inference model the latency was measured on, checked against torch in onnxruntime. ',
+        'Removed units are gone (smaller layers). onnxruntime has no faster kernel for unstructured sparsity, so ',
+        csr.length ? h('strong', {}, `the ${csr.length} layer${csr.length > 1 ? 's' : ''} that run as CSR in torch (${csr.join(', ')}) are stored dense with their zeros in ONNX`) : 'a layer that runs as CSR in torch is stored dense with its zeros in ONNX',
+        '; its own latency is measured on first download (ONNX latency).'),
+      h('p', {}, 'Torch inference model: that model with its CSR layers, as safetensors plus a JSON description; load it with nas.export.load_inference_model. ',
+        'Masked model: the trained weights with their masks and the architecture as metadata. ',
+        'Sparsity report: per layer shape, density, pattern, kernel and what ONNX holds.'));
   }
 
   function paintLayers() {
@@ -176,7 +193,7 @@ export async function render(view, trialId) {
     head,
     metricsBox,
     h('div', { class: 'grid-2' },
-      card('Model', [downloads, downloadMessage, h('p', { class: 'muted small' }, 'safetensors: weights and masks with the architecture as metadata; ONNX: the sparse inference model, checked against torch in onnxruntime.')], { id: 'card-downloads' }),
+      card('Model', [downloads, downloadMessage, modelNote()], { id: 'card-downloads' }),
       card('All metrics', allMetrics, { id: 'card-metrics' })),
     h('div', { class: 'grid-2' },
       card('Per-epoch curves', curves, { id: 'card-epochs', actions: [h('label', { class: 'inline' }, 'metric ', curveSelect)] }),
