@@ -425,16 +425,16 @@ def test_model_download(client: TestClient, store: Store, settings: Settings, ke
 
     # ONNX is exported from the stored model on first request; these bytes are no model.
     onnx = client.get(f"{API}/trials/{trial.id}/model", params={"format": "onnx"}, headers=h)
-    assert onnx.status_code == 500 and "ONNX export" in onnx.json()["detail"]
+    assert onnx.status_code == 500 and f"export of trial {trial.id} failed" in onnx.json()["detail"]
     assert client.get(f"{API}/trials/{trial.id}/model", params={"format": "pickle"}, headers=h).status_code == 422
 
     # A record whose file is gone, or that points outside the artifact folder, is a 404, not a 500.
-    store.add_artifact(Artifact(trial.id, "model", "onnx", f"{job['id']}/gone.onnx", 1, "0" * 64))
+    store.add_artifact(Artifact(trial.id, "model", "inference.onnx", f"{job['id']}/gone.onnx", 1, "0" * 64))
     missing = client.get(f"{API}/trials/{trial.id}/model", params={"format": "onnx"}, headers=h)
     assert missing.status_code == 404 and "missing" in missing.json()["detail"]
     outside = settings.home / "secret.txt"
     outside.write_text("secret")
-    store.add_artifact(Artifact(trial.id, "model", "onnx", "../secret.txt", 6, "0" * 64))
+    store.add_artifact(Artifact(trial.id, "model", "inference.onnx", "../secret.txt", 6, "0" * 64))
     escaped = client.get(f"{API}/trials/{trial.id}/model", params={"format": "onnx"}, headers=h)
     assert escaped.status_code == 404 and escaped.content != b"secret"
 

@@ -9,6 +9,7 @@ The page must log no console error it did not provoke.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -127,6 +128,14 @@ def test_submit_watch_open_and_download(server: tuple[ServerProcess, str], page:
     tensors = load_file(path)
     assert any(name.endswith("weight") for name in tensors), list(tensors)
     assert "Downloaded" in tab.inner_text("#download-message")
+    assert "stored dense with" in tab.inner_text("#model-note")  # says what ONNX cannot run sparse
+    with tab.expect_download() as download_info:
+        tab.click("#download-report")
+    path = tmp_path / "report.json"
+    download_info.value.save_as(path)
+    report = json.loads(path.read_text())
+    assert sorted(entry["layer"] for entry in report["layers"]) == sorted(n for n in tensors if n.endswith(".weight"))
+    assert report["onnx"]["latency_ms"] > 0
 
     # back to the job through the breadcrumb, still signed in
     tab.click(f".crumbs a[href='#/jobs/{job_id}']")
