@@ -88,13 +88,12 @@ class _Block(BaseModel):
             raise ValueError(f"kernel sizes must be odd, so padding keeps the feature map's size: {even}")
         return kernels
 
-    @model_validator(mode="after")
-    def _distinct(self) -> _Block:
-        for key in self.keys:
-            values = getattr(self, CHOICE_LISTS[key])
-            if len(set(values)) != len(values):
-                raise ValueError(f"{CHOICE_LISTS[key]} repeats a value: {values}")
-        return self
+    @field_validator(*CHOICE_LISTS.values(), check_fields=False)
+    @classmethod
+    def _distinct(cls, values: list[Any]) -> list[Any]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"a choice list repeats a value: {values}")
+        return values
 
 
 class _Prunable(_Block):
