@@ -390,3 +390,43 @@ def test_api_hides_other_owners_models(client: Client, server: Server, tmp_path:
             client.download_model(trial.id, tmp_path, format=format)
     with pytest.raises(NotFound):
         server.store.get_artifact(trial.id, "model", "inference.onnx")  # and nothing was exported for them
+
+
+def test_a_model_sparsity_trial_exports_and_loads_given_its_network(tmp_path: Path) -> None:
+    """A trial over an uploaded model rebuilds from the uploaded ONNX: the export finds it through the
+    process's model catalog (as the API's work processes install it), a torch user passes the network."""
+    import random
+
+    from nas import registry
+    from nas.export import export_trial, load_inference_model
+    from nas.models.stored import use_model_catalog
+    from nas.sparse.masks import prunable_weights, set_mask
+    from nas.sparse.serialization import save_model
+    from tests.pretrained import node_catalog, onnx_bytes, table_mlp_module
+
+    torch.manual_seed(0)
+    catalog, (model_id,) = node_catalog(tmp_path, [onnx_bytes(table_mlp_module(), (24,))])
+    use_model_catalog(catalog)
+    try:
+        space = registry.search_spaces.create("model_sparsity", {"model_id": model_id})
+        arch = space.sample(random.Random(0))
+        model = space.build(arch, (24,), 4)
+        for module, attr in prunable_weights(model).values():
+            set_mask(module, attr, torch.rand_like(getattr(module, attr)) < 0.2)
+        meta = {"search_space": "model_sparsity", "search_space_params": json.dumps({"model_id": model_id}),
+                "arch": json.dumps(arch), "dataset": "synthetic", "input_shape": "[24]", "num_classes": "4"}  # fmt: skip
+        data = save_model(model.eval(), meta)
+        layers = [{"name": name, "kernel": "csr" if name == "fc1.weight" else "dense"} for name in prunable_weights(model)]
+        exported = export_trial(data, layers, min_run_time=0.01)
+        network = space.build(arch, (24,), 4)
+    finally:
+        use_model_catalog(None)
+
+    assert exported.report["onnx"]["dense_in_onnx"] == ["fc1.weight"]
+    loaded = load_inference_model(exported.inference, network=network)  # no catalog needed
+    x = torch.randn(3, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+    from nas.export import run_onnx
+
+    np.testing.assert_allclose(run_onnx(exported.onnx, x.numpy()), model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
