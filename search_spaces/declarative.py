@@ -346,7 +346,7 @@ class DeclarativeSpace(SearchSpace):
         )  # fmt: skip
 
         blocks: list[Block] = Field(
-            default_factory=lambda: [
+            [  # an instance default, so the JSON Schema shows it and forms start from it
                 ConvBlock(widths=[8, 16], kernels=[3, 5]),
                 PoolBlock(ops=["max", "avg"]),
                 ResidualBlock(optional=True),

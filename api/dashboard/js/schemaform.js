@@ -62,10 +62,18 @@ const TYPE_NAMES = { integer: 'a whole number', number: 'a number', string: 'tex
 export function validate(schema, value, root, loc = [], out = []) {
   const s = resolve(schema, root);
   if (value === undefined) return out;
-  if (Array.isArray(s.anyOf)) {
-    const attempts = s.anyOf.map((alt) => validate(alt, value, root, loc, []));
+  const tag = s.discriminator?.propertyName;
+  if (Array.isArray(s.oneOf) && tag && TYPE_CHECKS.object(value)) {
+    const ref = s.discriminator.mapping?.[value[tag]];
+    if (!ref) out.push({ loc: [...loc, tag], msg: `must be one of: ${Object.keys(s.discriminator.mapping || {}).join(', ')}` });
+    else validate({ $ref: ref }, value, root, loc, out);
+    return out;
+  }
+  const alternatives = s.anyOf || s.oneOf;
+  if (Array.isArray(alternatives)) {
+    const attempts = alternatives.map((alt) => validate(alt, value, root, loc, []));
     if (!attempts.some((e) => e.length === 0)) {
-      const useful = attempts.filter((e, i) => !(resolve(s.anyOf[i], root).type === 'null' && value !== null));
+      const useful = attempts.filter((e, i) => !(resolve(alternatives[i], root).type === 'null' && value !== null));
       out.push(...(useful.sort((a, b) => a.length - b.length)[0] || attempts[0]));
     }
     return out;
@@ -213,6 +221,7 @@ export class SpecForm {
     }
     if (type === 'array') {
       const items = resolve(s.items || {}, root);
+      if (items.properties || items.discriminator) return this.listWidget(s, items, loc, name, label, help, root);
       if (items.enum) {
         const boxes = items.enum.map((e) => h('input', { type: 'checkbox', value: String(e), name: locKey(loc) }));
         const set = (v) => { const on = (v ?? s.default ?? []).map(String); boxes.forEach((b) => { b.checked = on.includes(b.value); }); };
@@ -252,6 +261,55 @@ export class SpecForm {
         try { return JSON.parse(area.value); } catch { return { __invalid_json__: area.value }; }
       },
       set,
+    };
+  }
+
+  /**
+   * A list of objects with add, remove and reorder; an item of tagged alternatives (pydantic's
+   * discriminated union, such as a declarative space's blocks) gets a menu of its tag that
+   * rebuilds its fields. Items are redrawn from their values after every move, so each field's
+   * loc (and the API's error beside it) follows its item's place in the list.
+   */
+  listWidget(s, items, loc, name, label, help, root) {
+    const tag = items.discriminator?.propertyName;
+    const kinds = tag ? Object.keys(items.discriminator.mapping) : [];
+    const itemSchema = (value) => resolve(tag ? { $ref: items.discriminator.mapping[value?.[tag]] || items.discriminator.mapping[kinds[0]] } : items, root);
+    const noun = (title(name, s).replace(/s$/, '') || 'item').toLowerCase();
+    const rows = h('div', { class: 'list-items' });
+    let entries = [];
+    const values = () => entries.map((e) => e.get());
+    const draw = (list) => {
+      for (const key of [...this.errorSlots.keys()]) if (key.startsWith(`${locKey(loc)}.`)) this.errorSlots.delete(key);
+      clear(rows);
+      entries = list.map((value, i) => {
+        const schema = itemSchema(value);
+        const kind = tag ? (value?.[tag] ?? kinds[0]) : null;
+        const fields = Object.entries(schema.properties || {}).filter(([k]) => k !== tag)
+          .map(([k, sub]) => [k, this.widget(sub, [...loc, i, k], k, { required: (schema.required || []).includes(k), root })]);
+        fields.forEach(([k, w]) => w.set(value?.[k]));
+        const move = (to) => { const list2 = values(); const [item] = list2.splice(i, 1); list2.splice(to, 0, item); draw(list2); this.onChange(); };
+        const select = tag ? h('select', { id: `f-${[...loc, i, tag].join('-')}`, name: locKey([...loc, i, tag]), 'aria-label': `${noun} ${i + 1} ${tag}`,
+          onchange: (event) => { const list2 = values(); list2[i] = { [tag]: event.target.value }; draw(list2); this.onChange(); } },
+          kinds.map((k) => h('option', { value: k }, resolve({ $ref: items.discriminator.mapping[k] }, root).title || k))) : null;
+        if (select) select.value = kind;
+        const button = (text, what, onclick, disabled = false) => h('button', { type: 'button', class: 'btn btn-ghost btn-sm', title: what, 'aria-label': `${what} ${noun} ${i + 1}`, onclick, disabled }, text);
+        rows.append(h('div', { class: 'card list-item', dataset: { loc: locKey([...loc, i]) } },
+          h('div', { class: 'row' }, h('strong', {}, `${noun[0].toUpperCase()}${noun.slice(1)} ${i + 1}`), select,
+            button('↑', 'Move up', () => move(i - 1), i === 0), button('↓', 'Move down', () => move(i + 1), i === list.length - 1),
+            button('✕', 'Remove', () => { const list2 = values(); list2.splice(i, 1); draw(list2); this.onChange(); })),
+          schema.description ? h('div', { class: 'help' }, schema.description) : null,
+          tag ? this.slot([...loc, i, tag]) : null,
+          h('div', { class: 'field-grid' }, fields.map(([, w]) => w.el)), this.slot([...loc, i])));
+        return { get: () => { const out = tag ? { [tag]: select.value } : {}; for (const [k, w] of fields) { const v = w.get(); if (v !== undefined) out[k] = v; } return out; } };
+      });
+    };
+    const add = h('button', { type: 'button', class: 'btn btn-sm', 'aria-label': `Add ${noun}`,
+      onclick: () => { if (entries.length < (s.maxItems ?? Infinity)) { draw([...values(), tag ? { [tag]: kinds[0] } : {}]); this.onChange(); } } }, `+ Add ${noun}`);
+    draw(s.default ?? []);
+    return {
+      el: h('div', { class: 'field field-list', dataset: { loc: locKey(loc) } }, label, help, rows, add, this.slot(loc)),
+      get: values,
+      set: (v) => draw(v ?? s.default ?? []),
     };
   }
 
