@@ -193,3 +193,29 @@ def test_the_latency_predictor_refuses_allocations_too_slow_for_the_target(tmp_p
         spec = JobSpec.model_validate({**job, "constraints": {"max_latency_ms": (slow * fast) ** 0.5}})
         assert "exceeds constraints.max_latency_ms" in violation(spec, planned_metrics(spec, space, random_search, dense))
         assert violation(spec, planned_metrics(spec, space, random_search, sparse)) is None
+
+
+def test_channel_pruned_layers_of_a_converted_model_shrink_into_smaller_dense_layers(
+    trained: dict[str, Any], catalog: None
+) -> None:
+    """The converted network is an fx graph, not a Sequential: its layers are linked along the graph
+    (through ReLU, max-pooling and the flatten), so whole channels gone make the next layer smaller."""
+    from nas.sparse.shrink import find_links
+
+    model_id, accuracy = trained["cnn"]
+    spec = JobSpec.model_validate(_spec(
+        model_id, space={"pattern_choices": ["dense", "channel"], "layer_sparsity_choices": [0.5]},
+        sparsifier={"name": "magnitude", "params": {"prune_at": 0.0}}, training={"epochs": 2, "batch_size": 64, "lr": 2e-3},
+    ))  # fmt: skip
+    space = registry.search_spaces.create("model_sparsity", spec.search_space.params)
+    reference = space.reference_model((1, 8, 8), 10)
+    assert [(link.producer, link.consumer) for link in find_links(reference)] == [
+        ("conv0", "conv1"), ("conv1", "fc0"), ("fc0", "out")
+    ]
+    arch = {"pattern_group0": "dense", "pattern_group1": "channel", "sparsity_group1": 0.5,
+            "pattern_group2": "channel", "sparsity_group2": 0.5, "pattern_group3": "dense"}  # fmt: skip
+    outcome = run_trial(spec, arch, Path("."), lambda epoch, metrics: None)
+    kernels = {layer["name"]: layer["kernel"] for layer in outcome.layers}
+    # conv1 and fc0 lose half their output channels, and fc0 and out the inputs that read them
+    assert kernels == {"conv0.weight": "dense", "conv1.weight": "shrunk", "fc0.weight": "shrunk", "out.weight": "shrunk"}
+    assert outcome.metrics["accuracy"] > accuracy - 0.05

@@ -78,8 +78,7 @@ def shrink_plan(model: nn.Module, row_limits: Mapping[str, int] | None = None) -
             if isinstance(consumer, nn.Conv2d) and any(pad > 0 for pad in consumer.padding):
                 # a dead unit still outputs a constant (its bias through the modules between); over a
                 # padded convolution that constant's contribution varies at the border, so it stays
-                between = [link.seq.get_submodule(name) for name in link.between]
-                remove &= ~(~live & reads & _constant_nonzero(producer, between))
+                remove &= ~(~live & reads & _constant_nonzero(producer, link.modules_between()))
             if not bool(remove.any()):
                 continue
             if bool((p_kept.rows & ~remove).sum() == 0):

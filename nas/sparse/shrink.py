@@ -1,8 +1,10 @@
 """Physically remove output units that are gone, turning a unit-pruned network into smaller dense layers.
 
-Within an ``nn.Sequential``, a producer (``Linear``/``Conv2d``) feeds a consumer of the same kind
-through channel-wise modules only (activations, BatchNorm, pooling, dropout, ``Flatten``). Unit c
-of the producer can go, with the matching input columns of the consumer, when
+Within an ``nn.Sequential``, or along a chain of an ``fx.GraphModule``'s graph (a network converted
+from ONNX), a producer (``Linear``/``Conv2d``) feeds a consumer of the same kind through
+channel-wise modules or functions only (activations, BatchNorm, pooling, dropout, ``Flatten``),
+each read by the next step alone. Unit c of the producer can go, with the matching input columns
+of the consumer, when
 
 * the consumer never reads it (its columns for c are all zero), or
 * the producer's row c is all zero, so the unit outputs a constant (its bias through the
@@ -15,10 +17,13 @@ Grouped convolutions are left as they are. The function computed does not change
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
 from nas.sparse.stats import run_hooked
 
@@ -32,14 +37,46 @@ _CHANNELWISE = (
 )  # fmt: skip
 
 
+# Functions of a graph that act on every channel alike, as the modules above do; pooling's first
+# argument after the input is its kernel size.
+_CHANNELWISE_FUNCTIONS: frozenset[Callable[..., Any]] = frozenset({
+    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
+    torch.sigmoid, torch.tanh, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, torch.flatten,
+})  # fmt: skip
+_POOLS = frozenset({F.max_pool2d, F.avg_pool2d})
+
+
 @dataclass
 class Link:
-    """``seq[producer] -> seq[between...] -> seq[consumer]``, children named within one Sequential."""
+    """``seq[producer] -> between... -> seq[consumer]``: layers named within ``seq``, a Sequential or a GraphModule.
 
-    seq: nn.Sequential
+    ``between`` names the channel-wise submodules in between (BatchNorm among them shrinks too);
+    ``steps``, for a graph, is every step in between in order, its functions as modules.
+    """
+
+    seq: nn.Module
     producer: str
     between: list[str]
     consumer: str
+    steps: list[nn.Module] | None = None
+
+    def modules_between(self) -> list[nn.Module]:
+        """What the producer's output goes through before the consumer, in order."""
+        if self.steps is not None:
+            return self.steps
+        return [self.seq.get_submodule(name) for name in self.between]
+
+
+class _Call(nn.Module):
+    """A function node of a graph as a module: what folding a dead unit's constant runs."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.kernel_size = args[0] if fn in _POOLS and args else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, *self.args, **self.kwargs)
 
 
 def shrink(model: nn.Module, input_shape: tuple[int, ...]) -> None:
@@ -51,7 +88,7 @@ def shrink(model: nn.Module, input_shape: tuple[int, ...]) -> None:
 
 def find_links(model: nn.Module) -> list[Link]:
     """Producer-consumer pairs joined by channel-wise modules only, with one ``Flatten`` iff a conv feeds a Linear."""
-    links = []
+    links = _graph_links(model) if isinstance(model, fx.GraphModule) else []
     for seq in (m for m in model.modules() if isinstance(m, nn.Sequential)):
         children = list(seq.named_children())
         for i, (name, producer) in enumerate(children):
@@ -68,6 +105,44 @@ def find_links(model: nn.Module) -> list[Link]:
             if isinstance(producer, nn.Conv2d) and (len(flattens) == 1) != isinstance(consumer, nn.Linear):
                 continue
             links.append(Link(seq, name, between, children[j][0]))
+    return links
+
+
+def _graph_links(graph_module: fx.GraphModule) -> list[Link]:
+    """The links of a graph: from each plain layer, a chain of channel-wise steps, each the only reader of the
+    one before and taking it as its first argument, up to the next plain layer."""
+    modules = dict(graph_module.named_modules())
+    links = []
+    for node in graph_module.graph.nodes:
+        if node.op != "call_module" or "." in node.target or not _plain(modules[node.target]):
+            continue
+        names: list[str] = []
+        steps: list[nn.Module] = []
+        flattens, current = 0, node
+        while len(current.users) == 1:
+            (user,) = current.users
+            rest = (*user.args[1:], *user.kwargs.values())
+            if not user.args or user.args[0] is not current or any(isinstance(a, fx.Node) for a in rest):
+                break
+            if user.op == "call_module":
+                module = modules[user.target]
+                if _plain(module) and "." not in user.target:
+                    if not isinstance(modules[node.target], nn.Conv2d) or (flattens == 1) == isinstance(module, nn.Linear):
+                        links.append(Link(graph_module, node.target, names, user.target, steps))
+                    break
+                if not _is_channelwise(module):
+                    break
+                names.append(user.target)
+                steps.append(module)
+                flattens += isinstance(module, nn.Flatten)
+            elif user.op == "call_function" and user.target in _CHANNELWISE_FUNCTIONS:
+                if user.target is torch.flatten and (tuple(user.args[1:]), user.kwargs) not in (((1,), {}), ((1, -1), {})):
+                    break
+                steps.append(_Call(user.target, tuple(user.args[1:]), dict(user.kwargs)))
+                flattens += user.target is torch.flatten
+            else:
+                break
+            current = user
     return links
 
 
@@ -98,7 +173,6 @@ def _output_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Mo
 def _shrink_link(link: Link, shapes: dict[nn.Module, torch.Size]) -> bool:
     """Remove the removable units between one producer and its consumer; whether any went."""
     producer, consumer = link.seq.get_submodule(link.producer), link.seq.get_submodule(link.consumer)
-    between = [link.seq.get_submodule(name) for name in link.between]
     if producer not in shapes or (isinstance(producer, nn.Linear) and len(shapes[producer]) != 2):
         return False  # never ran, or a Linear over a sequence, whose units are not dim 1
     units = producer.weight.shape[0]
@@ -116,7 +190,7 @@ def _shrink_link(link: Link, shapes: dict[nn.Module, torch.Size]) -> bool:
     bias = producer.bias.detach() if producer.bias is not None else torch.zeros(units)
     with torch.no_grad():
         constant = bias.view(1, units, *[1] * len(spatial)).expand(1, units, *spatial)
-        for module in between:
+        for module in link.modules_between():
             constant = module(constant)
     per_unit = constant.shape[1] // units  # 1, or h*w after a Flatten
     constant = constant.double() * _spread(remove & reads, per_unit, constant)
@@ -131,7 +205,8 @@ def _shrink_link(link: Link, shapes: dict[nn.Module, torch.Size]) -> bool:
 
     folded = contribution.flatten(2)[0, :, 0] if contribution.dim() > 2 else contribution[0]
     setattr(link.seq, link.producer, _take_outputs(producer, keep))
-    for name, module in zip(link.between, between):
+    for name in link.between:
+        module = link.seq.get_submodule(name)
         if isinstance(module, _BATCHNORMS):
             setattr(link.seq, name, _take_batchnorm(module, keep))
     columns = keep.repeat_interleave(consumer.weight.shape[1] // units)
