@@ -1,10 +1,10 @@
-"""Worker processes for CPU-heavy requests (latency prediction, ONNX export, reading an uploaded dataset).
+"""Worker processes for CPU-heavy requests (latency prediction, ONNX export, reading an uploaded dataset or model).
 
 Such work must not run on the event loop, nor in the API's thread pool, where one owner's
 requests would hold the interpreter lock and the threads every other request needs. Each API
 process keeps ``work_processes`` slots, each a one-process executor spawned on first use, at a
-lower CPU priority than the API; uploads are read in a pool of their own, so reads that take
-minutes never hold up a latency prediction. A request takes a free slot or waits for one while at most
+lower CPU priority than the API; dataset uploads and model uploads are each read in a pool of
+their own, so reads that take minutes never hold up a latency prediction. A request takes a free slot or waits for one while at most
 ``work_queue`` others wait; beyond that it answers 503 with ``Retry-After``. An owner who already
 has ``limit_expensive_requests`` requests in flight in this process gets 429 with ``Retry-After``.
 
@@ -237,7 +237,7 @@ class WorkPool:
             self._slots = [None] * len(self._slots)
 
 
-POOLS = ("work_pool", "ingest_pool")  # the app.state attributes that hold an app's pools
+POOLS = ("work_pool", "ingest_pool", "model_pool")  # the app.state attributes that hold an app's pools
 
 
 def work_pool(request: Request) -> WorkPool:
@@ -253,6 +253,13 @@ def ingest_pool(request: Request) -> WorkPool:
 def reader_pool(settings: Settings) -> WorkPool:
     """A pool for reading uploaded datasets: its processes load no PyTorch."""
     return WorkPool(settings, _init_reader, "dataset uploads")
+
+
+def model_pool(request: Request) -> WorkPool:
+    """The app's pool for checking uploaded models, made on first use: a pool of its own, since its
+    processes load PyTorch and onnxruntime (the dataset readers stay light) and a check of a large
+    model takes minutes (latency predictions are never held up by one)."""
+    return _app_pool(request, "model_pool", lambda settings: WorkPool(settings, _init_reader, "model uploads"))
 
 
 def _app_pool(request: Request, name: str, make: Callable[[Settings], WorkPool]) -> WorkPool:

@@ -3,7 +3,8 @@
 An upload streams to a temporary file under ``NAS_HOME/uploads`` exactly as a dataset's does
 (:mod:`api.routes.datasets`), hashed on the way and refused with 413 the moment it passes
 ``NAS_LIMIT_MODEL_BYTES``. Accepting it parses user bytes (onnx, onnxruntime, the converter), so
-that runs in a worker process of the uploads' pool, killed past ``NAS_INGEST_TIMEOUT_S``: the
+that runs in a worker process of a pool of its own (:func:`api.workpool.model_pool`), killed past
+``NAS_INGEST_TIMEOUT_S``: the
 checks of :func:`nas.models.summary.read_model`, then the dense network's latency on each of the
 server's targets. What is kept is the file itself, ``models/<id>/model.onnx``, which workers
 receive through Ray (:mod:`workers.models`); any refusal leaves no file and no row. The service
@@ -29,7 +30,7 @@ from api.deps import PrincipalDep, SettingsDep, StoreDep
 from api.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from api.responses import errors
 from api.routes.datasets import MAX_NAME, UPLOAD_SUFFIX, _Form, _FormReader, upload_dir
-from api.workpool import TimeLimit, WorkError, WorkerKilled, ingest_pool
+from api.workpool import TimeLimit, WorkError, WorkerKilled, model_pool
 from nas.errors import NotFound, QuotaExceeded
 from nas.safe_text import check_printable
 from nas.settings import Settings
@@ -155,7 +156,7 @@ async def upload_model(request: Request, store: StoreDep, settings: SettingsDep,
     comparison with onnxruntime); 413 past ``NAS_LIMIT_MODEL_BYTES`` or the owner's quota
     (``NAS_LIMIT_OWNER_DATASET_BYTES``, datasets and models together). A job searches it as
     ``search_space: {name: model_sparsity, params: {model_id}}``."""
-    ingest_pool(request).check_admission(principal.owner)  # an owner at the limit sends no body in vain
+    model_pool(request).check_admission(principal.owner)  # an owner at the limit sends no body in vain
     uploads = upload_dir(settings)
     await run_in_threadpool(uploads.mkdir, 0o700, True, True)
     target = uploads / f"{uuid.uuid4().hex}{UPLOAD_SUFFIX}"
@@ -184,7 +185,7 @@ async def _keep(request: Request, store: Store, settings: Settings, principal: P
     model_id = uuid.uuid4().hex
     path = model_file(settings.artifact_dir, model_id)
     try:
-        computed = await ingest_pool(request).run(
+        computed = await model_pool(request).run(
             principal.owner, read_in_worker, str(form.target),
             dataclasses.asdict(ModelLimits.from_settings(settings)),
             limit=TimeLimit(settings.ingest_timeout_s, "NAS_INGEST_TIMEOUT_S"),
