@@ -86,7 +86,8 @@ def describe(model_id: str) -> ModelDescription:
 
 
 def groups(n_layers: int, max_groups: int) -> list[range]:
-    """Layer indices per group: one group per layer, or ``max_groups`` runs of consecutive layers of nearly equal length."""
+    """Layer indices per group: one group per layer, or ``max_groups`` runs of consecutive layers of nearly
+    equal length."""
     count = min(n_layers, max_groups)
     return [range(g * n_layers // count, (g + 1) * n_layers // count) for g in range(count)]
 
@@ -104,7 +105,9 @@ class ModelSparsity(SearchSpace):
             ]},
         )
 
-        model_id: str = Field(pattern=ID_PATTERN, description="the stored model's id, as POST /api/v1/models answered it")
+        model_id: str = Field(
+            pattern=ID_PATTERN, description="the stored model's id, as POST /api/v1/models answered it"
+        )
         layer_sparsity_choices: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
             [0.5, 0.7, 0.8, 0.9, 0.95],
             min_length=1,
@@ -175,7 +178,8 @@ class ModelSparsity(SearchSpace):
         return self.arch_from(uniform_suggest(rng, self.dimensions()))
 
     def arch_from(self, suggest: Callable[[str], Any]) -> dict[str, Any]:
-        """The allocation whose keys ``suggest(key)`` gives: each group's pattern, then its sparsity if the pattern takes one."""
+        """The allocation whose keys ``suggest(key)`` gives: each group's pattern, then its sparsity if the
+        pattern takes one."""
         arch: dict[str, Any] = {}
         for g in range(len(self.groups)):
             pattern = arch[f"pattern_group{g}"] = suggest(f"pattern_group{g}")
@@ -184,7 +188,8 @@ class ModelSparsity(SearchSpace):
         return arch
 
     def dimensions(self) -> dict[str, optuna.distributions.BaseDistribution]:
-        """A pattern per group (those its layers can take) and a sparsity, which applies to unstructured and channel groups."""
+        """A pattern per group (those its layers can take) and a sparsity, which applies to unstructured and
+        channel groups."""
         from optuna.distributions import CategoricalDistribution
 
         dims: dict[str, optuna.distributions.BaseDistribution] = {}
@@ -196,7 +201,8 @@ class ModelSparsity(SearchSpace):
     # --- the network ---------------------------------------------------------------------------
 
     def build(self, arch: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
-        """The uploaded model with its pretrained weights (a fresh copy), once ``arch`` and the data's shape are checked."""
+        """The uploaded model with its pretrained weights (a fresh copy), once ``arch`` and the data's shape
+        are checked."""
         self._parse(arch)
         return self.reference_model(input_shape, num_classes)
 
@@ -228,7 +234,9 @@ class ModelSparsity(SearchSpace):
     def weight_specs(self, input_shape: tuple[int, ...], num_classes: int) -> list[WeightSpec]:
         """The model's prunable weights; a ``ValueError`` saying both shapes when the data does not fit the model."""
         self._check_shape(input_shape, num_classes)
-        return [WeightSpec(layer.name, layer.kind, frozenset({layer.fan_in}), layer.kernel_area) for layer in self.model.layers]
+        return [
+            WeightSpec(layer.name, layer.kind, frozenset({layer.fan_in}), layer.kernel_area) for layer in self.model.layers
+        ]
 
     def max_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:
         """The model's parameters: every architecture is the same network."""

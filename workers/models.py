@@ -51,7 +51,9 @@ def deliver(store: Store, settings: Settings, job_id: str, space: SearchSpace) -
     data = model_file(settings.artifact_dir, model_id).read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
     if sha256 != record.sha256:
-        raise ValueError(f"model {model_id}'s stored file is not the one uploaded (sha256 {sha256}, recorded {record.sha256})")
+        raise ValueError(
+            f"model {model_id}'s stored file is not the one uploaded (sha256 {sha256}, recorded {record.sha256})"
+        )
     held = ray.put(data)
     del data
     name = f"nas-model-{job_id}-{uuid.uuid4().hex[:8]}"

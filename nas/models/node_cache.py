@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 
 class NodeModelCatalog(ModelCatalog):
-    """The models delivered to this node: their records as the job's delivery carried them, their ONNX in ``cache_dir``."""
+    """The models delivered to this node: their records as the job's delivery carried them, their ONNX files
+    in ``cache_dir``."""
 
     def __init__(self, cache_dir: Path, records: dict[str, ModelRecord]) -> None:
         self.cache_dir = cache_dir
