@@ -8,6 +8,7 @@ The store's model methods run on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import hashlib
+import io
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from onnx import helper
 from sqlalchemy import func, select
@@ -36,6 +38,7 @@ from tests.sdk_server import serve
 
 URL = f"{API_PREFIX}/models"
 MODEL_LIMIT = 256 * 1024
+QUOTA = 128 * 1024  # of each owner's datasets and models together
 
 
 BAD_UPLOADS: dict[str, tuple[bytes, str]] = {
@@ -80,9 +83,9 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     home = tmp_path_factory.mktemp("models-api")
-    server = serve(home, limit_model_bytes=MODEL_LIMIT, auth_failures_per_minute=10**6)
+    server = serve(home, limit_model_bytes=MODEL_LIMIT, limit_owner_dataset_bytes=QUOTA, auth_failures_per_minute=10**6)
     running = next(server)
-    keys = {owner: running.store.create_api_key(owner) for owner in ("alice", "bob", "dave")}
+    keys = {owner: running.store.create_api_key(owner) for owner in ("alice", "bob", "dave", "erin")}
     keys["root"] = running.store.create_api_key("root", is_admin=True)
     with httpx.Client(base_url=running.url, timeout=120) as client:
         yield Live(client, running.store, running.settings, keys)
@@ -175,6 +178,20 @@ def test_an_upload_over_the_limit_is_413_and_leaves_nothing(live: Live) -> None:
     assert live.left() == before
 
 
+def test_models_count_towards_the_owner_quota_with_datasets(live: Live, cnn_file: bytes) -> None:
+    rng = np.random.default_rng(0)
+    arrays = io.BytesIO()
+    np.savez(arrays, x=rng.normal(size=(2400, 10)).astype(np.float32), y=np.arange(2400) % 2)
+    dataset = live.client.post(f"{API_PREFIX}/datasets", files={"file": ("rows.npz", arrays.getvalue())},
+                               headers=live.headers("erin"))  # fmt: skip
+    assert dataset.status_code == 201, dataset.text
+    assert QUOTA - len(cnn_file) < dataset.json()["stored_bytes"] < QUOTA
+    before = live.left()
+    over = live.upload("erin", "cnn.onnx", cnn_file)
+    assert over.status_code == 413 and "NAS_LIMIT_OWNER_DATASET_BYTES" in over.json()["detail"], over.text
+    assert live.left() == before
+
+
 @pytest.mark.parametrize(
     ("files", "field", "words"),
     [
@@ -225,6 +242,10 @@ def test_another_owner_meets_404_everywhere_and_cannot_search_it(live: Live) -> 
         assert loc == ["body", "search_space", "params", "model_id"] and model_id in message
         answers.append(message.replace(model_id, "ID"))
     assert answers[0] == answers[1]
+    predict = {"architecture": {"search_space": {"name": "model_sparsity", "params": {"model_id": model["id"]}},
+                                "arch": {}, "dataset": {"name": "digits", "params": {}}}}  # fmt: skip
+    loc, message = refusal(live.client.post(f"{API_PREFIX}/latency/predict", json=predict, headers=live.headers("bob")))
+    assert loc == ["body", "architecture", "search_space", "params", "model_id"] and model["id"] in message
     assert live.left() == before
     for owner in ("alice", "root"):  # alice (and an admin) still reach it
         assert live.client.get(f"{URL}/{model['id']}", headers=live.headers(owner)).status_code == 200
