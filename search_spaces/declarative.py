@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 Shape = tuple[int, ...]
 Loc = tuple[str | int, ...]
 MAX_CHOICES = 16  # entries of one choice list: a block's choices multiply when its shapes are walked
+MAX_WALK = 20_000  # (input shape, choices) pairs walked per check (about 0.2 s), so a spec cannot buy unbounded work
 Width = Annotated[int, Field(ge=1, le=4096)]
 Kernel = Annotated[int, Field(ge=1, le=11)]
 Stride = Annotated[int, Field(ge=1, le=8)]
@@ -377,6 +378,16 @@ class DeclarativeSpace(SearchSpace):
 
     params: Params
 
+    def __init__(self, params: BaseModel) -> None:
+        super().__init__(params)
+        self._walks: dict[tuple[str, tuple[int, ...], int], Any] = {}  # each walk over the shapes, once per input
+
+    def _once(self, what: str, input_shape: tuple[int, ...], num_classes: int, walk: Callable[[], Any]) -> Any:
+        key = (what, tuple(input_shape), num_classes)
+        if key not in self._walks:
+            self._walks[key] = walk()
+        return self._walks[key]
+
     # --- sampling ------------------------------------------------------------------------------
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
@@ -421,17 +432,25 @@ class DeclarativeSpace(SearchSpace):
     # --- checking against the data -------------------------------------------------------------
 
     def fit_problems(self, input_shape: tuple[int, ...], num_classes: int) -> list[tuple[Loc, str]]:
-        """Where in the params some choice cannot build on inputs of ``input_shape``: at most one problem per block.
+        """Where in the params some choice cannot build on inputs of ``input_shape``: the first such field.
 
         Walks every shape every earlier choice can give into each block, so a stride, a pool, a
         block kind or an N:M pattern that fails for any reachable input is named at its field.
         """
+        return list(self._once("fit", input_shape, num_classes, lambda: self._walk_fit(input_shape, num_classes)))
+
+    def _walk_fit(self, input_shape: tuple[int, ...], num_classes: int) -> list[tuple[Loc, str]]:
         problems: list[tuple[Loc, str]] = []
         shapes = {tuple(input_shape)}
         if not 1 <= len(input_shape) <= 3:
             return [(("blocks", 0, "kind"), f"inputs of shape {tuple(input_shape)} are neither a table, a sequence nor an image")]
+        walked = 0
         for i, block in enumerate(self.params.blocks):
             outputs: set[Shape] = set(shapes) if block.optional else set()
+            walked += len(shapes) * len(_structures(block))
+            if walked > MAX_WALK:
+                return [(("blocks", i), f"the choices up to this block give more than {MAX_WALK} combinations of "
+                                        f"input shape and choice to check; offer fewer choices")]  # fmt: skip
             try:
                 for shape in sorted(shapes):
                     for c in _structures(block):
@@ -584,11 +603,13 @@ class DeclarativeSpace(SearchSpace):
     # --- internals -----------------------------------------------------------------------------
 
     def _counts(self, input_shape: tuple[int, ...], num_classes: int, stop: bool = False) -> list[tuple[int, int]]:
-        """(fewest, most) parameters after each block and, last, with the classifier (unless ``stop``).
+        """(fewest, most) parameters after each block and, last, with the classifier (unless ``stop``)."""
+        counts = self._once("counts", input_shape, num_classes, lambda: self._walk_counts(input_shape, num_classes))
+        return counts[:-1] if stop else counts
 
-        Exact: a block's count depends only on its input shape and its own choices, so it keeps,
-        per reachable shape, the fewest and most parameters of the blocks before it.
-        """
+    def _walk_counts(self, input_shape: tuple[int, ...], num_classes: int) -> list[tuple[int, int]]:
+        """Exact: a block's count depends only on its input shape and its own choices, so the walk keeps,
+        per reachable shape, the fewest and most parameters of the blocks before it."""
         self._refuse_unfit(input_shape, num_classes)
         bounds: dict[Shape, tuple[int, int]] = {tuple(input_shape): (0, 0)}
         out = []
@@ -601,9 +622,8 @@ class DeclarativeSpace(SearchSpace):
                     after[step.shape] = (min(old[0], low + step.params), max(old[1], high + step.params))
             bounds = after
             out.append((min(b[0] for b in bounds.values()), max(b[1] for b in bounds.values())))
-        if not stop:
-            totals = [(low + (_prod(s) + 1) * num_classes, high + (_prod(s) + 1) * num_classes) for s, (low, high) in bounds.items()]
-            out.append((min(t[0] for t in totals), max(t[1] for t in totals)))
+        totals = [(low + (_prod(s) + 1) * num_classes, high + (_prod(s) + 1) * num_classes) for s, (low, high) in bounds.items()]
+        out.append((min(t[0] for t in totals), max(t[1] for t in totals)))
         return out
 
     def _refuse_unfit(self, input_shape: tuple[int, ...], num_classes: int) -> None:

@@ -134,6 +134,8 @@ def _submit(client: httpx.Client, blocks: list[dict[str, Any]], dataset: dict[st
                      IMAGES, ["blocks", 1, "widths"], f"this server allows {LIMIT_PARAMS}", id="params-over-the-limit-conv"),
         pytest.param([{"kind": "conv", "widths": [2048]}], IMAGES,
                      ["blocks", 0], f"this server allows {LIMIT_PARAMS}", id="params-over-the-limit-classifier"),
+        pytest.param([{"kind": "conv", "widths": list(range(1, 17)), "kernels": [1, 3, 5, 7, 9, 11], "strides": [1, 2]}] * 4,
+                     IMAGES, ["blocks", 3], "more than 20000 combinations", id="too-many-combinations"),
     ],
 )  # fmt: skip
 def test_a_space_that_cannot_build_is_refused_at_its_field_and_leaves_no_job(
