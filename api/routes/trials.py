@@ -145,4 +145,5 @@ def export_in_worker(
         return export_trial(Path(path).read_bytes(), layers, about)
     except (ExportError, ValueError, KeyError) as exc:
         log.exception("export of trial %s failed", trial_id)
-        return WorkError(status.HTTP_500_INTERNAL_SERVER_ERROR, f"export of trial {trial_id} failed: {exc}")
+        detail = f"ONNX export of trial {trial_id} failed (its ONNX, inference and report files are made together): {exc}"
+        return WorkError(status.HTTP_500_INTERNAL_SERVER_ERROR, detail)
