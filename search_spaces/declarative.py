@@ -26,6 +26,7 @@ other keys, so equal networks have equal dicts. Importing this module imports ne
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -73,7 +74,6 @@ class _Block(BaseModel):
     model_config = ConfigDict(extra="forbid")
     structure: ClassVar[tuple[str, ...]] = ()  # arch keys that change the block's shape or size
     styling: ClassVar[tuple[str, ...]] = ()  # arch keys that change neither
-    prunable: ClassVar[bool] = True
 
     optional: bool = Field(False, description="the block may be left out: each architecture draws whether it is present")
 
@@ -98,6 +98,8 @@ class _Block(BaseModel):
 
 
 class _Prunable(_Block):
+    """A block with weights: the sparsities and patterns they may take (one draw per block, for all of them)."""
+
     sparsity: list[Sparsity] | None = Field(
         None, min_length=1, max_length=MAX_CHOICES,
         description="sparsities the block's unstructured or channel weights may get; null leaves them to the sparsifier's target",
@@ -175,7 +177,6 @@ class PoolBlock(_Block):
 
     model_config = ConfigDict(title="Pooling")
     structure = ("op", "size")
-    prunable = False
     kind: Literal["pool"] = "pool"
     ops: list[Literal["max", "avg", "global_avg"]] = _choices(["max"], "'max', 'avg', or 'global_avg' (one value per channel, flat)")
     sizes: list[Annotated[int, Field(ge=2, le=8)]] = _choices([2], "window sizes, which are also the strides (global_avg ignores them)")
@@ -185,7 +186,6 @@ class FlattenBlock(_Block):
     """Flattens a map or a sequence into features, which linear blocks need."""
 
     model_config = ConfigDict(title="Flatten")
-    prunable = False
     kind: Literal["flatten"] = "flatten"
 
 
@@ -251,7 +251,7 @@ def _describe(shape: Shape) -> str:
     return f"{shape[0]} flat features"
 
 
-def _apply(i: int, block: _Block, shape: Shape, c: dict[str, Any], num_classes: int) -> _Step:
+def _apply(i: int, block: _Block, shape: Shape, c: dict[str, Any]) -> _Step:
     """What block ``i`` with choices ``c`` makes of ``shape``; :class:`Unfit` at the field that cannot build."""
     kind = block.kind  # type: ignore[attr-defined]
     here = ("blocks", i)
@@ -266,7 +266,7 @@ def _apply(i: int, block: _Block, shape: Shape, c: dict[str, Any], num_classes: 
         raise Unfit((*here, "kind"), f"a recurrent block reads a sequence, or a map row by row, but gets {_describe(shape)}, "
                                      f"which have no steps")  # fmt: skip
     if kind == "flatten":
-        return _Step((_prod(shape),), 0, ())
+        return _Step((math.prod(shape),), 0, ())
     if kind == "linear":
         width = c["width"]
         return _Step((width,), (shape[0] + 1) * width, (_Weight("fc.weight", "linear", shape[0]),))
@@ -304,13 +304,6 @@ def _apply(i: int, block: _Block, shape: Shape, c: dict[str, Any], num_classes: 
     weights += [_Weight("body.depthwise.weight", "conv2d", 1, area, grouped=True), _Weight("body.project.weight", "conv2d", hidden)]
     params = (channels * hidden + 2 * hidden if expand != 1 else 0) + hidden * area + 2 * hidden + hidden * out + 2 * out
     return _Step((out, *out_hw), params, tuple(weights))
-
-
-def _prod(shape: Shape) -> int:
-    total = 1
-    for s in shape:
-        total *= s
-    return total
 
 
 def _structures(block: _Block) -> list[dict[str, Any]]:
@@ -454,7 +447,7 @@ class DeclarativeSpace(SearchSpace):
             try:
                 for shape in sorted(shapes):
                     for c in _structures(block):
-                        step = _apply(i, block, shape, c, num_classes)
+                        step = _apply(i, block, shape, c)
                         self._check_patterns(i, block, step.weights)
                         outputs.add(step.shape)
             except Unfit as exc:
@@ -502,7 +495,7 @@ class DeclarativeSpace(SearchSpace):
             if not a.present[i]:
                 continue
             c = a.choices[i]
-            step = _apply(i, block, shape, c, num_classes)
+            step = _apply(i, block, shape, c)
             kind = block.kind  # type: ignore[attr-defined]
             module: nn.Module
             if kind == "conv":
@@ -531,7 +524,7 @@ class DeclarativeSpace(SearchSpace):
                 module = RecurrentEncoder(c["cell"], features, c["width"], 1, c["bidirectional"])
             modules.append((f"block{i}", module))
             shape = step.shape
-        modules += [("flatten", nn.Flatten()), ("out", nn.Linear(_prod(shape), num_classes))]
+        modules += [("flatten", nn.Flatten()), ("out", nn.Linear(math.prod(shape), num_classes))]
         return nn.Sequential(OrderedDict(modules))
 
     def layer_sparsity(self, arch: dict[str, Any]) -> dict[str, float] | None:
@@ -571,13 +564,13 @@ class DeclarativeSpace(SearchSpace):
             outputs: set[Shape] = set(shapes) if block.optional else set()
             for shape in shapes:
                 for c in _structures(block):
-                    step = _apply(i, block, shape, c, num_classes)
+                    step = _apply(i, block, shape, c)
                     outputs.add(step.shape)
                     for w in step.weights:
                         kind, fan_ins, area = found.get(f"block{i}.{w.name}", (w.kind, set(), 1))
                         found[f"block{i}.{w.name}"] = (kind, fan_ins | {w.fan_in}, max(area, w.kernel))
             shapes = outputs
-        found["out.weight"] = ("linear", {_prod(s) for s in shapes}, 1)
+        found["out.weight"] = ("linear", {math.prod(s) for s in shapes}, 1)
         return [WeightSpec(name, kind, frozenset(fan_ins), area) for name, (kind, fan_ins, area) in found.items()]
 
     def count_params(self, arch: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> int:
@@ -586,9 +579,9 @@ class DeclarativeSpace(SearchSpace):
         shape, total = tuple(input_shape), 0
         for i, block in enumerate(self.params.blocks):
             if a.present[i]:
-                step = _apply(i, block, shape, a.choices[i], num_classes)
+                step = _apply(i, block, shape, a.choices[i])
                 shape, total = step.shape, total + step.params
-        return total + (_prod(shape) + 1) * num_classes
+        return total + (math.prod(shape) + 1) * num_classes
 
     def max_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:
         """The most parameters any architecture has, over every shape each block's choices can give."""
@@ -617,12 +610,12 @@ class DeclarativeSpace(SearchSpace):
             after: dict[Shape, tuple[int, int]] = dict(bounds) if block.optional else {}
             for shape, (low, high) in bounds.items():
                 for c in _structures(block):
-                    step = _apply(i, block, shape, c, num_classes)
+                    step = _apply(i, block, shape, c)
                     old = after.get(step.shape, (low + step.params, high + step.params))
                     after[step.shape] = (min(old[0], low + step.params), max(old[1], high + step.params))
             bounds = after
             out.append((min(b[0] for b in bounds.values()), max(b[1] for b in bounds.values())))
-        totals = [(low + (_prod(s) + 1) * num_classes, high + (_prod(s) + 1) * num_classes) for s, (low, high) in bounds.items()]
+        totals = [(low + (math.prod(s) + 1) * num_classes, high + (math.prod(s) + 1) * num_classes) for s, (low, high) in bounds.items()]
         out.append((min(t[0] for t in totals), max(t[1] for t in totals)))
         return out
 
@@ -642,7 +635,7 @@ class DeclarativeSpace(SearchSpace):
                 continue
             c, pattern = a.choices[i], a.patterns[i] or "unstructured"
             stand_in = (8, 8, 8) if block.kind != "linear" else (8,)  # type: ignore[attr-defined]
-            for w in _apply(i, block, stand_in, {**c, "stride": 1}, 1).weights:
+            for w in _apply(i, block, stand_in, {**c, "stride": 1}).weights:
                 grouped_nm = w.grouped and parse_pattern(pattern) is not None
                 yield i, f"block{i}.{w.name}", "dense" if grouped_nm else pattern, a.sparsity[i]
 
