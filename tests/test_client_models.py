@@ -83,6 +83,21 @@ def test_another_owners_model_is_not_found_and_a_searched_one_stays(client: Clie
     client.delete_model(model.id)
 
 
+def test_an_upload_is_safe_to_repeat(client: Client, server: Server, tmp_path: Path) -> None:
+    path = onnx_file(tmp_path / "repeated.onnx", seed=4)
+    sent: list[int] = []
+    server.faults.arm(1, status=502, method="POST", after=True)  # stored, but the answer was lost
+    model = client.upload_model(path, progress=lambda done, total: sent.append(done))
+    assert server.faults.seen == ["POST /api/v1/models"] * 2
+    assert sent == [0, path.stat().st_size] * 2  # sent whole twice
+    assert [m.id for m in client.models()] == [model.id]  # and stored once
+
+    server.faults.arm(1, status=502, method="DELETE", after=True)  # deleted, but the answer was lost
+    client.delete_model(model.id)
+    assert server.faults.seen == [f"DELETE /api/v1/models/{model.id}"] * 2
+    assert list(client.models()) == []
+
+
 def test_async_client(server: Server, key: str, owner: str, tmp_path: Path) -> None:
     path = onnx_file(tmp_path / "async.onnx", seed=3)
 
