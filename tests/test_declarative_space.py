@@ -1,6 +1,6 @@
 """The declarative space: networks a job spec describes block by block build on images, sequences and
 tables; every space that cannot build is refused through the live API with a 422 at the exact field of
-its params and leaves no job behind; short random and TPE searches train its networks."""
+its params and leaves no job behind; short random, TPE and NSGA-II searches train its networks."""
 
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ def test_a_space_that_builds_is_accepted_and_stored_with_its_defaults(live: tupl
 # -- short searches ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", ["random", "tpe"])
+@pytest.mark.parametrize("strategy", ["random", "tpe", "nsga2"])
 def test_a_short_search_trains_declared_networks(strategy: str, tmp_path: Path, torch_single_thread: None) -> None:
     spec = JobSpec.model_validate({
         "search_space": {"name": "declarative", "params": {"blocks": [
