@@ -1,8 +1,9 @@
 """One trial on a worker: train an architecture under a sparsifier, then measure and serialise it.
 
-:func:`end_trial` is the one way a trial ends, for every strategy that trains: it evaluates the
-trained model, converts it to the sparse inference model, measures both, and returns the
-:class:`TrialOutcome` (metrics as :mod:`nas.metrics` defines them, layer report, saved model).
+:func:`end_trial` is the one way a trial ends, for every strategy that trains: it re-estimates the
+BatchNorm statistics under the final masks, evaluates the trained model, reports the last epoch
+with that evaluation, converts the model to the sparse inference model, measures both, and returns
+the :class:`TrialOutcome` (metrics as :mod:`nas.metrics` defines them, layer report, saved model).
 The helpers every trainer shares live here too: the dataset as tensors (:func:`load_data`), the
 trial seed, the weight optimizer and the BatchNorm recalibration.
 """
@@ -35,6 +36,13 @@ from nas.sparse.stats import layer_report, model_stats, weight_densities, weight
 from nas.specs import JobSpec, TrainingSpec
 
 _EVAL_BATCH = 1024
+CALIBRATION_BATCHES = 20
+"""Training batches (of the job's ``training.batch_size``) that re-estimate BatchNorm statistics at a
+trial's end. Once-for-All and SuperTickets recalibrate on a couple of thousand images; 20 batches of
+the default 128 are 2,560, enough for stable means and variances and cheap next to an epoch. A fixed
+constant, not a job setting: no job gains from fewer, and more only costs time."""
+
+Report = Callable[[int, dict[str, float]], None]
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +62,7 @@ def run_trial(
     spec: JobSpec,
     arch: dict[str, Any],
     data_dir: Path,
-    report: Callable[[int, dict[str, float]], None],
+    report: Report,
     layer_sparsity: dict[str, float] | None = None,
 ) -> TrialOutcome:
     """Train ``arch`` as ``spec`` says, calling ``report(epoch, metrics)`` after every (1-based) epoch.
@@ -63,7 +71,8 @@ def run_trial(
     ``epoch_time_s`` (training plus evaluation), ``density:<weight name>`` for every prunable
     weight and the sparsifier's ``epoch_metrics``. ``layer_sparsity`` (weight name -> sparsity)
     replaces the space's per-layer targets, e.g. for a control trial at another trial's densities.
-    An exception raised by ``report`` (early
+    The last epoch is reported by :func:`end_trial`, with the
+    final evaluation (BatchNorm recalibrated). An exception raised by ``report`` (early
     stopping, cancellation) stops the trial. Torch's thread count is left to the caller, and the
     result is deterministic for a given spec seed and architecture when torch runs single-threaded.
     """
@@ -83,6 +92,7 @@ def run_trial(
 
     shuffle = torch.Generator().manual_seed(seed)
     step, train_time = 0, 0.0
+    last = LastEpoch(report, epochs)
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         model.train()
@@ -98,14 +108,43 @@ def run_trial(
             loss_sum += loss.item() * len(batch)
         sparsifier.on_epoch_end(model, epoch)
         if epoch == epochs:
-            sparsifier.finalize(model)  # before the last evaluation, so the final metrics are of the final masks
-        metrics = epoch_metrics(model, data, loss_sum / len(x_train))
+            sparsifier.finalize(model)  # the masks are final; end_trial recalibrates and evaluates
+            metrics = {"train_loss": loss_sum / len(x_train)}
+        else:
+            metrics = epoch_metrics(model, data, loss_sum / len(x_train))
         metrics["epoch_time_s"] = epoch_time = time.perf_counter() - start
         train_time += epoch_time
-        report(epoch, {**metrics, **sparsifier.epoch_metrics(model)})
-    return end_trial(
-        model, spec, data, arch, train_time, sparsifier=sparsifier, evaluation=(metrics["loss"], metrics["accuracy"])
-    )
+        last(epoch, {**metrics, **sparsifier.epoch_metrics(model)})
+    return end_trial(model, spec, data, arch, train_time, sparsifier=sparsifier, last_epoch=last)
+
+
+class LastEpoch:
+    """A trainer's per-epoch ``report``, holding back the last epoch (number ``last``) for :func:`end_trial`.
+
+    Every earlier epoch is forwarded as it comes. The last one is sent by ``end_trial`` once the
+    BatchNorm statistics are recalibrated, with the final evaluation in place of the trainer's, so a
+    trial's last reported epoch and its final metrics are the same model's; a trainer may therefore
+    skip evaluating its last epoch.
+    """
+
+    def __init__(self, report: Report, last: int) -> None:
+        self._report, self.last = report, last
+        self._held: tuple[int, dict[str, float]] | None = None
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch >= self.last:
+            self._held = (epoch, metrics)
+        else:
+            self._report(epoch, metrics)
+
+    def release(self, evaluation: dict[str, float], seconds: float) -> None:
+        """Report the held epoch with ``evaluation`` over the trainer's, ``seconds`` added to its time."""
+        if self._held is None:
+            return
+        epoch, metrics = self._held
+        self._held = None
+        time_s = metrics.get("epoch_time_s", 0.0) + seconds
+        self._report(epoch, {**metrics, **evaluation, "epoch_time_s": time_s})
 
 
 def end_trial(
@@ -116,26 +155,38 @@ def end_trial(
     train_time: float,
     *,
     sparsifier: Sparsifier | None = None,
-    evaluation: tuple[float, float] | None = None,
-    extra_metrics: dict[str, float] | None = None,
+    last_epoch: LastEpoch | None = None,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
     extra_metadata: dict[str, str] | None = None,
     outputs: dict[str, Any] | None = None,
 ) -> TrialOutcome:
     """The trial's :class:`TrialOutcome` from its trained model; every strategy's trials end here.
 
-    ``model`` must be final: masks fixed (the sparsifier's ``finalize`` ran) and BatchNorm
-    statistics recalibrated where the strategy needs it (:func:`recalibrate_batchnorm`).
-    ``evaluation`` is ``(test loss, accuracy)`` when the caller just evaluated this very model;
-    otherwise it is evaluated here. The model is then converted to the sparse inference model
-    (CSR or shrunk layers where they measure faster; the same function), and both are measured:
-    the latency metrics are those :mod:`nas.metrics` defines (``latency_ms`` is the per-call 10th
-    percentile of the inference model). ``arch`` is the search-space architecture the saved model
-    rebuilds from (:func:`load_trained_model`); ``extra_metrics`` (e.g. ``val_accuracy``),
-    ``extra_metadata`` (strings in the saved model) and ``outputs`` (``Trial.outputs``) are the
-    strategy's own.
+    ``model``'s masks must be final (the sparsifier's ``finalize`` ran). Its BatchNorm statistics
+    are then re-estimated here on :data:`CALIBRATION_BATCHES` training batches, no weight updated
+    (pruning moved every activation under the running averages, and a network pruned without it
+    loses accuracy for nothing), and it is evaluated on ``validation`` (``val_accuracy``, where the
+    strategy holds such a split) and on the test split; ``last_epoch`` reports the held last epoch
+    with that evaluation. The model is then converted to the sparse inference model (CSR or shrunk
+    layers where they measure faster; the same function), and both are measured: the latency
+    metrics are those :mod:`nas.metrics` defines (``latency_ms`` is the per-call 10th percentile of
+    the inference model). ``arch`` is the search-space architecture the saved model rebuilds from
+    (:func:`load_trained_model`); ``extra_metadata`` (strings in the saved model) and ``outputs``
+    (``Trial.outputs``) are the strategy's own.
     """
+    start = time.perf_counter()
+    recalibrate_batchnorm(model, data.x_train, spec.training.batch_size, CALIBRATION_BATCHES, trial_seed(spec, arch))
     model.eval()
-    test_loss, accuracy = evaluation if evaluation is not None else evaluate(model, data.x_test, data.y_test)
+    evaluation: dict[str, float] = {}
+    if validation is not None:
+        evaluation["val_accuracy"] = evaluate(model, *validation)[1]
+    test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
+    evaluation.update(loss=test_loss, accuracy=accuracy, sparsity=weight_sparsity(model))
+    evaluation.update({f"density:{name}": density for name, density in weight_densities(model).items()})
+    seconds = time.perf_counter() - start
+    train_time += seconds
+    if last_epoch is not None:
+        last_epoch.release(evaluation, seconds)
     inference, decisions = to_inference(model, data.input_shape, batch_size=1, target=spec.target)
     kernels = {decision["name"]: decision["kernel"] for decision in decisions}
     latency = measure(inference, data.input_shape, target=spec.target, batch_size=1)
@@ -145,7 +196,7 @@ def end_trial(
         **model_stats(model, data.input_shape),
         "accuracy": accuracy,
         "loss": test_loss,
-        **(extra_metrics or {}),
+        **({"val_accuracy": evaluation["val_accuracy"]} if validation is not None else {}),
         "latency_ms": latency["p10_ms"],
         "latency_median_ms": latency["median_ms"],
         "latency_iqr_ms": latency["iqr_ms"],
@@ -286,7 +337,8 @@ def recalibrate_batchnorm(
     percent can leave a variance that has decayed towards zero, blowing evaluation up. Each
     statistic becomes the plain average over ``batches`` batches drawn by ``seed`` (Once-for-All's
     recalibration), or over every batch of ``x`` when ``batches`` is None. Weights stay untouched and
-    the model keeps its train/eval mode.
+    the model keeps its train/eval mode. Random layers (dropout) draw from ``seed`` too, leaving the
+    global generator as it was, so the same call gives the same statistics.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms or batches == 0:
@@ -302,8 +354,10 @@ def recalibrate_batchnorm(
     else:
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         chunks = tuple(x[batch] for batch in order.split(batch_size)[:batches])
-    for xb in chunks:
-        model(xb)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for xb in chunks:
+            model(xb)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)

@@ -36,6 +36,7 @@ from nas.sparse.masks import harden_mask, prunable_weights, raw_weight
 from nas.sparse.stats import weight_sparsity
 from nas.specs import JobSpec, TrainingSpec
 from nas.training import (
+    LastEpoch,
     TrialOutcome,
     end_trial,
     evaluate,
@@ -260,7 +261,8 @@ def run_search_trial(
     if not isinstance(model, Supernet):
         raise ValueError(f"a DASS search trial needs a supernet arch (kind: supernet), got kind {arch.get('kind')!r}")
     data = Data.split(tensors.x_train, tensors.y_train, tensors.x_test, tensors.y_test, val_fraction, seed)
-    result = search(model, data, options, spec.training, seed, report)
+    last = LastEpoch(report, options.pretrain_epochs + options.prune_epochs + options.finetune_epochs)
+    result = search(model, data, options, spec.training, seed, last)
     with torch.no_grad():
         alphas = {
             "normal": F.softmax(model.alphas_normal, dim=-1).tolist(),
@@ -278,7 +280,7 @@ def run_search_trial(
         tensors,
         arch,
         result.train_time_s,
-        evaluation=(result.loss, result.accuracy),
-        extra_metrics={"val_accuracy": result.val_accuracy},
+        last_epoch=last,
+        validation=(data.x_val, data.y_val),
         outputs=outputs,
     )

@@ -70,8 +70,10 @@ class SuperTickets(Strategy):
             2, ge=0, le=1000, description="fine-tuning epochs of the retrained tickets; 0: tickets are only evaluated as cut"
         )
         calibration_batches: int = Field(
-            20, ge=0, le=10000, description="training batches that re-estimate a ticket's BatchNorm statistics before use"
-        )
+            20, ge=0, le=10000,
+            description="training batches that re-estimate the supernet's BatchNorm statistics before its last ticket "
+            "is cut (every trial's end re-estimates its own on nas.training.CALIBRATION_BATCHES batches)",
+        )  # fmt: skip
 
         @field_validator("targets")
         @classmethod
@@ -217,7 +219,6 @@ class SuperTickets(Strategy):
                 cls.space_arch(arch),
                 float(arch[SPARSITY_KEY]),
                 p.retrain_epochs if kind == RETRAIN else 0,
-                p.calibration_batches,
                 data_dir,
                 report,
                 parent_model,

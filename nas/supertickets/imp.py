@@ -11,6 +11,7 @@ safetensors string under ``lottery_rewind``), so the saved model stays a plain `
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from nas.sparse.serialization import load_model, read_metadata
 from nas.sparse.stats import weight_sparsity
 from nas.specs import JobSpec
 from nas.supertickets.train import Report, build_space, decode_tensors, encode_tensors, train
-from nas.training import TrialOutcome, end_trial, load_data, trial_seed, weight_optimizer
+from nas.training import LastEpoch, TrialOutcome, end_trial, load_data, trial_seed, weight_optimizer
 
 REWIND_KEY = "lottery_rewind"
 ROUND_KEY = "lottery"
@@ -92,13 +93,15 @@ def run_round(
         max_steps = total_steps - plan.rewind_step  # rewound to step k: train the remaining T - k steps
 
     optimizer = weight_optimizer(model.parameters(), spec.training)
+    steps = total_steps if max_steps is None else max_steps
+    last = LastEpoch(report, min(spec.training.epochs, math.ceil(steps / data.steps_per_epoch(spec.training.batch_size))))
     train_time, _ = train(
         model,
         optimizer,
         data,
         spec,
         trial_seed(spec, {"lottery_seed": plan.seed, "arch": space_arch, "round": plan.round}),
-        report,
+        last,
         spec.training.epochs,
         max_steps=max_steps,
         after_step=save_rewind_point,
@@ -111,6 +114,7 @@ def run_round(
         data,
         space_arch,
         train_time,
+        last_epoch=last,
         extra_metadata={REWIND_KEY: encode_tensors(rewind), ROUND_KEY: json.dumps(info, sort_keys=True)},
         outputs={**info, "sparsity": weight_sparsity(model), "densities": _densities(model)},
     )

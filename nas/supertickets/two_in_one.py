@@ -46,9 +46,9 @@ from nas.supertickets.schedule import rho_at, schedule
 from nas.supertickets.train import Report, build_space, decode_bytes, encode_bytes, train
 from nas.training import (
     Data,
+    LastEpoch,
     TrialOutcome,
     end_trial,
-    epoch_metrics,
     load_data,
     recalibrate_batchnorm,
     trial_seed,
@@ -297,7 +297,8 @@ def train_supernet(spec: JobSpec, settings: Settings, data_dir: Path, report: Re
     """The supernet trial: two-in-one training, then the tickets; returns its ``TrialOutcome``."""
     data = load_data(spec, data_dir)
     space = build_space(spec)
-    result = two_in_one(space, data, spec, settings, report, trial_seed(spec, {"supertickets": "supernet"}))
+    last = LastEpoch(report, spec.training.epochs)
+    result = two_in_one(space, data, spec, settings, last, trial_seed(spec, {"supertickets": "supernet"}))
     blobs = {ticket_key(level): encode_bytes(save_model(model, {})) for level, model in result.ticket_models.items()}
     outputs = {"tickets": result.tickets, "schedule": result.schedule, "supernet_arch": space.largest()}
     return end_trial(
@@ -306,23 +307,20 @@ def train_supernet(spec: JobSpec, settings: Settings, data_dir: Path, report: Re
         data,
         space.largest(),
         result.train_time,
+        last_epoch=last,
         extra_metadata={**blobs, TICKETS_KEY: json.dumps(result.tickets, sort_keys=True)},
         outputs=outputs,
     )
 
 
-def use_ticket(
-    ticket: nn.Module, data: Data, spec: JobSpec, retrain_epochs: int, calibration_batches: int, report: Report, seed: int
-) -> float:
-    """Recalibrate a ticket's BatchNorm statistics, then evaluate it as is (``retrain_epochs == 0``, one
-    report) or fine-tune it under its fixed mask; returns the training time."""
-    torch.manual_seed(seed)
-    recalibrate_batchnorm(ticket, data.x_train, spec.training.batch_size, calibration_batches, seed)
+def use_ticket(ticket: nn.Module, data: Data, spec: JobSpec, retrain_epochs: int, report: Report, seed: int) -> float:
+    """Keep a ticket as cut (``retrain_epochs == 0``: its one epoch is the trial ending's evaluation) or
+    fine-tune it under its fixed mask; returns the training time. The trial ending recalibrates its
+    BatchNorm statistics, which the supernet's many sub-networks accumulated."""
     if retrain_epochs == 0:
-        metrics = epoch_metrics(ticket, data, float("nan"))
-        del metrics["train_loss"]
-        report(1, metrics)
+        report(1, {})
         return 0.0
+    torch.manual_seed(seed)
     optimizer = weight_optimizer(ticket.parameters(), spec.training)
     train_time, _ = train(ticket, optimizer, data, spec, seed, report, retrain_epochs)
     return train_time
@@ -333,13 +331,12 @@ def evaluate_ticket(
     space_arch: dict[str, Any],
     sparsity: float,
     retrain_epochs: int,
-    calibration_batches: int,
     data_dir: Path,
     report: Report,
     parent_model: bytes | None,
 ) -> TrialOutcome:
-    """A ticket's trial: its weights from the supernet trial, BatchNorm recalibrated, then evaluated
-    as is (``retrain_epochs == 0``) or after fine-tuning under its fixed mask."""
+    """A ticket's trial: its weights from the supernet trial, evaluated as cut (``retrain_epochs == 0``)
+    or after fine-tuning under its fixed mask, BatchNorm recalibrated by the trial ending."""
     if parent_model is None:
         raise ValueError("a SuperTickets ticket needs the supernet trial's model (its parent)")
     meta = read_metadata(parent_model)
@@ -351,9 +348,10 @@ def evaluate_ticket(
     ticket = space.build(space_arch, data.input_shape, data.num_classes)
     load_model(ticket, decode_bytes(meta[key]))
     seed = trial_seed(spec, {"ticket": sparsity, "retrain": retrain_epochs})
-    train_time = use_ticket(ticket, data, spec, retrain_epochs, calibration_batches, report, seed)
+    last = LastEpoch(report, max(retrain_epochs, 1))
+    train_time = use_ticket(ticket, data, spec, retrain_epochs, last, seed)
     outputs = {"sparsity": sparsity, "retrain_epochs": retrain_epochs, "measured_sparsity": weight_sparsity(ticket)}
-    return end_trial(ticket, spec, data, space_arch, train_time, outputs=outputs)
+    return end_trial(ticket, spec, data, space_arch, train_time, last_epoch=last, outputs=outputs)
 
 
 def _ticket_keys(meta: dict[str, str]) -> str:
