@@ -100,6 +100,8 @@ def export_trial(
     ``trial``. The ONNX file and the torch inference model are then timed here, one thread, batch 1,
     for ``min_run_time`` seconds each: ``onnx.latency_ms`` and ``onnx.torch_latency_ms`` in the report.
     """
+    import onnxruntime
+
     from nas.sparse.inference import to_inference
     from nas.sparse.inference_file import save_inference_model
     from nas.sparse.stats import layer_report
@@ -121,8 +123,6 @@ def export_trial(
     x = np.random.default_rng(0).normal(size=(1, *input_shape)).astype(np.float32)
     onnx_ms = measure_calls(lambda: session.run([OUTPUT_NAME], {INPUT_NAME: x}), min_run_time)
     torch_ms = measure(inference, input_shape, min_run_time=min_run_time)
-
-    import onnxruntime
 
     report = {
         "format": REPORT_FORMAT,

@@ -143,7 +143,7 @@ def export_in_worker(
 
     try:
         return export_trial(Path(path).read_bytes(), layers, about)
-    except (ExportError, ValueError, KeyError) as exc:
+    except (ExportError, ValueError, LookupError) as exc:  # LookupError: a key missing, or a stored model gone
         log.exception("export of trial %s failed", trial_id)
         detail = f"ONNX export of trial {trial_id} failed (its ONNX, inference and report files are made together): {exc}"
         return WorkError(status.HTTP_500_INTERNAL_SERVER_ERROR, detail)
