@@ -232,10 +232,13 @@ class ModelSparsity(SearchSpace):
         return {self.model.layers[i].name: patterns[g] for g, members in enumerate(self.groups) for i in members}
 
     def weight_specs(self, input_shape: tuple[int, ...], num_classes: int) -> list[WeightSpec]:
-        """The model's prunable weights; a ``ValueError`` saying both shapes when the data does not fit the model."""
+        """The model's prunable weights with the patterns their group may take; a ``ValueError`` saying both
+        shapes when the data does not fit the model."""
         self._check_shape(input_shape, num_classes)
+        patterns = {i: frozenset(eligible) for members, eligible in zip(self.groups, self._eligible) for i in members}
         return [
-            WeightSpec(layer.name, layer.kind, frozenset({layer.fan_in}), layer.kernel_area) for layer in self.model.layers
+            WeightSpec(layer.name, layer.kind, frozenset({layer.fan_in}), layer.kernel_area, patterns[i])
+            for i, layer in enumerate(self.model.layers)
         ]
 
     def max_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:

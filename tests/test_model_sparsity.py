@@ -132,20 +132,24 @@ def test_a_model_is_unknown_where_no_catalog_has_it(trained: dict[str, Any]) -> 
         ({"name": "magnitude", "params": {"prune_at": 0.0}}, ["dense", "unstructured", "channel"]),
         ({"name": "gmp", "params": {"start": 0.0, "end": 0.5}}, ["dense", "unstructured"]),
         ({"name": "lottery", "params": {"rounds": 1}}, ["dense", "unstructured"]),
+        ({"name": "nm", "params": {"n": 2, "m": 4}}, ["dense", "2:4"]),
     ],
-    ids=["magnitude", "gmp", "lottery"],
+    ids=["magnitude", "gmp", "lottery", "srste"],
 )
 def test_a_trial_fine_tunes_from_the_trained_weights(
     trained: dict[str, Any], catalog: None, sparsifier: dict[str, Any], patterns: list[str]
 ) -> None:
     """After one epoch at half sparsity the CNN is within a few points of its trained accuracy; from
-    scratch it would be far below. The lottery ticket rewinds to the trained weights, not to a fresh draw."""
+    scratch it would be far below. The lottery ticket rewinds to the trained weights, not to a fresh draw;
+    SR-STE keeps the first convolution, whose single input channel forms no N:M group, dense."""
     model_id, accuracy = trained["cnn"]
     spec = JobSpec.model_validate(_spec(model_id, space={"pattern_choices": patterns, "layer_sparsity_choices": [0.5]},
                                         sparsifier=sparsifier, training={"epochs": 2, "batch_size": 64, "lr": 5e-4}))  # fmt: skip
     space = registry.search_spaces.create("model_sparsity", spec.search_space.params)
-    arch = {"pattern_group0": "dense", **{f"pattern_group{g}": "unstructured" for g in range(1, 4)},
-            **{f"sparsity_group{g}": 0.5 for g in range(1, 4)}}  # fmt: skip
+    # the first convolution (one input channel: no groups of 4) dense, the others at half their weights
+    sparse = "2:4" if "2:4" in patterns else "unstructured"
+    arch = {"pattern_group0": "dense", **{f"pattern_group{g}": sparse for g in range(1, 4)},
+            **({f"sparsity_group{g}": 0.5 for g in range(1, 4)} if sparse == "unstructured" else {})}  # fmt: skip
     epochs: list[dict[str, float]] = []
     outcome = run_trial(spec, arch, Path("."), lambda epoch, metrics: epochs.append(metrics))
     assert epochs[0]["accuracy"] > accuracy - 0.05, (epochs, accuracy)

@@ -45,6 +45,8 @@ class WeightSpec:
     kind: str  # "linear" | "conv2d" | "lstm" | "gru" | "rnn"
     in_features: frozenset[int]  # possible fan-in per output unit along the input-channel axis
     kernel_size: int = 1  # Conv2d kh*kw, 1 otherwise
+    # the patterns the space's architectures may give the weight (``layer_patterns``); None: it fixes none
+    patterns: frozenset[str] | None = None
 
 
 class Sparsifier:

@@ -10,7 +10,9 @@ Divergence (SAD), are reported as the epoch metric ``sad``. At the end the masks
 
 Every weight's density is ``n/m``: a search space's per-layer sparsities do not apply. The pattern
 fixes the sparsity (1 − n/m, 50% for 2:4), so unlike the other sparsifiers this one takes no
-``sparsity`` param: ``n`` and ``m`` are the knob, as on the hardware that runs N:M kernels.
+``sparsity`` param: ``n`` and ``m`` are the knob, as on the hardware that runs N:M kernels. A
+weight a search space keeps ``dense`` (``layer_patterns``), such as the first convolution of a
+given network whose few input channels cannot form groups of M, stays dense.
 """
 
 from __future__ import annotations
@@ -66,15 +68,16 @@ class NM(Sparsifier):
         total_steps: int,
         layer_sparsity: dict[str, float] | None,
     ) -> None:
-        """Put an N:M parametrization on every prunable weight; ``ValueError`` names a weight that cannot be grouped."""
+        """Put an N:M parametrization on every prunable weight the space does not keep dense; ``ValueError``
+        names a weight that cannot be grouped."""
         from torch.nn.utils import parametrize
 
         from nas.sparse.nm_layers import NMMask
-        from nas.sparse.masks import prunable_weights, raw_weight
+        from nas.sparse.masks import raw_weight
 
         p = self.params
         decay = p.lambda_w if p.method == "srste" else 0.0
-        owners = prunable_weights(model)
+        owners = self._grouped(model)
         for name, (module, attr) in owners.items():
             channels = raw_weight(module, attr).shape[1]
             if channels % p.m:
@@ -85,7 +88,7 @@ class NM(Sparsifier):
         self._sad = 0.0
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
-        """SAD of this epoch: mask entries that flipped since the last epoch, over all prunable weights."""
+        """SAD of this epoch: mask entries that flipped since the last epoch, over every N:M weight."""
         current = self._masks(model)
         flips = sum(int((current[name] != mask).sum()) for name, mask in self._previous.items())
         total = sum(mask.numel() for mask in current.values())
@@ -97,13 +100,15 @@ class NM(Sparsifier):
 
     def finalize(self, model: nn.Module) -> None:
         """Fix each weight's N:M mask of its final dense values as a hard mask."""
-        from nas.sparse.masks import harden_mask, prunable_weights
+        from nas.sparse.masks import harden_mask
 
         final = self._masks(model)
-        for name, (module, attr) in prunable_weights(model).items():
+        for name, (module, attr) in self._grouped(model).items():
             harden_mask(module, attr, final[name])
 
     def pattern_of(self, name: str) -> str:
+        if (self.layer_patterns or {}).get(name) == "dense":
+            return "dense"
         return f"{self.params.n}:{self.params.m}"
 
     def check(self, weights: list[WeightSpec]) -> list[Problem]:
@@ -111,6 +116,8 @@ class NM(Sparsifier):
         m = self.params.m
         problems = super().check(weights)
         for w in weights:
+            if w.patterns == frozenset({"dense"}):
+                continue  # the space keeps it dense in every architecture
             bad = sorted(f for f in w.in_features if f % m)
             if bad:
                 problems.append(
@@ -122,13 +129,19 @@ class NM(Sparsifier):
                 )
         return problems
 
+    def _grouped(self, model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+        """The prunable weights made N:M: all but those the space keeps dense."""
+        from nas.sparse.masks import prunable_weights
+
+        dense = {name for name, pattern in (self.layer_patterns or {}).items() if pattern == "dense"}
+        return {name: owner for name, owner in prunable_weights(model).items() if name not in dense}
+
     def _masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The N:M mask of every prunable weight's current dense values, as booleans."""
+        """The N:M mask of every grouped weight's current dense values, as booleans."""
         from nas.sparse.nm_layers import nm_mask
-        from nas.sparse.masks import prunable_weights, raw_weight
+        from nas.sparse.masks import raw_weight
 
         p = self.params
         return {
-            name: nm_mask(raw_weight(module, attr), p.n, p.m).bool()
-            for name, (module, attr) in prunable_weights(model).items()
+            name: nm_mask(raw_weight(module, attr), p.n, p.m).bool() for name, (module, attr) in self._grouped(model).items()
         }
