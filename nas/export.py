@@ -152,14 +152,15 @@ def export_trial(
         },
     }
     report["totals"] = _totals(report["layers"])
+    described = json.dumps(report, sort_keys=True)
     for key, value in {
         "kernels": json.dumps(kernels, sort_keys=True),
-        "sparsity_report": json.dumps(report, sort_keys=True),
+        "sparsity_report": described,
         "onnx_latency_ms": repr(onnx_ms["p10_ms"]),
     }.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    inference_bytes = save_inference_model(inference, {**meta, "sparsity_report": json.dumps(report, sort_keys=True)}, kernels)
+    inference_bytes = save_inference_model(inference, {**meta, "sparsity_report": described}, kernels)
     return Exported(proto.SerializeToString(), inference_bytes, report)
 
 
