@@ -298,6 +298,11 @@ class Job(JobSummary):
     """A job as its own route returns it: with the spec."""
 
     spec: dict[str, Any] = Field(description="the validated JobSpec, every default filled in")
+    baseline: dict[str, float] = Field(
+        default_factory=dict,
+        description="a search over a given model (model_sparsity): the dense model's dense_accuracy and "
+        "dense_latency_ms, measured once for the job and recorded on every trial; empty otherwise or before then",
+    )
 
 
 class LayerInfo(BaseModel):

@@ -87,13 +87,15 @@ def test_random_and_tpe_fine_tune_the_stored_model_on_the_workers(
         assert store.claim_job("test-runner", 60) == job.id
         JobRunner(store, settings, job.id, "test-runner").run()
 
-        assert store.get_job(job.id).status is JobStatus.succeeded, store.get_job(job.id).error
+        finished = store.get_job(job.id)
+        assert finished.status is JobStatus.succeeded, finished.error
+        assert finished.baseline["dense_accuracy"] == pytest.approx(accuracy, abs=1e-3)
         trials, _ = store.list_trials(job.id)
         assert [t.state for t in trials] == [TrialState.complete] * 2
         for trial in trials:
             m = trial.metrics
             # measured once per job on a worker: the dense model's own accuracy, beside every trial
-            assert m["dense_accuracy"] == pytest.approx(accuracy, abs=1e-3)
+            assert {name: m[name] for name in finished.baseline} == finished.baseline
             assert m["dense_latency_ms"] > 0 and m["speedup"] == pytest.approx(m["dense_latency_ms"] / m["latency_ms"])
             assert m["accuracy_drop"] == pytest.approx(m["dense_accuracy"] - m["accuracy"])
             # one epoch from the trained weights: near the dense accuracy (from scratch: far below)

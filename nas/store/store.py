@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from nas.arch import fingerprint
+from nas.metrics import BASELINE
 from nas.data.stored import UnknownDataset
 from nas.models.stored import UnknownModel
 from nas.errors import IllegalTransition, NotFound, QuotaExceeded, TooManyJobs
@@ -301,8 +302,13 @@ class Store:
 
     @retrying(idempotent=True)
     def get_job(self, job_id: str, viewer: Principal | None = None) -> Job:
+        """The job, with the dense baseline its trials record (their first one has it, as every one)."""
         with self._read() as s:
-            return self._job(s, self._job_row(s, job_id, viewer))
+            job = self._job(s, self._job_row(s, job_id, viewer))
+            first = s.scalars(select(TrialRow.metrics).where(TrialRow.job_id == job_id).order_by(TrialRow.number).limit(1))
+            metrics = first.first() or {}
+            job.baseline = {name: metrics[name] for name in BASELINE if name in metrics}
+            return job
 
     @retrying(idempotent=True)
     def list_jobs(
