@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """DASS vs "DARTS on the dense space, then HYDRA" at k = 0.05 and 0.01 on an MNIST subset (Mousavi et al., 2023).
 
-    python benchmarks/papers/dass_vs_darts_hydra.py [--seeds 3] [--train 1600] [--test 2000]
+    python benchmarks/papers/dass_vs_darts_hydra.py [--seeds 3] [--first-seed 0] [--train 1600] [--test 2000]
         [--search-epochs 1 1 1] [--retrain-epochs 4] [--channels 24] [--quick]
 
 Per seed, on the same data and the same supernet initialisation (``dass_darts``: 3 cells, 2 nodes,
@@ -199,7 +199,8 @@ def operations(results: list[dict[str, dict[float, Retrained]]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds FIRST .. FIRST+N-1")
+    parser.add_argument("--first-seed", type=int, default=0, help="FIRST: the first seed (to run seeds apart)")
     parser.add_argument("--train", type=int, default=1600, help="MNIST training examples (half train α in the search)")
     parser.add_argument("--test", type=int, default=2000, help="MNIST test examples")
     parser.add_argument("--search-epochs", type=int, nargs=3, default=[1, 1, 1], metavar=("PRE", "PRUNE", "FINE"),
@@ -215,10 +216,10 @@ def main() -> None:
     data_dir = Path(os.environ.get("NAS_DATA_DIR", "/work/shared/data"))
 
     start = time.perf_counter()
-    results = [one_seed(seed, args, data_dir) for seed in range(args.seeds)]
+    results = [one_seed(seed, args, data_dir) for seed in range(args.first_seed, args.first_seed + args.seeds)]
     minutes = (time.perf_counter() - start) / 60
     print(f"command: `python benchmarks/papers/dass_vs_darts_hydra.py{''.join(' ' + a for a in sys.argv[1:])}`")
-    print(f"setup: {args.seeds} seed(s); search space {SEARCH_SPACE}; {args.train} MNIST training examples "
+    print(f"setup: seeds {args.first_seed}..{args.first_seed + args.seeds - 1}; search space {SEARCH_SPACE}; {args.train} MNIST training examples "
           f"(search: half for α), {args.test} test; search epochs {args.search_epochs} (DARTS: {sum(args.search_epochs)} "
           f"dense); HYDRA retraining {args.retrain_epochs} epochs; DARTS cell at C={args.channels}, DASS cells at the "
           f"parameter-matched C; {minutes:.1f} min")  # fmt: skip
