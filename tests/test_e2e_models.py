@@ -1,14 +1,15 @@
 """End to end: a user's own trained network, made sparse and faster through the real ``nas serve``.
 
 Two networks a user would bring, each trained here on data scikit-learn bundles: a small CNN on
-the 8×8 digit images (uploaded as a ``.npz`` of images) and an MLP on the breast-cancer table
-(uploaded as CSV). Each is trained on exactly the training split the server stores (the file is
-read here by the same ingest the server runs, so split and standardisation match), exported with
+the digit images (PNG files in a ``.tar.gz``, read at 16×16) and an MLP on the breast-cancer table
+(CSV). Each is trained on exactly the training split the server stores (the file is read here by
+the same ingest the server runs, so split and standardisation match), exported with
 ``torch.onnx.export``, uploaded to ``POST /api/v1/models`` and searched with ``model_sparsity``
-from its trained weights. The job measures the dense model once; the best trial at ≥ 70% overall
-sparsity must keep its accuracy within 1 point of it, and its sparse inference model must run
-faster than the dense one, both as measured in the trial. Then the jobs' models and datasets
-delete.
+from its trained weights by the ``sensitivity`` strategy (one probe per layer, then TPE), with
+each layer dense or 80-90% unstructured. The job measures the dense model once; a trial at ≥ 70%
+overall sparsity must keep its accuracy within 1 point of it, and the fastest such trial's sparse
+inference model must run faster than the dense one, both as measured on the trial's worker. Then
+the models and datasets delete.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from nas.data.ingest.base import IngestLimits, IngestOptions
 from nas.settings import Settings
 from nas.specs import JobStatus, TrialState
 from tests.server_process import ServerProcess
-from tests.test_e2e_datasets import breast_cancer_parquet, digits_npz
+from tests.test_e2e_datasets import breast_cancer_parquet, digit_images_tar
 
 pytestmark = pytest.mark.ray
 
@@ -69,13 +70,13 @@ def cnn() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10),
+        nn.Flatten(), nn.Linear(1024, 256), nn.ReLU(), nn.Linear(256, 10),
     )  # fmt: skip
 
 
 def mlp(features: int) -> nn.Module:
     return nn.Sequential(
-        nn.Linear(features, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2),
+        nn.Linear(features, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 2),
     )  # fmt: skip
 
 
@@ -85,7 +86,8 @@ def cases(folder: Path) -> list[Case]:
     search = {"layer_sparsity_choices": [0.8, 0.9], "pattern_choices": ["dense", "unstructured"]}
     strategy = {"name": "sensitivity"}  # one probe per layer, then TPE
     return [
-        Case("cnn", digits_npz(folder), {}, cnn(), 15, search, training, strategy),
+        Case("cnn", digit_images_tar(folder), {"image_size": 16, "color": "grayscale"}, cnn(), 15, search, training,
+             strategy),
         Case(
             "mlp", breast_cancer_csv(folder), {"label_column": "diagnosis"}, mlp(31), 30, search, training,
             strategy,
@@ -164,25 +166,23 @@ def test_a_users_cnn_and_mlp_become_sparse_and_faster_within_a_point(server: Ser
                 "seed": 0,
             })  # fmt: skip
 
-        outcome = {}
         for case in all_cases:
             job = client.wait(jobs[case.kind].id, progress=False, poll_s=1, timeout=600)
             assert job.status is JobStatus.succeeded, (case.kind, job.error, server.log()[-3000:])
             trials = [t for t in client.trials(job.id) if t.state is TrialState.complete]
             # the job measured the dense model on the stored test split: the accuracy it had here
             assert trials[0].metrics["dense_accuracy"] == pytest.approx(dense[case.kind], abs=1e-6)
-            sparse = [t for t in trials if t.metrics["sparsity"] >= MIN_SPARSITY]
-            assert sparse, (case.kind, [t.metrics for t in trials])
-            best = max(sparse, key=lambda t: (t.metrics["accuracy"], -t.metrics["latency_ms"]))
+            # the trials as sparse as asked and as accurate as the dense model (within a point) ...
+            kept = [t for t in trials if t.metrics["sparsity"] >= MIN_SPARSITY and t.metrics["accuracy_drop"] <= MAX_DROP]
+            summary = [(t.arch, {k: round(t.metrics[k], 4) for k in ("sparsity", "accuracy_drop", "speedup")}) for t in trials]
+            assert kept, (case.kind, summary)
+            # ... and the fastest of them runs faster than the dense model, both measured on the trial's worker
+            best = min(kept, key=lambda t: t.metrics["latency_ms"])
             m = best.metrics
-            outcome[case.kind] = {k: m[k] for k in
-                                  ("accuracy", "dense_accuracy", "accuracy_drop", "sparsity", "latency_ms",
-                                   "dense_latency_ms", "speedup")}  # fmt: skip
-            for t in trials:
-                print(case.kind, t.arch, {k: round(v, 4) for k, v in t.metrics.items()})
-            assert m["accuracy_drop"] <= MAX_DROP, (case.kind, outcome[case.kind], best.arch)
-            assert m["latency_ms"] < m["dense_latency_ms"], (case.kind, outcome[case.kind], best.arch)
-            print(case.kind, outcome[case.kind], best.arch)
+            assert m["latency_ms"] < m["dense_latency_ms"], (case.kind, summary)
+            assert m["speedup"] == pytest.approx(m["dense_latency_ms"] / m["latency_ms"])
+            kernels = {layer.name: layer.kernel for layer in client.trial(best.id).layers}
+            print(case.kind, {k: round(m[k], 4) for k in ("sparsity", "accuracy_drop", "speedup")}, kernels)
 
         for model in list(client.models()):  # the jobs have ended: nothing holds the models or datasets now
             client.delete_model(model.id)
