@@ -17,14 +17,11 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 
 from nas.data.base import DataSplits
-
-ID_PATTERN = r"^[0-9a-f]{32}$"  # the store's ids (uuid4 hex); never a user-given name or path
+from nas.installed import STORE_ID_PATTERN as ID_PATTERN
+from nas.installed import Installed
 SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -47,38 +44,13 @@ class DatasetCatalog(ABC):
         raise UnknownDataset(f"dataset {dataset_id}'s arrays are not on this machine")
 
 
-_process_catalog: DatasetCatalog | None = None
-_scoped_catalog: ContextVar[DatasetCatalog | None] = ContextVar("nas_dataset_catalog", default=None)
-
-
-def use_catalog(catalog: DatasetCatalog | None) -> None:
-    """Make ``catalog`` this process's catalog (a runner, a worker); ``None`` removes it."""
-    global _process_catalog
-    _process_catalog = catalog
-
-
-def scope_catalog(catalog: DatasetCatalog) -> None:
-    """Make ``catalog`` the catalog of the current context only: one API request and the
-    threads it hands work to (they copy its context)."""
-    _scoped_catalog.set(catalog)
-
-
-@contextmanager
-def scoped_catalog(catalog: DatasetCatalog) -> Iterator[None]:
-    """:func:`scope_catalog` for the ``with`` block only."""
-    token = _scoped_catalog.set(catalog)
-    try:
-        yield
-    finally:
-        _scoped_catalog.reset(token)
-
-
-def current_catalog() -> DatasetCatalog:
-    """The context's catalog, else the process's; raises :class:`UnknownDataset` if there is none."""
-    catalog = _scoped_catalog.get() or _process_catalog
-    if catalog is None:
-        raise UnknownDataset("this process knows no stored datasets (no catalog installed)")
-    return catalog
+_catalogs: Installed[DatasetCatalog] = Installed(
+    "nas_dataset_catalog", lambda: UnknownDataset("this process knows no stored datasets (no catalog installed)")
+)
+use_catalog = _catalogs.use
+scope_catalog = _catalogs.scope
+scoped_catalog = _catalogs.scoped
+current_catalog = _catalogs.current
 
 
 def write_splits(path: Path, splits: DataSplits, meta: dict[str, object] | None = None) -> None:

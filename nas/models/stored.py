@@ -13,17 +13,14 @@ process. The mechanism is that of stored datasets (:mod:`nas.data.stored`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nas.installed import STORE_ID_PATTERN as ID_PATTERN
+from nas.installed import Installed
+
 if TYPE_CHECKING:
     from nas.specs import ModelRecord
-
-ID_PATTERN = r"^[0-9a-f]{32}$"  # the store's ids (uuid4 hex); never a user-given name or path
-
 
 class UnknownModel(LookupError):
     """No stored model of that id is known here (never stored, deleted, or another owner's)."""
@@ -44,35 +41,10 @@ class ModelCatalog(ABC):
         raise UnknownModel(f"model {model_id}'s file is not on this machine")
 
 
-_process_catalog: ModelCatalog | None = None
-_scoped_catalog: ContextVar[ModelCatalog | None] = ContextVar("nas_model_catalog", default=None)
-
-
-def use_model_catalog(catalog: ModelCatalog | None) -> None:
-    """Make ``catalog`` this process's model catalog (a runner, a worker); ``None`` removes it."""
-    global _process_catalog
-    _process_catalog = catalog
-
-
-def scope_model_catalog(catalog: ModelCatalog) -> None:
-    """Make ``catalog`` the model catalog of the current context only: one API request and the
-    threads it hands work to (they copy its context)."""
-    _scoped_catalog.set(catalog)
-
-
-@contextmanager
-def scoped_model_catalog(catalog: ModelCatalog) -> Iterator[None]:
-    """:func:`scope_model_catalog` for the ``with`` block only."""
-    token = _scoped_catalog.set(catalog)
-    try:
-        yield
-    finally:
-        _scoped_catalog.reset(token)
-
-
-def current_model_catalog() -> ModelCatalog:
-    """The context's model catalog, else the process's; raises :class:`UnknownModel` if there is none."""
-    catalog = _scoped_catalog.get() or _process_catalog
-    if catalog is None:
-        raise UnknownModel("this process knows no stored models (no model catalog installed)")
-    return catalog
+_catalogs: Installed[ModelCatalog] = Installed(
+    "nas_model_catalog", lambda: UnknownModel("this process knows no stored models (no model catalog installed)")
+)
+use_model_catalog = _catalogs.use
+scope_model_catalog = _catalogs.scope
+scoped_model_catalog = _catalogs.scoped
+current_model_catalog = _catalogs.current
