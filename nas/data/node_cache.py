@@ -61,7 +61,12 @@ def sha256_of(path: Path) -> str:
 
 
 def cache_bytes(cache_dir: Path, dataset_id: str, sha256: str, fetch: Callable[[], Any]) -> Path:
-    """The cached canonical file of an uploaded dataset whose bytes hash to ``sha256``.
+    """The cached canonical file of an uploaded dataset whose bytes hash to ``sha256`` (:func:`cache_delivered`)."""
+    return cache_delivered(cache_path(cache_dir, dataset_id), f"dataset {dataset_id}", sha256, fetch)
+
+
+def cache_delivered(path: Path, what: str, sha256: str, fetch: Callable[[], Any]) -> Path:
+    """``path`` holding the bytes of ``what`` (a stored resource) that hash to ``sha256``.
 
     ``fetch()`` returns those bytes (any buffer) and is called only when the node lacks them, once
     per node however many trials start together; bytes that hash otherwise are refused.
@@ -74,10 +79,10 @@ def cache_bytes(cache_dir: Path, dataset_id: str, sha256: str, fetch: Callable[[
         data = memoryview(fetch()).cast("B")
         received = hashlib.sha256(data).hexdigest()
         if received != sha256:
-            raise ValueError(f"dataset {dataset_id} arrived damaged: sha256 {received}, expected {sha256}")
+            raise ValueError(f"{what} arrived damaged: sha256 {received}, expected {sha256}")
         write_atomically(path, data)
 
-    return _cached(cache_dir, dataset_id, sha256, valid, write)
+    return cached_file(path, sha256, valid, write)
 
 
 def cache_source(cache_dir: Path, dataset_id: str, sha256: str, read: Callable[[], Any]) -> Path:
@@ -93,13 +98,7 @@ def cache_source(cache_dir: Path, dataset_id: str, sha256: str, read: Callable[[
     def write(path: Path) -> None:
         write_splits(path, read(), {"source_sha256": sha256})
 
-    return _cached(cache_dir, dataset_id, sha256, valid, write)
-
-
-def _cached(
-    cache_dir: Path, dataset_id: str, key: str, valid: Callable[[Path], bool], write: Callable[[Path], None]
-) -> Path:
-    return cached_file(cache_path(cache_dir, dataset_id), key, valid, write)
+    return cached_file(cache_path(cache_dir, dataset_id), sha256, valid, write)
 
 
 def cached_file(path: Path, key: str, valid: Callable[[Path], bool], write: Callable[[Path], None]) -> Path:

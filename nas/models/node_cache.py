@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nas.data.node_cache import cached_file, sha256_of, write_atomically
+from nas.data.node_cache import cache_delivered
 from nas.models.stored import ID_PATTERN, ModelCatalog, UnknownModel, current_model_catalog
 
 if TYPE_CHECKING:
@@ -59,23 +59,8 @@ def cache_path(cache_dir: Path, model_id: str) -> Path:
 
 
 def cache_model(cache_dir: Path, model_id: str, sha256: str, fetch: Callable[[], Any]) -> Path:
-    """The cached ONNX file of a stored model whose bytes hash to ``sha256``.
-
-    ``fetch()`` returns those bytes (any buffer) and is called only when the node lacks them, once
-    per node however many trials start together; bytes that hash otherwise are refused.
-    """
-
-    def valid(path: Path) -> bool:
-        return sha256_of(path) == sha256
-
-    def write(path: Path) -> None:
-        data = memoryview(fetch()).cast("B")
-        received = hashlib.sha256(data).hexdigest()
-        if received != sha256:
-            raise ValueError(f"model {model_id} arrived damaged: sha256 {received}, expected {sha256}")
-        write_atomically(path, data)
-
-    return cached_file(cache_path(cache_dir, model_id), sha256, valid, write)
+    """The cached ONNX file of a stored model whose bytes hash to ``sha256`` (:func:`cache_delivered`)."""
+    return cache_delivered(cache_path(cache_dir, model_id), f"model {model_id}", sha256, fetch)
 
 
 def pretrained_model(model_id: str, sha256: str) -> nn.Module:
