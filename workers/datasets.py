@@ -1,11 +1,8 @@
 """How a job's stored dataset reaches the nodes its trials run on: through Ray, never a path on the API machine.
 
 An uploaded dataset: the runner reads its canonical file once per job and puts the bytes in Ray's
-object store, where a small actor named in every trial's config holds them until the job ends
-(:func:`deliver`). A trial whose node lacks the file asks that actor for the object and writes
-the node's cache (:func:`receive`). The object reference itself never enters a trial's config:
-Tune pickles configs into its experiment state, which would pin the bytes for the life of the
-dispatcher.
+object store, held until the job ends (:func:`deliver`, :mod:`workers.object_source`). A trial
+whose node lacks the file fetches the object and writes the node's cache (:func:`receive`).
 
 A dataset registered by path: each node reads the source itself, from under its own
 ``NAS_DATA_ROOTS``, with the recorded format, options and split seed, after checking that the
@@ -18,13 +15,10 @@ Either way every trial on a node then reads the one cached canonical file
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import ray
 
 from nas.data.base import DataSplits
 from nas.data.node_cache import NodeDatasetCatalog, cache_bytes, cache_source, sha256_of
@@ -33,19 +27,9 @@ from nas.settings import Settings
 from nas.specs import JobSpec
 from nas.store import Store
 from nas.store.artifacts import dataset_folder
+from workers.object_source import fetch, object_source
 
 STORED = "upload"  # the dataset plug-in of stored datasets
-
-
-@ray.remote(num_cpus=0)
-class _DatasetSource:
-    """Keeps one job's dataset in the object store while the job runs; trials ask it for the object."""
-
-    def __init__(self, held: list[ray.ObjectRef]) -> None:
-        self._held = held  # in a list, so Ray hands over the reference, not the bytes
-
-    def reference(self) -> list[ray.ObjectRef]:
-        return self._held
 
 
 @contextmanager
@@ -71,15 +55,9 @@ def deliver(store: Store, settings: Settings, job_id: str, spec: JobSpec) -> Ite
     # this process's memory) and trials read it zero-copy from their node's shared memory.
     canonical = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)
     sha256 = hashlib.sha256(canonical).hexdigest()
-    held = ray.put(canonical)
-    del canonical
-    name = f"nas-dataset-{job_id}-{uuid.uuid4().hex[:8]}"
-    source = _DatasetSource.options(name=name).remote([held])
-    try:
+    with object_source(f"nas-dataset-{job_id}", canonical) as name:
+        del canonical
         yield {"id": dataset_id, "sha256": sha256, "source": name}
-    finally:
-        ray.kill(source)
-        del held
 
 
 def receive(delivery: dict[str, Any] | None) -> None:
@@ -90,16 +68,10 @@ def receive(delivery: dict[str, Any] | None) -> None:
     cache_dir = settings.dataset_cache_dir
     dataset_id = delivery["id"]
     if "source" in delivery:
-        cache_bytes(cache_dir, dataset_id, delivery["sha256"], lambda: _fetch(delivery["source"]))
+        cache_bytes(cache_dir, dataset_id, delivery["sha256"], lambda: fetch(delivery["source"]))
     else:
         cache_source(cache_dir, dataset_id, delivery["sha256"], lambda: _read_source(delivery, settings))
     use_catalog(NodeDatasetCatalog(cache_dir))
-
-
-def _fetch(source_name: str) -> Any:
-    source = ray.get_actor(source_name)
-    (held,) = ray.get(source.reference.remote())
-    return ray.get(held)  # a read-only array over the node's shared memory
 
 
 def _read_source(delivery: dict[str, Any], settings: Settings) -> DataSplits:

@@ -1,23 +1,18 @@
 """How a job's stored model reaches the nodes its trials run on: through Ray, never a path on the API machine.
 
 The runner reads the model's ONNX file once per job and puts the bytes in Ray's object store,
-where a small actor named in every trial's config holds them until the job ends (:func:`deliver`).
-A trial whose node lacks the file asks that actor for the object and writes the node's cache
-(:func:`receive`), which every later trial on the node reads. The object reference itself never
-enters a trial's config: Tune pickles configs into its experiment state, which would pin the
-bytes for the life of the dispatcher. The model's record travels in the config, so the worker
-knows the model's shape and layers without the store.
+held until the job ends (:func:`deliver`, :mod:`workers.object_source`). A trial whose node lacks
+the file fetches the object and writes the node's cache (:func:`receive`), which every later
+trial on the node reads. The model's record travels in the config, so the worker knows the
+model's shape and layers without the store.
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-import ray
 
 from nas.models.node_cache import NodeModelCatalog, cache_model
 from nas.models.stored import use_model_catalog
@@ -26,17 +21,7 @@ from nas.settings import Settings
 from nas.specs import ModelRecord
 from nas.store import Store
 from nas.store.artifacts import model_file
-
-
-@ray.remote(num_cpus=0)
-class _ModelSource:
-    """Keeps one job's model in the object store while the job runs; trials ask it for the object."""
-
-    def __init__(self, held: list[ray.ObjectRef]) -> None:
-        self._held = held  # in a list, so Ray hands over the reference, not the bytes
-
-    def reference(self) -> list[ray.ObjectRef]:
-        return self._held
+from workers.object_source import fetch, object_source
 
 
 @contextmanager
@@ -54,15 +39,9 @@ def deliver(store: Store, settings: Settings, job_id: str, space: SearchSpace) -
         raise ValueError(
             f"model {model_id}'s stored file is not the one uploaded (sha256 {sha256}, recorded {record.sha256})"
         )
-    held = ray.put(data)
-    del data
-    name = f"nas-model-{job_id}-{uuid.uuid4().hex[:8]}"
-    source = _ModelSource.options(name=name).remote([held])
-    try:
+    with object_source(f"nas-model-{job_id}", data) as name:
+        del data
         yield {"id": model_id, "sha256": sha256, "source": name, "record": record.model_dump(mode="json")}
-    finally:
-        ray.kill(source)
-        del held
 
 
 def receive(delivery: dict[str, Any] | None) -> None:
@@ -71,11 +50,5 @@ def receive(delivery: dict[str, Any] | None) -> None:
         return
     cache_dir = Settings.from_env().model_cache_dir
     model_id = delivery["id"]
-    cache_model(cache_dir, model_id, delivery["sha256"], lambda: _fetch(delivery["source"]))
+    cache_model(cache_dir, model_id, delivery["sha256"], lambda: fetch(delivery["source"]))
     use_model_catalog(NodeModelCatalog(cache_dir, {model_id: ModelRecord.model_validate(delivery["record"])}))
-
-
-def _fetch(source_name: str) -> Any:
-    source = ray.get_actor(source_name)
-    (held,) = ray.get(source.reference.remote())
-    return ray.get(held)
