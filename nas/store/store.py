@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Select, Text, case, cast, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
@@ -57,6 +57,8 @@ from nas.store.tables import (
 )
 
 # Allowed trial transitions; a finished trial never changes again.
+R = TypeVar("R")  # a stored resource's record
+
 TRIAL_TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
     TrialState.queued: frozenset({TrialState.running, TrialState.infeasible, TrialState.failed}),
     TrialState.running: frozenset(
@@ -754,16 +756,7 @@ class Store:
         self, viewer: Principal | None = None, limit: int = 50, cursor: int | None = None
     ) -> tuple[list[DatasetRecord], int | None]:
         """Newest first; the cursor is the last row's sequence number."""
-        stmt = select(DatasetRow).order_by(DatasetRow.seq.desc()).limit(limit + 1)
-        if viewer is not None and not viewer.is_admin:
-            stmt = stmt.where(DatasetRow.owner == viewer.owner)
-        if cursor is not None:
-            stmt = stmt.where(DatasetRow.seq < cursor)
-        with self._read() as s:
-            rows = list(s.scalars(stmt))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [self._dataset(r) for r in rows], (rows[-1].seq if more and rows else None)
+        return self._owned_page(DatasetRow, self._dataset, viewer, limit, cursor)
 
     @retrying(idempotent=False)
     def delete_dataset(self, dataset_id: str, viewer: Principal | None = None) -> DatasetRecord:
@@ -772,12 +765,7 @@ class Store:
         (:meth:`create_job`)."""
         with self._write() as s:
             row = self._dataset_row(s, dataset_id, viewer, lock=True)
-            using = self._jobs_using(s, dataset_id, _stored_dataset)
-            if using:
-                raise IllegalTransition(
-                    f"dataset {dataset_id} is used by {len(using)} queued or running job(s) ({', '.join(using)}); "
-                    "delete it once they finish or are cancelled"
-                )
+            self._refuse_while_used(s, "dataset", dataset_id, _stored_dataset)
             record = self._dataset(row)
             s.delete(row)
         return record
@@ -788,6 +776,33 @@ class Store:
         the models' ``size_bytes``): one quota, ``NAS_LIMIT_OWNER_DATASET_BYTES``."""
         with self._read() as s:
             return self._owner_dataset_bytes(s, owner)
+
+    def _owned_page(
+        self, row_type: Any, to_record: Callable[[Any], R], viewer: Principal | None, limit: int, cursor: int | None
+    ) -> tuple[list[R], int | None]:
+        """A page of stored resources, newest first, the viewer's own unless an admin; the next
+        cursor is the last row's sequence number."""
+        stmt = select(row_type).order_by(row_type.seq.desc()).limit(limit + 1)
+        if viewer is not None and not viewer.is_admin:
+            stmt = stmt.where(row_type.owner == viewer.owner)
+        if cursor is not None:
+            stmt = stmt.where(row_type.seq < cursor)
+        with self._read() as s:
+            rows = list(s.scalars(stmt))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [to_record(r) for r in rows], (rows[-1].seq if more and rows else None)
+
+    def _refuse_while_used(
+        self, s: Session, kind: str, resource_id: str, uses: Callable[[dict[str, Any]], str | None]
+    ) -> None:
+        """``IllegalTransition`` while a queued or running job names the stored resource."""
+        using = self._jobs_using(s, resource_id, uses)
+        if using:
+            raise IllegalTransition(
+                f"{kind} {resource_id} is used by {len(using)} queued or running job(s) ({', '.join(using)}); "
+                "delete it once they finish or are cancelled"
+            )
 
     # -- models -----------------------------------------------------------------------------
 
@@ -832,16 +847,7 @@ class Store:
         self, viewer: Principal | None = None, limit: int = 50, cursor: int | None = None
     ) -> tuple[list[ModelRecord], int | None]:
         """Newest first; the cursor is the last row's sequence number."""
-        stmt = select(ModelRow).order_by(ModelRow.seq.desc()).limit(limit + 1)
-        if viewer is not None and not viewer.is_admin:
-            stmt = stmt.where(ModelRow.owner == viewer.owner)
-        if cursor is not None:
-            stmt = stmt.where(ModelRow.seq < cursor)
-        with self._read() as s:
-            rows = list(s.scalars(stmt))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [self._model(r) for r in rows], (rows[-1].seq if more and rows else None)
+        return self._owned_page(ModelRow, self._model, viewer, limit, cursor)
 
     @retrying(idempotent=False)
     def delete_model(self, model_id: str, viewer: Principal | None = None) -> ModelRecord:
@@ -850,12 +856,7 @@ class Store:
         submissions of such jobs (:meth:`create_job`)."""
         with self._write() as s:
             row = self._model_row(s, model_id, viewer, lock=True)
-            using = self._jobs_using(s, model_id, _stored_model)
-            if using:
-                raise IllegalTransition(
-                    f"model {model_id} is used by {len(using)} queued or running job(s) ({', '.join(using)}); "
-                    "delete it once they finish or are cancelled"
-                )
+            self._refuse_while_used(s, "model", model_id, _stored_model)
             record = self._model(row)
             s.delete(row)
         return record
