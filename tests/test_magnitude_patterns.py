@@ -173,3 +173,30 @@ def test_parse_pattern() -> None:
     for bad in ("", "2:", ":4", "0:4", "5:4", "2:128", " 2:4", "N:M"):
         with pytest.raises(ValueError):
             parse_pattern(bad)
+
+
+def test_gradual_magnitude_pruning_follows_each_layers_pattern_along_its_schedule() -> None:
+    """gmp: a channel layer loses whole channels step by step, N:M holds from t0, dense is never pruned."""
+    from nas.sparse.gmp import GradualMagnitudePruning
+
+    model = convnet()
+    patterns = {"conv0.weight": "channel", "conv1.weight": "2:4", "fc0.weight": "unstructured", "out.weight": "dense"}
+    sparsifier = GradualMagnitudePruning(GradualMagnitudePruning.Params(sparsity=0.75, start=0.0, end=1.0, frequency=1))
+    sparsifier.layer_patterns = patterns
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier.attach(model, optimizer, 20, {"conv0.weight": 0.5, "out.weight": 0.0})
+
+    def dead_channels() -> int:
+        return int((weight(model, "conv0.weight").flatten(1).abs().sum(1) == 0).sum())
+
+    channels = []
+    for step in range(1, 21):
+        sparsifier.on_step(model, step)
+        channels.append(dead_channels())
+        conv1 = weight(model, "conv1.weight").permute(0, 2, 3, 1).reshape(-1, 4)
+        assert bool(((conv1 != 0).sum(1) <= 2).all())  # 2:4 at every step
+    sparsifier.finalize(model)
+    assert channels == sorted(channels) and channels[0] < channels[-1] == 4  # 4 of 8 channels, gradually
+    assert get_mask(model.out, "weight") is None
+    assert float((weight(model, "fc0.weight") == 0).float().mean()) == pytest.approx(0.75, abs=0.01)
+    assert {name: sparsifier.pattern_of(name) for name in patterns} == patterns

@@ -8,6 +8,11 @@ where s_f is the ``sparsity`` param (``final_sparsity``, TensorFlow's ``Polynomi
 accepted as an alias), so sparsity rises fast at first, while the network is redundant, and slowly near the end. Masks
 are recomputed at each update from the current magnitudes; masked weights are zero and receive
 no updates, so they stay pruned (as in the paper's TensorFlow ``model_pruning``).
+
+Per-layer patterns a search space sets (``layer_patterns``) are honoured as by one-shot
+magnitude pruning (:mod:`nas.sparse.magnitude`): a dense weight is never pruned, a channel weight
+loses whole output channels along the same schedule, and an N:M weight takes its N:M mask from
+t0 on (its density is the pattern's, so it has no schedule to follow).
 """
 
 from __future__ import annotations
@@ -82,16 +87,23 @@ class GradualMagnitudePruning(Sparsifier):
         self.dt = 0
         self.n = 0
         self._targets: dict[str, float] = {}
+        self._patterns: dict[str, str] = {}
         self._done = False
 
     def attach(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int, layer_sparsity: dict[str, float] | None
     ) -> None:
-        """Fix t0, Δt and n for ``total_steps``; weights named in ``layer_sparsity`` head for their own s_f."""
+        """Fix t0, Δt and n for ``total_steps``; weights named in ``layer_sparsity`` head for their own s_f.
+
+        ``layer_patterns`` (set before this call) are checked against the model here, so a pattern
+        that cannot apply fails before training.
+        """
+        from nas.sparse.magnitude import checked_patterns
         from nas.sparse.masks import checked_targets
 
         p = self.params
         self._targets = checked_targets(model, layer_sparsity)
+        self._patterns = checked_patterns(model, self.layer_patterns)
         self.t0 = round(p.start * total_steps)
         span = round(p.end * total_steps) - self.t0
         self.dt = min(p.frequency, max(1, span // MIN_UPDATES))
@@ -111,11 +123,14 @@ class GradualMagnitudePruning(Sparsifier):
     def on_step(self, model: nn.Module, step: int) -> None:
         if self._done or self.sparsity_at(step) is None:
             return
-        from nas.sparse.masks import magnitude_prune
+        from nas.sparse.magnitude import prune_with_patterns
 
         overrides = {name: self.sparsity_at(step, target) for name, target in self._targets.items()}
-        magnitude_prune(model, self.sparsity_at(step), overrides, self.params.scope)
+        prune_with_patterns(model, self.sparsity_at(step), overrides, self.params.scope, self._patterns)
         self._done = step == self.t0 + self.n * self.dt
+
+    def pattern_of(self, name: str) -> str:
+        return self._patterns.get(name, self.pattern)
 
     def finalize(self, model: nn.Module) -> None:
         """Reach s_f even if training stopped before the schedule's end."""

@@ -9,7 +9,8 @@ A search space that searches each layer's sparsity pattern hands the trainer a
   the input axis stay (the grouping of :mod:`nas.sparse.nm`), so the density is ``N/M``;
 * ``"channel"``: whole output channels (rows) go, those of smallest L1 norm (Li et al., 2017).
 
-Weights the map leaves out are unstructured.
+Weights the map leaves out are unstructured. Gradual magnitude pruning (:mod:`nas.sparse.gmp`)
+masks by the same patterns at each step of its schedule (:func:`prune_with_patterns`).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class MagnitudePruning(OneShotSparsifier):
         from nas.sparse.masks import checked_targets
 
         self._layer_sparsity = checked_targets(model, layer_sparsity)
-        self._patterns = _checked_patterns(model, self.layer_patterns)
+        self._patterns = checked_patterns(model, self.layer_patterns)
         super().attach(model, optimizer, total_steps, layer_sparsity)
 
     def pattern_of(self, name: str) -> str:
@@ -92,13 +93,10 @@ class MagnitudePruning(OneShotSparsifier):
     def _prune(self, model: nn.Module) -> None:
         from nas.sparse.masks import magnitude_prune
 
-        if self._patterns:
-            _prune_with_patterns(model, self.params.sparsity, self._layer_sparsity, self.params.scope, self._patterns)
-        else:
-            magnitude_prune(model, self.params.sparsity, self._layer_sparsity, self.params.scope)
+        prune_with_patterns(model, self.params.sparsity, self._layer_sparsity, self.params.scope, self._patterns)
 
 
-def _checked_patterns(model: nn.Module, patterns: dict[str, str] | None) -> dict[str, str]:
+def checked_patterns(model: nn.Module, patterns: dict[str, str] | None) -> dict[str, str]:
     """``patterns`` as a dict, after checking each names a prunable weight of ``model`` and can apply to it."""
     from nas.sparse.masks import prunable_weights, raw_weight
 
@@ -121,17 +119,22 @@ def _checked_patterns(model: nn.Module, patterns: dict[str, str] | None) -> dict
     return dict(patterns or {})
 
 
-def _prune_with_patterns(
+def prune_with_patterns(
     model: nn.Module, sparsity: float, overrides: dict[str, float], scope: str, patterns: dict[str, str]
 ) -> None:
     """Mask every prunable weight of ``model`` by its pattern; unstructured ones as :func:`magnitude_prune` would.
 
     A channel weight removes ``overrides.get(name, sparsity)`` of its output channels; N:M and
-    dense weights ignore their sparsity targets, which their pattern fixes.
+    dense weights ignore their sparsity targets, which their pattern fixes. Without patterns this
+    is :func:`~nas.sparse.masks.magnitude_prune`.
     """
     from nas.sparse._channel import channel_mask, unit_scores
     from nas.sparse.nm_layers import nm_mask
-    from nas.sparse.masks import magnitude_masks, prunable_weights, set_mask
+    from nas.sparse.masks import magnitude_masks, magnitude_prune, prunable_weights, set_mask
+
+    if not patterns:
+        magnitude_prune(model, sparsity, overrides, scope)
+        return
 
     owners = prunable_weights(model)
     weights = {name: getattr(module, attr) for name, (module, attr) in owners.items()}
