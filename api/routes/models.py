@@ -116,14 +116,12 @@ def read_in_worker(source: str, limits: dict[str, Any]) -> dict[str, Any] | Work
     422 naming the failed check. The dense latency is the 10th percentile of single-example calls
     on each target this machine has, the statistic trials report."""
     from nas.latency import available_targets, measure
-    from nas.models.onnx_import import ModelLimits, ModelRejected, load_onnx_model
+    from nas.models.onnx_import import ModelLimits, ModelRejected
     from nas.models.summary import read_model
 
     try:
-        model_limits = ModelLimits(**limits)
-        info = read_model(Path(source), model_limits)
-        module = load_onnx_model(Path(source), model_limits)
-        latency = {target: measure(module, info.input_shape, target)["p10_ms"] for target in available_targets()}
+        info = read_model(Path(source), ModelLimits(**limits))
+        latency = {target: measure(info.module, info.input_shape, target)["p10_ms"] for target in available_targets()}
     except ModelRejected as exc:
         return WorkError(422, [{"loc": ["body", "file"], "msg": str(exc), "type": "model_rejected"}])
     except Exception as exc:  # a parser's or converter's own error on a malformed file is still the file's problem

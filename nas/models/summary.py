@@ -36,6 +36,7 @@ class ModelInfo:
 
     ``layers`` hold ``{"name", "kind", "shape", "params"}`` per prunable weight, named as
     :func:`nas.sparse.masks.prunable_weights` names them (the names a job's layer sparsities use).
+    ``module`` is the converted network, in eval mode, for the reader to time without converting again.
     """
 
     input_shape: tuple[int, ...]
@@ -44,6 +45,7 @@ class ModelInfo:
     layers: list[dict] = field(default_factory=list)
     opset: int = 0
     producer: str = ""
+    module: nn.Module = field(kw_only=True, repr=False, compare=False)
 
 
 def read_model(path: Path, limits: ModelLimits) -> ModelInfo:
@@ -70,6 +72,7 @@ def read_model(path: Path, limits: ModelLimits) -> ModelInfo:
         layers=layers,
         opset=default_opset(proto) or 0,
         producer=producer,
+        module=module.eval(),
     )
 
 
