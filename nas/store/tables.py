@@ -83,6 +83,9 @@ class JobRow(Base):
     lease_expires_at: Mapped[datetime | None]
     next_trial_number: Mapped[int] = mapped_column(Integer, default=0)
     best_trial_id: Mapped[str | None] = mapped_column(String(32))
+    # The owner's free text and key-value attributes, as researchers annotate runs.
+    note: Mapped[str | None] = mapped_column(Text)
+    user_attrs: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
 
 
 class DispatcherRow(Base):
@@ -128,6 +131,10 @@ class TrialRow(Base):
     # Last change of anything a viewer sees (state, metrics, epochs); heartbeats leave it alone.
     # Live views poll on it.
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The trial's captured log and, when it failed, its traceback: the tail, size-capped.
+    log: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    user_attrs: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
 
 
 class TrialEpochRow(Base):
