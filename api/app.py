@@ -24,7 +24,7 @@ from api.metrics import router as metrics_router
 from api.ratelimit import FailureLimiter
 from api.request_context import RequestContext, install_log_record_factory
 from api.workpool import POOLS
-from api.routes import catalog, dashboard, dashboard_api, datasets, events, jobs, keys, models, trials
+from api.routes import analysis, catalog, dashboard, dashboard_api, datasets, events, jobs, keys, models, trials
 from api.routes.latency import router as latency_router
 from api.routes.latency import warm_up
 from nas import __version__
@@ -167,7 +167,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     strict = [Depends(known_query_only)]
     for router in (jobs.router, trials.router, datasets.router, models.router, catalog.router, keys.router):
         app.include_router(router, prefix=API_PREFIX, dependencies=strict)
-    for router in (dashboard_api.router, events.router):
+    for router in (dashboard_api.router, events.router, analysis.router):
         app.include_router(router, prefix=API_PREFIX, dependencies=strict)
     app.include_router(latency_router, prefix=API_PREFIX, dependencies=strict)
     app.include_router(dashboard.router)  # the web dashboard at /

@@ -8,6 +8,7 @@ exactly what ran.
 from __future__ import annotations
 
 import enum
+import json
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -294,10 +295,62 @@ class JobSummary(BaseModel):
     error: str | None = None
 
 
+MAX_ANNOTATION = 10_000
+"""The longest note, in characters, and the largest user attributes, in bytes of JSON, a job or trial keeps."""
+
+JsonScalar = str | int | float | bool
+UserAttrs = dict[str, JsonScalar]
+
+
+class Annotation(_Strict):
+    """What a researcher writes on a job or trial: a note, and attributes merged into those it has.
+
+    ``note`` replaces the note (``null`` or ``""`` clears it); ``user_attrs`` sets each key given and
+    removes each key given as ``null`` (a JSON merge patch), so two people can add keys side by side.
+    """
+
+    note: str | None = Field(
+        None, max_length=MAX_ANNOTATION, description="free text; newlines and tabs allowed, other control characters not"
+    )
+    user_attrs: dict[str, JsonScalar | None] | None = Field(
+        None, description="key -> string, number or boolean; null removes the key", max_length=256
+    )
+
+    @field_validator("note")
+    @classmethod
+    def _printable_note(cls, note: str | None) -> str | None:
+        if note is not None:
+            check_printable(note.replace("\n", " ").replace("\t", " "))
+        return note
+
+    @field_validator("user_attrs")
+    @classmethod
+    def _printable_attrs(cls, attrs: dict[str, JsonScalar | None] | None) -> dict[str, JsonScalar | None] | None:
+        for key, value in (attrs or {}).items():
+            if not 0 < len(key) <= 100:
+                raise ValueError(f"attribute name {key[:100]!r} must have 1 to 100 characters")
+            check_printable(key)
+            if isinstance(value, str):
+                check_printable(value)
+        return attrs
+
+
+def merged_attrs(current: UserAttrs, change: dict[str, JsonScalar | None]) -> UserAttrs:
+    """``current`` with ``change`` applied; ``ValueError`` when the result passes :data:`MAX_ANNOTATION` bytes."""
+    attrs = {**current, **change}
+    attrs = {key: value for key, value in attrs.items() if value is not None}
+    size = len(json.dumps(attrs, separators=(",", ":")).encode())
+    if size > MAX_ANNOTATION:
+        raise ValueError(f"user_attrs would take {size} bytes of JSON; at most {MAX_ANNOTATION} are kept")
+    return attrs
+
+
 class Job(JobSummary):
     """A job as its own route returns it: with the spec."""
 
     spec: dict[str, Any] = Field(description="the validated JobSpec, every default filled in")
+    note: str | None = Field(None, description="the owner's note (PATCH /jobs/{id})")
+    user_attrs: UserAttrs = Field(default_factory=dict, description="the owner's attributes (PATCH /jobs/{id})")
     baseline: dict[str, float] = Field(
         default_factory=dict,
         description="a search over a given model (model_sparsity): the dense model's dense_accuracy and "
@@ -348,6 +401,8 @@ class Trial(BaseModel):
         default_factory=dict, description="strategy-specific results, e.g. the cell a DASS search derived"
     )
     has_model: bool = False
+    note: str | None = Field(None, description="the owner's note (PATCH /trials/{id})")
+    user_attrs: UserAttrs = Field(default_factory=dict, description="the owner's attributes (PATCH /trials/{id})")
 
     @field_validator("metrics")
     @classmethod

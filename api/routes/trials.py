@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -17,7 +17,7 @@ from api.workpool import WorkError, work_pool
 from nas.errors import NotFound
 from nas.model_formats import EXPORTED, SUFFIXES, Format
 from nas.settings import Settings
-from nas.specs import Trial, TrialState
+from nas.specs import Annotation, Trial, TrialState
 from nas.store import Artifact, Principal, Store
 
 if TYPE_CHECKING:
@@ -33,6 +33,17 @@ _REPORTED_METRICS = ("latency_ms", "latency_median_ms", "masked_latency_ms", "ac
 
 @router.get("/{trial_id}", response_model=Trial, responses=errors(404))
 async def get_trial(trial_id: str, store: StoreDep, principal: PrincipalDep) -> Trial:
+    return store.get_trial(trial_id, principal)
+
+
+@router.patch("/{trial_id}", response_model=Trial, responses=errors(404, 422))
+def patch_trial(trial_id: str, body: Annotation, store: StoreDep, principal: PrincipalDep) -> Trial:
+    """Set the trial's note and merge its user attributes (its job's owner or an admin); 422 naming
+    ``user_attrs`` when the merged attributes would pass the cap."""
+    try:
+        store.annotate_trial(trial_id, body, principal)
+    except ValueError as exc:
+        raise HTTPException(422, [{"loc": ["body", "user_attrs"], "msg": str(exc), "type": "value_error"}]) from None
     return store.get_trial(trial_id, principal)
 
 
