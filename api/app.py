@@ -165,7 +165,8 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     app.state.secret = ServerSecret(settings.secret_file)
     # Every API route refuses query parameters it does not take, as the OpenAPI document says.
     strict = [Depends(known_query_only)]
-    for router in (jobs.router, trials.router, datasets.router, models.router, catalog.router, keys.router):
+    for router in (jobs.router, trials.router, datasets.router, models.router, catalog.router, keys.router,
+                   keys.whoami_router):
         app.include_router(router, prefix=API_PREFIX, dependencies=strict)
     for router in (dashboard_api.router, events.router, analysis.router):
         app.include_router(router, prefix=API_PREFIX, dependencies=strict)

@@ -17,6 +17,14 @@ class UnknownName(NasError, ValueError):
     """A name that is not registered; the message lists the valid ones."""
 
 
+class BudgetNotRaised(NasError, ValueError):
+    """A budget change that lowers a limit or raises none (HTTP 422); ``field`` names the budget field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 
 class TooManyJobs(NasError):
     """The owner is at a quota: active jobs, jobs created this hour or stored spec bytes (HTTP 429).

@@ -34,9 +34,9 @@ from nas.metrics import BASELINE, beside_baseline  # noqa: E402
 from nas.models.stored import scoped_model_catalog  # noqa: E402
 from nas.pareto import best_trial  # noqa: E402
 from nas.settings import Settings  # noqa: E402
-from nas.specs import Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState  # noqa: E402
+from nas.specs import Budget, Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState  # noqa: E402
 from nas.store import Store  # noqa: E402
-from nas.store.artifacts import save_model  # noqa: E402
+from nas.store.artifacts import save_model, tune_folder  # noqa: E402
 from nas.store.dataset_catalog import StoreDatasetCatalog  # noqa: E402
 from nas.store.model_catalog import StoreModelCatalog  # noqa: E402
 from nas.store.observations import predict_with_store_observations  # noqa: E402
@@ -101,7 +101,7 @@ class _Stop(_RunnerRef, tune.Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return self._runner.stop_reason is not None
+        return self._runner.stop_reason is not None or self._runner.out_of_time()
 
 
 class _Persist(_RunnerRef, tune.Callback):
@@ -169,6 +169,7 @@ class JobRunner:
         self._stalled: set[str] = set()
         self._strategy_done = False
         self._waiting = False  # the strategy's last answer was WAIT
+        self._started = time.time()  # the job's start (epoch seconds), from which budget.timeout_s counts
         # Metrics known before training (params, predicted latency) and the last epoch's report,
         # per live trial: a complete trial keeps the former, a pruned one ends with the latter.
         self._planned: dict[str, dict[str, float]] = {}
@@ -197,7 +198,7 @@ class JobRunner:
                     with deliver(self.store, self.settings, self.job_id, self.spec) as self._dataset, \
                             deliver_model(self.store, self.settings, self.job_id, self.space) as self._model:
                         self._measure_baseline()
-                        self._fit(self.spec)
+                        self._fit()
             self._conclude()
         except Exception as exc:  # a bug must end the job visibly, never leave it running
             log.exception("job %s failed in its runner", self.job_id)
@@ -248,12 +249,33 @@ class JobRunner:
             "dataset": self._dataset, "model": self._model,
         })  # fmt: skip
 
-    def _fit(self, spec: JobSpec) -> None:
-        elapsed = 0.0
+    def _fit(self) -> None:
+        """Run Tune until the budget is spent, again while the owner raised it as the last trials ended."""
         job = self.store.get_job(self.job_id)
-        if job.started_at is not None:
-            elapsed = time.time() - job.started_at.timestamp()
-        time_budget = None if spec.budget.timeout_s is None else max(spec.budget.timeout_s - elapsed, 0.001)
+        self._started = job.started_at.timestamp() if job.started_at is not None else time.time()
+        while True:
+            self._fit_once(self.spec)
+            self._follow_budget()
+            with self._lock:
+                more = self._n_trials < self.spec.budget.max_trials and not self._strategy_done
+            if self.stop_reason is not None or self.out_of_time() or self._waiting or not more:
+                return
+
+    def out_of_time(self) -> bool:
+        """Whether the job's time budget (``budget.timeout_s`` from its start) is spent; read as the
+        budget is now, so a raised timeout lets a running job go on."""
+        timeout = self.spec.budget.timeout_s
+        return timeout is not None and time.time() - self._started >= timeout
+
+    def _follow_budget(self) -> None:
+        """Take up a budget the owner raised (``PATCH /jobs/{id}``) since the runner last looked."""
+        budget = Budget.model_validate(self.store.job_budget(self.job_id))
+        if budget != self.spec.budget:
+            log.info("job %s: budget now %s", self.job_id, budget.model_dump(exclude_defaults=True))
+            with self._lock:
+                self.spec = self.spec.model_copy(update={"budget": budget})
+
+    def _fit_once(self, spec: JobSpec) -> None:
         # Tune's trainable registry is process-global and not thread-safe; registering under a
         # lock here means the jobs' own fits find the name and register nothing concurrently.
         trainable_name = f"nas-job-{self.job_id}"
@@ -270,13 +292,12 @@ class JobRunner:
                 scheduler=scheduler,
                 num_samples=-1,
                 max_concurrent_trials=spec.budget.max_concurrent,
-                reuse_actors=True,
-                time_budget_s=time_budget,
+                reuse_actors=True,  # no time_budget_s: _Stop ends the run at the budget as it is then
                 trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=f"job-{self.job_id}",
-                storage_path=str(self.settings.home / "ray_results"),
+                name=tune_folder(self.settings.home, self.job_id).name,
+                storage_path=str(tune_folder(self.settings.home, self.job_id).parent),
                 stop=_Stop(self.job_id),
                 callbacks=[_Persist(self.job_id)],
                 verbose=0,
@@ -327,6 +348,7 @@ class JobRunner:
                     self.stop_reason = "lease_lost"
                 elif self.stop_reason is None and self.store.cancel_requested(self.job_id):
                     self.stop_reason = "cancel"
+                self._follow_budget()
                 with self._lock:
                     live = list(self._live)
                 self.store.touch_trials(live)
@@ -367,7 +389,7 @@ class JobRunner:
         training (they count against ``max_trials``) and the strategy is asked again.
         """
         with self._lock:
-            if self.stop_reason is not None:
+            if self.stop_reason is not None or self.out_of_time():
                 return None
             if self._pending:
                 trial = self._pending.popleft()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, SettingsDep, StoreDep
 from api.limits import check_spec
@@ -14,9 +15,10 @@ from api.responses import errors
 from api.routes.dashboard_api import get_queries
 from nas import registry
 from nas.data.stored import UnknownDataset
-from nas.errors import TooManyJobs
+from nas.errors import BudgetNotRaised, TooManyJobs
 from nas.pareto import pareto_front
-from nas.specs import Job, JobSpec, JobStatus, JobSummary, Objective, Page, Trial, TrialState
+from nas.specs import Budget, Job, JobSpec, JobStatus, JobSummary, Objective, Page, Trial, TrialState
+from nas.store.artifacts import remove_job_files
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -35,6 +37,35 @@ class TrialPage(Page):
 
 class TrialList(BaseModel):
     items: list[Trial]
+
+
+def _budget_field(name: str, kind: type) -> Any:
+    """A budget field as :class:`~nas.specs.Budget` bounds it (one definition of the bounds)."""
+    return Annotated[(kind | None, *Budget.model_fields[name].metadata)]
+
+
+class BudgetRaise(BaseModel):
+    """Budget fields to raise; each only upwards, and within this server's limits."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_trials: _budget_field("max_trials", int) = Field(None, description="more trials in all (never fewer)")
+    timeout_s: _budget_field("timeout_s", float) = Field(
+        None, description="a longer time limit (never shorter); a finished job's counts again from its restart"
+    )
+
+
+class JobChange(BaseModel):
+    """What the owner may change of a submitted job."""
+
+    model_config = ConfigDict(extra="forbid")
+    budget: BudgetRaise | None = Field(
+        None, description="raise the budget of a running job (its runner picks it up within seconds) or of a "
+        "finished one (it is queued again and resumed with its trials)",
+    )
+
+
+def _too_many(exc: TooManyJobs) -> HTTPException:
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)})
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Job, responses=errors(413, 422))
@@ -56,9 +87,7 @@ def submit_job(spec: JobSpec, store: StoreDep, settings: SettingsDep, principal:
             max_spec_bytes=settings.limit_owner_spec_bytes,
         )  # fmt: skip
     except TooManyJobs as exc:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after)}
-        ) from None
+        raise _too_many(exc) from None
     except UnknownDataset as exc:  # deleted while the spec was checked
         raise HTTPException(
             422, [{"loc": ["body", "dataset", "params", "id"], "msg": str(exc), "type": "dataset_unknown"}]
@@ -81,6 +110,39 @@ async def list_jobs(
 @router.get("/{job_id}", response_model=Job, responses=errors(404))
 async def get_job(job_id: str, store: StoreDep, principal: PrincipalDep) -> Job:
     return store.get_job(job_id, principal)
+
+
+@router.patch("/{job_id}", response_model=Job, responses=errors(404, 422))
+def change_job(
+    job_id: str, change: JobChange, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> Job:
+    """Raise a job's budget (``budget.max_trials``, ``budget.timeout_s``): 422 naming the field if
+    it would go down or pass this server's limits; 429 if a finished job, queued again, would pass
+    its owner's active-job quota."""
+    job = store.get_job(job_id, principal)
+    if change.budget is None:
+        return job
+    raised = change.budget.model_dump(exclude_none=True)
+    if not raised:
+        raise HTTPException(422, [{"loc": ["body", "budget"], "msg": "name max_trials or timeout_s to raise",
+                                   "type": "missing", "input": {}}])  # fmt: skip
+    check_spec(JobSpec.model_validate({**job.spec, "budget": {**job.spec["budget"], **raised}}), settings)
+    try:
+        return store.extend_budget(job.id, raised, principal, max_active=settings.limit_active_jobs)
+    except BudgetNotRaised as exc:
+        raise HTTPException(422, [{"loc": ["body", "budget", exc.field], "msg": str(exc), "type": "budget_not_raised",
+                                   "input": raised.get(exc.field)}]) from None  # fmt: skip
+    except TooManyJobs as exc:
+        raise _too_many(exc) from None
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409))
+async def delete_job(job_id: str, store: StoreDep, settings: SettingsDep, principal: PrincipalDep) -> None:
+    """Delete a finished job with its trials, their epochs, layers and model files (owner or admin);
+    409 while it is queued or running: cancel it first. The latency observations its trials made
+    stay (timings, no weights or data): they keep refining the latency predictor."""
+    job = await run_in_threadpool(store.delete_job, job_id, principal)
+    await run_in_threadpool(remove_job_files, settings, job.id)
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=Job, responses=errors(404, 409))

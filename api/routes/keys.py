@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Path
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, StoreDep
@@ -19,6 +19,7 @@ from nas.errors import NotFound
 from nas.store import ApiKey
 
 router = APIRouter(prefix="/keys", tags=["keys"])
+whoami_router = APIRouter(tags=["keys"])
 
 
 class KeyInfo(BaseModel):
@@ -65,3 +66,17 @@ async def revoke_key(
     except NotFound:
         raise NotFound(f"API key {key_id} not found") from None
     return KeyInfo.of(key)
+
+
+class Identity(BaseModel):
+    """Who the caller's key signs in as."""
+
+    owner: str
+    is_admin: bool = Field(description="an admin key sees and manages every owner's jobs and keys")
+    key_id: int | None = Field(description="the key's id in `nas keys list`")
+
+
+@whoami_router.get("/whoami", response_model=Identity, responses=errors())
+async def whoami(principal: PrincipalDep) -> Identity:
+    """The owner and rights of the key sent: what the dashboard shows as signed in."""
+    return Identity(owner=principal.owner, is_admin=principal.is_admin, key_id=principal.key_id)

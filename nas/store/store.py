@@ -26,7 +26,7 @@ from nas.arch import fingerprint
 from nas.metrics import BASELINE
 from nas.data.stored import UnknownDataset
 from nas.models.stored import UnknownModel
-from nas.errors import IllegalTransition, NotFound, QuotaExceeded, TooManyJobs
+from nas.errors import BudgetNotRaised, IllegalTransition, NotFound, QuotaExceeded, TooManyJobs
 from nas.safe_text import check_printable
 from nas.specs import (
     Annotation,
@@ -70,7 +70,11 @@ TRIAL_TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
 JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled, JobStatus.failed}),
     JobStatus.running: frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}),
+    # A finished job whose budget is raised is queued again and resumed with its trials.
+    **{done: frozenset({JobStatus.queued}) for done in JobStatus if done.finished},
 }
+# The budget fields a running or finished job may raise (PATCH /jobs/{id}).
+EXTENSIBLE_BUDGET = ("max_trials", "timeout_s")
 
 # A dispatcher records a heartbeat every DISPATCHER_HEARTBEAT_S seconds; readiness counts one
 # silent for DISPATCHER_STALE_S as down.
@@ -378,6 +382,99 @@ class Store:
                 row.error = "cancelled before it started"
             s.flush()
             return self._job(s, row)
+
+    @retrying(idempotent=True)
+    def annotate_job(self, job_id: str, annotation: Annotation, viewer: Principal | None = None) -> Job:
+        """Set the job's note and merge its user attributes (owner or admin); ``ValueError`` past the cap."""
+        with self._write() as s:
+            row = self._job_row(s, job_id, viewer, lock=True)
+            row.note, row.user_attrs = self._annotated(row.note, row.user_attrs, annotation)
+            s.flush()
+            return self._job(s, row)
+
+    @retrying(idempotent=True)
+    def annotate_trial(self, trial_id: str, annotation: Annotation, viewer: Principal | None = None) -> Trial:
+        """Set the trial's note and merge its user attributes (its job's owner or admin); ``ValueError`` past the cap."""
+        with self._write() as s:
+            row = self._trial_row(s, trial_id)
+            self._trial_visible(s, trial_id, row.job_id, viewer)
+            row.note, row.user_attrs = self._annotated(row.note, row.user_attrs, annotation)
+            s.flush()
+            return self._trial(row, has_model=trial_id in self._has_model(s, [trial_id]))
+
+    @staticmethod
+    def _annotated(note: str | None, attrs: dict[str, Any] | None, annotation: Annotation) -> tuple[str | None, dict[str, Any]]:
+        """The note and attributes after ``annotation``: fields it leaves out stay as they are."""
+        given = annotation.model_fields_set
+        if "note" in given:
+            note = annotation.note or None
+        if "user_attrs" in given:
+            attrs = merged_attrs(attrs or {}, annotation.user_attrs or {})
+        return note, dict(attrs or {})
+
+    @retrying(idempotent=True)
+    def extend_budget(
+        self, job_id: str, raised: Mapping[str, float], viewer: Principal | None = None, max_active: int | None = None
+    ) -> Job:
+        """Raise the job's ``budget`` fields in ``raised`` (of :data:`EXTENSIBLE_BUDGET`).
+
+        A running job's runner reads the new budget within a heartbeat; a finished one goes back to
+        ``queued`` (``TooManyJobs`` if its owner has ``max_active`` active jobs) and is resumed with
+        its trials. ``BudgetNotRaised`` when a field would go down, or none goes up: checked here,
+        under the row's lock, so two racing changes never lower a budget.
+        """
+        with self._write() as s:
+            row = self._job_row(s, job_id, viewer, lock=True)
+            budget = dict(row.spec["budget"])
+            for name, value in raised.items():
+                if name not in EXTENSIBLE_BUDGET:
+                    raise BudgetNotRaised(name, f"only {' and '.join(EXTENSIBLE_BUDGET)} can be raised")
+                if budget.get(name) is None and name == "timeout_s":
+                    raise BudgetNotRaised(name, "the job has no time limit (timeout_s is null); nothing to raise")
+                if value < budget[name]:
+                    raise BudgetNotRaised(name, f"budget.{name} can only be raised: it is {budget[name]}, not {value}")
+            if not any(value > budget[name] for name, value in raised.items()):
+                field = next(iter(raised), EXTENSIBLE_BUDGET[0])
+                raise BudgetNotRaised(field, f"raise budget.{' or budget.'.join(EXTENSIBLE_BUDGET)} above the job's "
+                                             f"{', '.join(f'{n}={budget.get(n)}' for n in EXTENSIBLE_BUDGET)}")  # fmt: skip
+            if JobStatus(row.status).finished:
+                self._check_quota(s, row.owner, row.spec, max_active, None, None)
+                row.status = JobStatus.queued.value
+                row.cancel_requested = False
+                row.finished_at = row.error = row.lease_owner = row.lease_expires_at = None
+            row.spec = {**row.spec, "budget": {**budget, **raised}}  # a new dict: the JSON column sees the change
+            s.flush()
+            return self._job(s, row)
+
+    @retrying(idempotent=True)
+    def job_budget(self, job_id: str) -> dict[str, Any]:
+        """The job's stored ``budget`` (its runner re-reads it: the owner may raise it while the job runs)."""
+        with self._read() as s:
+            spec = s.scalar(select(JobRow.spec).where(JobRow.id == job_id))
+        if spec is None:
+            raise NotFound(f"job {job_id} not found")
+        return spec["budget"]
+
+    @retrying(idempotent=False)
+    def delete_job(self, job_id: str, viewer: Principal | None = None) -> Job:
+        """Forget a finished job with its trials, their epochs, layers and artifact rows (the files
+        under ``artifacts/<job id>`` are the caller's to remove); ``IllegalTransition`` while it is
+        queued or running. Latency observations stay: they carry no weights or data, and keep
+        refining the latency predictor for every job."""
+        with self._write() as s:
+            row = self._job_row(s, job_id, viewer, lock=True)
+            status = JobStatus(row.status)
+            if not status.finished:
+                raise IllegalTransition(f"job {row.id} is {status.value}; cancel it first "
+                                        f"(POST /jobs/{row.id}/cancel or nas cancel), then delete it")  # fmt: skip
+            job = self._job(s, row)
+            trial_ids = select(TrialRow.id).where(TrialRow.job_id == row.id).scalar_subquery()
+            for table in (TrialEpochRow, TrialLayerRow, ArtifactRow):
+                s.execute(delete(table).where(table.trial_id.in_(trial_ids)))
+            s.execute(update(TrialRow).where(TrialRow.parent_id.in_(trial_ids)).values(parent_id=None))
+            s.execute(delete(TrialRow).where(TrialRow.job_id == row.id))
+            s.delete(row)
+        return job
 
     @retrying(idempotent=True)
     def annotate_job(self, job_id: str, annotation: Annotation, viewer: Principal | None = None) -> Job:
