@@ -432,6 +432,50 @@ def cancel(job_id: Annotated[str, typer.Argument(help="job id")], json_output: J
             _print_json(job.model_dump(mode="json"))
 
 
+def _attr(text: str) -> tuple[str, Any]:
+    """``key=value``: the value as JSON when it reads as a number, boolean or null (which removes the key), else text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"{text!r} is not key=value")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return key, raw
+    return key, value if value is None or isinstance(value, (bool, int, float)) else raw
+
+
+@app.command()
+def note(
+    id: Annotated[str, typer.Argument(help="a job or trial id")],
+    text: Annotated[Optional[str], typer.Argument(help='the note; "" clears it; leave out to show the note')] = None,
+    attr: Annotated[
+        Optional[list[str]],
+        typer.Option("--attr", help="key=value user attribute (repeatable); a number, true/false, or text; key=null removes it"),
+    ] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Show or set the note and user attributes of a job or a trial (the job is looked for first)."""
+    from nas.client import NotFoundError
+
+    attrs = dict(_attr(a) for a in attr or [])
+    changing = text is not None or bool(attrs)
+    with _client() as client:
+        try:
+            record: Job | Trial = client.annotate_job(id, text, attrs or None) if changing else client.job(id)
+            what = "job"
+        except NotFoundError:
+            record = client.annotate_trial(id, text, attrs or None) if changing else client.trial(id)
+            what = "trial"
+        if json_output:
+            _print_json(record.model_dump(mode="json"))
+            return
+        if changing:
+            err.print(f"{what} {record.id}: note and attributes saved")
+        out.print("\n".join(escape(line) for line in (record.note or "(no note)").splitlines()))
+        for key, value in record.user_attrs.items():
+            out.print(f"{escape(key)}={escape(value if isinstance(value, str) else json.dumps(value))}")
+
+
 @app.command("export")
 def export_model(
     trial_id: Annotated[str, typer.Argument(help="trial id")],

@@ -15,7 +15,7 @@ from api.app import create_app
 from nas import registry
 from nas.analysis import NotAnalysable, param_importances
 from nas.settings import Settings
-from nas.specs import MAX_ANNOTATION, Annotation, TrialState
+from nas.specs import MAX_ANNOTATION, TrialState
 from nas.store import Store
 
 
@@ -165,9 +165,18 @@ def test_annotations_over_the_cap_or_from_another_owner_are_refused(
     assert store.get_trial(trial).note is None
 
 
-def test_job_annotation_is_kept_and_returned(store: Store, alice: dict[str, Any]) -> None:
-    job = store.annotate_job(alice["job"], Annotation(note="baseline run", user_attrs={"paper": "fig3"}))
-    assert (job.note, job.user_attrs) == ("baseline run", {"paper": "fig3"})
-    job = store.annotate_job(alice["job"], Annotation(user_attrs={"paper": None}))
-    assert (job.note, job.user_attrs) == ("baseline run", {})
+def test_job_note_and_attributes_through_patch(app_client: TestClient, store: Store, alice: dict[str, Any]) -> None:
+    url = f"/api/v1/jobs/{alice['job']}"
+    set_ = app_client.patch(url, json={"note": "baseline run", "user_attrs": {"paper": "fig3"}}, headers=auth(alice["key"]))
+    assert set_.status_code == 200, set_.text
+    assert (set_.json()["note"], set_.json()["user_attrs"]) == ("baseline run", {"paper": "fig3"})
+    assert set_.json()["spec"]["budget"]["max_trials"] == 5  # the budget is left alone
+    removed = app_client.patch(url, json={"user_attrs": {"paper": None}}, headers=auth(alice["key"]))
+    assert (removed.json()["note"], removed.json()["user_attrs"]) == ("baseline run", {})
     assert store.get_job(alice["job"]).note == "baseline run"
+    typo = app_client.patch(url, json={"notes": "x"}, headers=auth(alice["key"]))
+    assert typo.status_code == 422 and typo.json()["detail"][0]["loc"] == ["body", "notes"]
+    bob = store.create_api_key("bob")
+    assert app_client.patch(url, json={"note": "mine"}, headers=auth(bob)).status_code == 404
+    admin = store.create_api_key("root", is_admin=True)
+    assert app_client.patch(url, json={"note": "checked"}, headers=auth(admin)).json()["note"] == "checked"

@@ -13,11 +13,12 @@ from api.limits import check_spec
 from api.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from api.responses import errors
 from api.routes.dashboard_api import get_queries
+from api.routes.trials import annotation_refused
 from nas import registry
 from nas.data.stored import UnknownDataset
 from nas.errors import BudgetNotRaised, TooManyJobs
 from nas.pareto import pareto_front
-from nas.specs import Budget, Job, JobSpec, JobStatus, JobSummary, Objective, Page, Trial, TrialState
+from nas.specs import Annotation, Budget, Job, JobSpec, JobStatus, JobSummary, Objective, Page, Trial, TrialState
 from nas.store.artifacts import remove_job_files
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -54,10 +55,9 @@ class BudgetRaise(BaseModel):
     )
 
 
-class JobChange(BaseModel):
-    """What the owner may change of a submitted job."""
+class JobChange(Annotation):
+    """What the owner may change of a submitted job: its note and user attributes, and its budget."""
 
-    model_config = ConfigDict(extra="forbid")
     budget: BudgetRaise | None = Field(
         None, description="raise the budget of a running job (its runner picks it up within seconds) or of a "
         "finished one (it is queued again and resumed with its trials)",
@@ -118,7 +118,13 @@ def change_job(
 ) -> Job:
     """Raise a job's budget (``budget.max_trials``, ``budget.timeout_s``): 422 naming the field if
     it would go down or pass this server's limits; 429 if a finished job, queued again, would pass
-    its owner's active-job quota."""
+    its owner's active-job quota. Set its ``note`` (``""`` clears it) and merge ``user_attrs`` (a key
+    given as null is removed); 422 naming ``user_attrs`` if they would pass the size cap."""
+    if change.model_fields_set & {"note", "user_attrs"}:
+        try:
+            store.annotate_job(job_id, change, principal)
+        except ValueError as exc:
+            raise annotation_refused(exc) from None
     job = store.get_job(job_id, principal)
     if change.budget is None:
         return job

@@ -43,8 +43,13 @@ def patch_trial(trial_id: str, body: Annotation, store: StoreDep, principal: Pri
     try:
         store.annotate_trial(trial_id, body, principal)
     except ValueError as exc:
-        raise HTTPException(422, [{"loc": ["body", "user_attrs"], "msg": str(exc), "type": "value_error"}]) from None
+        raise annotation_refused(exc) from None
     return store.get_trial(trial_id, principal)
+
+
+def annotation_refused(exc: ValueError) -> HTTPException:
+    """The 422 for user attributes that, merged into those kept, would pass the cap (:data:`nas.specs.MAX_ANNOTATION`)."""
+    return HTTPException(422, [{"loc": ["body", "user_attrs"], "msg": str(exc), "type": "value_error"}])
 
 
 @router.get(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import yaml
 
 from nas.client.errors import ServerError
 from nas.model_formats import FORMATS, SUFFIXES
-from nas.specs import JobSpec
+from nas.specs import Annotation, JobSpec, JsonScalar
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
@@ -175,6 +176,14 @@ def model_target(path: str | Path, trial_id: str, format: str) -> Path:
 def partial_path(target: Path) -> Path:
     """A download is written here first, then renamed, so ``target`` is never half a file."""
     return target.with_name(f".{target.name}.part")
+
+
+def annotation_body(note: str | None, user_attrs: Mapping[str, JsonScalar | None] | None) -> dict[str, Any]:
+    """A PATCH body with what is given, checked as the server checks it; ``ValueError`` when nothing is."""
+    given = {name: value for name, value in (("note", note), ("user_attrs", user_attrs)) if value is not None}
+    if not given:
+        raise ValueError("give a note, user_attrs or both")
+    return Annotation.model_validate(given).model_dump(mode="json", exclude_unset=True)
 
 
 def objective_metric(spec: dict[str, Any]) -> str | None:

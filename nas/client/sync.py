@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ from nas.client._base import (
     STREAM_READ_TIMEOUT_S,
     UPLOAD_READ_TIMEOUT_S,
     ClientSettings,
+    annotation_body,
     check_format,
     model_target,
     partial_path,
@@ -45,7 +46,7 @@ from nas.client.uploads import (
     form_parts,
     upload_reporter,
 )
-from nas.specs import Job, JobSpec, JobStatus, JobSummary, Trial, TrialState
+from nas.specs import Job, JobSpec, JobStatus, JobSummary, JsonScalar, Trial, TrialState
 
 T = TypeVar("T")
 Progress = bool | Callable[[Job], None]
@@ -258,6 +259,22 @@ class Client:
     def pareto(self, job_id: str) -> list[Trial]:
         """The job's non-dominated complete trials under its objectives."""
         return [Trial.model_validate(t) for t in self._get(f"/jobs/{job_id}/pareto")["items"]]
+
+    # -- notes and user attributes ------------------------------------------------------
+
+    def annotate_job(
+        self, job_id: str, note: str | None = None, user_attrs: Mapping[str, JsonScalar | None] | None = None
+    ) -> Job:
+        """Set a job's note (``""`` clears it) and merge ``user_attrs`` into its attributes (``None`` removes a key)."""
+        body = annotation_body(note, user_attrs)
+        return Job.model_validate(self._request("PATCH", f"/jobs/{job_id}", idempotent=True, json=body).json())
+
+    def annotate_trial(
+        self, trial_id: str, note: str | None = None, user_attrs: Mapping[str, JsonScalar | None] | None = None
+    ) -> Trial:
+        """Set a trial's note (``""`` clears it) and merge ``user_attrs`` into its attributes (``None`` removes a key)."""
+        body = annotation_body(note, user_attrs)
+        return Trial.model_validate(self._request("PATCH", f"/trials/{trial_id}", idempotent=True, json=body).json())
 
     def download_model(self, trial_id: str, path: str | Path, format: str = "safetensors") -> Path:
         """Save a trial's trained model in ``format``, one of :data:`nas.model_formats.FORMATS`.
