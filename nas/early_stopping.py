@@ -7,7 +7,9 @@ rules' schedulers, and a rule from outside the project brings its own in ``sched
 The runner records a trial that a rule stopped after an epoch as ``pruned``, with that epoch's
 metrics. Rules compare trials on the metrics the trainer reports after every epoch
 (:data:`PER_EPOCH`), at the same epoch (Tune's ``time_attr`` is ``"epoch"``), and never stop a
-trial at its last epoch, so no finished training is thrown away.
+trial at its last epoch, so no finished training is thrown away. An ``accuracy`` or ``loss``
+objective is ranked on its validation value (:func:`nas.metrics.selection_metric`): epochs are
+never evaluated on the test split.
 
 * ``asha``: asynchronous successive halving (``ASHAScheduler``) on one metric, for
   single-objective jobs: at epochs grace_period · reduction_factorᵏ below the last one, only the
@@ -28,7 +30,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nas.metrics import OBJECTIVES, PER_EPOCH
+from nas.metrics import METRICS, PER_EPOCH, selection_metric
 from nas.specs import JobSpec
 
 Problem = tuple[tuple[str | int, ...], str]
@@ -61,18 +63,21 @@ class EarlyStoppingRule:
 
 
 def mode_of(spec: JobSpec, metric: str) -> str:
-    """``"max"`` or ``"min"``: how ``spec`` ranks ``metric`` (its objective's direction; loss falls, others rise)."""
+    """``"max"`` or ``"min"``: how ``spec`` ranks the per-epoch ``metric`` (the direction of the objective
+    selected on it, else the metric's own: losses fall, others rise)."""
     for objective in spec.objectives:
-        if objective.metric == metric:
+        if selection_metric(objective.metric) == metric:
             return "max" if objective.direction == "maximize" else "min"
-    return "min" if metric == "loss" else "max"
+    known = METRICS.get(metric)
+    return "min" if known is not None and known.direction == "minimize" else "max"
 
 
 class _OneMetricParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: str | None = Field(
-        None, description="per-epoch metric to rank trials on (accuracy, loss, sparsity); null: the first objective's"
+        None, description="metric to rank trials on after every epoch: accuracy or loss (ranked on their validation "
+        "values, val_accuracy and val_loss), or sparsity; null: the first objective's"
     )
     grace_period: int = Field(1, ge=1, le=1000, description="epochs every trial runs before it may be stopped")
 
@@ -85,17 +90,22 @@ class _OneMetricRule(EarlyStoppingRule):
     params: _OneMetricParams
 
     def metric(self, spec: JobSpec) -> str:
-        return self.params.metric or spec.objectives[0].metric
+        """The per-epoch metric this rule ranks on: an accuracy or loss objective's validation value."""
+        return selection_metric(self.params.metric or spec.objectives[0].metric)
 
     def check(self, spec: JobSpec) -> list[Problem]:
         problems: list[Problem] = []
         metric = self.metric(spec)
         if metric not in PER_EPOCH:
             where = ("early_stopping", "params", "metric") if self.params.metric else ("early_stopping", "name")
-            known = "a metric" if metric in OBJECTIVES else "not a metric"
+            known = METRICS.get(metric)
+            if known is not None and known.split == "test":
+                why = f"{metric!r} is measured on the test split, once, when a trial ends, and nothing ranks on it"
+            else:
+                why = f"{metric!r} is {'a metric' if known else 'not a metric'} reported only when a trial ends"
             problems.append(
-                (where, f"{self.name} ranks trials after every epoch, but {metric!r} is {known} reported only when a "
-                 f"trial ends; per-epoch metrics: {', '.join(PER_EPOCH)}")
+                (where, f"{self.name} ranks trials after every epoch, but {why}; per-epoch metrics: "
+                 f"{', '.join(PER_EPOCH)} (accuracy and loss name val_accuracy and val_loss)")
             )
         if self.params.grace_period >= spec.training.epochs:
             problems.append(
@@ -141,9 +151,9 @@ class Dominance(EarlyStoppingRule):
     params: Params
 
     def check(self, spec: JobSpec) -> list[Problem]:
-        comparable = [o.metric for o in spec.objectives if o.metric in PER_EPOCH or o.metric in PLANNED]
+        comparable = [o.metric for o in spec.objectives if selection_metric(o.metric) in PER_EPOCH or o.metric in PLANNED]
         problems: list[Problem] = []
-        if not any(o.metric in PER_EPOCH for o in spec.objectives):
+        if not any(selection_metric(o.metric) in PER_EPOCH for o in spec.objectives):
             problems.append(
                 (("early_stopping", "name"),
                  f"dominance compares trials after every epoch, but none of the objectives is reported per epoch "

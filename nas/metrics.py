@@ -9,6 +9,12 @@ measurements of the same model agree far more often on the 10th percentile than 
 (BENCHMARKS.md), and it is what the model costs without interference. Every complete trial of
 every strategy records the same latency set: ``latency_ms``, ``latency_median_ms``,
 ``latency_iqr_ms`` and ``masked_latency_ms``.
+
+Validation, then test: every dataset holds out a validation split of its training data
+(:func:`nas.data.validation_split`). A job's objectives name ``accuracy`` and ``loss``, but
+selection (strategies, early stopping, the Pareto front, the best trial) ranks them on their
+validation twins, ``val_accuracy`` and ``val_loss`` (:func:`selection_metric`); the test split is
+evaluated once per trial, at its end, and never ranked on, so the test numbers stay unbiased.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Direction = Literal["maximize", "minimize", "none"]
 Kind = Literal["integer", "float", "fraction"]
+Split = Literal["val", "test"]
 
 
 class Metric(BaseModel):
@@ -36,15 +43,37 @@ class Metric(BaseModel):
     kind: Kind = Field(description="integer (a count), float, or fraction (0..1)")
     objective: bool = Field(description="a job's objectives may name it (every complete trial records it)")
     per_epoch: bool = Field(False, description="also reported after every epoch (early stopping may rank on it)")
+    split: Split | None = Field(
+        None, description="the data split it is measured on: val (selection ranks on it), test (reported, never "
+                          "ranked on); null: no split (a count, a time, a latency)"
+    )
+    selected_on: str | None = Field(
+        None, description="the metric selection ranks this objective on (its validation-split twin); null: itself"
+    )
 
 
 _ALL = (
     Metric(name="accuracy", label="Accuracy", unit="", kind="fraction", direction="maximize", objective=True,
-           per_epoch=True, description="test accuracy of the final model (0..1)"),
-    Metric(name="loss", label="Loss", unit="", kind="float", direction="minimize", objective=True, per_epoch=True,
-           description="test cross-entropy of the final model"),
+           split="test", selected_on="val_accuracy",
+           description="test accuracy of the final model (0..1); selection ranks on val_accuracy"),
+    Metric(name="loss", label="Loss", unit="", kind="float", direction="minimize", objective=True, split="test",
+           selected_on="val_loss", description="test cross-entropy of the final model; selection ranks on val_loss"),
     Metric(name="val_accuracy", label="Validation accuracy", unit="", kind="fraction", direction="maximize",
-           objective=False, description="accuracy on the held-out split that trained the architecture (DASS search trials)"),
+           objective=False, per_epoch=True, split="val",
+           description="accuracy on the validation split (held out of the training data), after every epoch and of "
+                       "the final model: what selection ranks the accuracy objective on"),
+    Metric(name="val_loss", label="Validation loss", unit="", kind="float", direction="minimize", objective=False,
+           per_epoch=True, split="val",
+           description="cross-entropy on the validation split, after every epoch and of the final model: what "
+                       "selection ranks the loss objective on"),
+    Metric(name="test_accuracy", label="Test accuracy", unit="", kind="fraction", direction="maximize",
+           objective=False, split="test", description="accuracy of the final model on the test split: the same as accuracy"),
+    Metric(name="test_loss", label="Test loss", unit="", kind="float", direction="minimize", objective=False,
+           split="test", description="cross-entropy of the final model on the test split: the same as loss"),
+    Metric(name="search_val_accuracy", label="Search accuracy (α split)", unit="", kind="fraction",
+           direction="maximize", objective=False,
+           description="accuracy on the part of the training data that trained the architecture weights α (DASS "
+                       "search trials)"),
     Metric(name="sparsity", label="Sparsity", unit="", kind="fraction", direction="maximize", objective=True,
            per_epoch=True, description="fraction of prunable weights that are zero"),
     Metric(name="nonzero_params", label="Nonzero params", unit="weights", kind="integer", direction="minimize",
@@ -94,7 +123,21 @@ OBJECTIVES: tuple[str, ...] = tuple(m.name for m in _ALL if m.objective)
 """Metrics a job's objectives may name."""
 
 PER_EPOCH: tuple[str, ...] = tuple(m.name for m in _ALL if m.per_epoch)
-"""Objective metrics the trainer also reports after every epoch."""
+"""Metrics the trainer reports after every epoch, which early stopping ranks on (never a test metric)."""
+
+
+def selection_metric(objective: str) -> str:
+    """The metric selection ranks ``objective`` on: ``accuracy`` -> ``val_accuracy``, ``loss`` -> ``val_loss``,
+    any other objective itself. Strategies, early stopping, the Pareto front and the best trial all ask here."""
+    metric = METRICS.get(objective)
+    return metric.selected_on if metric is not None and metric.selected_on else objective
+
+
+def selected_value(metrics: Mapping[str, float], objective: str) -> float | None:
+    """``objective``'s value as selection ranks it: its :func:`selection_metric`; a trial recorded before
+    validation splits existed has none and is ranked on ``objective`` itself. None when neither is there."""
+    value = metrics.get(selection_metric(objective))
+    return metrics.get(objective) if value is None else value
 
 LATENCY: tuple[str, ...] = ("latency_ms", "latency_median_ms", "latency_iqr_ms", "masked_latency_ms")
 """The latency set every complete trial of every strategy records."""

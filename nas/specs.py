@@ -102,6 +102,14 @@ class TrainingSpec(_Strict):
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0, le=1)
     momentum: float = Field(0.9, ge=0, lt=1)
+    val_fraction: float = Field(
+        0.1, ge=0.01, le=0.5,
+        description="fraction of the training data held out (stratified by class) as the validation split that "
+                    "selection ranks on; the rest trains",
+    )  # fmt: skip
+    val_seed: int = Field(
+        0, ge=0, lt=2**31, description="seed of the validation split: every trial of the job holds out the same examples"
+    )
 
 
 class Objective(_Strict):
@@ -111,6 +119,17 @@ class Objective(_Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, metric: str) -> str:
+        known = trial_metrics.METRICS.get(metric)
+        if known is not None and known.split is not None and not known.objective:
+            quantities = [m.name for m in trial_metrics.METRICS.values() if m.selected_on]
+            why = (
+                "selection never ranks on the test split (choosing on it would make the reported test numbers "
+                "optimistic)" if known.split == "test" else "objectives name the quantity"
+            )
+            raise ValueError(
+                f"metric {metric!r} is measured on the {known.split} split and {why}; name one of "
+                f"{', '.join(quantities)}: selection ranks it on the validation split and records the test value beside it"
+            )
         if metric not in trial_metrics.OBJECTIVES:
             what = "not an objective" if metric in trial_metrics.METRICS else "unknown"
             raise ValueError(f"metric {metric!r} is {what}; valid: {', '.join(trial_metrics.OBJECTIVES)}")

@@ -1,11 +1,14 @@
 """One trial on a worker: train an architecture under a sparsifier, then measure and serialise it.
 
 :func:`end_trial` is the one way a trial ends, for every strategy that trains: it re-estimates the
-BatchNorm statistics under the final masks, evaluates the trained model, reports the last epoch
-with that evaluation, converts the model to the sparse inference model, measures both, and returns
-the :class:`TrialOutcome` (metrics as :mod:`nas.metrics` defines them, layer report, saved model).
-The helpers every trainer shares live here too: the dataset as tensors (:func:`load_data`), the
-trial seed, the weight optimizer and the BatchNorm recalibration.
+BatchNorm statistics under the final masks, evaluates the trained model on the validation split,
+reports the last epoch with that evaluation, evaluates it once on the test split, converts the
+model to the sparse inference model, measures both, and returns the :class:`TrialOutcome` (metrics
+as :mod:`nas.metrics` defines them, layer report, saved model). Epochs are evaluated on the
+validation split only: the test split is seen once, by the final model, so nothing is ever chosen
+on it. The helpers every trainer shares live here too: the dataset as tensors with its validation
+split held out (:func:`load_data`), the trial seed, the weight optimizer and the BatchNorm
+recalibration.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch.nn.utils import parametrize
 
 from nas import registry
 from nas.arch import fingerprint
-from nas.data import DataSplits
+from nas.data import DataSplits, validation_split
 from nas.latency import UnsupportedLayer, measure, observe
 from nas.sparse.base import Sparsifier
 from nas.sparse.inference import to_inference
@@ -67,7 +70,7 @@ def run_trial(
 ) -> TrialOutcome:
     """Train ``arch`` as ``spec`` says, calling ``report(epoch, metrics)`` after every (1-based) epoch.
 
-    ``metrics`` are ``train_loss``, ``loss`` and ``accuracy`` on the test split, ``sparsity``,
+    ``metrics`` are ``train_loss``, ``val_loss`` and ``val_accuracy`` on the validation split, ``sparsity``,
     ``epoch_time_s`` (training plus evaluation), ``density:<weight name>`` for every prunable
     weight and the sparsifier's ``epoch_metrics``. ``layer_sparsity`` (weight name -> sparsity)
     replaces the space's per-layer targets, e.g. for a control trial at another trial's densities.
@@ -156,7 +159,7 @@ def end_trial(
     *,
     sparsifier: Sparsifier | None = None,
     last_epoch: LastEpoch | None = None,
-    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    search_split: tuple[torch.Tensor, torch.Tensor] | None = None,
     extra_metadata: dict[str, str] | None = None,
     outputs: dict[str, Any] | None = None,
 ) -> TrialOutcome:
@@ -165,28 +168,30 @@ def end_trial(
     ``model``'s masks must be final (the sparsifier's ``finalize`` ran). Its BatchNorm statistics
     are then re-estimated here on :data:`CALIBRATION_BATCHES` training batches, no weight updated
     (pruning moved every activation under the running averages, and a network pruned without it
-    loses accuracy for nothing), and it is evaluated on ``validation`` (``val_accuracy``, where the
-    strategy holds such a split) and on the test split; ``last_epoch`` reports the held last epoch
-    with that evaluation. The model is then converted to the sparse inference model (CSR or shrunk
+    loses accuracy for nothing), and it is evaluated on the validation split (``val_accuracy``,
+    ``val_loss``: what selection ranks on) and on ``search_split`` (``search_val_accuracy``, where the
+    strategy trained its architecture on a part of the training data, as DASS trains α);
+    ``last_epoch`` reports the held last epoch with that evaluation. Then, once, on the test split
+    (``accuracy`` and ``loss``, also recorded as ``test_accuracy`` and ``test_loss``). The model is then converted to the sparse inference model (CSR or shrunk
     layers where they measure faster; the same function), and both are measured: the latency
     metrics are those :mod:`nas.metrics` defines (``latency_ms`` is the per-call 10th percentile of
     the inference model). ``arch`` is the search-space architecture the saved model rebuilds from
     (:func:`load_trained_model`); ``extra_metadata`` (strings in the saved model) and ``outputs``
-    (``Trial.outputs``) are the strategy's own.
+    (``Trial.outputs``) are the strategy's own; ``outputs["split"]`` records the split sizes and seed.
     """
     start = time.perf_counter()
     recalibrate_batchnorm(model, data.x_train, spec.training.batch_size, CALIBRATION_BATCHES, trial_seed(spec, arch))
     model.eval()
-    evaluation: dict[str, float] = {}
-    if validation is not None:
-        evaluation["val_accuracy"] = evaluate(model, *validation)[1]
-    test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
-    evaluation.update(loss=test_loss, accuracy=accuracy, sparsity=weight_sparsity(model))
+    val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val)
+    evaluation = {"val_loss": val_loss, "val_accuracy": val_accuracy, "sparsity": weight_sparsity(model)}
+    if search_split is not None:
+        evaluation["search_val_accuracy"] = evaluate(model, *search_split)[1]
     evaluation.update({f"density:{name}": density for name, density in weight_densities(model).items()})
     seconds = time.perf_counter() - start
     train_time += seconds
     if last_epoch is not None:
         last_epoch.release(evaluation, seconds)
+    test_loss, accuracy = evaluate(model, data.x_test, data.y_test)  # after the last report: never selected on
     inference, decisions = to_inference(model, data.input_shape, batch_size=1, target=spec.target)
     kernels = {decision["name"]: decision["kernel"] for decision in decisions}
     latency = measure(inference, data.input_shape, target=spec.target, batch_size=1)
@@ -196,7 +201,9 @@ def end_trial(
         **model_stats(model, data.input_shape),
         "accuracy": accuracy,
         "loss": test_loss,
-        **({"val_accuracy": evaluation["val_accuracy"]} if validation is not None else {}),
+        "test_accuracy": accuracy,
+        "test_loss": test_loss,
+        **{name: value for name, value in evaluation.items() if name in ("val_accuracy", "val_loss", "search_val_accuracy")},
         "latency_ms": latency["p10_ms"],
         "latency_median_ms": latency["median_ms"],
         "latency_iqr_ms": latency["iqr_ms"],
@@ -213,7 +220,8 @@ def end_trial(
         "num_classes": str(data.num_classes),
         **(extra_metadata or {}),
     }
-    return TrialOutcome(metrics, layers, save_model(model, metadata), outputs or {}, observation)
+    outputs = {**(outputs or {}), "split": data.split}
+    return TrialOutcome(metrics, layers, save_model(model, metadata), outputs, observation)
 
 
 def _latency_observation(
@@ -245,18 +253,9 @@ def build_network(meta: dict[str, str]) -> nn.Module:
 
 
 def load_dataset(name: str, params: dict[str, Any], data_dir: Path) -> DataSplits:
-    """The named dataset's splits, cached per process: Ray reuses worker processes across trials.
-
-    The cached arrays are shared between callers, who must not modify them. A stored dataset
-    (``upload``) is cached by its id, which always names the same splits: a stored dataset never
-    changes, and a deleted one's id is never given again.
-    """
-    return _load_dataset(name, json.dumps(params, sort_keys=True), str(data_dir))
-
-
-@functools.lru_cache(maxsize=4)
-def _load_dataset(name: str, params_json: str, data_dir: str) -> DataSplits:
-    return registry.datasets.create(name, json.loads(params_json)).load(Path(data_dir))
+    """The named dataset's train and test splits as it stores them (read again on every call:
+    :func:`load_data` caches what trials use)."""
+    return registry.datasets.create(name, params).load(data_dir)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -272,12 +271,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 
 
 def epoch_metrics(model: nn.Module, data: Data, train_loss: float) -> dict[str, float]:
-    """What every epoch reports: losses, test accuracy, sparsity and each prunable weight's density."""
-    test_loss, accuracy = evaluate(model, data.x_test, data.y_test)
+    """What every epoch reports: losses, validation accuracy, sparsity and each prunable weight's density.
+
+    Never the test split: early stopping ranks on these, and the test split stays unseen until the trial ends.
+    """
+    val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val)
     return {
         "train_loss": train_loss,
-        "loss": test_loss,
-        "accuracy": accuracy,
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
         "sparsity": weight_sparsity(model),
         **{f"density:{name}": density for name, density in weight_densities(model).items()},
     }
@@ -285,30 +287,59 @@ def epoch_metrics(model: nn.Module, data: Data, train_loss: float) -> dict[str, 
 
 @dataclass
 class Data:
-    """A dataset's splits as tensors (shared with the process-wide cache: never modify them)."""
+    """A dataset's splits as tensors (shared with the process-wide cache: never modify them).
+
+    ``x_train`` holds the training examples that train; ``x_val`` those held out of the training
+    data for selection (:func:`nas.data.validation_split`); ``x_test`` the dataset's test split.
+    ``split`` records how: sizes, fraction, seed, and whether it was stratified.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     input_shape: tuple[int, ...]
     num_classes: int
+    split: dict[str, Any] = field(default_factory=dict)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(len(self.x_train) / batch_size)
 
 
 def load_data(spec: JobSpec, data_dir: Path) -> Data:
-    """The job's dataset as tensors (:func:`load_dataset`'s cached arrays, not copied)."""
-    splits = load_dataset(spec.dataset.name, spec.dataset.params, data_dir)
+    """The job's dataset as tensors, its validation split (``training.val_fraction``, ``val_seed``) held out.
+
+    Cached per process (Ray reuses worker processes across trials); callers share the tensors and
+    must not modify them. A stored dataset (``upload``) is cached by its id, which always names the
+    same splits: a stored dataset never changes, and a deleted one's id is never given again.
+    """
+    training = spec.training
+    return _load_data(
+        spec.dataset.name, json.dumps(spec.dataset.params, sort_keys=True), str(data_dir),
+        training.val_fraction, training.val_seed,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _load_data(name: str, params_json: str, data_dir: str, val_fraction: float, val_seed: int) -> Data:
+    splits = load_dataset(name, json.loads(params_json), Path(data_dir))
+    held = validation_split(splits.y_train, val_fraction, val_seed)
     return Data(
-        torch.from_numpy(splits.x_train),
-        torch.from_numpy(splits.y_train),
+        torch.from_numpy(splits.x_train[held.train]),
+        torch.from_numpy(splits.y_train[held.train]),
+        torch.from_numpy(splits.x_train[held.val]),
+        torch.from_numpy(splits.y_train[held.val]),
         torch.from_numpy(splits.x_test),
         torch.from_numpy(splits.y_test),
         tuple(splits.input_shape),
         splits.num_classes,
-    )
+        {
+            "train": len(held.train), "val": len(held.val), "test": len(splits.y_test),
+            "val_fraction": val_fraction, "val_seed": val_seed, "stratified": held.stratified,
+        },
+    )  # fmt: skip
 
 
 def trial_seed(spec: JobSpec, key: Any) -> int:

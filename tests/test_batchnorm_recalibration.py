@@ -112,8 +112,8 @@ def test_every_sparsifier_s_trial_ends_recalibrated(name: str, data_dir: Path) -
     recalibrate_batchnorm(again, data.x_train, spec.training.batch_size, CALIBRATION_BATCHES, trial_seed(spec, arch))
     stats, expected = batchnorm_stats(saved), batchnorm_stats(again)
     assert stats and all(torch.equal(stats[k], expected[k]) for k in stats)
-    # The last epoch reported is that model's evaluation, as the final metrics are.
+    # The last epoch reported is that model's evaluation on the validation split, as the final metrics are.
     assert [epoch for epoch, _ in reports] == [1, 2]
     last = reports[-1][1]
-    assert last["accuracy"] == outcome.metrics["accuracy"] and last["loss"] == outcome.metrics["loss"]
+    assert last["val_accuracy"] == outcome.metrics["val_accuracy"] and last["val_loss"] == outcome.metrics["val_loss"]
     assert last["sparsity"] == outcome.metrics["sparsity"] and "train_loss" in last

@@ -64,14 +64,17 @@ def test_search_trial_runs_the_three_phases_and_derives_a_cell(search_outcome: A
     assert [e for e, _ in reports] == [1, 2, 3]
     assert [m["phase"] for _, m in reports] == [1.0, 2.0, 3.0]
     assert reports[0][1]["sparsity"] == 0.0 and reports[1][1]["sparsity"] > 0.85
-    assert all(0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["arch_entropy"] <= 1.0 for _, m in reports)
+    assert all(0.0 <= m["val_accuracy"] <= 1.0 and 0.0 <= m["arch_entropy"] <= 1.0 for _, m in reports)
+    assert all(m.keys().isdisjoint({"accuracy", "loss"}) for _, m in reports)  # no epoch sees the test split
+    assert all("search_val_accuracy" in m for _, m in reports)  # the part of the training data that trained α
 
     space = registry.search_spaces.create("dass_darts", TINY_SPACE)
     genotype = outcome.outputs["genotype"]
     assert genotype["kind"] == "cell" and outcome.outputs["k"] == 0.1
     assert len(outcome.outputs["alphas"]["normal"]) == 5 and len(outcome.outputs["alphas"]["normal"][0]) == 8
     space.build(genotype, (1, 8, 8), 10)
-    for key in ("accuracy", "loss", "sparsity", "nonzero_params", "params", "flops", "latency_ms"):
+    for key in ("accuracy", "loss", "val_accuracy", "val_loss", "search_val_accuracy", "test_accuracy", "sparsity",
+                "nonzero_params", "params", "flops", "latency_ms"):
         assert key in outcome.metrics
 
     # the saved model is the masked supernet, every layer at exactly HYDRA's count for k

@@ -62,6 +62,9 @@ def test_rules_refuse_jobs_they_cannot_serve_naming_the_field() -> None:
     assert problems(early_stopping={"name": "dominance"}, objectives=latency)
     assert problems(early_stopping={"name": "nope"})[0][0] == ("early_stopping", "name")
 
+    ((loc, message),) = problems(early_stopping={"name": "asha", "params": {"metric": "test_accuracy"}})
+    assert loc == ("early_stopping", "params", "metric") and "test split" in message and "val_accuracy" in message
+
     fine = [{"metric": "accuracy", "direction": "maximize"}, {"metric": "latency_ms", "direction": "minimize"}]
     assert not problems(early_stopping={"name": "dominance"}, objectives=fine)
     assert not problems(early_stopping={"name": "asha"})
@@ -91,16 +94,17 @@ def feed(scheduler: Any, trial: Any, epochs: range, metric: Callable[[int], dict
 def test_asha_halves_at_its_rungs_and_never_stops_a_trial_at_its_last_epoch() -> None:
     spec = spec_with(early_stopping={"name": "asha"})
     scheduler = tune_scheduler(registry.early_stopping.create("asha", {}), spec)
+    assert scheduler.metric == "val_accuracy"  # the accuracy objective, ranked on the validation split
     trials = [FakeTrial(f"t{i}") for i in range(4)]
     for t in trials:
         scheduler.on_trial_add(CONTROLLER, t)
-    good = feed(scheduler, trials[0], range(1, 10), lambda e: {"accuracy": 0.5 + e / 20})
+    good = feed(scheduler, trials[0], range(1, 10), lambda e: {"val_accuracy": 0.5 + e / 20})
     assert good == [CONTINUE] * 9  # the last epoch included: its final report still has to come
-    worse = feed(scheduler, trials[1], range(1, 2), lambda e: {"accuracy": 0.1})
+    worse = feed(scheduler, trials[1], range(1, 2), lambda e: {"val_accuracy": 0.1})
     assert worse == [STOP]  # below the best third at the first rung
     # ASHA has a rung at the last epoch too (9 = 3²); a trial worse there still sends its final report
-    feed(scheduler, trials[2], range(1, 9), lambda e: {"accuracy": 0.99})
-    assert scheduler.on_trial_result(CONTROLLER, trials[2], {"epoch": 9, "accuracy": 0.2}) == CONTINUE
+    feed(scheduler, trials[2], range(1, 9), lambda e: {"val_accuracy": 0.99})
+    assert scheduler.on_trial_result(CONTROLLER, trials[2], {"epoch": 9, "val_accuracy": 0.2}) == CONTINUE
 
 
 def test_the_median_rule_never_pauses_a_trial_it_cannot_judge_yet() -> None:
@@ -109,7 +113,7 @@ def test_the_median_rule_never_pauses_a_trial_it_cannot_judge_yet() -> None:
     waiting = SimpleNamespace(get_live_trials=lambda: [SimpleNamespace(status="PENDING")])
     first = FakeTrial("first")
     scheduler.on_trial_add(waiting, first)
-    assert scheduler.on_trial_result(waiting, first, {"epoch": 1, "accuracy": 0.5}) == CONTINUE
+    assert scheduler.on_trial_result(waiting, first, {"epoch": 1, "val_accuracy": 0.5}) == CONTINUE
 
 
 def test_the_median_rule_never_stops_a_trial_at_its_last_epoch() -> None:
@@ -118,11 +122,11 @@ def test_the_median_rule_never_stops_a_trial_at_its_last_epoch() -> None:
     a, b, c = (FakeTrial(name) for name in "abc")
     for t in (a, b, c):
         scheduler.on_trial_add(CONTROLLER, t)
-    feed(scheduler, a, range(1, 4), lambda e: {"accuracy": 0.9})
-    scheduler.on_trial_complete(CONTROLLER, a, {"epoch": 3, "accuracy": 0.9})
-    assert feed(scheduler, b, range(1, 2), lambda e: {"accuracy": 0.1}) == [STOP]
+    feed(scheduler, a, range(1, 4), lambda e: {"val_accuracy": 0.9})
+    scheduler.on_trial_complete(CONTROLLER, a, {"epoch": 3, "val_accuracy": 0.9})
+    assert feed(scheduler, b, range(1, 2), lambda e: {"val_accuracy": 0.1}) == [STOP]
     # c is as bad, but reports its first result at the last epoch (e.g. resumed): it is spared
-    assert scheduler.on_trial_result(CONTROLLER, c, {"epoch": 3, "accuracy": 0.1}) == CONTINUE
+    assert scheduler.on_trial_result(CONTROLLER, c, {"epoch": 3, "val_accuracy": 0.1}) == CONTINUE
 
 
 def test_dominance_stops_a_trial_beaten_on_every_objective_at_the_same_epoch() -> None:
@@ -139,14 +143,14 @@ def test_dominance_stops_a_trial_beaten_on_every_objective_at_the_same_epoch() -
     accuracy = {"done": [0.5, 0.7, 0.8], "slower": [0.4, 0.9, 0.9], "faster": [0.3, 0.4, 0.5], "unknown": [0.1] * 3}
 
     def acc(trial: Any) -> Callable[[int], dict[str, float]]:
-        return lambda e: {"accuracy": accuracy[trial.trial_id][e - 1]}
+        return lambda e: {"val_accuracy": accuracy[trial.trial_id][e - 1]}
 
     # Nothing is stopped before a trial has run all its epochs.
     assert feed(scheduler, slower_worse, range(1, 2), acc(slower_worse)) == [CONTINUE]
     assert feed(scheduler, done, range(1, 4), acc(done)) == [CONTINUE] * 3
     # Worse and slower at epoch 1: dominated. Worse but faster: on the front, kept.
     assert feed(scheduler, tune_trial("slower2", predicted_latency_ms=2.0), range(1, 2),
-                lambda e: {"accuracy": 0.4}) == [STOP]
+                lambda e: {"val_accuracy": 0.4}) == [STOP]
     assert feed(scheduler, faster_worse, range(1, 4), acc(faster_worse)) == [CONTINUE] * 3
     # A trial whose latency is unknown cannot be shown dominated.
     assert feed(scheduler, unknown, range(1, 3), acc(unknown)) == [CONTINUE] * 2
@@ -248,7 +252,7 @@ def test_asha_prunes_a_20_trial_job_saving_a_third_of_the_epochs_and_keeps_the_b
     assert all(t.state is TrialState.complete for t in full_trials)
     pruned = [t for t in early_trials if t.state is TrialState.pruned]
     assert pruned and all(t.state in (TrialState.complete, TrialState.pruned) for t in early_trials)
-    assert all(len(t.history) < EPOCHS and t.metrics["epoch"] == len(t.history) and "accuracy" in t.metrics
+    assert all(len(t.history) < EPOCHS and t.metrics["epoch"] == len(t.history) and "val_accuracy" in t.metrics
                for t in pruned), [(len(t.history), t.metrics.get("epoch")) for t in pruned]
 
     epochs_full = sum(len(t.history) for t in full_trials)
@@ -256,12 +260,13 @@ def test_asha_prunes_a_20_trial_job_saving_a_third_of_the_epochs_and_keeps_the_b
     assert epochs_full == 20 * EPOCHS
     assert epochs_early <= epochs_full * 2 / 3, (epochs_early, epochs_full)
 
-    # The same seed proposes the same architectures; the best of the full job survives ASHA.
+    # The same seed proposes the same architectures; the best of the full job (ranked, as ASHA
+    # ranks, on validation accuracy) survives ASHA.
     assert [t.arch for t in full_trials] == [t.arch for t in early_trials]
-    best = max(full_trials, key=lambda t: t.metrics["accuracy"])
+    best = max(full_trials, key=lambda t: t.metrics["val_accuracy"])
     kept = next(t for t in early_trials if t.arch == best.arch)
     assert kept.state is TrialState.complete
-    best_early = max((t for t in early_trials if t.state is TrialState.complete), key=lambda t: t.metrics["accuracy"])
-    assert best_early.metrics["accuracy"] == pytest.approx(best.metrics["accuracy"], abs=0.01)
-    print(f"ASHA: {epochs_early}/{epochs_full} epochs ({1 - epochs_early / epochs_full:.0%} saved), "
-          f"{len(pruned)} of 20 pruned, best accuracy {best.metrics['accuracy']:.4f} vs {best_early.metrics['accuracy']:.4f}")
+    best_early = max((t for t in early_trials if t.state is TrialState.complete), key=lambda t: t.metrics["val_accuracy"])
+    assert best_early.metrics["val_accuracy"] == pytest.approx(best.metrics["val_accuracy"], abs=0.01)
+    print(f"ASHA: {epochs_early}/{epochs_full} epochs ({1 - epochs_early / epochs_full:.0%} saved), {len(pruned)} of 20 "
+          f"pruned, best val accuracy {best.metrics['val_accuracy']:.4f} vs {best_early.metrics['val_accuracy']:.4f}")

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from api.app import create_app
-from nas.metrics import LATENCY, METRICS, OBJECTIVES, PER_EPOCH, format_value, typed
+from nas.metrics import LATENCY, METRICS, OBJECTIVES, PER_EPOCH, format_value, selected_value, selection_metric, typed
 from nas.settings import Settings
 from nas.specs import JobSpec, Trial
 from nas.store import Store, make_engine, upgrade
@@ -45,7 +45,8 @@ def test_the_catalog_serves_every_registered_metric_as_registered(api: tuple[Tes
         assert entry["direction"] in ("maximize", "minimize", "none")
         assert entry["kind"] in ("integer", "float", "fraction")
         assert not entry["objective"] or entry["direction"] != "none", entry["name"]
-    assert set(LATENCY) <= METRICS.keys() and set(PER_EPOCH) <= set(OBJECTIVES)
+    assert set(LATENCY) <= METRICS.keys() and set(PER_EPOCH) <= METRICS.keys()
+    assert all(METRICS[name].split != "test" for name in PER_EPOCH)  # epochs never look at the test split
     assert "10th percentile" in METRICS["latency_ms"].description  # the decision, stated in one place
 
 
@@ -61,6 +62,29 @@ def test_objectives_validate_against_the_registry(api: tuple[TestClient, dict[st
                           json=spec(objectives=[{"metric": "latency_p99", "direction": "minimize"}]))
     assert refused.status_code == 422
     assert "'latency_p99' is unknown" in refused.text and "latency_median_ms" in refused.text
+
+
+def test_selection_ranks_every_objective_on_a_validation_or_split_free_metric() -> None:
+    assert selection_metric("accuracy") == "val_accuracy" and selection_metric("loss") == "val_loss"
+    assert selection_metric("latency_ms") == "latency_ms"
+    for name in OBJECTIVES:
+        selected = METRICS[selection_metric(name)]
+        assert selected.split != "test" and selected.direction == METRICS[name].direction, name
+        assert selected.split is None or selected.per_epoch, name  # early stopping can rank on it
+    assert selected_value({"accuracy": 0.9, "val_accuracy": 0.8}, "accuracy") == 0.8
+    assert selected_value({"accuracy": 0.9}, "accuracy") == 0.9  # a trial recorded before validation splits
+    assert selected_value({"accuracy": 0.9}, "latency_ms") is None
+
+
+@pytest.mark.parametrize(("metric", "why"), [("test_accuracy", "selection never ranks on the test split"),
+                                             ("test_loss", "selection never ranks on the test split"),
+                                             ("val_accuracy", "objectives name the quantity")])
+def test_objectives_name_the_quantity_never_a_split(metric: str, why: str,
+                                                    api: tuple[TestClient, dict[str, str]]) -> None:
+    client, headers = api
+    refused = client.post(f"{API}/jobs", headers=headers, json=spec(objectives=[{"metric": metric, "direction": "maximize"}]))
+    assert refused.status_code == 422
+    assert why in refused.text and "accuracy, loss" in refused.text, refused.text
 
 
 def test_integer_metrics_read_as_int_and_print_whole() -> None:

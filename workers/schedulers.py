@@ -12,7 +12,7 @@ from typing import Any
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
 from nas.early_stopping import ASHA, PLANNED, Dominance, EarlyStoppingRule, Median, NoEarlyStopping, dominates, mode_of
-from nas.metrics import PER_EPOCH
+from nas.metrics import PER_EPOCH, selection_metric
 from nas.specs import JobSpec
 
 
@@ -44,7 +44,7 @@ def tune_scheduler(rule: EarlyStoppingRule, spec: JobSpec) -> TrialScheduler:
         )
     if isinstance(rule, Dominance):
         return DominanceScheduler(
-            objectives=[(o.metric, o.direction == "maximize") for o in spec.objectives],
+            objectives=[(selection_metric(o.metric), o.direction == "maximize") for o in spec.objectives],
             last_epoch=spec.training.epochs,
             grace_period=rule.params.grace_period,
             min_complete=rule.params.min_complete,
@@ -96,7 +96,7 @@ class MedianSparingLastEpoch(MedianStoppingRule):
 class DominanceScheduler(FIFOScheduler):
     """Stops a trial when a trial that ran all epochs dominated it at the same epoch.
 
-    Per-epoch objectives (accuracy, loss, sparsity) are compared at that epoch; ``params``
+    Per-epoch objectives (validation accuracy or loss, sparsity) are compared at that epoch; ``params``
     and ``latency_ms`` are compared as planned before training (``predicted_latency_ms`` for
     latency, on both sides), from the ``planned`` metrics in the trial's config. A trial
     missing a value for some objective is never stopped.

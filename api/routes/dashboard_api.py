@@ -30,6 +30,7 @@ from api.queries import (
     TrialTable,
 )
 from api.responses import errors
+from nas.metrics import selection_metric
 from nas.specs import Job, JobStatus, JobSummary, Objective, Page, TrialState
 from nas.store import Principal, Store
 
@@ -186,12 +187,20 @@ class HypervolumeHistory(BaseModel):
     items: list[HypervolumePoint]
 
 
+def _ranked(columns: JobColumns, objective: str) -> np.ndarray:
+    """``objective`` per trial as the Pareto front ranks it (:func:`nas.metrics.selected_value`, column-wise):
+    validation accuracy or loss, the objective itself for a trial recorded before validation splits."""
+    selected = columns.metric(selection_metric(objective))
+    return np.where(np.isnan(selected), columns.metric(objective), selected)
+
+
 def hypervolume_history(columns: JobColumns, objectives: list[Objective]) -> tuple[int, list[HypervolumePoint]]:
     """Recomputed (optuna's exact algorithm) only when a trial enters the front."""
     from optuna._hypervolume import compute_hypervolume
 
+    ranked = [_ranked(columns, o.metric) for o in objectives]
     values = np.column_stack(
-        [columns.metric(o.metric) if o.direction == "minimize" else -columns.metric(o.metric) for o in objectives]
+        [v if o.direction == "minimize" else -v for v, o in zip(ranked, objectives)]
     ) if objectives else np.empty((len(columns.ids), 0))
     rows = np.flatnonzero((columns.state == TrialState.complete.value) & ~np.isnan(values).any(axis=1)) if objectives else np.array([], int)
     if not rows.size:

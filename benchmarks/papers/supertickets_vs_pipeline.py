@@ -108,8 +108,9 @@ def load(data_dir: Path, n_train: int, n_test: int) -> tuple[Data, Data]:
     x, y = torch.from_numpy(splits.x_train), torch.from_numpy(splits.y_train)
     xt, yt = torch.from_numpy(splits.x_test), torch.from_numpy(splits.y_test)
     shape = tuple(splits.input_shape)
-    fit = Data(x[:-HOLDOUT], y[:-HOLDOUT], xt, yt, shape, splits.num_classes)
-    select = Data(x[:-HOLDOUT], y[:-HOLDOUT], x[-HOLDOUT:], y[-HOLDOUT:], shape, splits.num_classes)
+    train, held = (x[:-HOLDOUT], y[:-HOLDOUT]), (x[-HOLDOUT:], y[-HOLDOUT:])  # epochs report on the held-out images
+    fit = Data(*train, *held, xt, yt, shape, splits.num_classes)
+    select = Data(*train, *held, *held, shape, splits.num_classes)
     return fit, select
 
 

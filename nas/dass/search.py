@@ -12,7 +12,9 @@ loss at the current weights), as DARTS's cheap variant; DASS's code unrolls one 
 3. *finetune*: the masks become fixed; weights and α train under them.
 
 The derived cell is DARTS's genotype of the final α. :func:`search` runs on tensors (benchmarks
-call it directly); :func:`run_search_trial` is the ``dass`` strategy's search trial.
+call it directly); :func:`run_search_trial` is the ``dass`` strategy's search trial, which splits
+the job's training part (its validation split already held out) for α and evaluates its epochs on
+the job's validation split, so the test split is seen once, at the trial's end.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class SearchOptions:
 
 @dataclass
 class Data:
-    """The search's tensors: ``train`` trains the network, ``val`` trains α, ``test`` is only reported."""
+    """The search's tensors: ``train`` trains the network, ``val`` trains α, ``test`` is only reported
+    (a search trial passes the job's validation split here; a benchmark, the test split)."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -91,9 +94,9 @@ class Data:
 @dataclass
 class SearchResult:
     genotype: Genotype
-    accuracy: float  # test accuracy of the supernet after the last phase
+    accuracy: float  # accuracy of the supernet on Data.test after the last phase
     loss: float
-    val_accuracy: float
+    search_val_accuracy: float  # on Data.val, which trained α
     train_time_s: float
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -108,8 +111,10 @@ def search(
 ) -> SearchResult:
     """Run the three phases on ``model`` in place; ``report(epoch, metrics)`` after every (1-based) epoch.
 
-    With ``report``, every epoch is evaluated on the test and validation data (after a BatchNorm
-    recalibration once masks exist); without, only the final network is.
+    With ``report``, every epoch is evaluated on ``data.test`` (reported as ``val_loss`` and
+    ``val_accuracy``: a search trial's is the job's validation split) and on ``data.val``
+    (``search_val_accuracy``), after a BatchNorm recalibration once masks exist; without, only the
+    final network is.
 
     ``training`` gives the weights' optimizer, learning rate and batch size. A phase of no epochs
     still sets up its masks, so the model always leaves with fixed hard masks at ``options.k``
@@ -121,7 +126,7 @@ def search(
     )
     history: list[dict[str, float]] = []
     epoch, train_time = 0, 0.0
-    final: tuple[float, float, float] | None = None  # (test loss, accuracy, val accuracy) of the current masks
+    final: tuple[float, float, float] | None = None  # (loss, accuracy on data.test, accuracy on data.val)
     for phase, epochs in zip(PHASES, (options.pretrain_epochs, options.prune_epochs, options.finetune_epochs)):
         if phase == "prune":
             _start_pruning(model, options.k)
@@ -163,7 +168,7 @@ def search(
             final = None
             if report is not None:
                 final = _evaluate(model, data, training.batch_size, recalibrate=phase != "pretrain")
-                metrics.update(loss=final[0], accuracy=final[1], val_accuracy=final[2])
+                metrics.update(val_loss=final[0], val_accuracy=final[1], search_val_accuracy=final[2])
             metrics["epoch_time_s"] = elapsed = time.perf_counter() - start
             train_time += elapsed
             history.append({"epoch": float(epoch), **metrics})
@@ -175,7 +180,7 @@ def search(
 
 
 def _evaluate(model: Supernet, data: Data, batch_size: int, recalibrate: bool) -> tuple[float, float, float]:
-    """Test loss, test accuracy and validation accuracy; BatchNorm statistics recomputed first after pruning.
+    """Loss and accuracy on ``data.test``, accuracy on ``data.val``; BatchNorm statistics recomputed first after pruning.
 
     Pruning to a few percent leaves channels all but constant while the running averages still
     hold their dense-era statistics; fresh ones over the whole training split match what training sees.
@@ -260,7 +265,7 @@ def run_search_trial(
     model = space.build(arch, tensors.input_shape, tensors.num_classes)
     if not isinstance(model, Supernet):
         raise ValueError(f"a DASS search trial needs a supernet arch (kind: supernet), got kind {arch.get('kind')!r}")
-    data = Data.split(tensors.x_train, tensors.y_train, tensors.x_test, tensors.y_test, val_fraction, seed)
+    data = Data.split(tensors.x_train, tensors.y_train, tensors.x_val, tensors.y_val, val_fraction, seed)
     last = LastEpoch(report, options.pretrain_epochs + options.prune_epochs + options.finetune_epochs)
     result = search(model, data, options, spec.training, seed, last)
     with torch.no_grad():
@@ -281,6 +286,6 @@ def run_search_trial(
         arch,
         result.train_time_s,
         last_epoch=last,
-        validation=(data.x_val, data.y_val),
+        search_split=(data.x_val, data.y_val),
         outputs=outputs,
     )

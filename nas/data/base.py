@@ -1,4 +1,8 @@
-"""The dataset contract: load train/test arrays from a caller-given data folder, never downloading."""
+"""The dataset contract: load train/test arrays from a caller-given data folder, never downloading.
+
+The validation split that selection ranks on is carved from the training arrays here, once for
+every dataset (:func:`validation_split`): datasets themselves only know train and test.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,40 @@ class DataSplits:
     y_test: np.ndarray
     input_shape: tuple[int, ...]
     num_classes: int
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """Which training examples train (``train``) and which validate (``val``): sorted index arrays."""
+
+    train: np.ndarray
+    val: np.ndarray
+    stratified: bool  # False where a class had too few examples to appear on both sides
+
+
+def validation_split(y_train: np.ndarray, fraction: float, seed: int) -> ValidationSplit:
+    """Hold ``fraction`` of the training examples out for validation, stratified by class, drawn by ``seed``.
+
+    Selection ranks trials on this split so that the test split stays unseen until it is reported.
+    Stratified (scikit-learn's ``train_test_split``) so that every class keeps its share on both
+    sides; where that is impossible (a class with a single example, or fewer validation examples
+    than classes) the split is drawn unstratified, with the same seed, and says so in ``stratified``.
+    At least one example is held out and at least one trains.
+    """
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    n = len(y_train)
+    if n < 2:
+        raise ValueError(f"a validation split needs at least 2 training examples; the dataset has {n}")
+    n_val = min(max(1, round(fraction * n)), n - 1)
+    counts = np.bincount(y_train)
+    present = counts[counts > 0]
+    stratified = bool(present.min() >= 2 and min(n_val, n - n_val) >= len(present))
+    train, val = train_test_split(
+        np.arange(n), test_size=n_val, random_state=seed, stratify=y_train if stratified else None
+    )
+    return ValidationSplit(np.sort(train), np.sort(val), stratified)
 
 
 class Dataset(ABC):

@@ -73,7 +73,8 @@ class DASS(Strategy):
         arch_weight_decay: float = Field(1e-3, ge=0.0, le=1.0, description="weight decay of α (DASS: 1e-3)")
         score_lr: float = Field(0.1, gt=0.0, le=10.0, description="SGD (momentum 0.9) learning rate of the scores (DASS: 0.1)")
         val_fraction: float = Field(
-            0.5, gt=0.0, lt=1.0, description="fraction of the training data held out to train α (DARTS: 0.5)"
+            0.5, gt=0.0, lt=1.0, description="fraction of the training part (the job's validation split already held out) that "
+            "trains α (DARTS: 0.5)"
         )
         grad_clip: float = Field(5.0, gt=0.0, description="gradient-norm clip of the weights (DARTS: 5)")
         arch_steps_while_pruning: bool = Field(

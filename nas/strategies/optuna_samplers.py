@@ -7,7 +7,9 @@ creates an Optuna trial and samples an architecture define-by-run: the search sp
 never stored, for an architecture that does not use it. ``tell`` finishes the Optuna trial from
 the job's trial record:
 
-* ``complete``: COMPLETE with the objective values, plus the job's constraints (below).
+* ``complete``: COMPLETE with the objective values, plus the job's constraints (below). Accuracy
+  and loss are told as measured on the validation split (:func:`nas.metrics.selection_metric`):
+  the samplers never see a test number.
 * ``infeasible`` (refused before training): COMPLETE with the values it has (``latency_ms``
   falls back to ``predicted_latency_ms``, a missing one is 0) and a positive constraint violation.
   Both samplers rank a violating trial behind every feasible one whatever its values (constrained
@@ -44,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nas.arch import fingerprint
 from nas.search_space import SearchSpace
-from nas.metrics import PER_EPOCH
+from nas.metrics import PER_EPOCH, selected_value, selection_metric
 from nas.specs import JobSpec, Trial, TrialState
 from nas.strategies.base import Problem, Strategy, TrialPlan
 
@@ -283,7 +285,7 @@ def _first(dist: BaseDistribution) -> Any:
 
 
 def _objective_value(metrics: dict[str, float], metric: str) -> float | None:
-    value = metrics.get(metric)
+    value = selected_value(metrics, metric)
     if value is None and metric == "latency_ms":
         value = metrics.get("predicted_latency_ms")
     if value is None or not math.isfinite(value):
@@ -291,8 +293,9 @@ def _objective_value(metrics: dict[str, float], metric: str) -> float | None:
     return float(value)
 
 
-def _intermediate(trial: Trial, metric: str) -> dict[int, float]:
-    """The objective per epoch: the trial's history when loaded, else its last epoch's metrics."""
+def _intermediate(trial: Trial, objective: str) -> dict[int, float]:
+    """The objective per epoch (on the validation split): the trial's history when loaded, else its last epoch's metrics."""
+    metric = selection_metric(objective)
     if metric not in PER_EPOCH:  # reported after every epoch: usable as intermediate values
         return {}
     history = {h.epoch: h.metrics[metric] for h in trial.history if metric in h.metrics}
