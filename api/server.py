@@ -12,12 +12,16 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+    from nas.specs import Job
+    from nas.store import Store
 
 DEMO_SPEC = {
     "name": "demo: sparse MLPs on digits",
@@ -29,6 +33,33 @@ DEMO_SPEC = {
     "objectives": [{"metric": "accuracy", "direction": "maximize"}, {"metric": "latency_ms", "direction": "minimize"}],
     "budget": {"max_trials": 4, "max_concurrent": 2},
 }
+DEMO_OWNER = "demo"
+
+
+def demo_key_and_job(store: Store, home: Path) -> tuple[str, Job, bool]:
+    """The demo's key, its job, and whether the job is new. A restart reuses the key kept in
+    ``home/demo-key`` (mode 0600) while it still authenticates, and the demo owner's job of the
+    demo's name while it exists, so each start neither mints another key nor queues another job."""
+    from nas.specs import JobSpec
+    from nas.store import Principal
+
+    key_file = home / "demo-key"
+    key = key_file.read_text().strip() if key_file.exists() else ""
+    principal = store.authenticate(key) if key else None
+    if principal is None or principal.owner != DEMO_OWNER:
+        key = store.create_api_key(DEMO_OWNER)
+        partial = key_file.with_name(".demo-key.tmp")
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            handle.write(key + "\n")
+        os.replace(partial, key_file)
+    cursor: int | None = None
+    while True:
+        jobs, cursor = store.list_jobs(Principal(DEMO_OWNER), limit=100, cursor=cursor)
+        earlier = next((job for job in jobs if job.name == DEMO_SPEC["name"]), None)
+        if earlier is not None:
+            return key, earlier, False
+        if cursor is None:
+            return key, store.create_job(JobSpec.model_validate(DEMO_SPEC), DEMO_OWNER), True
 
 
 def serve(
@@ -47,7 +78,10 @@ def serve(
     workers: Annotated[
         int, typer.Option(envvar="NAS_WORKERS", min=1, help="API worker processes (the dispatcher is separate)")
     ] = 1,
-    demo: Annotated[bool, typer.Option("--demo", help="mint a 'demo' key and submit a demo search")] = False,
+    demo: Annotated[
+        bool,
+        typer.Option("--demo", help="a 'demo' key and a demo search (kept in NAS_HOME/demo-key: reused on restart)"),
+    ] = False,
     log_format: Annotated[
         Literal["auto", "json", "text"],
         typer.Option(
@@ -80,7 +114,6 @@ def serve(
     from nas.logging_setup import configure_logging
     from nas.settings import Settings, make_private
     from nas.signing import ServerSecret
-    from nas.specs import JobSpec
     from nas.store import Store, make_engine, upgrade
     from workers.dispatch_process import exit_now, new_runner_id, spawn_child, stop_child, watch_child
 
@@ -107,10 +140,9 @@ def serve(
     if dispatcher is not None:
         threading.Thread(target=watch_child, args=(dispatcher, stopping), name="watch-dispatcher", daemon=True).start()
     if demo:
-        key = store.create_api_key("demo")
-        job = store.create_job(JobSpec.model_validate(DEMO_SPEC), "demo")
-        typer.echo(f"demo job {job.id} submitted; follow it with:\n"
-                   f"  NAS_URL=http://{host}:{port} NAS_API_KEY={key} nas trials {job.id}")
+        key, job, new = demo_key_and_job(store, settings.home)
+        typer.echo(f"demo job {job.id} submitted{'' if new else ' by an earlier start'} ({job.status.value}); "
+                   f"follow it with:\n  NAS_URL=http://{host}:{port} NAS_API_KEY={key} nas trials {job.id}")
     # uvicorn re-raises the SIGTERM or SIGINT that stopped it once it is done; with the default
     # handlers that would end this process before the dispatcher and its Ray are stopped below.
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -352,14 +352,27 @@ def _follow(client: Client, job: Job, poll_s: float) -> Job:
 
 @app.command()
 def submit(
-    spec: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="job spec, YAML or JSON")],
+    spec: Annotated[
+        Optional[Path],
+        typer.Argument(exists=True, dir_okay=False, help="job spec, YAML or JSON; with --from, the changes to its spec"),
+    ] = None,
+    from_job: Annotated[
+        Optional[str], typer.Option("--from", help="start from this job's spec (a clone), changed by SPEC if given")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the job until it ends")] = False,
     poll: Annotated[float, typer.Option(min=0.1, help="seconds between polls with --wait")] = 1.0,
     json_output: JsonOutput = False,
 ) -> None:
-    """Submit a job and print its id; --wait follows it live and exits 0 only if it succeeded."""
+    """Submit a job and print its id; --wait follows it live and exits 0 only if it succeeded.
+
+    With --from JOB the new job is a clone of JOB's spec; mappings in SPEC merge into it key by key
+    (`budget: {max_trials: 50}` keeps the rest of the budget)."""
+    from nas.client._base import load_spec
+
+    if spec is None and from_job is None:
+        raise fail("give a SPEC file, --from JOB, or both", ExitCode.USAGE)
     with _client() as client:
-        job = client.submit(spec)
+        job = client.submit(spec) if from_job is None else client.clone_job(from_job, **(load_spec(spec) if spec else {}))
         err.print(escape(f"submitted job {job.name!r}: {job.id}"))
         if not json_output:
             print(job.id, flush=True)
@@ -474,6 +487,46 @@ def note(
         out.print("\n".join(escape(line) for line in (record.note or "(no note)").splitlines()))
         for key, value in record.user_attrs.items():
             out.print(f"{escape(key)}={escape(value if isinstance(value, str) else json.dumps(value))}")
+
+
+@app.command()
+def extend(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="raise budget.max_trials to this")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0, help="raise budget.timeout_s to this")] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Raise a job's budget: a running job takes it up within seconds; a finished one is queued
+    again and resumed with its trials (its time limit counting from the restart)."""
+    if trials is None and timeout is None:
+        raise fail("give --trials, --timeout or both", ExitCode.USAGE)
+    with _client() as client:
+        job = client.extend_job(job_id, max_trials=trials, timeout_s=timeout)
+        budget = job.spec["budget"]
+        err.print(f"job {job.id} {job.status.value}: max_trials {budget['max_trials']}, "
+                  f"timeout_s {budget.get('timeout_s') or 'none'}")  # fmt: skip
+        if json_output:
+            _print_json(job.model_dump(mode="json"))
+
+
+@app.command("rm")
+def remove_job(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
+    """Delete a finished job with its trials and model files; refused (exit 1) while it is queued or
+    running: `nas cancel` it first."""
+    with _client() as client:
+        client.delete_job(job_id)
+    err.print(f"deleted job {escape(job_id)}")
+
+
+@app.command()
+def whoami(json_output: JsonOutput = False) -> None:
+    """Print the owner NAS_API_KEY signs in as, and whether it is an admin key."""
+    with _client() as client:
+        identity = client.whoami()
+    if json_output:
+        _print_json(identity.model_dump(mode="json"))
+    else:
+        print(escape_controls(identity.owner) + (" (admin)" if identity.is_admin else ""))
 
 
 @app.command("export")

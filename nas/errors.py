@@ -18,7 +18,7 @@ class UnknownName(NasError, ValueError):
 
 
 class BudgetNotRaised(NasError, ValueError):
-    """A budget change that lowers a limit or raises none (HTTP 422); ``field`` names the budget field."""
+    """A budget change that would lower a limit (HTTP 422); ``field`` names the budget field."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)

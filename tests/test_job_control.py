@@ -64,8 +64,8 @@ def test_a_running_jobs_budget_is_raised(client: TestClient, store: Store, keys:
 
     loc, msg = _field_error(_patch(client, keys["alice"], job["id"], {"max_trials": 5}))
     assert loc == ["body", "budget", "max_trials"] and "can only be raised: it is 6, not 5" in msg
-    loc, msg = _field_error(_patch(client, keys["alice"], job["id"], {"max_trials": 6}))
-    assert loc == ["body", "budget", "max_trials"] and "raise budget.max_trials or budget.timeout_s" in msg
+    again = _patch(client, keys["alice"], job["id"], {"max_trials": 6})  # a repeated change: nothing to do
+    assert again.status_code == 200 and again.json()["spec"]["budget"]["max_trials"] == 6
     loc, msg = _field_error(_patch(client, keys["alice"], job["id"], {"max_trials": 21}))
     assert loc == ["body", "budget", "max_trials"] and "at most 20 trials per job" in msg
     loc, _ = _field_error(_patch(client, keys["alice"], job["id"], {"max_concurrent": 8}))
@@ -93,12 +93,15 @@ def test_a_finished_job_raised_is_queued_again_with_its_trials(
         client.post(f"{API}/jobs/{job['id']}/cancel", headers=auth(keys["alice"]))
     store.finish_job(job["id"], ending, None if ending is JobStatus.succeeded else "it ended")
 
+    unchanged = _patch(client, keys["alice"], job["id"], {"max_trials": 1})  # nothing raised: it stays ended
+    assert unchanged.status_code == 200 and unchanged.json()["status"] == ending.value
     reopened = _patch(client, keys["alice"], job["id"], {"max_trials": 3})
     assert reopened.status_code == 200, reopened.text
     body = reopened.json()
     assert body["status"] == "queued" and body["finished_at"] is None and body["error"] is None
     assert body["spec"]["budget"]["max_trials"] == 3 and body["n_trials"] == 1
     assert store.cancel_requested(job["id"]) is False
+    assert _patch(client, keys["alice"], job["id"], {"max_trials": 3}).json()["status"] == "queued"  # repeated
     assert store.claim_job("runner-2", lease_s=60) == job["id"]  # the dispatcher resumes it
     assert [t.id for t in store.list_trials(job["id"])[0]] == [trial.id]
 

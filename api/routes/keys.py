@@ -10,11 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Path
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, StoreDep
 from api.responses import errors
+from nas.client.models import Identity
 from nas.errors import NotFound
 from nas.store import ApiKey
 
@@ -66,14 +67,6 @@ async def revoke_key(
     except NotFound:
         raise NotFound(f"API key {key_id} not found") from None
     return KeyInfo.of(key)
-
-
-class Identity(BaseModel):
-    """Who the caller's key signs in as."""
-
-    owner: str
-    is_admin: bool = Field(description="an admin key sees and manages every owner's jobs and keys")
-    key_id: int | None = Field(description="the key's id in `nas keys list`")
 
 
 @whoami_router.get("/whoami", response_model=Identity, responses=errors())

@@ -27,7 +27,7 @@ from nas.client.errors import (
     ValidationError,
     WaitTimeout,
 )
-from nas.client.models import Dataset, DatasetPage, Event, JobPage, Model, ModelPage, TrialPage
+from nas.client.models import Dataset, DatasetPage, Event, Identity, JobPage, Model, ModelPage, TrialPage
 from nas.client.sync import Client
 from nas.metrics import METRICS, Metric
 from nas.specs import Job, JobOutline, JobSpec, JobStatus, JobSummary, LayerInfo, Trial, TrialState
@@ -45,6 +45,7 @@ __all__ = [
     "DatasetPage",
     "Event",
     "FieldError",
+    "Identity",
     "Job",
     "JobOutline",
     "JobPage",

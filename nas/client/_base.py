@@ -155,6 +155,18 @@ def spec_body(spec: JobSpec | dict[str, Any] | str | Path) -> dict[str, Any]:
     raise TypeError(f"a job spec is a JobSpec, a dict or a file path, not {type(spec).__name__}")
 
 
+def merge_spec(spec: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with ``changes`` merged in, as a cloned job's edits: mappings merge key by key
+    (``budget: {max_trials: 50}`` keeps the rest of the budget), except a plug-in reference given
+    another ``name``, which replaces the old one with its params; anything else is replaced."""
+    merged = dict(spec)
+    for key, value in changes.items():
+        old = merged.get(key)
+        renamed = isinstance(value, dict) and isinstance(old, dict) and "name" in value and value["name"] != old.get("name")
+        merged[key] = merge_spec(old, value) if isinstance(value, dict) and isinstance(old, dict) and not renamed else value
+    return merged
+
+
 def query(**params: Any) -> dict[str, Any]:
     """Query parameters without the unset ones; enums as their values."""
     return {k: v.value if isinstance(v, enum.Enum) else v for k, v in params.items() if v is not None}

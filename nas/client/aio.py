@@ -22,6 +22,7 @@ from nas.client._base import (
     ClientSettings,
     annotation_body,
     check_format,
+    merge_spec,
     model_target,
     partial_path,
     query,
@@ -37,7 +38,7 @@ from nas.client.errors import (
     WaitTimeout,
     error_for,
 )
-from nas.client.models import Dataset, DatasetPage, Event, JobPage, Model, ModelPage, TrialPage
+from nas.client.models import Dataset, DatasetPage, Event, Identity, JobPage, Model, ModelPage, TrialPage
 from nas.client.uploads import (
     DatasetSource,
     ReportingFile,
@@ -164,6 +165,37 @@ class AsyncClient:
                 raise
 
         return await self._retried(attempt, idempotent=True)
+
+    async def extend_job(self, job_id: str, *, max_trials: int | None = None, timeout_s: float | None = None) -> Job:
+        """Raise a job's budget; as :meth:`nas.client.Client.extend_job`."""
+        budget = {name: value for name, value in (("max_trials", max_trials), ("timeout_s", timeout_s)) if value is not None}
+        if not budget:
+            raise ValueError("give max_trials, timeout_s or both")
+        response = await self._request("PATCH", f"/jobs/{job_id}", idempotent=True, json={"budget": budget})
+        return Job.model_validate(response.json())
+
+    async def clone_job(self, job_id: str, **changes: Any) -> Job:
+        """Submit a new job from an existing job's spec with ``changes`` merged in; as :meth:`nas.client.Client.clone_job`."""
+        return await self.submit(merge_spec((await self.job(job_id)).spec, changes))
+
+    async def delete_job(self, job_id: str) -> None:
+        """Delete a finished job with its trials and model files. 409 while it is queued or running: cancel it first."""
+        attempts = 0
+
+        async def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                await self._send("DELETE", f"/jobs/{job_id}")
+            except NotFoundError:
+                if attempts == 1:  # later, an earlier attempt may have deleted it before its answer was lost
+                    raise
+
+        await self._retried(attempt, idempotent=True)
+
+    async def whoami(self) -> Identity:
+        """The owner this client's key signs in as, and whether it is an admin key."""
+        return Identity.model_validate(await self._get("/whoami"))
 
     async def wait(
         self, job_id: str, progress: Progress = True, poll_s: float = 1.0, timeout: float | None = None

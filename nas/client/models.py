@@ -13,6 +13,14 @@ Dataset = DatasetRecord  # what ``GET /datasets/{id}`` answers; its JSON Schema 
 Model = ModelRecord  # what ``GET /models/{id}`` answers; its JSON Schema title is Model
 
 
+class Identity(BaseModel):
+    """Who an API key signs in as (``GET /whoami``)."""
+
+    owner: str
+    is_admin: bool = Field(description="an admin key sees and manages every owner's jobs and keys")
+    key_id: int | None = Field(description="the key's id in `nas keys list`")
+
+
 class JobPage(Page):
     """One page of ``GET /jobs``; pass ``next_cursor`` back for the next one (``None``: last page).
 

@@ -21,6 +21,7 @@ from nas.client._base import (
     ClientSettings,
     annotation_body,
     check_format,
+    merge_spec,
     model_target,
     partial_path,
     query,
@@ -36,7 +37,7 @@ from nas.client.errors import (
     WaitTimeout,
     error_for,
 )
-from nas.client.models import Dataset, DatasetPage, Event, JobPage, Model, ModelPage, TrialPage
+from nas.client.models import Dataset, DatasetPage, Event, Identity, JobPage, Model, ModelPage, TrialPage
 from nas.client.uploads import (
     DatasetSource,
     ReportingFile,
@@ -156,6 +157,40 @@ class Client:
                 raise
 
         return self._retried(attempt, idempotent=True)
+
+    def extend_job(self, job_id: str, *, max_trials: int | None = None, timeout_s: float | None = None) -> Job:
+        """Raise a job's budget: a running job's runner takes it up within seconds, a finished job
+        is queued again and resumed with its trials (its ``timeout_s`` counts from the restart).
+        A value that would go down, or pass the server's limits, raises :class:`ValidationError`;
+        one the job already has changes nothing, so the call is safe to repeat."""
+        budget = {name: value for name, value in (("max_trials", max_trials), ("timeout_s", timeout_s)) if value is not None}
+        if not budget:
+            raise ValueError("give max_trials, timeout_s or both")
+        return Job.model_validate(self._request("PATCH", f"/jobs/{job_id}", idempotent=True, json={"budget": budget}).json())
+
+    def clone_job(self, job_id: str, **changes: Any) -> Job:
+        """Submit a new job made from an existing job's spec with ``changes`` merged in (see
+        :func:`~nas.client._base.merge_spec`): ``clone_job(id, name="wider", budget={"max_trials": 50})``."""
+        return self.submit(merge_spec(self.job(job_id).spec, changes))
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job with its trials and model files. 409 while it is queued or running: cancel it first."""
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self._send("DELETE", f"/jobs/{job_id}")
+            except NotFoundError:
+                if attempts == 1:  # later, an earlier attempt may have deleted it before its answer was lost
+                    raise
+
+        self._retried(attempt, idempotent=True)
+
+    def whoami(self) -> Identity:
+        """The owner this client's key signs in as, and whether it is an admin key."""
+        return Identity.model_validate(self._get("/whoami"))
 
     def wait(
         self, job_id: str, progress: Progress = True, poll_s: float = 1.0, timeout: float | None = None

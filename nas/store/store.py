@@ -420,8 +420,9 @@ class Store:
 
         A running job's runner reads the new budget within a heartbeat; a finished one goes back to
         ``queued`` (``TooManyJobs`` if its owner has ``max_active`` active jobs) and is resumed with
-        its trials. ``BudgetNotRaised`` when a field would go down, or none goes up: checked here,
-        under the row's lock, so two racing changes never lower a budget.
+        its trials. Values equal to the job's change nothing, so a repeated change is harmless.
+        ``BudgetNotRaised`` when a field would go down: checked here, under the row's lock, so two
+        racing changes never lower a budget.
         """
         with self._write() as s:
             row = self._job_row(s, job_id, viewer, lock=True)
@@ -434,9 +435,7 @@ class Store:
                 if value < budget[name]:
                     raise BudgetNotRaised(name, f"budget.{name} can only be raised: it is {budget[name]}, not {value}")
             if not any(value > budget[name] for name, value in raised.items()):
-                field = next(iter(raised), EXTENSIBLE_BUDGET[0])
-                raise BudgetNotRaised(field, f"raise budget.{' or budget.'.join(EXTENSIBLE_BUDGET)} above the job's "
-                                             f"{', '.join(f'{n}={budget.get(n)}' for n in EXTENSIBLE_BUDGET)}")  # fmt: skip
+                return self._job(s, row)  # already so (a repeated change): nothing to do
             if JobStatus(row.status).finished:
                 self._check_quota(s, row.owner, row.spec, max_active, None, None)
                 row.status = JobStatus.queued.value
