@@ -269,6 +269,7 @@ class TrialState(str, enum.Enum):
     pruned = "pruned"
     failed = "failed"
     infeasible = "infeasible"
+    cancelled = "cancelled"  # its job was cancelled before it ended; it never starts after that
 
     @property
     def finished(self) -> bool:
@@ -309,7 +310,7 @@ class JobSummary(BaseModel):
     finished_at: datetime | None = None
     n_trials: int = 0
     n_complete: int = 0
-    n_finished: int = Field(0, description="trials in a final state (complete, pruned, failed, infeasible)")
+    n_finished: int = Field(0, description="trials in a final state (complete, pruned, failed, infeasible, cancelled)")
     best_trial_id: str | None = None
     error: str | None = None
 

@@ -41,12 +41,13 @@ from nas.store.dataset_catalog import StoreDatasetCatalog  # noqa: E402
 from nas.store.model_catalog import StoreModelCatalog  # noqa: E402
 from nas.store.observations import predict_with_store_observations  # noqa: E402
 from nas.strategies import WAIT, Strategy  # noqa: E402
+from nas.trial_log import LogTail, split_failure  # noqa: E402
 from workers.baseline import measure_baseline  # noqa: E402
 from workers.datasets import deliver  # noqa: E402
 from workers.models import deliver as deliver_model  # noqa: E402
 from workers.feasibility import planned_metrics, violation  # noqa: E402
 from workers.schedulers import tune_scheduler  # noqa: E402
-from workers.trainable import EPOCH_METRICS, FINAL, train_trial  # noqa: E402
+from workers.trainable import EPOCH_METRICS, FINAL, LOG, train_trial  # noqa: E402
 
 log = logging.getLogger(__name__)
 # Tune's result grid looks for per-trial result files, which we do not write (see above).
@@ -109,12 +110,13 @@ class _Persist(_RunnerRef, tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         config = trial.config
-        self._runner.guard(self._runner.store.start_trial, config["trial_id"], None, config["attempt"])
+        self._runner.guard(self._runner.trial_started, config["trial_id"], config["attempt"])
         self._runner.progressed(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         trial_id = trial.config["trial_id"]
         self._runner.progressed(trial)
+        self._runner.logged(trial_id, result.pop(LOG, ""))
         if FINAL in result:
             # Drop the model bytes from the result Tune keeps in memory for every trial.
             self._runner.guard(self._runner.complete_trial, trial_id, result[FINAL], result.pop("model"))
@@ -122,21 +124,23 @@ class _Persist(_RunnerRef, tune.Callback):
             self._runner.epoch_reported(trial_id, result["epoch"], result[EPOCH_METRICS])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = _error_text(trial)
+        error, log_text = _error_text(trial)
+        self._runner.logged(trial.config["trial_id"], log_text)
         self._runner.guard(self._runner.trial_errored, trial.config["trial_id"], error)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._runner.guard(self._runner.trial_ended, trial.config["trial_id"])
 
 
-def _error_text(trial: Any) -> str:
-    """The last line of the trial's traceback, which names the exception."""
+def _error_text(trial: Any) -> tuple[str, str]:
+    """The last line of the trial's traceback, which names the exception, and the log its failure
+    carried (:func:`nas.trial_log.split_failure`)."""
     try:
-        text = Path(trial.error_file).read_text().strip()
+        trace, log_text = split_failure(Path(trial.error_file).read_text())
     except (OSError, TypeError):
-        return "the trial's worker failed"
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1][:2000] if lines else "the trial's worker failed"
+        return "the trial's worker failed", ""
+    lines = [line for line in trace.splitlines() if line.strip()]
+    return (lines[-1][:2000] if lines else "the trial's worker failed"), log_text
 
 
 class JobRunner:
@@ -178,6 +182,7 @@ class JobRunner:
         self._model: dict[str, Any] | None = None  # workers.models.deliver's answer, for every trial
         # The dense reference's metrics (workers.baseline), recorded on every trial; empty without one.
         self._baseline: dict[str, float] = {}
+        self._logs: dict[str, LogTail] = {}  # per trial not yet finished: its log so far, kept at finish
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -320,7 +325,7 @@ class JobRunner:
             self.store.release_lease(self.job_id, self.runner_id)
             return
         if self.stop_reason == "cancel":
-            self._fail_unfinished("job cancelled")
+            self._fail_unfinished("its job was cancelled", TrialState.cancelled)
             self.store.finish_job(self.job_id, JobStatus.cancelled, "cancelled by its owner")
             return
         self._fail_unfinished("job ended before this trial ran (time budget)")
@@ -336,9 +341,10 @@ class JobRunner:
         trials, _ = self.store.list_trials(self.job_id)
         return [t for t in trials if not t.state.finished]
 
-    def _fail_unfinished(self, reason: str) -> None:
+    def _fail_unfinished(self, reason: str, state: TrialState = TrialState.failed) -> None:
+        """End every queued or running trial in ``state`` (``failed``, or ``cancelled`` for a cancelled job)."""
         for trial in self._unfinished():
-            self.guard(self.store.finish_trial, trial.id, TrialState.failed, None, (), reason)
+            self.guard(self._finish, trial.id, state, reason)
 
     def _heartbeat(self) -> None:
         interval = min(2.0, self.lease_s / 4)
@@ -394,7 +400,11 @@ class JobRunner:
             if self._pending:
                 trial = self._pending.popleft()
             else:
-                trial = self._new_feasible_trial()
+                try:
+                    trial = self._new_feasible_trial()
+                except IllegalTransition:  # the store takes no new trial once the job's cancel was requested
+                    self.stop_reason = "cancel"
+                    return None
                 if trial is None:
                     return None
             self._live.add(trial.id)
@@ -424,6 +434,27 @@ class JobRunner:
             )
             self.strategy.tell(refused)
         return None
+
+    def trial_started(self, trial_id: str, attempt: int) -> None:
+        """Tune started the trial's worker: mark it running, unless its job's cancel request came
+        first (the store then ended it ``cancelled``), which stops the job's run here too."""
+        trial = self.store.start_trial(trial_id, None, attempt)
+        if trial.state is TrialState.cancelled and self.stop_reason is None:
+            self.stop_reason = "cancel"
+        if attempt > 1:
+            self.logged(trial_id, f"--- attempt {attempt} ---\n")
+
+    def logged(self, trial_id: str, text: str) -> None:
+        """Keep the log lines a trial's worker sent with a report or its failure."""
+        if text:
+            with self._lock:
+                self._logs.setdefault(trial_id, LogTail()).append(text)
+
+    def _finish(self, trial_id: str, state: TrialState, error: str | None = None, **ending: Any) -> Trial:
+        """End the trial in the store with the log its worker sent, which the runner then forgets."""
+        with self._lock:
+            kept = self._logs.pop(trial_id, None)
+        return self.store.finish_trial(trial_id, state, error=error, log=None if kept is None else kept.text, **ending)
 
     def epoch_reported(self, trial_id: str, epoch: int, metrics: dict[str, float]) -> None:
         with self._lock:
@@ -467,7 +498,7 @@ class JobRunner:
         with self._lock:
             planned = self._planned.pop(trial_id, {})
             self._last_epoch.pop(trial_id, None)
-        trial = self.store.finish_trial(
+        trial = self._finish(
             trial_id,
             TrialState.complete,
             metrics={**planned, **final["metrics"], **beside_baseline(self._baseline, final["metrics"])},
@@ -492,11 +523,9 @@ class JobRunner:
             if unreported and self.stop_reason is None:
                 if self.spec.early_stopping is not None and last_epoch is not None:
                     metrics = {**planned, **last_epoch, **beside_baseline(self._baseline, last_epoch)}
-                    ended = self.store.finish_trial(trial_id, TrialState.pruned, metrics=metrics)
+                    ended = self._finish(trial_id, TrialState.pruned, metrics=metrics)
                 else:
-                    ended = self.store.finish_trial(
-                        trial_id, TrialState.failed, error="the trial ended without its final report"
-                    )
+                    ended = self._finish(trial_id, TrialState.failed, "the trial ended without its final report")
                 self._finished(ended)
         finally:
             with self._lock:
@@ -518,7 +547,10 @@ class JobRunner:
                 self._live.discard(trial_id)
                 self._pending.append(requeued)
             return
-        self._finished(self.store.finish_trial(trial_id, TrialState.failed, error=error))
+        if self.stop_reason == "cancel":  # stopped by the cancel, or failing as it came: either way not run out
+            self._finished(self._finish(trial_id, TrialState.cancelled, f"its job was cancelled; its worker said: {error}"))
+            return
+        self._finished(self._finish(trial_id, TrialState.failed, error))
 
     def _finished(self, trial: Trial) -> None:
         with self._lock:

@@ -3,11 +3,13 @@
 Workers need no database credentials and keep nothing but their node's copies of a stored dataset
 and a stored model (:mod:`workers.datasets`, :mod:`workers.models`): they report per-epoch metrics
 and, in a last report, the final metrics, the layer report, the latency observation for the
-predictor's correction and the model bytes, which the runner persists.
+predictor's correction and the model bytes, which the runner persists. Each report carries the
+trial's log lines since the previous one; a failure carries the rest (:mod:`nas.trial_log`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,10 @@ from ray import tune
 
 FINAL = "nas_final"
 EPOCH_METRICS = "nas_epoch_metrics"
+LOG = "nas_log"  # the trial's log lines since its previous report (nas.trial_log)
 
+
+log = logging.getLogger(__name__)
 
 # Training is throughput work; where workers share CPUs with the API (one machine), requests
 # should not wait behind it.
@@ -30,20 +35,26 @@ def train_trial(config: dict[str, Any]) -> None:
 
     from nas import registry
     from nas.specs import JobSpec
+    from nas.trial_log import capture
     from workers.datasets import receive
     from workers.models import receive as receive_model
 
-    receive(config.get("dataset"))  # before the spec's checks, which read a stored dataset's shape
-    receive_model(config.get("model"))  # and a stored model's description
-    spec = JobSpec.model_validate(config["spec"])
-    # A worker node may keep its data elsewhere than the server that planned the trial.
-    data_dir = Path(os.environ.get("NAS_DATA_DIR") or config["data_dir"])
+    with capture() as captured:
+        receive(config.get("dataset"))  # before the spec's checks, which read a stored dataset's shape
+        receive_model(config.get("model"))  # and a stored model's description
+        log.info("trial %d (attempt %d) on node %s: %s", config["number"], config["attempt"],
+                 ray.get_runtime_context().get_node_id(), config["arch"])  # fmt: skip
+        spec = JobSpec.model_validate(config["spec"])
+        # A worker node may keep its data elsewhere than the server that planned the trial.
+        data_dir = Path(os.environ.get("NAS_DATA_DIR") or config["data_dir"])
 
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        tune.report({"epoch": epoch, EPOCH_METRICS: metrics, **metrics})
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            log.info("epoch %d: %s", epoch, _summary(metrics))
+            tune.report({"epoch": epoch, EPOCH_METRICS: metrics, **metrics, LOG: captured.take()})
 
-    strategy = registry.strategies.get(spec.strategy.name)
-    outcome = strategy.run_trial(spec, config["arch"], data_dir, report, config.get("parent_model"))
+        strategy = registry.strategies.get(spec.strategy.name)
+        outcome = strategy.run_trial(spec, config["arch"], data_dir, report, config.get("parent_model"))
+        log.info("trained: %s", _summary(outcome.metrics))
     tune.report(
         {
             **outcome.metrics,
@@ -54,6 +65,12 @@ def train_trial(config: dict[str, Any]) -> None:
                 "latency_observation": outcome.latency_observation,
                 "node_id": ray.get_runtime_context().get_node_id(),
             },
+            LOG: captured.take(),
             "model": outcome.model_bytes,
         }
     )
+
+
+def _summary(metrics: dict[str, float]) -> str:
+    """The metrics a log line shows: all but the per-weight densities, four significant digits."""
+    return ", ".join(f"{name} {value:.4g}" for name, value in metrics.items() if not name.startswith("density:"))

@@ -28,6 +28,7 @@ from nas.data.stored import UnknownDataset
 from nas.models.stored import UnknownModel
 from nas.errors import BudgetNotRaised, IllegalTransition, NotFound, QuotaExceeded, TooManyJobs
 from nas.safe_text import check_printable
+from nas.trial_log import tail
 from nas.specs import (
     Annotation,
     DatasetOptions,
@@ -62,11 +63,13 @@ from nas.store.tables import (
 R = TypeVar("R")  # a stored resource's record
 
 TRIAL_TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
-    TrialState.queued: frozenset({TrialState.running, TrialState.infeasible, TrialState.failed}),
+    TrialState.queued: frozenset({TrialState.running, TrialState.infeasible, TrialState.failed, TrialState.cancelled}),
     TrialState.running: frozenset(
-        {TrialState.complete, TrialState.pruned, TrialState.failed, TrialState.queued}
+        {TrialState.complete, TrialState.pruned, TrialState.failed, TrialState.queued, TrialState.cancelled}
     ),
 }
+CANCELLED_BEFORE_START = "its job was cancelled before it started"
+"""The error of a trial that its job's cancel request ended while queued."""
 JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled, JobStatus.failed}),
     JobStatus.running: frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}),
@@ -369,7 +372,8 @@ class Store:
 
     @retrying(idempotent=False)
     def request_cancel(self, job_id: str, viewer: Principal | None = None) -> Job:
-        """Cancel a queued job now; ask the runner of a running job to stop it."""
+        """Cancel a queued job now; ask the runner of a running job to stop it. Its queued trials
+        end ``cancelled`` at once, and none starts from now on (:meth:`start_trial`)."""
         with self._write() as s:
             row = self._job_row(s, job_id, viewer, lock=True)
             status = JobStatus(row.status)
@@ -380,6 +384,12 @@ class Store:
                 row.status = JobStatus.cancelled.value
                 row.finished_at = utcnow()
                 row.error = "cancelled before it started"
+            now = utcnow()
+            s.execute(
+                update(TrialRow)
+                .where(TrialRow.job_id == row.id, TrialRow.state == TrialState.queued.value)
+                .values(state=TrialState.cancelled.value, error=CANCELLED_BEFORE_START, finished_at=now, updated_at=now)
+            )
             s.flush()
             return self._job(s, row)
 
@@ -632,6 +642,8 @@ class Store:
             if existing is not None:  # an earlier try committed before its connection broke
                 return self._trial(existing)
             job = self._job_row(s, job_id, None, lock=True)
+            if job.cancel_requested:
+                raise IllegalTransition(f"job {job_id} was cancelled: it takes no new trials")
             number = job.next_trial_number
             job.next_trial_number = number + 1
             now = utcnow()
@@ -656,10 +668,24 @@ class Store:
 
     @retrying(idempotent=True)
     def start_trial(self, trial_id: str, node_id: str | None = None, attempt: int | None = None) -> Trial:
-        """Mark a trial running; given the ``attempt`` it starts, a repeat of this call is a no-op."""
+        """Mark a trial running; given the ``attempt`` it starts, a repeat of this call is a no-op.
+
+        Once its job's cancellation was requested a trial never starts: a queued one ends
+        ``cancelled`` instead, and the trial returned says so. The job's row is locked first (as
+        :meth:`request_cancel` locks it), so a cancel request and a start are ordered.
+        """
         with self._write() as s:
+            job_id = s.scalar(select(TrialRow.job_id).where(TrialRow.id == trial_id))
+            if job_id is None:
+                raise NotFound(f"trial {trial_id} not found")
+            job = self._job_row(s, job_id, None, lock=True)
             row = self._trial_row(s, trial_id)
             if attempt is not None and row.state == TrialState.running.value and row.attempts == attempt:
+                return self._trial(row)
+            if job.cancel_requested and row.state in (TrialState.queued.value, TrialState.cancelled.value):
+                if row.state == TrialState.queued.value:
+                    row = self._transition(s, trial_id, TrialState.cancelled)
+                    row.error, row.finished_at = CANCELLED_BEFORE_START, row.updated_at
                 return self._trial(row)
             row = self._transition(s, trial_id, TrialState.running)
             row.attempts += 1
@@ -706,7 +732,10 @@ class Store:
         error: str | None = None,
         node_id: str | None = None,
         outputs: dict[str, Any] | None = None,
+        log: str | None = None,
     ) -> Trial:
+        """End a trial in ``state``; ``log`` (its worker's log and traceback) is kept to its last
+        :data:`~nas.trial_log.LOG_TAIL_BYTES`."""
         if not state.finished:
             raise ValueError(f"{state.value} is not a final trial state")
         metrics = None if metrics is None else _finite(metrics)
@@ -722,6 +751,8 @@ class Store:
                 row.metrics = metrics
             if outputs is not None:
                 row.outputs = outputs
+            if log is not None:
+                row.log = tail(log)
             for position, layer in enumerate(layers):
                 s.add(TrialLayerRow(trial_id=trial_id, position=position, **layer.model_dump()))
             return self._trial(row)
@@ -775,6 +806,16 @@ class Store:
                 for l in layers
             ]
             return trial
+
+    @retrying(idempotent=True)
+    def trial_log(self, trial_id: str, viewer: Principal | None = None) -> str | None:
+        """The trial's stored log (``None`` when it has none); ``NotFound`` as :meth:`get_trial` says it."""
+        with self._read() as s:
+            row = s.get(TrialRow, trial_id)
+            if row is None:
+                raise NotFound(f"trial {trial_id} not found")
+            self._trial_visible(s, trial_id, row.job_id, viewer)
+            return row.log
 
     @retrying(idempotent=True)
     def list_trials(
