@@ -28,7 +28,7 @@ from api.routes import analysis, catalog, dashboard, dashboard_api, datasets, ev
 from api.routes.latency import router as latency_router
 from api.routes.latency import warm_up
 from nas import __version__
-from nas.errors import IllegalTransition, NotFound
+from nas.errors import AmbiguousId, IllegalTransition, NotFound
 from nas.settings import Settings
 from nas.signing import ServerSecret
 from nas.store import Store
@@ -185,6 +185,12 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     @app.exception_handler(NotFound)
     def _not_found(request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(AmbiguousId)
+    def _ambiguous(request: Request, exc: AmbiguousId) -> JSONResponse:
+        where = next((name for name, value in request.path_params.items() if value == exc.prefix), None)
+        error = {"type": "id_ambiguous", "loc": ["path", where] if where else ["path"], "msg": str(exc), "input": exc.prefix}
+        return JSONResponse({"detail": [error]}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -1,8 +1,9 @@
 """Read-only queries behind the web dashboard.
 
 The dashboard asks questions the :class:`~nas.store.Store` does not: a page of a job's trials
-sorted by any metric and filtered by state and metric ranges (paged on the server, so a job with
-10,000 trials costs the browser 50 rows), a few metrics of every trial at once for the charts,
+sorted by any metric or architecture key and filtered by state, metric ranges and architecture
+values (paged on the server, so a job with 10,000 trials costs the browser 50 rows), every trial as
+CSV, a few metrics of every trial at once for the charts,
 the per-layer densities of many trials, learning curves of chosen trials, and what changed since a
 moment (for server-sent events). Every query checks that the viewer may see the job, as the Store
 does: a job owned by someone else is :class:`~nas.errors.NotFound`.
@@ -16,6 +17,10 @@ up to date on each request from the rows changed since (one range scan of the
 
 from __future__ import annotations
 
+import csv
+import difflib
+import io
+import json
 import math
 import re
 import threading
@@ -23,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import numpy as np
@@ -31,17 +36,21 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from nas.arch import flatten
 from nas.errors import NotFound
+from nas.metrics import METRICS, format_value
 from nas.specs import TrialState
-from nas.store.store import Principal, Store
+from nas.store.store import Principal, Store, resolve_id
 from nas.store.tables import ArtifactRow, JobRow, TrialEpochRow, TrialLayerRow, TrialRow
 
 # A metric name as the dashboard may name it.
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-FILTER = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]{0,63})\s*(>=|<=|!=|=|>|<)\s*(\S+)\s*")
+# ``NAME OP VALUE``: NAME a metric or an architecture key (nested keys dotted, see nas.arch.flatten).
+FILTER = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.]{0,127})\s*(>=|<=|!=|=|>|<)\s*(\S+)\s*")
 TIME_COLUMNS = ("created_at", "started_at", "finished_at", "updated_at")
-# Sortable besides ``metrics.<name>``.
+# Sortable besides ``metrics.<name>`` and ``arch.<key>``.
 SORT_COLUMNS = ("number", "state", *TIME_COLUMNS)
+ARCH = "arch."  # names an architecture key where a metric has the same name (``arch.sparsity``)
 # Metric columns the charts read for every trial.
 CHART_METRICS = (
     "accuracy", "loss", "sparsity", "latency_ms", "predicted_latency_ms", "nonzero_params", "params", "flops",
@@ -55,7 +64,7 @@ Row = dict[str, Any]
 
 
 class TrialSummary(BaseModel):
-    """One row of the trials table: no architecture, layers or history."""
+    """One row of the trials table: its architecture flattened, no layers or history."""
 
     id: str
     job_id: str
@@ -63,6 +72,7 @@ class TrialSummary(BaseModel):
     state: TrialState
     parent_id: str | None = None
     metrics: dict[str, float | None] = Field(default_factory=dict, description="non-finite values read as null")
+    arch: dict[str, Any] = Field(default_factory=dict, description="the architecture, one scalar per key (nested keys dotted)")
     error: str | None = None
     attempts: int = 0
     created_at: datetime
@@ -77,6 +87,7 @@ class TrialTable(BaseModel):
     """A page of a job's trials; ``total`` counts every trial the filters keep."""
 
     items: list[TrialSummary]
+    arch_keys: list[str] = Field(description="every architecture key of the job's trials, in the order they sample them")
     total: int
     offset: int
     limit: int
@@ -128,26 +139,55 @@ _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
 
 
 @dataclass(frozen=True)
-class MetricFilter:
-    """``metric op value``, e.g. ``sparsity>=0.9``; a trial without the metric never passes."""
+class TrialFilter:
+    """``name op value``: a metric (``sparsity>=0.9``) or an architecture key (``depth=2``,
+    ``width_0>=128``, ``activation=relu``); a trial without the value never passes.
 
-    metric: str
+    A bare name is a metric if there is one by that name, else an architecture key; ``arch.NAME``
+    always names the key. A word (not a number) compares with ``=`` and ``!=`` only.
+    """
+
+    name: str
     op: str
-    value: float
+    value: float | str
 
     @classmethod
-    def parse(cls, text: str) -> MetricFilter:
+    def parse(cls, text: str) -> TrialFilter:
         match = FILTER.fullmatch(text)
         if match is None:
-            raise ValueError(f"filter {text!r} is not of the form METRIC OP NUMBER, e.g. sparsity>=0.9")
-        metric, op, raw = match.groups()
+            raise ValueError(f"filter {text!r} is not of the form NAME OP VALUE, e.g. sparsity>=0.9 or depth=2")
+        name, op, raw = match.groups()
         try:
             value = float(raw)
         except ValueError:
-            raise ValueError(f"filter {text!r}: {raw!r} is not a number") from None
+            if op in ("=", "!="):
+                return cls(name, op, raw)
+            raise ValueError(f"filter {text!r}: {raw!r} is not a number ({op} compares numbers; = and != also take a word)") from None
         if not math.isfinite(value):
             raise ValueError(f"filter {text!r}: the value must be a finite number")
-        return cls(metric, op, value)
+        return cls(name, op, value)
+
+    def __str__(self) -> str:
+        value = self.value if isinstance(self.value, str) else f"{self.value:g}"
+        return f"{self.name}{self.op}{value}"
+
+
+class BadQuery(ValueError):
+    """A filter or sort the job's trials cannot answer (an unknown name, a word compared with ``<``);
+    ``field`` names the query parameter."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _category(value: Any) -> str:
+    """An architecture value as a categorical column holds it: strings as they are, others as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return json.dumps(value)
 
 
 def check_metric_name(name: str) -> str:
@@ -171,6 +211,22 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _utc_iso(seconds: float) -> str:
+    return "" if math.isnan(seconds) else datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+
+
+def _csv_value(value: Any) -> Any:
+    """An architecture value as a CSV field: missing empty, booleans and numbers as JSON writes them."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _csv_metric(name: str, value: float) -> str:
+    """Integer metrics whole; others with every digit (``repr``), so nothing is lost on the way to pandas."""
+    return format_value(name, value) if METRICS.get(name) is not None and METRICS[name].kind == "integer" else repr(value)
+
+
 def _nullable(column: np.ndarray) -> list[float | None]:
     return [None if v != v else v for v in column.tolist()]
 
@@ -179,7 +235,7 @@ def _nullable(column: np.ndarray) -> list[float | None]:
 
 
 _ROW_COLUMNS = (
-    TrialRow.id, TrialRow.number, TrialRow.state, TrialRow.parent_id, TrialRow.metrics,
+    TrialRow.id, TrialRow.number, TrialRow.state, TrialRow.parent_id, TrialRow.metrics, TrialRow.arch,
     TrialRow.created_at, TrialRow.started_at, TrialRow.finished_at, TrialRow.updated_at,
 )
 
@@ -188,8 +244,8 @@ _HAS_MODEL = (
     select(ArtifactRow.id).where(ArtifactRow.trial_id == TrialRow.id, ArtifactRow.kind == "model").exists().label("has_model")
 )
 _SUMMARY_COLUMNS = (
-    TrialRow.id, TrialRow.job_id, TrialRow.number, TrialRow.state, TrialRow.parent_id, TrialRow.metrics, TrialRow.error,
-    TrialRow.attempts, TrialRow.created_at, TrialRow.started_at, TrialRow.finished_at, TrialRow.updated_at, _HAS_MODEL,
+    TrialRow.id, TrialRow.job_id, TrialRow.number, TrialRow.state, TrialRow.parent_id, TrialRow.metrics, TrialRow.arch,
+    TrialRow.error, TrialRow.attempts, TrialRow.created_at, TrialRow.started_at, TrialRow.finished_at, TrialRow.updated_at, _HAS_MODEL,
 )
 
 
@@ -204,6 +260,7 @@ class JobColumns:
     parent_id: list[str | None]
     times: dict[str, np.ndarray]
     metrics: dict[str, np.ndarray]
+    arch: list[dict[str, Any]]
     latest: datetime | None
     derived: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -225,6 +282,7 @@ class JobColumns:
             parent_id=[r.parent_id for r in rows],
             times={name: np.array([_epoch_seconds(getattr(r, name)) for r in rows], dtype=float) for name in TIME_COLUMNS},
             metrics=metrics,
+            arch=[flatten(r.arch or {}) for r in rows],
             latest=max((r.updated_at for r in rows if r.updated_at is not None), default=None),
         )
 
@@ -245,10 +303,12 @@ class JobColumns:
         parent_id = self.parent_id + [None] * len(new)
         times = {k: grow(v, np.nan) for k, v in self.times.items()}
         metrics = {k: grow(v, np.nan) for k, v in self.metrics.items()}
+        arch = self.arch + [{} for _ in new]
         latest = self.latest
         for r in rows:
             i = position[r.id]
             number[i], state[i], parent_id[i] = r.number, r.state, r.parent_id
+            arch[i] = flatten(r.arch or {})
             for name in TIME_COLUMNS:
                 times[name][i] = _epoch_seconds(getattr(r, name))
             for column in metrics.values():
@@ -260,7 +320,7 @@ class JobColumns:
                 metrics[name][i] = np.nan if v is None else v
             if r.updated_at is not None and (latest is None or r.updated_at > latest):
                 latest = r.updated_at
-        return JobColumns(ids, position, number, state, parent_id, times, metrics, latest)
+        return JobColumns(ids, position, number, state, parent_id, times, metrics, arch, latest)
 
     def _differs(self, row: Any) -> bool:
         i = self.position[row.id]
@@ -276,7 +336,7 @@ class JobColumns:
             stamp = lambda name: None if np.isnan(self.times[name][i]) else datetime.fromtimestamp(self.times[name][i]).astimezone()  # noqa: E731
             out.append(SimpleNamespace(
                 id=trial_id, number=int(self.number[i]), state=str(self.state[i]), parent_id=self.parent_id[i], metrics=metrics,
-                **{name: stamp(name) for name in TIME_COLUMNS},
+                arch=self.arch[i], **{name: stamp(name) for name in TIME_COLUMNS},
             ))
         return out
 
@@ -284,12 +344,83 @@ class JobColumns:
         column = self.metrics.get(name)
         return column if column is not None else np.full(len(self.ids), np.nan)
 
-    def select(self, states: Sequence[TrialState], filters: Sequence[MetricFilter]) -> np.ndarray:
+    @property
+    def arch_keys(self) -> list[str]:
+        """Every architecture key, in the order trials sample them: a key a deeper trial adds comes
+        after the key it follows there (``width_2`` after ``width_1``, not at the end)."""
+        if "arch_keys" not in self.derived:
+            keys: list[str] = []
+            seen: set[str] = set()
+            for arch in self.arch:
+                if seen.issuperset(arch):
+                    continue
+                at = 0
+                for key in arch:
+                    if key in seen:
+                        at = keys.index(key) + 1
+                    else:
+                        keys.insert(at, key)
+                        seen.add(key)
+                        at += 1
+            self.derived["arch_keys"] = keys
+        return self.derived["arch_keys"]
+
+    def arch_column(self, key: str) -> np.ndarray:
+        """An architecture key of every trial: floats (NaN where missing) if every value is a number,
+        else strings (``None`` where missing), see :func:`_category`."""
+        cached = self.derived.get(("arch", key))
+        if cached is None:
+            values = [a.get(key) for a in self.arch]
+            numeric = all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            if numeric:
+                cached = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+            else:
+                cached = np.array([None if v is None else _category(v) for v in values], dtype=object)
+            self.derived[("arch", key)] = cached
+        return cached
+
+    def names(self) -> list[str]:
+        """What a filter or sort may name: the metrics (the registry's and any the trials report),
+        then the architecture keys."""
+        return [*dict.fromkeys([*METRICS, *sorted(self.metrics)]), *self.arch_keys]
+
+    def column(self, name: str, where: str) -> np.ndarray:
+        """The metric or architecture column ``name`` names (see :class:`TrialFilter`); a ``ValueError``
+        listing the valid names, the nearest first, if it names neither."""
+        if name.startswith(ARCH) and name.removeprefix(ARCH) in self.arch_keys:
+            return self.arch_column(name.removeprefix(ARCH))
+        if name in METRICS or name in self.metrics:
+            return self.metric(name)
+        if name in self.arch_keys:
+            return self.arch_column(name)
+        valid = self.names()
+        near = difflib.get_close_matches(name.removeprefix(ARCH), valid, n=3)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        keys = ", ".join(self.arch_keys) or "(no trial has one yet)"
+        raise ValueError(
+            f"{where}: no metric or architecture key {name!r}{hint} Metrics: {', '.join(dict.fromkeys([*METRICS, *sorted(self.metrics)]))}. "
+            f"Architecture keys of this job: {keys}."
+        )
+
+    def matches(self, f: TrialFilter) -> np.ndarray:
+        """Which trials pass the filter."""
+        column = self.column(f.name, f"filter {str(f)!r}")
+        if column.dtype == object:
+            if f.op not in ("=", "!="):
+                raise ValueError(f"filter {str(f)!r}: {f.name} is categorical; compare it with = or !=")
+            value = _category(f.value)
+            present = np.array([v is not None for v in column], dtype=bool)
+            return present & ((column == value) if f.op == "=" else (column != value))
+        if isinstance(f.value, str):
+            raise ValueError(f"filter {str(f)!r}: {f.name} is a number; compare it with a number")
+        return _OPS[f.op](column, f.value)
+
+    def select(self, states: Sequence[TrialState], filters: Sequence[TrialFilter]) -> np.ndarray:
         keep = np.ones(len(self.ids), dtype=bool)
         if states:
             keep &= np.isin(self.state, [s.value for s in states])
         for f in filters:
-            keep &= _OPS[f.op](self.metric(f.metric), f.value)
+            keep &= self.matches(f)
         return np.flatnonzero(keep)
 
     def ordered(self, rows: np.ndarray, sort: str, order: str) -> np.ndarray:
@@ -300,13 +431,42 @@ class JobColumns:
             key = np.unique(self.state, return_inverse=True)[1][rows].astype(float)
         elif sort in TIME_COLUMNS:
             key = self.times[sort][rows]
-        elif sort.startswith("metrics."):
-            key = self.metric(check_metric_name(sort.removeprefix("metrics.")))[rows]
+        elif sort.startswith("metrics.") and METRIC_NAME.fullmatch(sort.removeprefix("metrics.")) or sort.startswith(ARCH):
+            name = sort.removeprefix("metrics.")
+            column = self.column(name, f"sort {sort!r}")
+            if column.dtype == object:  # categorical: in the order of its values; missing ones last
+                present = np.array([v is not None for v in column], dtype=bool)
+                codes = np.full(len(column), np.nan)
+                codes[present] = np.unique(column[present].astype(str), return_inverse=True)[1]
+                column = codes
+            key = column[rows]
         else:
-            raise ValueError(f"cannot sort by {sort!r}; use one of {', '.join(SORT_COLUMNS)} or metrics.<name>")
+            raise ValueError(f"cannot sort by {sort!r}; use one of {', '.join(SORT_COLUMNS)}, metrics.<name> or arch.<key>")
         sign = -1.0 if order == "desc" else 1.0
         missing = np.isnan(key)
         return rows[np.lexsort((sign * self.number[rows], sign * np.where(missing, 0.0, key), missing))]
+
+
+def _csv_chunks(columns: JobColumns, chunk: int) -> Iterator[str]:
+    """The CSV of :meth:`DashboardQueries.trials_csv`, ``chunk`` rows at a time."""
+    names = [name for name in METRICS if name in columns.metrics] + sorted(set(columns.metrics) - set(METRICS))
+    keys = columns.arch_keys
+    times = {name: [_utc_iso(t) for t in columns.times[name]] for name in ("started_at", "finished_at")}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["id", "number", "state", *(ARCH + k for k in keys), *names, "started_at", "finished_at"])
+    for i, trial_id in enumerate(columns.ids):
+        arch = columns.arch[i]
+        writer.writerow([
+            trial_id, int(columns.number[i]), str(columns.state[i]), *(_csv_value(arch.get(k)) for k in keys),
+            *("" if np.isnan(v) else _csv_metric(n, float(v)) for n in names for v in [columns.metrics[n][i]]),
+            times["started_at"][i], times["finished_at"][i],
+        ])
+        if (i + 1) % chunk == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
 
 
 class ColumnCache:
@@ -353,25 +513,25 @@ class DashboardQueries:
             yield session
 
     @staticmethod
-    def _visible(s: Session, job_id: str, viewer: Principal | None) -> None:
-        """NotFound unless the viewer may see the job."""
+    def _visible(s: Session, job_id: str, viewer: Principal | None) -> str:
+        """The job's full id (``job_id`` may be a unique prefix); NotFound unless the viewer may see it."""
+        mine = () if viewer is None or viewer.is_admin else (JobRow.owner == viewer.owner,)
+        job_id = resolve_id(s, JobRow.id, job_id, "job", *mine)
         owner = s.scalar(select(JobRow.owner).where(JobRow.id == job_id))
         if owner is None or (viewer is not None and not viewer.is_admin and owner != viewer.owner):
             raise NotFound(f"job {job_id} not found")
+        return job_id
 
     def job_spec(self, job_id: str, viewer: Principal | None) -> dict[str, Any]:
         """The job's stored spec, if the viewer may see the job."""
         with self._read() as s:
-            row = s.execute(select(JobRow.owner, JobRow.spec).where(JobRow.id == job_id)).first()
-        if row is None or (viewer is not None and not viewer.is_admin and row.owner != viewer.owner):
-            raise NotFound(f"job {job_id} not found")
-        return row.spec
+            job_id = self._visible(s, job_id, viewer)
+            return s.scalar(select(JobRow.spec).where(JobRow.id == job_id))
 
     def columns(self, job_id: str, viewer: Principal | None) -> JobColumns:
         """The job's up-to-date snapshot, if the viewer may see the job."""
         with self._read() as s:
-            self._visible(s, job_id, viewer)
-            return self.cache.get(s, job_id)
+            return self.cache.get(s, self._visible(s, job_id, viewer))
 
     # -- the trials table -----------------------------------------------------------------------
 
@@ -380,25 +540,33 @@ class DashboardQueries:
         job_id: str,
         viewer: Principal | None,
         states: Sequence[TrialState] = (),
-        filters: Sequence[MetricFilter] = (),
+        filters: Sequence[TrialFilter] = (),
         sort: str = "number",
         order: Literal["asc", "desc"] = "asc",
         offset: int = 0,
         limit: int = 50,
     ) -> Row:
-        """One page of a job's trials, sorted and filtered, with the count of all that match (a :class:`TrialTable`)."""
-        for f in filters:
-            check_metric_name(f.metric)
+        """One page of a job's trials, sorted and filtered, with the count of all that match (a :class:`TrialTable`);
+        :class:`BadQuery` for a filter or sort the job cannot answer."""
         with self._read() as s:
-            self._visible(s, job_id, viewer)
-            columns = self.cache.get(s, job_id)
-            rows = columns.ordered(columns.select(states, filters), sort, order)
+            columns = self.cache.get(s, self._visible(s, job_id, viewer))
+            try:
+                selected = columns.select(states, filters)
+            except ValueError as exc:
+                raise BadQuery("filter", str(exc)) from None
+            try:
+                rows = columns.ordered(selected, sort, order)
+            except ValueError as exc:
+                raise BadQuery("sort", str(exc)) from None
             page = [columns.ids[i] for i in rows[offset:offset + limit]]
             items = self._summaries(s, self._rows(s, page))
         for item in items:  # the table shows a parent by its number
             parent = columns.position.get(item["parent_id"] or "")
             item["parent_number"] = int(columns.number[parent]) if parent is not None else None
-        return {"items": items, "total": len(rows), "offset": offset, "limit": limit, "sort": sort, "order": order}
+        return {
+            "items": items, "arch_keys": columns.arch_keys, "total": len(rows), "offset": offset, "limit": limit,
+            "sort": sort, "order": order,
+        }
 
     @staticmethod
     def _rows(s: Session, trial_ids: Sequence[str]) -> list[Any]:
@@ -414,7 +582,8 @@ class DashboardQueries:
         return [
             {
                 "id": r.id, "job_id": r.job_id, "number": r.number, "state": r.state, "parent_id": r.parent_id,
-                "metrics": {k: _finite(v) for k, v in (r.metrics or {}).items()}, "error": r.error, "attempts": r.attempts,
+                "metrics": {k: _finite(v) for k, v in (r.metrics or {}).items()}, "arch": flatten(r.arch or {}),
+                "error": r.error, "attempts": r.attempts,
                 "created_at": _iso(r.created_at), "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at),
                 "updated_at": _iso(r.updated_at), "has_model": bool(r.has_model),
             }
@@ -465,8 +634,7 @@ class DashboardQueries:
     ) -> Row:
         """Per-layer densities of up to ``limit`` finished trials that reported layers, in the given order (a :class:`DensityMatrix`)."""
         with self._read() as s:
-            self._visible(s, job_id, viewer)
-            columns = self.cache.get(s, job_id)
+            columns = self.cache.get(s, self._visible(s, job_id, viewer))
             candidates = [columns.ids[i] for i in columns.ordered(np.flatnonzero(np.isin(columns.state, FINISHED_STATES)), sort, order)]
             chosen: list[str] = []
             for start in range(0, len(candidates), 4 * limit):
@@ -495,7 +663,7 @@ class DashboardQueries:
     def histories(self, job_id: str, trial_ids: Sequence[str], viewer: Principal | None) -> list[TrialHistory]:
         """Per-epoch metrics of the given trials of one job (trials of other jobs are left out)."""
         with self._read() as s:
-            self._visible(s, job_id, viewer)
+            job_id = self._visible(s, job_id, viewer)
             numbers = dict(
                 s.execute(
                     select(TrialRow.id, TrialRow.number).where(TrialRow.job_id == job_id, TrialRow.id.in_(list(trial_ids)))
@@ -523,6 +691,18 @@ class DashboardQueries:
                 select(TrialRow.id, TrialRow.number, TrialRow.metrics).where(TrialRow.id.in_(list(trial_ids)))
             ).all()
         return {r[0]: (r[1], {k: _finite(v) for k, v in (r[2] or {}).items()}) for r in rows}
+
+    # -- CSV --------------------------------------------------------------------------------------
+
+    def trials_csv(self, job_id: str, viewer: Principal | None, chunk: int = 500) -> tuple[str, Iterator[str]]:
+        """The job's full id, and every trial of the job as CSV, ``chunk`` rows at a time: ``id``,
+        ``number``, ``state``, one ``arch.KEY`` column per architecture key, the metrics (the registry's
+        order, then any others by name), ``started_at``, ``finished_at``. A missing value is an empty field.
+
+        The job is checked and its snapshot read here, before the answer starts: a 404 is still a 404."""
+        with self._read() as s:
+            job_id = self._visible(s, job_id, viewer)
+            return job_id, _csv_chunks(self.cache.get(s, job_id), chunk)
 
     # -- changes, for server-sent events -------------------------------------------------------
 
@@ -562,6 +742,6 @@ class DashboardQueries:
 
 
 __all__ = [
-    "CHART_METRICS", "ColumnCache", "DashboardQueries", "DensityMatrix", "EpochChange", "JobColumns", "MetricFilter",
-    "TrialHistory", "TrialPoints", "TrialSummary", "TrialTable",
+    "CHART_METRICS", "BadQuery", "ColumnCache", "DashboardQueries", "DensityMatrix", "EpochChange", "JobColumns",
+    "TrialFilter", "TrialHistory", "TrialPoints", "TrialSummary", "TrialTable",
 ]

@@ -11,7 +11,7 @@ _DESCRIPTIONS = {
     404: "unknown, or owned by someone else",
     409: "illegal state change",
     413: "request body too large",
-    422: "invalid request, naming the field",
+    422: "invalid request, naming the field; or an id prefix that matches more than one resource",
     429: "too many failed authentications from this address, or too many active jobs",
 }
 
@@ -23,5 +23,7 @@ class ErrorDetail(BaseModel):
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` for a route: the given statuses plus 401 and 429, which every keyed route has."""
-    return {code: {"model": ErrorDetail, "description": _DESCRIPTIONS[code]} for code in sorted({401, 429, *codes})}
+    """``responses=`` for a route: the given statuses plus 401 and 429, which every keyed route has, and
+    422 wherever 404 is: a route that looks an id up takes a unique prefix of it."""
+    given = {401, 429, *codes, *((422,) if 404 in codes else ())}
+    return {code: {"model": ErrorDetail, "description": _DESCRIPTIONS[code]} for code in sorted(given)}

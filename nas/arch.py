@@ -14,6 +14,29 @@ if TYPE_CHECKING:
 ArchSpec = dict[str, Any]
 
 
+def flatten(arch: ArchSpec) -> dict[str, Any]:
+    """The architecture as one scalar per key, as tables, filters and CSV show it.
+
+    Spaces sample flat dicts; a nested value is spelled out as dotted keys: ``{"a": {"b": 1}}`` as
+    ``a.b``, ``{"w": [8, 16]}`` as ``w.0`` and ``w.1``.
+    """
+    flat: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                put(f"{key}.{k}", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                put(f"{key}.{i}", v)
+        else:
+            flat[key] = value
+
+    for key, value in arch.items():
+        put(str(key), value)
+    return flat
+
+
 def fingerprint(arch: ArchSpec) -> str:
     """A stable hash of an architecture, equal for equal samples whatever their key order."""
     canonical = json.dumps(arch, sort_keys=True, separators=(",", ":"))

@@ -9,6 +9,14 @@ class NotFound(NasError):
     """A job, trial or artifact does not exist, or belongs to another owner."""
 
 
+class AmbiguousId(NasError):
+    """An id prefix that matches more than one job, trial, dataset or model the viewer may see (HTTP 422)."""
+
+    def __init__(self, message: str, prefix: str) -> None:
+        super().__init__(message)
+        self.prefix = prefix
+
+
 class IllegalTransition(NasError):
     """A state change that the job or trial state machine forbids (HTTP 409)."""
 

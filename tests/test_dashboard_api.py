@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from api.app import create_app
-from api.queries import JobColumns, MetricFilter
+from api.queries import JobColumns, TrialFilter
 from api.routes.dashboard_api import hypervolume_history
 from nas.settings import Settings
 from nas.specs import JobStatus, LayerInfo, Objective, TrialState
@@ -88,7 +88,7 @@ def test_table_filters_by_state_and_metric_ranges_and_pages(app_client: TestClie
     assert numbers(page) == [2, 3] and page["total"] == 5 and page["offset"] == 2
     row = table(app_client, job, limit=1)["items"][0]
     assert row["metrics"]["accuracy"] == 0.5 and row["state"] == "complete" and row["updated_at"]
-    assert "arch" not in row  # table rows stay small
+    assert row["arch"] == {"depth": 1}
     assert row["has_model"] is False
     child = table(app_client, job, filter=["accuracy=0.6"])["items"][0]
     assert child["parent_id"] == job["trials"][1] and child["parent_number"] == 1
@@ -115,9 +115,13 @@ def test_table_refuses_a_bad_filter_or_sort_naming_it(app_client: TestClient, jo
     assert response.json()["detail"][0]["loc"] == ["query", field]
 
 
-def test_metric_filter_parses_every_operator() -> None:
-    assert MetricFilter.parse(" sparsity >= 0.9 ") == MetricFilter("sparsity", ">=", 0.9)
-    assert [MetricFilter.parse(f"a{op}1").op for op in (">", "<", "=", "!=", "<=")] == [">", "<", "=", "!=", "<="]
+def test_trial_filter_parses_every_operator_and_words_for_equality() -> None:
+    assert TrialFilter.parse(" sparsity >= 0.9 ") == TrialFilter("sparsity", ">=", 0.9)
+    assert [TrialFilter.parse(f"a{op}1").op for op in (">", "<", "=", "!=", "<=")] == [">", "<", "=", "!=", "<="]
+    assert TrialFilter.parse("activation!=relu") == TrialFilter("activation", "!=", "relu")
+    assert TrialFilter.parse("arch.sparsity=0.5") == TrialFilter("arch.sparsity", "=", 0.5)
+    with pytest.raises(ValueError, match="not a number"):
+        TrialFilter.parse("activation>relu")
 
 
 def test_every_dashboard_route_hides_another_owners_job(app_client: TestClient, store: Store, job: dict[str, Any]) -> None:
@@ -187,7 +191,7 @@ def test_hypervolume_history_matches_a_hand_computed_front() -> None:
     # d = (0.6, 2.5) is dominated by c and changes nothing
     rows = [
         SimpleNamespace(id=name, number=n, state="complete", parent_id=None, metrics={"accuracy": acc, "latency_ms": lat},
-                        created_at=None, started_at=None, finished_at=datetime.fromtimestamp(n + 1, timezone.utc), updated_at=None)
+                        arch={}, created_at=None, started_at=None, finished_at=datetime.fromtimestamp(n + 1, timezone.utc), updated_at=None)
         for n, (name, acc, lat) in enumerate([("a", 0.5, 2.0), ("b", 0.9, 3.0), ("c", 0.7, 1.0), ("d", 0.6, 2.5)])
     ]
     objectives = [Objective(metric="accuracy", direction="maximize"), Objective(metric="latency_ms", direction="minimize")]

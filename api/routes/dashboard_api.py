@@ -20,10 +20,11 @@ from api.deps import PrincipalDep, SettingsDep, StoreDep
 from api.pagination import Cursor, decode_cursor, encode_cursor
 from api.queries import (
     CHART_METRICS,
+    BadQuery,
     DashboardQueries,
     DensityMatrix,
     JobColumns,
-    MetricFilter,
+    TrialFilter,
     TrialHistory,
     TrialPoints,
     TrialSummary,
@@ -125,22 +126,32 @@ def trial_table(
     principal: PrincipalDep,
     state: Annotated[list[TrialState], Query(description="keep only these states (repeatable)")] = [],  # noqa: B006
     filter: Annotated[
-        list[str], Query(description="METRIC OP NUMBER, e.g. sparsity>=0.9 (repeatable; all must hold)", max_length=20)
+        list[str],
+        Query(
+            description="NAME OP VALUE (repeatable; all must hold): NAME a metric or an architecture key (arch.KEY where "
+                        "a metric has the same name), OP one of >= <= > < = !=, VALUE a number, or a word for = and != "
+                        "(sparsity>=0.9, depth=2, width_0>=128, activation=relu)",
+            max_length=20,
+        ),
     ] = [],  # noqa: B006
-    sort: Annotated[str, Query(max_length=80, description="number, state, created_at, finished_at or metrics.NAME")] = "number",
+    sort: Annotated[
+        str, Query(max_length=160, description="number, state, created_at, finished_at, metrics.NAME or arch.KEY")
+    ] = "number",
     order: Order = "asc",
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JSONResponse:
-    """A page of a job's trials, sorted and filtered on the server, with the total that match."""
+    """A page of a job's trials, sorted and filtered on the server, with the total that match. A name
+    that is neither a metric nor one of the job's architecture keys answers 422 listing the valid
+    ones, the nearest first."""
     try:
-        filters = [MetricFilter.parse(text) for text in filter]
+        filters = [TrialFilter.parse(text) for text in filter]
     except ValueError as exc:
         raise _invalid(("query", "filter"), str(exc)) from None
     try:
         page = get_queries(request).trial_table(job_id, principal, state, filters, sort, order, offset, limit)
-    except ValueError as exc:
-        raise _invalid(("query", "sort"), str(exc)) from None
+    except BadQuery as exc:
+        raise _invalid(("query", exc.field), str(exc)) from None
     return JSONResponse(page)  # already JSON-ready: skips re-validating every row
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -169,6 +170,21 @@ async def list_trials(
     scope = f"trials:{job_id}"
     trials, next_number = store.list_trials(job_id, principal, state, limit, decode_cursor(request, cursor, scope))
     return TrialPage(items=trials, next_cursor=encode_cursor(request, next_number, scope))
+
+
+@router.get(
+    "/{job_id}/trials.csv",
+    response_class=StreamingResponse,
+    responses={**errors(404), 200: {"content": {"text/csv": {}}, "description": "one row per trial"}},
+)
+def trials_csv(request: Request, job_id: str, principal: PrincipalDep) -> StreamingResponse:
+    """Every trial of the job as CSV, in number order: ``id``, ``number``, ``state``, one ``arch.KEY``
+    column per architecture key (nested keys dotted), the metrics (in the order of ``GET /catalog``'s
+    metrics, then any others by name), ``started_at`` and ``finished_at`` (ISO 8601, UTC). A missing
+    value is an empty field."""
+    full_id, rows = get_queries(request).trials_csv(job_id, principal)
+    return StreamingResponse(rows, media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": f'attachment; filename="trials-{full_id}.csv"'})
 
 
 @router.get("/{job_id}/pareto", response_model=TrialList, responses=errors(404))

@@ -83,6 +83,7 @@ async def download_model(
     ONNX file's measured latency is added to the trial's metrics as ``onnx_latency_ms``.
     404 says why a trial has no model."""
     trial = store.get_trial(trial_id, principal)
+    trial_id = trial.id  # the path may hold a unique prefix
     if not trial.has_model:
         raise NotFound(no_model_reason(trial))
     kind = ARTIFACT_FORMATS.get(format, format)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import hmac
+import re
 import secrets
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,7 +27,7 @@ from nas.arch import fingerprint
 from nas.metrics import BASELINE
 from nas.data.stored import UnknownDataset
 from nas.models.stored import UnknownModel
-from nas.errors import BudgetNotRaised, IllegalTransition, NotFound, QuotaExceeded, TooManyJobs
+from nas.errors import AmbiguousId, BudgetNotRaised, IllegalTransition, NotFound, QuotaExceeded, TooManyJobs
 from nas.safe_text import check_printable
 from nas.trial_log import tail
 from nas.specs import (
@@ -145,6 +146,35 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+ID_LENGTH = 32
+"""Every stored id is a uuid4 as 32 lowercase hex digits (:func:`_new_id`)."""
+MIN_ID_PREFIX = 4
+"""The shortest id prefix looked up: shorter ones match too much to mean anything."""
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+def resolve_id(s: Session, column: Any, given: str, noun: str, *visible: Any) -> str:
+    """The full id that ``given`` names: itself, or the one id among those ``visible`` keeps that starts
+    with it, as git and docker accept a unique prefix.
+
+    ``visible`` holds the viewer's ownership conditions, so a prefix never matches (nor counts)
+    another owner's ids. A prefix of fewer than :data:`MIN_ID_PREFIX` hex digits, or one nothing
+    matches, is :class:`~nas.errors.NotFound`; one that matches several is :class:`~nas.errors.AmbiguousId`.
+    """
+    if len(given) >= ID_LENGTH or not _HEX.fullmatch(given):
+        return given  # a whole id (or no id at all): the caller's exact lookup answers
+    if len(given) < MIN_ID_PREFIX:
+        raise NotFound(f"{noun} {given} not found: an id prefix needs at least {MIN_ID_PREFIX} characters")
+    prefix = given.lower()
+    found = list(s.scalars(select(column).where(column.startswith(prefix), *visible).limit(1000)))
+    if not found:
+        raise NotFound(f"{noun} {given} not found")
+    if len(found) > 1:
+        many = f"{len(found)}" if len(found) < 1000 else "1000 or more"
+        raise AmbiguousId(f"id prefix {given} matches {many} {noun}s; give more of the id", given)
+    return found[0]
 
 
 def _stored_dataset(spec: dict[str, Any]) -> str | None:
@@ -316,7 +346,7 @@ class Store:
         """The job, with the dense baseline its trials record (their first one has it, as every one)."""
         with self._read() as s:
             job = self._job(s, self._job_row(s, job_id, viewer))
-            first = s.scalars(select(TrialRow.metrics).where(TrialRow.job_id == job_id).order_by(TrialRow.number).limit(1))
+            first = s.scalars(select(TrialRow.metrics).where(TrialRow.job_id == job.id).order_by(TrialRow.number).limit(1))
             metrics = first.first() or {}
             job.baseline = {name: metrics[name] for name in BASELINE if name in metrics}
             return job
@@ -378,7 +408,7 @@ class Store:
             row = self._job_row(s, job_id, viewer, lock=True)
             status = JobStatus(row.status)
             if status.finished:
-                raise IllegalTransition(f"job {job_id} is already {status.value}")
+                raise IllegalTransition(f"job {row.id} is already {status.value}")
             row.cancel_requested = True
             if status is JobStatus.queued:
                 row.status = JobStatus.cancelled.value
@@ -789,6 +819,7 @@ class Store:
     def get_trial(self, trial_id: str, viewer: Principal | None = None) -> Trial:
         """A trial with its per-epoch history and per-layer report."""
         with self._read() as s:
+            trial_id = self._trial_id(s, trial_id, viewer)
             row = s.get(TrialRow, trial_id)
             if row is None:
                 raise NotFound(f"trial {trial_id} not found")
@@ -811,6 +842,7 @@ class Store:
     def trial_log(self, trial_id: str, viewer: Principal | None = None) -> str | None:
         """The trial's stored log (``None`` when it has none); ``NotFound`` as :meth:`get_trial` says it."""
         with self._read() as s:
+            trial_id = self._trial_id(s, trial_id, viewer)
             row = s.get(TrialRow, trial_id)
             if row is None:
                 raise NotFound(f"trial {trial_id} not found")
@@ -827,15 +859,14 @@ class Store:
         cursor: int | None = None,
     ) -> tuple[list[Trial], int | None]:
         """Trials in number order; the cursor is the last trial's number."""
-        stmt = select(TrialRow).where(TrialRow.job_id == job_id).order_by(TrialRow.number)
-        if state is not None:
-            stmt = stmt.where(TrialRow.state == state.value)
-        if cursor is not None:
-            stmt = stmt.where(TrialRow.number > cursor)
-        if limit is not None:
-            stmt = stmt.limit(limit + 1)
         with self._read() as s:
-            self._job_row(s, job_id, viewer)
+            stmt = select(TrialRow).where(TrialRow.job_id == self._job_row(s, job_id, viewer).id).order_by(TrialRow.number)
+            if state is not None:
+                stmt = stmt.where(TrialRow.state == state.value)
+            if cursor is not None:
+                stmt = stmt.where(TrialRow.number > cursor)
+            if limit is not None:
+                stmt = stmt.limit(limit + 1)
             rows = list(s.scalars(stmt))
             more = limit is not None and len(rows) > limit
             rows = rows[:limit] if limit is not None else rows
@@ -859,6 +890,7 @@ class Store:
     @retrying(idempotent=True)
     def get_artifact(self, trial_id: str, kind: str, fmt: str, viewer: Principal | None = None) -> Artifact:
         with self._read() as s:
+            trial_id = self._trial_id(s, trial_id, viewer)
             job_id = s.scalar(select(TrialRow.job_id).where(TrialRow.id == trial_id))
             if job_id is None:
                 raise NotFound(f"trial {trial_id} not found")
@@ -933,7 +965,7 @@ class Store:
         (:meth:`create_job`)."""
         with self._write() as s:
             row = self._dataset_row(s, dataset_id, viewer, lock=True)
-            self._refuse_while_used(s, "dataset", dataset_id, _stored_dataset)
+            self._refuse_while_used(s, "dataset", row.id, _stored_dataset)
             record = self._dataset(row)
             s.delete(row)
         return record
@@ -1024,7 +1056,7 @@ class Store:
         submissions of such jobs (:meth:`create_job`)."""
         with self._write() as s:
             row = self._model_row(s, model_id, viewer, lock=True)
-            self._refuse_while_used(s, "model", model_id, _stored_model)
+            self._refuse_while_used(s, "model", row.id, _stored_model)
             record = self._model(row)
             s.delete(row)
         return record
@@ -1196,6 +1228,7 @@ class Store:
         return [job_id for job_id, spec in s.execute(stmt) if named(spec) == stored_id]
 
     def _model_row(self, s: Session, model_id: str, viewer: Principal | None, lock: bool = False) -> ModelRow:
+        model_id = resolve_id(s, ModelRow.id, model_id, "model", *self._owned(ModelRow.owner, viewer))
         stmt = select(ModelRow).where(ModelRow.id == model_id)
         if lock:
             stmt = self._lock(stmt, s)
@@ -1214,6 +1247,7 @@ class Store:
         )  # fmt: skip
 
     def _dataset_row(self, s: Session, dataset_id: str, viewer: Principal | None, lock: bool = False) -> DatasetRow:
+        dataset_id = resolve_id(s, DatasetRow.id, dataset_id, "dataset", *self._owned(DatasetRow.owner, viewer))
         stmt = select(DatasetRow).where(DatasetRow.id == dataset_id)
         if lock:
             stmt = self._lock(stmt, s)
@@ -1233,6 +1267,7 @@ class Store:
         )  # fmt: skip
 
     def _job_row(self, s: Session, job_id: str, viewer: Principal | None, lock: bool = False) -> JobRow:
+        job_id = resolve_id(s, JobRow.id, job_id, "job", *self._owned(JobRow.owner, viewer))
         stmt = select(JobRow).where(JobRow.id == job_id)
         if lock:
             stmt = self._lock(stmt, s)
@@ -1240,6 +1275,17 @@ class Store:
         if row is None or (viewer is not None and not viewer.is_admin and row.owner != viewer.owner):
             raise NotFound(f"job {job_id} not found")
         return row
+
+    @staticmethod
+    def _owned(owner: Any, viewer: Principal | None) -> tuple[Any, ...]:
+        """The condition that keeps rows whose ``owner`` column is the viewer (none for an admin or the runner)."""
+        return () if viewer is None or viewer.is_admin else (owner == viewer.owner,)
+
+    def _trial_id(self, s: Session, trial_id: str, viewer: Principal | None) -> str:
+        """The full id of the trial ``trial_id`` names (a unique prefix among the viewer's trials, or itself)."""
+        mine = self._owned(JobRow.owner, viewer)
+        visible = (select(JobRow.id).where(JobRow.id == TrialRow.job_id, *mine).exists(),) if mine else ()
+        return resolve_id(s, TrialRow.id, trial_id, "trial", *visible)
 
     def _trial_visible(self, s: Session, trial_id: str, job_id: str, viewer: Principal | None) -> None:
         """The same ``NotFound`` as for an unknown trial when the viewer may not see its job: the
