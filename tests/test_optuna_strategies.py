@@ -52,13 +52,15 @@ def make_strategy(spec: JobSpec, trials: list[Trial] | None = None) -> Any:
 
 
 def fake_metrics(arch: dict[str, Any]) -> dict[str, float]:
-    """Wider and denser is more accurate and slower; a smooth, known trade-off."""
+    """Wider and denser is more accurate (on the validation split) and slower; a smooth, known trade-off.
+    The test accuracy follows no trend at all: a sampler told it would learn nothing."""
     capacity = sum(arch[f"width_{i}"] * (1 - arch[f"sparsity_fc{i}"]) for i in range(arch["depth"]))
     accuracy = 1 - 0.5 * math.exp(-capacity / 60) - 0.02 * arch["depth"]
     latency = 0.01 + capacity / 1000 + 0.005 * arch["depth"]
     params = sum(arch[f"width_{i}"] for i in range(arch["depth"])) * 70.0
-    return {"accuracy": accuracy, "latency_ms": latency, "predicted_latency_ms": latency, "params": params,
-            "sparsity": 0.8, "loss": 1 - accuracy}
+    test = 0.5 + 0.4 * math.sin(capacity)
+    return {"val_accuracy": accuracy, "val_loss": 1 - accuracy, "accuracy": test, "loss": 1 - test,
+            "latency_ms": latency, "predicted_latency_ms": latency, "params": params, "sparsity": 0.8}
 
 
 def trial(number: int, arch: dict[str, Any], state: TrialState = TrialState.complete, **metrics: float) -> Trial:
@@ -122,7 +124,7 @@ def test_restart_rebuilds_the_study_and_never_repeats_finished_work(name: str) -
     assert len(study.trials) == 16  # the finished ones, the running one is told when it ends
     assert sorted(t.params["depth"] for t in study.trials) == sorted(t.arch["depth"] for t in before)
     for frozen, original in zip(study.trials, before):
-        assert frozen.values == [original.metrics["accuracy"], original.metrics["latency_ms"]]
+        assert frozen.values == [original.metrics["val_accuracy"], original.metrics["latency_ms"]]
     if name == "nsga2":
         generations = [t.system_attrs["NSGAIISampler:generation"] for t in study.trials]
         size = restarted._study.sampler.population_size
@@ -143,8 +145,8 @@ def test_tpe_learns_single_objective() -> None:
     """After its random start, TPE proposes clearly better architectures than the start did."""
     spec = make_spec("tpe", strategy={"name": "tpe", "params": {"n_startup_trials": 8}})
     trials = run(make_strategy(spec), 40)
-    start = [t.metrics["accuracy"] for t in trials[:8]]
-    late = [t.metrics["accuracy"] for t in trials[-12:]]
+    start = [t.metrics["val_accuracy"] for t in trials[:8]]
+    late = [t.metrics["val_accuracy"] for t in trials[-12:]]
     assert sum(late) / len(late) > sum(start) / len(start) + 0.05
 
 
@@ -183,7 +185,8 @@ def test_pruned_failed_and_infeasible_trials_reach_optuna_in_the_right_state() -
     strategy = make_strategy(spec)
     plans = [strategy.ask() for _ in range(3)]
     pruned = trial(0, plans[0].arch, TrialState.pruned, epoch=2.0)
-    pruned.history = [EpochMetrics(epoch=1, metrics={"accuracy": 0.4}), EpochMetrics(epoch=2, metrics={"accuracy": 0.5})]
+    pruned.history = [EpochMetrics(epoch=1, metrics={"val_accuracy": 0.4}),
+                      EpochMetrics(epoch=2, metrics={"val_accuracy": 0.5})]
     strategy.tell(pruned)
     strategy.tell(trial(1, plans[1].arch, TrialState.failed))
     strategy.tell(trial(2, plans[2].arch, TrialState.infeasible))
@@ -204,7 +207,7 @@ def test_multi_objective_pruned_trials_are_told_with_their_last_metrics() -> Non
                                           {"metric": "latency_ms", "direction": "minimize"}])
     strategy = make_strategy(spec)
     plan = strategy.ask()
-    last = {"accuracy": 0.3, "loss": 2.0, "epoch": 1.0, "predicted_latency_ms": 0.2, "params": 1000.0}
+    last = {"val_accuracy": 0.3, "val_loss": 2.0, "epoch": 1.0, "predicted_latency_ms": 0.2, "params": 1000.0}
     strategy.tell(Trial(id="p", job_id="job", number=0, state=TrialState.pruned, arch=plan.arch, metrics=last,
                         created_at=datetime.now(timezone.utc)))
     (told,) = strategy._study.trials
