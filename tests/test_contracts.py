@@ -479,8 +479,8 @@ def test_early_stopping_rule_never_stops_the_best_trial_or_a_last_epoch(name: st
         result: dict[str, Any] = {}
         for epoch in range(1, EPOCHS + 1):
             accuracy = 0.9 * epoch / EPOCHS / (1 + i)
-            result = {"epoch": epoch, "training_iteration": epoch, "accuracy": accuracy, "loss": 1 - accuracy,
-                      "sparsity": 0.5}
+            result = {"epoch": epoch, "training_iteration": epoch, "val_accuracy": accuracy, "val_loss": 1 - accuracy,
+                      "sparsity": 0.5}  # what the trainer reports after an epoch: the validation split only
             decision = scheduler.on_trial_result(None, trial, result)
             assert decision in (TrialScheduler.CONTINUE, TrialScheduler.STOP), decision
             decisions.setdefault(trial.trial_id, []).append(decision)
