@@ -445,6 +445,16 @@ def cancel(job_id: Annotated[str, typer.Argument(help="job id")], json_output: J
             _print_json(job.model_dump(mode="json"))
 
 
+@app.command()
+def logs(trial_id: Annotated[str, typer.Argument(help="trial id (or a unique prefix of it)")]) -> None:
+    """Print a trial's log: what its code logged and warned on its worker, and its traceback if it
+    failed (the end, size-capped). Exit 4 when it has none yet, saying why."""
+    with _client() as client:
+        text = client.trial_log(trial_id)
+    for line in text.splitlines():  # each line's terminal escapes made visible, as every output does
+        print(escape_controls(line.replace("\t", "    ")))
+
+
 def _attr(text: str) -> tuple[str, Any]:
     """``key=value``: the value as JSON when it reads as a number, boolean or null (which removes the key), else text."""
     key, sep, raw = text.partition("=")

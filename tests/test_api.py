@@ -399,6 +399,38 @@ def test_trial_detail_has_history_and_layers(client: TestClient, store: Store, k
         _aware(body[key])
 
 
+def test_trial_log_is_plain_text_owned_and_says_why_it_is_missing(
+    client: TestClient, store: Store, keys: dict[str, str]
+) -> None:
+    h = auth(keys["alice"])
+    job = submit(client, keys["alice"])
+    store.claim_job("runner", lease_s=30)
+    trial = store.create_trial(job["id"], {"depth": 1})
+    queued = client.get(f"{API}/trials/{trial.id}/log", headers=h)
+    assert queued.status_code == 404 and "has not run yet" in queued.json()["detail"]
+    store.start_trial(trial.id)
+    running = client.get(f"{API}/trials/{trial.id}/log", headers=h)
+    assert running.status_code == 404 and "still running" in running.json()["detail"]
+    log = "INFO epoch 1: accuracy 0.5\nTraceback (most recent call last):\nValueError: <b>bad</b>\n"
+    store.finish_trial(trial.id, TrialState.failed, error="ValueError: <b>bad</b>", log=log)
+
+    response = client.get(f"{API}/trials/{trial.id}/log", headers=h)
+    assert response.status_code == 200 and response.text == log
+    assert response.headers["content-type"].startswith("text/plain")
+    assert client.get(f"{API}/trials/{trial.id[:8]}/log", headers=h).text == log  # a unique prefix
+    hidden = client.get(f"{API}/trials/{trial.id}/log", headers=auth(keys["bob"]))
+    assert hidden.status_code == 404 and hidden.json()["detail"] == f"trial {trial.id} not found"
+    assert client.get(f"{API}/trials/{trial.id}/log", headers=auth(keys["admin"])).text == log
+
+    # A trial its job's cancel request ended before it ran: cancelled, with no log, saying so.
+    waiting = store.create_trial(job["id"], {"depth": 2})
+    assert client.post(f"{API}/jobs/{job['id']}/cancel", headers=h).status_code == 202
+    cancelled = client.get(f"{API}/jobs/{job['id']}/trials", params={"state": "cancelled"}, headers=h).json()["items"]
+    assert [t["id"] for t in cancelled] == [waiting.id]
+    never = client.get(f"{API}/trials/{waiting.id}/log", headers=h)
+    assert never.status_code == 404 and "never ran (cancelled" in never.json()["detail"]
+
+
 def test_model_download(client: TestClient, store: Store, settings: Settings, keys: dict[str, str]) -> None:
     h = auth(keys["alice"])
     job = submit(client, keys["alice"])

@@ -121,6 +121,31 @@ def test_cli_submit_jobs_trials_cancel(server: Server, cli_env: dict[str, str], 
     assert "409" in again.stderr and "cancelled" in again.stderr and again.stdout == ""
 
 
+def test_cli_logs_prints_a_trial_log_and_says_why_there_is_none(server: Server, cli_env: dict[str, str], owner: str) -> None:
+    with Client(url=server.url, api_key=cli_env["NAS_API_KEY"]) as client:
+        job_id = client.submit(SPEC).id
+    store = server.store
+    store.claim_job("runner", lease_s=30)
+    failed = store.create_trial(job_id, {"depth": 1})
+    store.start_trial(failed.id)
+    log = "INFO epoch 1: accuracy 0.5\n\x1b[31mred\x1b[0m\nTraceback (most recent call last):\nValueError: bad width\n"
+    store.finish_trial(failed.id, TrialState.failed, error="ValueError: bad width", log=log)
+    waiting = store.create_trial(job_id, {"depth": 2})
+
+    printed = _invoke(["logs", failed.id], cli_env)
+    assert printed.exit_code == 0, printed.stderr
+    assert printed.stdout.splitlines() == [
+        "INFO epoch 1: accuracy 0.5", "\\x1b[31mred\\x1b[0m", "Traceback (most recent call last):", "ValueError: bad width",
+    ]  # a terminal escape in the log is shown, not replayed
+    assert _invoke(["logs", failed.id[:8]], cli_env).stdout == printed.stdout  # a unique prefix
+
+    none_yet = _invoke(["logs", waiting.id], cli_env)
+    assert none_yet.exit_code == ExitCode.NOT_FOUND == 4
+    assert "has not run yet" in none_yet.stderr and none_yet.stdout == ""
+    unknown = _invoke(["logs", "f" * 32], cli_env)
+    assert unknown.exit_code == ExitCode.NOT_FOUND and "not found" in unknown.stderr
+
+
 def test_cli_json_output(server: Server, cli_env: dict[str, str], tmp_path: Path) -> None:
     submitted = _invoke(["submit", str(_spec_file(tmp_path, name="json-job")), "--json"], cli_env)
     assert submitted.exit_code == 0, submitted.stderr

@@ -372,6 +372,7 @@ def test_api_says_why_a_trial_has_no_model(client: Client, server: Server, tmp_p
         TrialState.pruned: "early stopping pruned it",
         TrialState.failed: "it failed: out of memory",
         TrialState.infeasible: "infeasible",
+        TrialState.cancelled: "its job was cancelled",
     }[state]
     for format in ("safetensors", "onnx", "inference", "report"):
         with pytest.raises(NotFoundError, match=f"trial {trial.id} has no model: .*{reason}"):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Request, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, SettingsDep, StoreDep
@@ -98,6 +98,32 @@ async def download_model(
     return FileResponse(path, media_type=media, filename=f"trial-{trial_id}.{SUFFIXES[format]}")
 
 
+@router.get(
+    "/{trial_id}/log",
+    response_class=PlainTextResponse,
+    responses={**errors(404), 200: {"content": {"text/plain": {}}, "description": "the trial's log"}},
+)
+def trial_log(trial_id: str, store: StoreDep, principal: PrincipalDep) -> PlainTextResponse:
+    """What the trial's code logged and warned on its worker, with its traceback if it failed: its
+    end, size-capped (the text says where earlier lines were dropped). Stored when the trial ends;
+    404 says why a trial has none."""
+    trial = store.get_trial(trial_id, principal)
+    text = store.trial_log(trial.id, principal)
+    if not text:
+        raise NotFound(f"trial {trial.id} has no log: {_no_log_reason(trial)}")
+    return PlainTextResponse(text)
+
+
+def _no_log_reason(trial: Trial) -> str:
+    if trial.state is TrialState.queued:
+        return "it has not run yet (queued)"
+    if trial.state is TrialState.running:
+        return "it is still running; its log is stored when it ends"
+    if trial.started_at is None:
+        return f"it never ran ({trial.state.value}{': ' + trial.error if trial.error else ''})"
+    return "its worker sent none (it ended before a report, or ran on an older version)"
+
+
 def no_model_reason(trial: Trial) -> str:
     """Why ``trial`` has no model, in words a user can act on."""
     why = {
@@ -107,6 +133,7 @@ def no_model_reason(trial: Trial) -> str:
         TrialState.infeasible: "it was infeasible under the job's constraints and never trained",
         TrialState.failed: f"it failed: {trial.error}" if trial.error else "it failed",
         TrialState.complete: "its model was not stored",
+        TrialState.cancelled: "its job was cancelled before it ended",
     }[trial.state]
     return f"trial {trial.id} has no model: {why}"
 

@@ -19,7 +19,7 @@ the job's trial record:
   COMPLETE with the last epoch's values (accuracy at the epoch it was stopped, the latency that
   was predicted), which the early-stopping rule has just shown to be dominated; without a value
   for every objective it is told PRUNED.
-* ``failed``: FAIL (ignored by both samplers).
+* ``failed`` and ``cancelled``: FAIL (ignored by both samplers).
 
 Constraints: ``max_latency_ms`` on ``predicted_latency_ms`` (the quantity the runner refuses
 candidates by; ``latency_ms`` when no prediction was recorded) and ``max_params`` on ``params``,

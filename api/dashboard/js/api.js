@@ -86,6 +86,11 @@ export async function objectUrl(path, params) {
   return URL.createObjectURL(await (await fetchFile(path, params)).blob());
 }
 
+/** A text the API serves (text/plain), fetched with the key. */
+export async function fetchText(path, params) {
+  return (await fetchFile(path, params)).text();
+}
+
 /** Fetch a file with the key and hand it to the browser as a download. */
 export async function download(path, params, filename) {
   const res = await fetchFile(path, params);

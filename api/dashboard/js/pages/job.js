@@ -9,7 +9,7 @@ import {
 } from '../ui.js';
 import { bestSummary, progress, setup } from './jobs.js';
 
-const STATES = ['queued', 'running', 'complete', 'pruned', 'failed', 'infeasible'];
+const STATES = ['queued', 'running', 'complete', 'pruned', 'failed', 'infeasible', 'cancelled'];
 const TABLE_METRICS = ['accuracy', 'loss', 'sparsity', 'latency_ms', 'predicted_latency_ms', 'nonzero_params', 'flops', 'train_time_s'];
 const X_CHOICES = ['latency_ms', 'predicted_latency_ms', 'nonzero_params', 'flops'];
 
@@ -152,7 +152,7 @@ export async function render(view, jobId) {
     const counts = countStates();
     clear(kpis,
       kpi('Progress', progress(job)),
-      kpi('Complete', fmt.int(job.n_complete), `${fmt.int(counts.pruned)} pruned · ${fmt.int(counts.failed + counts.infeasible)} failed/infeasible`),
+      kpi('Complete', fmt.int(job.n_complete), `${fmt.int(counts.pruned)} pruned · ${fmt.int(counts.failed + counts.infeasible)} failed/infeasible${counts.cancelled ? ` · ${fmt.int(counts.cancelled)} cancelled` : ''}`),
       kpi('Running', fmt.int(counts.running), `${fmt.int(counts.queued)} queued`),
       kpi('Best trial', bestSummary(job)),
       kpi('Elapsed', job.started_at ? fmt.duration(elapsed(job.started_at, job.finished_at)) : '—', job.finished_at ? `finished ${fmt.ago(job.finished_at)}` : null));

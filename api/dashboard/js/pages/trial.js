@@ -1,11 +1,11 @@
 // The trial page: metrics, per-epoch curves, predicted vs measured latency, the layers as a table,
-// lineage, the architecture, and model downloads.
+// lineage, the architecture, the trial's log, and model downloads.
 
-import { api, download, subscribe } from '../api.js';
+import { api, download, fetchText, subscribe } from '../api.js';
 import { COLORS, Scatter } from '../charts.js';
 import { badge, card, clear, copyButton, elapsed, errorBox, fmt, formatMetric, h, kpi, metricDescription, metricLabel, throttle } from '../ui.js';
 
-const FINISHED = ['complete', 'pruned', 'failed', 'infeasible'];
+const FINISHED = ['complete', 'pruned', 'failed', 'infeasible', 'cancelled'];
 
 export async function render(view, trialId) {
   let trial, lineage, job;
@@ -181,6 +181,28 @@ export async function render(view, trialId) {
       lineage.children.length ? [h('span', { class: 'arrow' }, '→'), h('div', { class: 'lineage-children' }, lineage.children.map(link))] : null);
   }
 
+  // textContent: the log is shown as text, never parsed as markup.
+  const logBox = h('pre', { class: 'code', id: 'trial-log', hidden: true });
+  const logNote = h('p', { class: 'muted', id: 'trial-log-note' });
+  async function paintLog() {
+    if (!FINISHED.includes(trial.state)) {
+      logBox.hidden = true;
+      logNote.textContent = 'The log (what the trial logged and warned, and its traceback if it fails) is shown when the trial ends.';
+      return;
+    }
+    try {
+      const text = await fetchText(`/trials/${trial.id}/log`);
+      if (disposed) return;
+      logBox.textContent = text;
+      logBox.hidden = false;
+      logNote.textContent = '';
+    } catch (error) {
+      if (disposed || error.status === 401) return;
+      logBox.hidden = true;
+      logNote.textContent = error.detail ?? error.message;
+    }
+  }
+
   const archBox = h('pre', { class: 'code' });
   const outputsBox = h('pre', { class: 'code' });
   function paintArch() {
@@ -202,12 +224,14 @@ export async function render(view, trialId) {
     h('div', { class: 'grid-2' },
       card('Lineage', lineageCard(), { id: 'card-lineage' }),
       card('Architecture', archBox, { id: 'card-arch' })),
-    card('Strategy outputs', outputsBox, { id: 'card-outputs' }));
+    card('Strategy outputs', outputsBox, { id: 'card-outputs' }),
+    card('Log', [logNote, logBox], { id: 'card-log' }));
   paintHead(); paintMetrics(); paintDownloads(); paintArch();
   performance.mark('nas:interactive');
   paintCurves();
   paintLayers();
   paintLatency().catch((e) => { if (e.status !== 401) console.warn(e); });
+  paintLog();
 
   // A running trial updates as its epochs arrive.
   let stream = null;
@@ -218,7 +242,7 @@ export async function render(view, trialId) {
         trial = await api.get(`/trials/${trialId}`);
         if (disposed) return;
         paintHead(); paintMetrics(); paintDownloads(); paintArch(); paintCurves(); paintLayers();
-        if (FINISHED.includes(trial.state)) { stream?.close(); live.hidden = true; paintLatency().catch(() => {}); }
+        if (FINISHED.includes(trial.state)) { stream?.close(); live.hidden = true; paintLatency().catch(() => {}); paintLog(); }
       } catch (e) { if (e.status !== 401) console.warn(e); }
     }, 1500);
     stream = subscribe(`/jobs/${trial.job_id}/events`, {
