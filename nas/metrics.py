@@ -53,16 +53,16 @@ class Metric(BaseModel):
 
 
 _ALL = (
-    Metric(name="accuracy", label="Accuracy", unit="", kind="fraction", direction="maximize", objective=True,
+    Metric(name="accuracy", label="Accuracy (test)", unit="", kind="fraction", direction="maximize", objective=True,
            split="test", selected_on="val_accuracy",
            description="test accuracy of the final model (0..1); selection ranks on val_accuracy"),
-    Metric(name="loss", label="Loss", unit="", kind="float", direction="minimize", objective=True, split="test",
+    Metric(name="loss", label="Loss (test)", unit="", kind="float", direction="minimize", objective=True, split="test",
            selected_on="val_loss", description="test cross-entropy of the final model; selection ranks on val_loss"),
-    Metric(name="val_accuracy", label="Validation accuracy", unit="", kind="fraction", direction="maximize",
+    Metric(name="val_accuracy", label="Accuracy (val)", unit="", kind="fraction", direction="maximize",
            objective=False, per_epoch=True, split="val",
            description="accuracy on the validation split (held out of the training data), after every epoch and of "
                        "the final model: what selection ranks the accuracy objective on"),
-    Metric(name="val_loss", label="Validation loss", unit="", kind="float", direction="minimize", objective=False,
+    Metric(name="val_loss", label="Loss (val)", unit="", kind="float", direction="minimize", objective=False,
            per_epoch=True, split="val",
            description="cross-entropy on the validation split, after every epoch and of the final model: what "
                        "selection ranks the loss objective on"),
@@ -109,7 +109,8 @@ _ALL = (
            description="test accuracy of the given model before any pruning, measured once per job (spaces over a "
                        "given model, such as model_sparsity)"),
     Metric(name="accuracy_drop", label="Accuracy drop", unit="", kind="float", direction="minimize", objective=False,
-           description="dense_accuracy minus accuracy: what making the given model sparse cost (negative: it gained)"),
+           description="dense_accuracy minus accuracy, both on the test split: what making the given model sparse "
+                       "cost (negative: it gained); shown, never ranked on"),
     Metric(name="dense_latency_ms", label="Dense latency", unit="ms", kind="float", direction="none", objective=False,
            description="latency of the given model before any pruning, timed as latency_ms is, once per job"),
     Metric(name="speedup", label="Speedup", unit="", kind="float", direction="maximize", objective=False,
