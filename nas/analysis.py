@@ -7,7 +7,9 @@ when the space declares none or a trial lies outside it. Dimensions that only so
 have (``width_2`` when ``depth`` is 3) are left out: the evaluators compare trials that all have a
 value for every dimension they rank.
 
-No FastAPI here: the API route calls :func:`param_importances` off its event loop.
+No FastAPI here: the API route calls :func:`param_importances` off its event loop. Optuna is
+imported with this module, not on first use: two request threads importing it at once can each see
+the other's half-made modules (``KeyError: 'optuna.study'``).
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.importance import (
+    BaseImportanceEvaluator,
+    FanovaImportanceEvaluator,
+    MeanDecreaseImpurityImportanceEvaluator,
+    PedAnovaImportanceEvaluator,
+)
 from pydantic import BaseModel, Field
 
 from nas import metrics as trial_metrics
 from nas.specs import Trial, TrialState
-
-if TYPE_CHECKING:
-    from optuna.distributions import BaseDistribution
-    from optuna.importance import BaseImportanceEvaluator
 
 Evaluator = Literal["fanova", "ped_anova", "mdi"]
 """Optuna's evaluators by short name: fANOVA, PED-ANOVA and mean decrease in impurity (a random forest)."""
@@ -80,8 +86,6 @@ def param_importances(
     declared distribution, gets one inferred from the values seen. Raises :class:`NotAnalysable`
     when fewer than :data:`MIN_TRIALS` complete trials have the metric, or no dimension varies.
     """
-    import optuna
-
     metric = selection_metric(objective)
     if not any(metric in t.metrics for t in trials):
         metric = objective  # trials recorded before the metric selection ranks on existed
@@ -126,8 +130,6 @@ def _param_value(value: Any) -> Any:
 
 def _distribution(key: str, values: list[Any], declared: BaseDistribution | None) -> BaseDistribution:
     """``declared`` if it holds every value; else categorical for text and booleans, a range for numbers."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
     if declared is not None and all(_holds(declared, v) for v in values):
         return declared
     if any(isinstance(v, (str, bool)) or v is None for v in values):
@@ -145,12 +147,6 @@ def _holds(distribution: BaseDistribution, value: Any) -> bool:
 
 
 def _evaluator(name: Evaluator, seed: int) -> BaseImportanceEvaluator:
-    from optuna.importance import (
-        FanovaImportanceEvaluator,
-        MeanDecreaseImpurityImportanceEvaluator,
-        PedAnovaImportanceEvaluator,
-    )
-
     if name == "fanova":
         return FanovaImportanceEvaluator(seed=seed)
     if name == "mdi":

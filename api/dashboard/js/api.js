@@ -65,6 +65,7 @@ export const api = {
   async getWithDate(path, params) { return request('GET', path, { params }); },
   async post(path, body, params) { return (await request('POST', path, { body, params })).data; },
   async delete(path) { return (await request('DELETE', path)).data; },
+  async patch(path, body) { return (await request('PATCH', path, { body })).data; },
   /** Check a key before keeping it: the user stays on the sign-in page if it is refused. */
   async check(key) { return (await request('GET', '/jobs', { params: { limit: 1 }, key })).data; },
 };

@@ -9,6 +9,7 @@ const routes = [
   { pattern: /^#\/new(?:\?dataset=([0-9a-f]{32}))?$/, page: () => import('./pages/newjob.js'), nav: 'new' },
   { pattern: /^#\/jobs\/([0-9a-f]{1,64})$/, page: () => import('./pages/job.js'), nav: 'jobs' },
   { pattern: /^#\/trials\/([0-9a-f]{1,64})$/, page: () => import('./pages/trial.js'), nav: 'jobs' },
+  { pattern: /^#\/compare\?jobs=([0-9a-f,]{1,2000})$/, page: () => import('./pages/compare.js'), nav: 'jobs' },
   { pattern: /^#\/datasets$/, page: () => import('./pages/datasets.js'), nav: 'datasets' },
   { pattern: /^#\/datasets\/upload$/, page: () => import('./pages/upload.js'), nav: 'datasets' },
   { pattern: /^#\/datasets\/([0-9a-f]{32})$/, page: () => import('./pages/dataset.js'), nav: 'datasets' },

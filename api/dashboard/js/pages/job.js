@@ -8,6 +8,8 @@ import {
   throttle, toast,
 } from '../ui.js';
 import { bestSummary, progress, setup } from './jobs.js';
+import { mountAnalysis } from '../analysis.js';
+import { notesCard } from '../notes.js';
 
 const STATES = ['queued', 'running', 'complete', 'pruned', 'failed', 'infeasible', 'cancelled'];
 const TABLE_METRICS = ['accuracy', 'loss', 'sparsity', 'latency_ms', 'predicted_latency_ms', 'nonzero_params', 'flops', 'train_time_s'];
@@ -92,9 +94,12 @@ export async function render(view, jobId) {
     onchange: () => { state.table.limit = Number(pageSize.value); state.table.offset = 0; loadTable(); },
   }, [25, 50, 100, 200].map((n) => h('option', { value: n, selected: n === state.table.limit }, `${n} rows`)));
 
+  const notesSlot = h('div'), analysisSlot = h('div');
+  let analysis = null;
   view.append(
     head,
     kpis,
+    notesSlot,
     h('div', { class: 'grid-2' },
       card('Pareto front', el.pareto, { actions: [h('label', { class: 'inline' }, 'x ', xSelect)], id: 'card-pareto' }),
       card('Optimisation history', el.history, { id: 'card-history' }),
@@ -103,6 +108,7 @@ export async function render(view, jobId) {
     ),
     card('Per-layer density', [el.density, densityNote], { id: 'card-density' }),
     card('Lineage (parent → child)', [el.lineage, lineageNote], { id: 'card-lineage' }),
+    analysisSlot,
     card('Trials', [
       h('div', { class: 'toolbar' }, stateChips,
         h('div', { class: 'filter' }, filterInput, h('button', { class: 'btn btn-sm', type: 'button', onclick: applyFilter }, 'Filter')),
@@ -499,6 +505,9 @@ export async function render(view, jobId) {
     state.objectives = state.job.spec?.objectives || [];
     paintHead();
     paintTable(table);
+    analysis = mountAnalysis(jobId, state.job, openTrial);
+    analysisSlot.replaceWith(analysis.element);
+    notesSlot.replaceWith(notesCard(`/jobs/${jobId}`));
   } catch (error) {
     if (error.status === 401) return null;
     clear(view, errorBox(error));
@@ -516,6 +525,7 @@ export async function render(view, jobId) {
     job(job) {
       const finished = job.status !== state.job.status && !['queued', 'running'].includes(job.status);
       state.job = { ...state.job, ...job };  // events carry no spec: keep the one loaded with the page
+      analysis?.update(state.job);
       refreshLocal();
       if (finished) { refreshRemote(); reloadTable(); }
     },
@@ -589,5 +599,6 @@ export async function render(view, jobId) {
     clearInterval(ticker);
     refreshLocal.cancel(); refreshRemote.cancel(); refreshCurves.cancel(); reloadTable.cancel();
     Object.values(charts).forEach((c) => c.destroy());
+    analysis?.destroy();
   };
 }

@@ -2,6 +2,7 @@
 
 import { api, subscribe } from '../api.js';
 import { badge, clear, elapsed, errorBox, fmt, formatMetric, h, metricLabel } from '../ui.js';
+import { compareSelection } from './compare.js';
 
 const STATUSES = ['', 'queued', 'running', 'succeeded', 'failed', 'cancelled'];
 
@@ -37,9 +38,10 @@ export function setup(outline) {
   return h('span', { class: 'muted small' }, parts.join(' · '));
 }
 
-function row(job) {
+function row(job, selection) {
   const duration = job.started_at ? fmt.duration(elapsed(job.started_at, job.finished_at)) : '—';
   return h('tr', { class: 'clickable', dataset: { id: job.id }, onclick: () => { location.hash = `#/jobs/${job.id}`; } },
+    selection.cell(job),
     h('td', {}, h('a', { href: `#/jobs/${job.id}`, class: 'strong' }, job.name), h('div', { class: 'mono muted small' }, fmt.shortId(job.id))),
     h('td', {}, badge(job.status)),
     h('td', {}, progress(job)),
@@ -62,15 +64,16 @@ export async function render(view) {
     onchange: () => { statusFilter = select.value; sessionStorage.setItem('nas.jobsFilter', statusFilter); load(true); },
   }, STATUSES.map((s) => h('option', { value: s, selected: s === statusFilter }, s || 'All statuses')));
   const errors = h('div');
+  const selection = compareSelection();
 
   view.append(
     h('div', { class: 'page-head' },
       h('div', {}, h('h1', {}, 'Jobs'), h('p', { class: 'muted' }, 'Searches you submitted, newest first.')),
-      h('div', { class: 'page-actions' }, live, select, h('a', { class: 'btn btn-primary', href: '#/new' }, 'New job'))),
+      h('div', { class: 'page-actions' }, live, select, selection.button, h('a', { class: 'btn btn-primary', href: '#/new' }, 'New job'))),
     errors,
     h('section', { class: 'card flush' },
       h('table', { class: 'table', id: 'jobs-table' },
-        h('thead', {}, h('tr', {}, ['Job', 'Status', 'Progress', 'Best trial', 'Search', 'Created', 'Duration'].map((t) => h('th', {}, t)))),
+        h('thead', {}, h('tr', {}, ['', 'Job', 'Status', 'Progress', 'Best trial', 'Search', 'Created', 'Duration'].map((t) => h('th', {}, t)))),
         tbody),
       foot));
 
@@ -78,11 +81,11 @@ export async function render(view) {
     const items = [...jobs.values()].filter((j) => !statusFilter || j.status === statusFilter)
       .sort((a, b) => b.created_at.localeCompare(a.created_at));
     if (!items.length) {
-      clear(tbody, h('tr', {}, h('td', { colspan: 7, class: 'empty' },
+      clear(tbody, h('tr', {}, h('td', { colspan: 8, class: 'empty' },
         statusFilter ? `No ${statusFilter} jobs.` : h('span', {}, 'No jobs yet. ', h('a', { href: '#/new' }, 'Submit one'), '.'))));
       return;
     }
-    clear(tbody, items.map(row));
+    clear(tbody, items.map((job) => row(job, selection)));
   }
 
   async function load(reset) {

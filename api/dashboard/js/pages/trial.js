@@ -3,6 +3,7 @@
 
 import { api, download, fetchText, subscribe } from '../api.js';
 import { COLORS, Scatter } from '../charts.js';
+import { notesCard } from '../notes.js';
 import { badge, card, clear, copyButton, elapsed, errorBox, fmt, formatMetric, h, kpi, metricDescription, metricLabel, throttle } from '../ui.js';
 
 const FINISHED = ['complete', 'pruned', 'failed', 'infeasible', 'cancelled'];
@@ -219,6 +220,7 @@ export async function render(view, trialId) {
   view.append(
     head,
     metricsBox,
+    notesCard(`/trials/${trialId}`, trial),
     h('div', { class: 'grid-2' },
       card('Model', [downloads, downloadMessage, modelNote()], { id: 'card-downloads' }),
       card('All metrics', allMetrics, { id: 'card-metrics' })),
