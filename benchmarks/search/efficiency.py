@@ -6,7 +6,8 @@ For every search space, strategy (``random``, ``tpe``, ``nsga2``) and seed, the 
 class runs ask/tell for ``--trials`` sequential trials (one at a time, as a job with
 ``max_concurrent: 1``) with objectives accuracy (max) and ``latency_ms`` (min). Trials run
 in-process through ``nas.training.run_trial`` on an MNIST subsample, not through the server, to
-save the service's per-trial overhead; the metrics are the ones a job records.
+save the service's per-trial overhead; the metrics are the ones a job records, and the strategies
+rank on validation accuracy as in a job, while the hypervolume below is of the test accuracy.
 
 Every architecture is trained once with one training seed and its metrics are cached (in
 ``--cache``), so a strategy that proposes an architecture another strategy or seed already tried
@@ -102,7 +103,7 @@ class Table:
                            "training": spec.training.model_dump(), "dataset": spec.dataset.model_dump(), "arch": arch})
         if key not in self.rows:
             outcome = run_trial(eval_spec, arch, self.data_dir, lambda epoch, metrics: None)
-            keep = ("accuracy", "latency_ms", "params", "nonzero_params", "sparsity", "train_time_s")
+            keep = ("val_accuracy", "accuracy", "latency_ms", "params", "nonzero_params", "sparsity", "train_time_s")
             self.rows[key] = {"arch": arch, **{k: float(outcome.metrics[k]) for k in keep}}
             self.trained += 1
             if self.trained % 10 == 0:
