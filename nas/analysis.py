@@ -29,7 +29,7 @@ from optuna.importance import (
 )
 from pydantic import BaseModel, Field
 
-from nas import metrics as trial_metrics
+from nas.metrics import selection_metric
 from nas.specs import Trial, TrialState
 
 Evaluator = Literal["fanova", "ped_anova", "mdi"]
@@ -64,12 +64,6 @@ class Importances(BaseModel):
         default_factory=list,
         description="dimensions not ranked: present in only some trials (conditional), or taking one value in all",
     )
-
-
-def selection_metric(objective: str) -> str:
-    """The metric selection ranks on for ``objective``, where :mod:`nas.metrics` defines one; else the objective."""
-    choose = getattr(trial_metrics, "selection_metric", None)
-    return choose(objective) if callable(choose) else objective
 
 
 def param_importances(

@@ -180,3 +180,15 @@ def test_job_note_and_attributes_through_patch(app_client: TestClient, store: St
     assert app_client.patch(url, json={"note": "mine"}, headers=auth(bob)).status_code == 404
     admin = store.create_api_key("root", is_admin=True)
     assert app_client.patch(url, json={"note": "checked"}, headers=auth(admin)).json()["note"] == "checked"
+
+
+def test_importance_ranks_the_validation_metric_selection_uses(store: Store, alice: dict[str, Any]) -> None:
+    rng = random.Random(2)
+    for _ in range(16):
+        depth, activation = rng.randint(1, 3), rng.choice(["relu", "gelu"])
+        arch = {"depth": depth, **{f"width_{i}": 64 for i in range(depth)}, "activation": activation}
+        # validation accuracy follows the depth; test accuracy, which selection never sees, the activation
+        complete(store, alice["job"], arch, {"val_accuracy": 0.5 + 0.1 * depth, "accuracy": 0.9 if activation == "relu" else 0.6})
+    trials, _ = store.list_trials(alice["job"])
+    found = param_importances(trials, "accuracy", "maximize")
+    assert (found.objective, found.metric, found.importances[0].name) == ("accuracy", "val_accuracy", "depth")
