@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from nas.arch import flatten
+from nas.arch import flatten, key_order
 from nas.errors import NotFound
 from nas.metrics import METRICS, format_value
 from nas.specs import TrialState
@@ -346,23 +346,9 @@ class JobColumns:
 
     @property
     def arch_keys(self) -> list[str]:
-        """Every architecture key, in the order trials sample them: a key a deeper trial adds comes
-        after the key it follows there (``width_2`` after ``width_1``, not at the end)."""
+        """Every architecture key, in the order trials sample them (:func:`nas.arch.key_order`)."""
         if "arch_keys" not in self.derived:
-            keys: list[str] = []
-            seen: set[str] = set()
-            for arch in self.arch:
-                if seen.issuperset(arch):
-                    continue
-                at = 0
-                for key in arch:
-                    if key in seen:
-                        at = keys.index(key) + 1
-                    else:
-                        keys.insert(at, key)
-                        seen.add(key)
-                        at += 1
-            self.derived["arch_keys"] = keys
+            self.derived["arch_keys"] = key_order(self.arch)
         return self.derived["arch_keys"]
 
     def arch_column(self, key: str) -> np.ndarray:

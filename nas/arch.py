@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,6 +35,25 @@ def flatten(arch: ArchSpec) -> dict[str, Any]:
     for key, value in arch.items():
         put(str(key), value)
     return flat
+
+
+def key_order(archs: Iterable[dict[str, Any]]) -> list[str]:
+    """Every key of the (flattened) architectures, in the order trials sample them: a key a deeper
+    one adds comes after the key it follows there (``width_2`` after ``width_1``, not at the end)."""
+    keys: list[str] = []
+    seen: set[str] = set()
+    for arch in archs:
+        if seen.issuperset(arch):
+            continue
+        at = 0
+        for key in arch:
+            if key in seen:
+                at = keys.index(key) + 1
+            else:
+                keys.insert(at, key)
+                seen.add(key)
+                at += 1
+    return keys
 
 
 def fingerprint(arch: ArchSpec) -> str:

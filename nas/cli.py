@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape as escape_markup
-from rich.table import Table
+from rich.table import Column, Table
 from typer.core import TyperGroup
 
+from nas.arch import flatten, key_order
 from nas.metrics import METRICS, format_value
 from nas.model_formats import FORMATS
 from nas.safe_text import escape_controls
@@ -231,6 +232,30 @@ def _dump(items: Iterable[Any]) -> list[dict[str, Any]]:
     return [item.model_dump(mode="json") for item in items]
 
 
+SHORT_ID = 8  # the shortest id a table shows: 4 billion values, so a copied one rarely needs more
+
+
+def short_ids(ids: Iterable[str], minimum: int = SHORT_ID) -> dict[str, str]:
+    """Each id cut to its shortest prefix that no other of ``ids`` shares, at least ``minimum``
+    characters: what a table shows, so that what a user copies names the same thing (the server
+    takes unique prefixes; ``--json`` keeps the full ids)."""
+    ordered = sorted(set(ids))
+
+    def shared(a: str, b: str) -> int:
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    cut = {}
+    for i, full in enumerate(ordered):
+        neighbours = [ordered[j] for j in (i - 1, i + 1) if 0 <= j < len(ordered)]
+        cut[full] = full[: max([minimum, *(shared(full, n) + 1 for n in neighbours)])]
+    return cut
+
+
+def id_column(header: str, shown: Iterable[str]) -> Column:
+    """A table column of ids that stays whole in a narrow terminal: a cut id cannot be copied."""
+    return Column(header, no_wrap=True, min_width=max((len(s) for s in shown), default=len(header)))
+
+
 # -- admin -------------------------------------------------------------------------------------
 
 
@@ -399,10 +424,13 @@ def jobs(
         if json_output:
             _print_json(_dump(listed))
             return
-        table = Table("id", "name", "status", "trials", "complete", "best trial", "created")
+        short = short_ids(job.id for job in listed)
+        best = short_ids(job.best_trial_id for job in listed if job.best_trial_id)
+        table = Table(id_column("id", short.values()), "name", "status", "trials", "complete",
+                      id_column("best trial", best.values()), "created")
         for job in listed:
-            table.add_row(job.id, escape(job.name), job.status.value, str(job.n_trials), str(job.n_complete),
-                          job.best_trial_id or "-", job.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+            table.add_row(short[job.id], escape(job.name), job.status.value, str(job.n_trials), str(job.n_complete),
+                          best.get(job.best_trial_id or "", "-"), job.created_at.strftime("%Y-%m-%d %H:%M:%S"))
         out.print(table)
 
 
@@ -417,26 +445,39 @@ def _heading(name: str) -> str:
 
 @app.command()
 def trials(
-    job_id: Annotated[str, typer.Argument(help="job id")],
+    job_id: Annotated[str, typer.Argument(help="job id (or a unique prefix of it)")],
     state: Annotated[Optional[str], typer.Option(help="only trials in this state")] = None,
     pareto: Annotated[bool, typer.Option("--pareto", help="only the Pareto-optimal trials")] = False,
+    csv_output: Annotated[
+        bool, typer.Option("--csv", help="print every trial as CSV (architecture keys as arch.KEY, every metric)")
+    ] = False,
     json_output: JsonOutput = False,
 ) -> None:
-    """List a job's trials with their main metrics."""
+    """List a job's trials: number, id (its shortest unique prefix), state, each architecture key,
+    and the main metrics."""
+    if csv_output and (pareto or state or json_output):
+        raise fail("--csv prints every trial; it does not combine with --pareto, --state or --json", ExitCode.USAGE)
     with _client() as client:
+        if csv_output:
+            sys.stdout.write(client.trials_csv(job_id))
+            return
         rows = client.pareto(job_id) if pareto else list(client.trials(job_id, state=state))
         if json_output:
             _print_json(_dump(rows))
             return
-        table = Table("#", "id", "state", *map(_heading, TRIAL_COLUMNS), "error")
-        for t in rows:
+        archs = [flatten(t.arch) for t in rows]
+        keys = key_order(archs)
+        short = short_ids(t.id for t in rows)
+        table = Table("#", id_column("id", short.values()), "state", *keys, *map(_heading, TRIAL_COLUMNS), "error")
+        for t, arch in zip(rows, archs):
+            shape = [escape(str(arch[k])) if k in arch else "-" for k in keys]
             values = [format_value(name, t.metrics.get(name)) for name in TRIAL_COLUMNS]
-            table.add_row(str(t.number), t.id, t.state.value, *values, escape((t.error or "")[:60]))
+            table.add_row(str(t.number), short[t.id], t.state.value, *shape, *values, escape((t.error or "")[:60]))
         out.print(table)
 
 
 @app.command()
-def cancel(job_id: Annotated[str, typer.Argument(help="job id")], json_output: JsonOutput = False) -> None:
+def cancel(job_id: Annotated[str, typer.Argument(help="job id (or a unique prefix of it)")], json_output: JsonOutput = False) -> None:
     """Cancel a job: queued ones at once, running ones within seconds."""
     with _client() as client:
         job = client.cancel(job_id)
@@ -541,7 +582,7 @@ def whoami(json_output: JsonOutput = False) -> None:
 
 @app.command("export")
 def export_model(
-    trial_id: Annotated[str, typer.Argument(help="trial id")],
+    trial_id: Annotated[str, typer.Argument(help="trial id (or a unique prefix of it)")],
     format: Annotated[
         ModelFormat,
         typer.Option(
@@ -661,9 +702,10 @@ def datasets_list(json_output: JsonOutput = False) -> None:
         if json_output:
             _print_json(_dump(listed))
             return
-        table = Table("id", "name", "format", "shape", "classes", "train", "test", "size", "created")
+        short = short_ids(d.id for d in listed)
+        table = Table(id_column("id", short.values()), "name", "format", "shape", "classes", "train", "test", "size", "created")
         for d in listed:
-            table.add_row(d.id, escape(d.name), d.format, _shape(d.input_shape), str(d.num_classes), str(d.n_train),
+            table.add_row(short[d.id], escape(d.name), d.format, _shape(d.input_shape), str(d.num_classes), str(d.n_train),
                           str(d.n_test), decimal(d.size_bytes), d.created_at.strftime("%Y-%m-%d %H:%M:%S"))
         out.print(table)
 
@@ -745,9 +787,10 @@ def models_list(json_output: JsonOutput = False) -> None:
     if json_output:
         _print_json(_dump(listed))
         return
-    table = Table("id", "name", "input", "outputs", "params", "layers", "dense latency", "size", "created")
+    short = short_ids(m.id for m in listed)
+    table = Table(id_column("id", short.values()), "name", "input", "outputs", "params", "layers", "dense latency", "size", "created")
     for m in listed:
-        table.add_row(m.id, escape(m.name), _shape(m.input_shape), str(m.num_outputs), str(m.params), str(len(m.layers)),
+        table.add_row(short[m.id], escape(m.name), _shape(m.input_shape), str(m.num_outputs), str(m.params), str(len(m.layers)),
                       _latency(m), decimal(m.size_bytes), m.created_at.strftime("%Y-%m-%d %H:%M:%S"))
     out.print(table)
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 from nas.cli import ExitCode
 from nas.cli import app as cli_app
 from nas.client import Client
-from nas.specs import JobStatus, TrialState
+from nas.specs import JobSpec, JobStatus, TrialState
 from nas.store import Principal, Store, make_engine
 from nas.store.engine import current_revision
 from tests.sdk_server import SPEC, Server, complete_trial, model_bytes, store_model
@@ -97,19 +98,20 @@ def test_cli_submit_jobs_trials_cancel(server: Server, cli_env: dict[str, str], 
 
     listed = _invoke(["jobs"], cli_env)
     assert listed.exit_code == 0
-    assert job_id in listed.stdout and "cli-job" in listed.stdout and "queued" in listed.stdout
+    assert job_id[:8] in listed.stdout and job_id not in listed.stdout  # the shortest unique prefix, 8 at least
+    assert "cli-job" in listed.stdout and "queued" in listed.stdout
 
     trial = complete_trial(server.store, job_id, accuracy=0.875, sparsity=0.9, nonzero_params=17230.0)
     pending = server.store.create_trial(job_id, {"depth": 3})
     trials = _invoke(["trials", job_id], cli_env)
     assert trials.exit_code == 0, trials.stderr
-    assert trial.id in trials.stdout and pending.id in trials.stdout
+    assert trial.id[:8] in trials.stdout and pending.id[:8] in trials.stdout
     assert "0.875" in trials.stdout and "complete" in trials.stdout
     assert "17230" in trials.stdout and "e+04" not in trials.stdout  # an integer metric prints whole
     only_queued = _invoke(["trials", job_id, "--state", "queued"], cli_env)
-    assert pending.id in only_queued.stdout and trial.id not in only_queued.stdout
+    assert pending.id[:8] in only_queued.stdout and trial.id[:8] not in only_queued.stdout
     front = _invoke(["trials", job_id, "--pareto"], cli_env)
-    assert trial.id in front.stdout and pending.id not in front.stdout
+    assert trial.id[:8] in front.stdout and pending.id[:8] not in front.stdout
 
     cancelled = _invoke(["cancel", job_id], cli_env)
     assert cancelled.exit_code == 0
@@ -192,6 +194,75 @@ def test_cli_exit_codes_and_stderr(server: Server, cli_env: dict[str, str], tmp_
     server.faults.arm(1, status=500)
     failing = _invoke(["jobs"], cli_env)
     assert failing.exit_code == ExitCode.SERVER and "500" in failing.stderr
+
+
+# -- architecture columns, CSV and id prefixes -----------------------------------------------------
+
+
+def test_cli_trials_show_architecture_columns_and_csv(server: Server, cli_env: dict[str, str], tmp_path: Path) -> None:
+    job_id = _invoke(["submit", str(_spec_file(tmp_path))], cli_env).stdout.strip()
+    for arch, accuracy in (({"depth": 1, "width_0": 64, "activation": "relu"}, 0.5),
+                           ({"depth": 2, "width_0": 128, "width_1": 32, "activation": "gelu"}, 0.75)):
+        trial = server.store.create_trial(job_id, arch)
+        server.store.start_trial(trial.id)
+        server.store.finish_trial(trial.id, TrialState.complete, metrics={"accuracy": accuracy})
+    table = _invoke(["trials", job_id], cli_env)
+    assert table.exit_code == 0, table.stderr
+    header = next(line for line in table.stdout.splitlines() if "state" in line)
+    assert re.search(r"depth.*width_0.*width_1.*activation", header), header
+    assert "gelu" in table.stdout and "128" in table.stdout
+
+    as_csv = _invoke(["trials", job_id[:6], "--csv"], cli_env)
+    assert as_csv.exit_code == 0, as_csv.stderr
+    lines = as_csv.stdout.splitlines()
+    assert lines[0].startswith("id,number,state,arch.depth,arch.width_0,arch.width_1,arch.activation,accuracy,")
+    assert len(lines) == 3 and ",gelu,0.75," in lines[2]
+    assert _invoke(["trials", job_id, "--csv", "--json"], cli_env).exit_code == ExitCode.USAGE
+
+
+def test_cli_ids_fit_a_narrow_terminal_and_copied_prefixes_work(
+    server: Server, cli_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nas import cli
+    from nas.cli import short_ids
+
+    job_id = _invoke(["submit", str(_spec_file(tmp_path))], cli_env).stdout.strip()
+    trial = complete_trial(server.store, job_id, accuracy=0.9)
+    payload = model_bytes()
+    store_model(server, trial, payload)
+    monkeypatch.setattr(cli.out, "width", 60)  # a narrow terminal
+    listed = _invoke(["trials", job_id], cli_env)
+    monkeypatch.undo()
+    shown = short_ids([trial.id])[trial.id]
+    assert shown in listed.stdout and len(shown) >= 8  # whole, not cut to "c354a3…", however narrow
+    assert [t["id"] for t in json.loads(_invoke(["trials", job_id, "--json"], cli_env).stdout)] == [trial.id]
+
+    prefix = job_id[:8]
+    assert _invoke(["trials", prefix], cli_env).exit_code == 0
+    exported = _invoke(["export", shown, "-f", "safetensors", "-o", str(tmp_path / "m.safetensors")], cli_env)
+    assert exported.exit_code == 0, exported.stderr
+    assert (tmp_path / "m.safetensors").read_bytes() == payload
+    logs = _invoke(["logs", shown], cli_env)  # found by its prefix: the answer names the whole id
+    assert logs.exit_code == ExitCode.NOT_FOUND and f"trial {trial.id} has no log" in logs.stderr
+    cancelled = _invoke(["cancel", prefix], cli_env)
+    assert cancelled.exit_code == 0 and job_id in cancelled.stderr
+
+    assert short_ids(["abcdef1234", "abcdef1299"]) == {"abcdef1234": "abcdef123", "abcdef1299": "abcdef129"}
+
+
+def test_cli_an_ambiguous_prefix_errors_saying_how_many_match(
+    server: Server, cli_env: dict[str, str], owner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = uuid.uuid4().hex[:8]
+    handed = iter([prefix + "1" * 24, prefix + "2" * 24])
+    monkeypatch.setattr("nas.store.store._new_id", lambda: next(handed))  # two ids that share 8 digits
+    for _ in range(2):
+        server.store.create_job(JobSpec.model_validate(SPEC), owner)
+    monkeypatch.undo()
+    for args in (["trials", prefix], ["cancel", prefix]):
+        result = _invoke(args, cli_env)
+        assert result.exit_code == ExitCode.USAGE and "matches 2 jobs" in result.stderr, result.stderr
+    assert _invoke(["trials", prefix + "1"], cli_env).exit_code == 0
 
 
 # -- submit --wait -------------------------------------------------------------------------------

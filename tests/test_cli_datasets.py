@@ -61,8 +61,8 @@ def test_upload_list_show_rm(server: Server, env: dict[str, str], owner: str, tm
 
     listed = nas(env, "list")
     assert listed.exit_code == 0
-    for expected in (dataset_id, images_id, "blobs", "plants", "1x10x10", "images", "csv"):
-        assert expected in listed.stdout
+    for expected in (dataset_id[:8], images_id[:8], "blobs", "plants", "1x10x10", "images", "csv"):
+        assert expected in listed.stdout  # ids cut to their shortest unique prefix
     as_json = json.loads(nas(env, "list", "--json").stdout)
     assert [d["id"] for d in as_json] == [images_id, table.stdout.strip(), dataset_id]
     assert as_json[0]["input_shape"] == [1, 10, 10] and as_json[0]["options"]["color"] == "grayscale"

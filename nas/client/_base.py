@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
+import io
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import tenacity
@@ -17,6 +18,9 @@ import yaml
 from nas.client.errors import ServerError
 from nas.model_formats import FORMATS, SUFFIXES
 from nas.specs import Annotation, JobSpec, JsonScalar
+
+if TYPE_CHECKING:
+    import pandas
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
@@ -196,6 +200,21 @@ def annotation_body(note: str | None, user_attrs: Mapping[str, JsonScalar | None
     if not given:
         raise ValueError("give a note, user_attrs or both")
     return Annotation.model_validate(given).model_dump(mode="json", exclude_unset=True)
+
+
+def trials_dataframe(text: str) -> pandas.DataFrame:
+    """The CSV of ``GET /jobs/{id}/trials.csv`` as a DataFrame: ids as text (an id of digits and one
+    ``e`` would read as a number), the times as datetimes. pandas is imported here, on first use: the
+    light client does not need it."""
+    try:
+        import pandas
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "Client.trials_dataframe needs pandas: pip install pandas (the 'server' extra brings it too); "
+            "Client.trials_csv gives the same table as CSV text without it",
+            name="pandas",
+        ) from None
+    return pandas.read_csv(io.StringIO(text), dtype={"id": str, "state": str}, parse_dates=["started_at", "finished_at"])
 
 
 def objective_metric(spec: dict[str, Any]) -> str | None:

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import tenacity
@@ -28,6 +28,7 @@ from nas.client._base import (
     query,
     reconnect_delay,
     spec_body,
+    trials_dataframe,
 )
 from nas.client.errors import (
     AuthenticationError,
@@ -49,6 +50,9 @@ from nas.client.uploads import (
     upload_reporter,
 )
 from nas.specs import Job, JobSpec, JobStatus, JobSummary, JsonScalar, Trial, TrialState
+
+if TYPE_CHECKING:
+    import pandas
 
 T = TypeVar("T")
 Progress = bool | Callable[[Job], Any]
@@ -301,6 +305,14 @@ class AsyncClient:
     async def trial_log(self, trial_id: str) -> str:
         """The trial's log and traceback; see :meth:`Client.trial_log`."""
         return (await self._request("GET", f"/trials/{trial_id}/log")).text
+
+    async def trials_csv(self, job_id: str) -> str:
+        """Every trial of the job as CSV; see :meth:`Client.trials_csv`."""
+        return (await self._request("GET", f"/jobs/{job_id}/trials.csv")).text
+
+    async def trials_dataframe(self, job_id: str) -> pandas.DataFrame:
+        """:meth:`trials_csv` as a pandas DataFrame; see :meth:`Client.trials_dataframe`."""
+        return trials_dataframe(await self.trials_csv(job_id))
 
     async def trials_csv(self, job_id: str) -> str:
         """Every trial of the job as CSV; see :meth:`Client.trials_csv`."""

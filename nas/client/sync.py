@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import tenacity
@@ -27,6 +27,7 @@ from nas.client._base import (
     query,
     reconnect_delay,
     spec_body,
+    trials_dataframe,
 )
 from nas.client.errors import (
     AuthenticationError,
@@ -48,6 +49,9 @@ from nas.client.uploads import (
     upload_reporter,
 )
 from nas.specs import Job, JobSpec, JobStatus, JobSummary, JsonScalar, Trial, TrialState
+
+if TYPE_CHECKING:
+    import pandas
 
 T = TypeVar("T")
 Progress = bool | Callable[[Job], None]
@@ -295,6 +299,15 @@ class Client:
         """The trial's log: what its code logged and warned on its worker, and its traceback if it
         failed (the end, size-capped). ``NotFound`` says why a trial has none (queued, still running)."""
         return self._request("GET", f"/trials/{trial_id}/log").text
+
+    def trials_csv(self, job_id: str) -> str:
+        """Every trial of the job as CSV: ``id``, ``number``, ``state``, one ``arch.KEY`` column per
+        architecture key, the metrics, ``started_at``, ``finished_at`` (``GET /jobs/{id}/trials.csv``)."""
+        return self._request("GET", f"/jobs/{job_id}/trials.csv").text
+
+    def trials_dataframe(self, job_id: str) -> pandas.DataFrame:
+        """:meth:`trials_csv` as a pandas DataFrame, one row per trial (needs pandas)."""
+        return trials_dataframe(self.trials_csv(job_id))
 
     def trials_csv(self, job_id: str) -> str:
         """Every trial of the job as CSV: ``id``, ``number``, ``state``, one ``arch.KEY`` column per
