@@ -123,6 +123,20 @@ def test_pareto_cancel_and_wait(app: InProcess) -> None:
     run(scenario())
 
 
+def test_trial_log(app: InProcess) -> None:
+    async def scenario() -> None:
+        async with app.client() as client:
+            job = await client.submit(SPEC)
+            trial = app.store.create_trial(job.id, {"depth": 1})
+            with pytest.raises(NotFoundError, match="has not run yet"):
+                await client.trial_log(trial.id)
+            app.store.start_trial(trial.id)
+            app.store.finish_trial(trial.id, TrialState.failed, error="ValueError: x", log="epoch 1\nValueError: x\n")
+            assert await client.trial_log(trial.id) == "epoch 1\nValueError: x\n"
+
+    run(scenario())
+
+
 def test_errors(app: InProcess) -> None:
     async def scenario() -> None:
         async with app.client(key="nas_wrong") as bad:
