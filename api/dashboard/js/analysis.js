@@ -36,10 +36,13 @@ function axis(name, values, kind) {
   if (present.every((v) => typeof v === 'number')) {
     let lo = Math.min(...present), hi = Math.max(...present);
     if (!(hi > lo)) { lo -= 0.5; hi += 0.5; }
+    // a dimension with a few values (depth, a width's choices) is labelled at each of them
+    const distinct = [...new Set(present)].sort((a, b) => a - b);
+    const marks = kind === 'dimension' && distinct.length <= 8 ? distinct : ticks(lo, hi, 4).filter((t) => t >= lo && t <= hi);
     return {
       name, kind, numeric: true, lo, hi,
       position: (v) => (typeof v === 'number' ? (v - lo) / (hi - lo) : null),
-      ticks: ticks(lo, hi, 4).filter((t) => t >= lo && t <= hi).map((t) => ({ at: (t - lo) / (hi - lo), text: kind === 'metric' ? formatMetric(name, t) : fmt.num(t, 3) })),
+      ticks: marks.map((t) => ({ at: (t - lo) / (hi - lo), text: kind === 'metric' ? formatMetric(name, t) : fmt.num(t, 3) })),
     };
   }
   const categories = [...new Set(present.map(label))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
@@ -65,7 +68,8 @@ function parallelCoordinates(box, trials, dims, metrics, openTrial) {
     ...dims.map((d) => axis(d, trials.map((t) => t.arch?.[d]), 'dimension')),
     ...metrics.map((m) => axis(m, trials.map((t) => t.metrics?.[m]), 'metric')),
   ];
-  const width = Math.max(640, 110 * axes.length), height = 340;
+  // drawn at the box's own width, so its text keeps the page's size; a narrow box scrolls
+  const width = Math.max(640, box.clientWidth, 130 * axes.length), height = 340;
   const m = { l: 60, r: 70, t: 34, b: 22 };
   const x = (i) => m.l + (axes.length > 1 ? (i * (width - m.l - m.r)) / (axes.length - 1) : (width - m.l - m.r) / 2);
   const y = (p) => m.t + (1 - p) * (height - m.t - m.b);

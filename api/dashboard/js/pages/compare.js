@@ -37,6 +37,7 @@ export async function render(view, ids) {
   const xSelect = h('select', { 'aria-label': 'x axis', onchange: () => load() });
   const ySelect = h('select', { 'aria-label': 'y axis', onchange: () => load() });
   const errors = h('div');
+  const bestHead = h('span', {}, 'Best');
   view.append(
     h('div', { class: 'page-head' },
       h('div', {}, h('h1', {}, 'Compare jobs'), h('p', { class: 'muted' }, 'Every complete trial of each job, and each job’s Pareto front, on one plot.')),
@@ -45,7 +46,7 @@ export async function render(view, ids) {
     card('Pareto fronts', plot, { id: 'card-compare', actions: [h('label', { class: 'inline' }, 'x ', xSelect), h('label', { class: 'inline' }, 'y ', ySelect)] }),
     h('section', { class: 'card flush' },
       h('table', { class: 'table', id: 'compare-table' },
-        h('thead', {}, h('tr', {}, ['Job', 'Status', 'Complete trials', 'On its front', 'Best y'].map((t) => h('th', {}, t)))),
+        h('thead', {}, h('tr', {}, ['Job', 'Status', 'Complete trials', 'On its front', bestHead].map((t) => h('th', {}, t)))),
         summary)));
 
   let jobs;
@@ -101,6 +102,7 @@ export async function render(view, ids) {
       legend,
     });
     clear(summary, rows);
+    bestHead.textContent = `Best ${metricLabel(y)}`;
   }
 
   await load();
