@@ -478,7 +478,7 @@ def trials(
 
 @app.command()
 def cancel(job_id: Annotated[str, typer.Argument(help="job id (or a unique prefix of it)")], json_output: JsonOutput = False) -> None:
-    """Cancel a job: queued ones at once, running ones within seconds."""
+    """Cancel a job: queued ones at once, running ones within seconds; its trials end cancelled and none starts after."""
     with _client() as client:
         job = client.cancel(job_id)
         err.print(f"job {job.id}: cancellation requested ({job.status.value})")

@@ -297,7 +297,7 @@ class Client:
 
     def trial_log(self, trial_id: str) -> str:
         """The trial's log: what its code logged and warned on its worker, and its traceback if it
-        failed (the end, size-capped). ``NotFound`` says why a trial has none (queued, still running)."""
+        failed (the end, size-capped). :class:`NotFoundError` says why a trial has none (queued, still running)."""
         return self._request("GET", f"/trials/{trial_id}/log").text
 
     def trials_csv(self, job_id: str) -> str:
