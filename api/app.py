@@ -150,7 +150,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, streamed=streamed)
     if settings.cors_origins:  # closed unless origins are named: no CORS headers at all
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "DELETE"],
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
     # Outermost, so that every answer (a 413 or CORS preflight too) carries a request id.

@@ -91,6 +91,8 @@ def param_importances(
         raise NotAnalysable(
             f"importance needs at least {MIN_TRIALS} complete trials with {metric!r}; the job has {len(scored)}"
         )
+    if len({t.metrics[metric] for t in scored}) == 1:
+        raise NotAnalysable(f"every complete trial has the same {metric!r}, so no dimension changes it")
     archs = [{key: _param_value(value) for key, value in t.arch.items()} for t in scored]
     every = set.intersection(*(set(a) for a in archs))
     keys = sorted({key for a in archs for key in a})

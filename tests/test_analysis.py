@@ -90,6 +90,10 @@ def test_importance_refuses_too_few_trials_or_nothing_varying(store: Store, alic
     trials, _ = store.list_trials(alice["job"])
     with pytest.raises(NotAnalysable, match="no architecture dimension varies"):
         param_importances(trials, "accuracy", "maximize")
+    complete(store, alice["job"], {"depth": 2, "width_0": 64, "width_1": 64, "activation": "relu"}, {"accuracy": 0.6})
+    trials, _ = store.list_trials(alice["job"])
+    with pytest.raises(NotAnalysable, match="every complete trial has the same 'accuracy'"):
+        param_importances(trials[1:], "accuracy", "maximize")
 
 
 def test_importance_route_answers_per_objective_and_evaluator(
