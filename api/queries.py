@@ -104,6 +104,7 @@ class TrialPoints(BaseModel):
     parent_id: list[str | None]
     finished_at: list[float | None] = Field(description="seconds since the Unix epoch")
     metrics: dict[str, list[float | None]]
+    arch: list[dict[str, Any]] = Field(description="each trial's architecture, one scalar per key (nested keys dotted)")
 
 
 class DensityMatrix(BaseModel):
@@ -608,6 +609,7 @@ class DashboardQueries:
             "parent_id": columns.parent_id,
             "finished_at": _nullable(columns.times["finished_at"]),
             "metrics": {name: _nullable(columns.metric(name)) for name in names},
+            "arch": columns.arch,
         }
 
     def density_matrix(

@@ -85,8 +85,8 @@ export async function render(view, jobId) {
       },
     }, s)));
   const filterInput = h('input', {
-    type: 'search', id: 'trial-filter', value: state.table.filters, placeholder: 'sparsity>=0.9, accuracy>0.95',
-    'aria-label': 'Metric filters', onkeydown: (e) => { if (e.key === 'Enter') applyFilter(); },
+    type: 'search', id: 'trial-filter', value: state.table.filters, placeholder: 'accuracy>0.9, depth=2, activation=relu',
+    'aria-label': 'Filters on metrics and architecture keys', onkeydown: (e) => { if (e.key === 'Enter') applyFilter(); },
   });
   const applyFilter = () => { state.table.filters = filterInput.value; state.table.offset = 0; loadTable(); };
   const pageSize = h('select', {
@@ -212,9 +212,12 @@ export async function render(view, jobId) {
 
   function paintTable(page) {
     const metrics = metricColumns();
+    const keys = page.arch_keys || [];
+    const numeric = new Set(keys.filter((k) => page.items.every((t) => t.arch[k] === undefined || typeof t.arch[k] === 'number')));
     const head = h('tr', {},
       h('th', { class: 'narrow', title: 'Show in learning curves' }, 'Plot'),
       sortHeader('#', 'number', true), sortHeader('State', 'state'),
+      keys.map((k) => sortHeader(k, `arch.${k}`, numeric.has(k))),
       metrics.map((m) => sortHeader(metricLabel(m), `metrics.${m}`, true)),
       sortHeader('Finished', 'finished_at'), h('th', {}, 'Parent'));
     const rows = page.items.map((t) => h('tr', { class: 'clickable', dataset: { id: t.id, number: t.number }, onclick: (e) => {
@@ -225,13 +228,14 @@ export async function render(view, jobId) {
         type: 'checkbox', checked: state.chosen.includes(t.id), 'aria-label': `learning curve of trial ${t.number}`,
         onchange: (e) => toggleCurve(t.id, e.target.checked, e.target),
       })),
-      h('td', { class: 'num' }, h('a', { href: `#/trials/${t.id}`, class: 'mono' }, `#${t.number}`)),
+      h('td', { class: 'num' }, h('a', { href: `#/trials/${t.id}`, class: 'mono', title: `trial ${t.id}` }, `#${t.number}`)),
       h('td', {}, badge(t.state), t.error ? h('span', { class: 'err-dot', title: t.error }, '!') : null),
+      keys.map((k) => h('td', { class: numeric.has(k) ? 'num arch' : 'arch' }, t.arch[k] === undefined ? h('span', { class: 'muted' }, '—') : String(t.arch[k]))),
       metrics.map((m) => h('td', { class: 'num' }, formatMetric(m, t.metrics[m]))),
       h('td', { title: fmt.time(t.finished_at) }, t.finished_at ? fmt.ago(t.finished_at) : h('span', { class: 'muted' }, '—')),
       h('td', {}, t.parent_id ? h('a', { href: `#/trials/${t.parent_id}`, class: 'mono' }, `#${t.parent_number ?? numberOf(t.parent_id) ?? fmt.shortId(t.parent_id)}`) : h('span', { class: 'muted' }, '—'))));
     if (!rows.length) {
-      rows.push(h('tr', {}, h('td', { colspan: metrics.length + 5, class: 'empty' },
+      rows.push(h('tr', {}, h('td', { colspan: keys.length + metrics.length + 5, class: 'empty' },
         page.total === 0 && !state.table.states.length && !state.table.filters ? 'No trials yet; they appear here as the job runs.' : 'No trial matches the filters.')));
     }
     clear(tableBox, h('table', { class: 'table', id: 'trials-table' }, h('thead', {}, head), h('tbody', {}, rows)));
@@ -248,6 +252,15 @@ export async function render(view, jobId) {
   }
 
   const numberOf = (id) => { const i = state.index.get(id); return i === undefined ? null : state.points.number[i]; };
+
+  /** Trial ``i``'s architecture as tooltip lines, three keys a line, nine at most (the table has them all). */
+  function archLines(i) {
+    const parts = Object.entries(state.points.arch?.[i] || {}).map(([k, v]) => `${k} ${v}`);
+    const lines = [];
+    for (let k = 0; k < Math.min(parts.length, 9); k += 3) lines.push(parts.slice(k, k + 3).join(' · '));
+    if (parts.length > 9) lines.push(`+${parts.length - 9} more keys`);
+    return lines;
+  }
 
   // -- chart data ----------------------------------------------------------------------------
   function indexPoints() {
@@ -320,7 +333,7 @@ export async function render(view, jobId) {
     const xm = state.xMetric, pct = y === 'accuracy';
     const tip = (rows) => (k) => {
       const i = rows[k];
-      return [`Trial #${p.number[i]}`, `${metricLabel(y)} ${formatMetric(y, ys[i])}`, `${metricLabel(xm)} ${formatMetric(xm, xs[i])}`, `sparsity ${fmt.pct(sp[i])}`];
+      return [`Trial #${p.number[i]}`, `${metricLabel(y)} ${formatMetric(y, ys[i])}`, `${metricLabel(xm)} ${formatMetric(xm, xs[i])}`, `sparsity ${fmt.pct(sp[i])}`, ...archLines(i)];
     };
     const log = /params|flops/.test(xm);
     scatter('pareto', el.pareto).set([
@@ -355,7 +368,7 @@ export async function render(view, jobId) {
     const pct = metric === 'accuracy';
     scatter('history', el.history).set([
       { type: 'points', x: idx.map((i) => p.number[i]), y: idx.map((i) => col[i]), color: COLORS[0], alpha: 0.45, size: idx.length > 2000 ? 2.2 : 3.5,
-        ids: idx.map((i) => p.id[i]), tip: (k) => [`Trial #${p.number[idx[k]]}`, `${metricLabel(metric)} ${formatMetric(metric, col[idx[k]])}`] },
+        ids: idx.map((i) => p.id[i]), tip: (k) => [`Trial #${p.number[idx[k]]}`, `${metricLabel(metric)} ${formatMetric(metric, col[idx[k]])}`, ...archLines(idx[k])] },
       { type: 'line', x: bestX, y: bestY, step: true, color: '#e8590c', width: 2, extendTo: 'right' },
     ], {
       x: { label: 'trial number', format: fmt.int }, y: { label: metricLabel(metric), format: pct ? pctTick : undefined },
