@@ -509,6 +509,11 @@ class DashboardQueries:
             raise NotFound(f"job {job_id} not found")
         return job_id
 
+    def job_id(self, job_id: str, viewer: Principal | None) -> str:
+        """The job's full id (``job_id`` may be a unique prefix), if the viewer may see the job."""
+        with self._read() as s:
+            return self._visible(s, job_id, viewer)
+
     def job_spec(self, job_id: str, viewer: Principal | None) -> dict[str, Any]:
         """The job's stored spec, if the viewer may see the job."""
         with self._read() as s:

@@ -158,6 +158,14 @@ def test_a_job_stream_carries_trials_epochs_and_the_job_then_ends(server: str, s
     assert stream.closed.wait(5), "the stream of a finished job closes"
 
 
+def test_a_job_stream_opens_by_a_unique_id_prefix(server: str, store: Store, alice: dict[str, str]) -> None:
+    stream = Stream(f"{server}/api/v1/jobs/{alice['job'][:8]}/events", bearer(alice["key"])).start()
+    assert stream.status == 200
+    trial = store.create_trial(alice["job"], {"depth": 1})
+    _, row, _ = stream.next("trial")
+    assert row["id"] == trial.id and row["arch"] == {"depth": 1}
+
+
 def test_each_change_is_sent_once(server: str, store: Store, alice: dict[str, str]) -> None:
     stream = Stream(f"{server}/api/v1/jobs/{alice['job']}/events", bearer(alice["key"])).start()
     trials = [store.create_trial(alice["job"], {"depth": 1}) for _ in range(3)]

@@ -271,7 +271,7 @@ async def job_events(
 ) -> StreamingResponse:
     """Server-sent events of one job's trial and job changes (see the module's notes)."""
     queries = get_queries(request)
-    await run_in_threadpool(queries.job_spec, job_id, auth.principal)  # 404 for another owner's job
+    job_id = await run_in_threadpool(queries.job_id, job_id, auth.principal)  # a prefix's full id; 404 for another owner's job
     resumed = _parse_resume_point(last_event_id)
     if resumed is not None:
         cursor, epoch_id = resumed
