@@ -230,6 +230,7 @@ def server(tmp_path: Path, data_dir: Path) -> Iterator[Any]:
 
 @pytest.mark.ray
 def test_asha_prunes_a_20_trial_job_saving_a_third_of_the_epochs_and_keeps_the_best_trial(server: Any) -> None:
+    from nas.arch import fingerprint
     from nas.client import Client
     from nas.specs import JobStatus, TrialState
 
@@ -260,13 +261,15 @@ def test_asha_prunes_a_20_trial_job_saving_a_third_of_the_epochs_and_keeps_the_b
     assert epochs_full == 20 * EPOCHS
     assert epochs_early <= epochs_full * 2 / 3, (epochs_early, epochs_full)
 
-    # The same seed proposes the same architectures; the best of the full job (ranked, as ASHA
-    # ranks, on validation accuracy) survives ASHA.
+    # The same seed proposes the same architectures; the best validation accuracy of the full job (what
+    # ASHA and the best trial rank on) survives ASHA. On digits' 135 validation images several trials
+    # often tie for it (one image is 0.74 points), so one of the tied architectures must have run to its end.
     assert [t.arch for t in full_trials] == [t.arch for t in early_trials]
     best = max(full_trials, key=lambda t: t.metrics["val_accuracy"])
-    kept = next(t for t in early_trials if t.arch == best.arch)
-    assert kept.state is TrialState.complete
+    tied = [fingerprint(t.arch) for t in full_trials if t.metrics["val_accuracy"] == best.metrics["val_accuracy"]]
+    kept = [t for t in early_trials if fingerprint(t.arch) in tied and t.state is TrialState.complete]
+    assert kept, [(t.number, t.state) for t in early_trials if fingerprint(t.arch) in tied]
     best_early = max((t for t in early_trials if t.state is TrialState.complete), key=lambda t: t.metrics["val_accuracy"])
-    assert best_early.metrics["val_accuracy"] == pytest.approx(best.metrics["val_accuracy"], abs=0.01)
+    assert best_early.metrics["val_accuracy"] == best.metrics["val_accuracy"]
     print(f"ASHA: {epochs_early}/{epochs_full} epochs ({1 - epochs_early / epochs_full:.0%} saved), {len(pruned)} of 20 "
           f"pruned, best val accuracy {best.metrics['val_accuracy']:.4f} vs {best_early.metrics['val_accuracy']:.4f}")
