@@ -3,7 +3,7 @@
 
 import { api } from '../api.js';
 import { COLORS, Scatter, paretoIndices } from '../charts.js';
-import { card, clear, errorBox, fmt, formatMetric, h, isFraction, metricDirection, metricLabel } from '../ui.js';
+import { card, clear, errorBox, fmt, formatMetric, h, metricDirection, metricLabel } from '../ui.js';
 
 const X_CHOICES = ['latency_ms', 'predicted_latency_ms', 'nonzero_params', 'flops', 'nonzero_flops', 'params', 'train_time_s'];
 
@@ -98,7 +98,7 @@ export async function render(view, ids) {
     const log = /params|flops/.test(x);
     chart.set(layers, {
       x: { label: metricLabel(x) + (x.endsWith('_ms') ? ' (ms)' : ''), log, format: log ? fmt.compact : undefined },
-      y: { label: metricLabel(y), format: isFraction(y) ? (v) => `${Number((v * 100).toFixed(1))}%` : undefined },
+      y: { label: metricLabel(y), format: (v) => formatMetric(y, v) },
       legend,
     });
     clear(summary, rows);
