@@ -424,35 +424,6 @@ class Store:
             return self._job(s, row)
 
     @retrying(idempotent=True)
-    def annotate_job(self, job_id: str, annotation: Annotation, viewer: Principal | None = None) -> Job:
-        """Set the job's note and merge its user attributes (owner or admin); ``ValueError`` past the cap."""
-        with self._write() as s:
-            row = self._job_row(s, job_id, viewer, lock=True)
-            row.note, row.user_attrs = self._annotated(row.note, row.user_attrs, annotation)
-            s.flush()
-            return self._job(s, row)
-
-    @retrying(idempotent=True)
-    def annotate_trial(self, trial_id: str, annotation: Annotation, viewer: Principal | None = None) -> Trial:
-        """Set the trial's note and merge its user attributes (its job's owner or admin); ``ValueError`` past the cap."""
-        with self._write() as s:
-            row = self._trial_row(s, trial_id)
-            self._trial_visible(s, trial_id, row.job_id, viewer)
-            row.note, row.user_attrs = self._annotated(row.note, row.user_attrs, annotation)
-            s.flush()
-            return self._trial(row, has_model=trial_id in self._has_model(s, [trial_id]))
-
-    @staticmethod
-    def _annotated(note: str | None, attrs: dict[str, Any] | None, annotation: Annotation) -> tuple[str | None, dict[str, Any]]:
-        """The note and attributes after ``annotation``: fields it leaves out stay as they are."""
-        given = annotation.model_fields_set
-        if "note" in given:
-            note = annotation.note or None
-        if "user_attrs" in given:
-            attrs = merged_attrs(attrs or {}, annotation.user_attrs or {})
-        return note, dict(attrs or {})
-
-    @retrying(idempotent=True)
     def extend_budget(
         self, job_id: str, raised: Mapping[str, float], viewer: Principal | None = None, max_active: int | None = None
     ) -> Job:
