@@ -421,6 +421,7 @@ class Trial(BaseModel):
         default_factory=dict, description="strategy-specific results, e.g. the cell a DASS search derived"
     )
     has_model: bool = False
+    has_log: bool = Field(False, description="a log is stored for the trial: GET /trials/{id}/log")
     note: str | None = Field(None, description="the owner's note (PATCH /trials/{id})")
     user_attrs: UserAttrs = Field(default_factory=dict, description="the owner's attributes (PATCH /trials/{id})")
 

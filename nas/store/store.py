@@ -801,7 +801,9 @@ class Store:
             layers = s.scalars(
                 select(TrialLayerRow).where(TrialLayerRow.trial_id == trial_id).order_by(TrialLayerRow.position)
             )
-            trial = self._trial(row, has_model=trial_id in self._has_model(s, [trial_id]))
+            trial = self._trial(
+                row, has_model=trial_id in self._has_model(s, [trial_id]), has_log=trial_id in self._has_log(s, [trial_id])
+            )
             trial.history = [EpochMetrics(epoch=h.epoch, metrics=h.metrics) for h in history]
             trial.layers = [
                 LayerInfo(name=l.name, shape=l.shape, density=l.density, pattern=l.pattern, kernel=l.kernel)
@@ -842,7 +844,8 @@ class Store:
             more = limit is not None and len(rows) > limit
             rows = rows[:limit] if limit is not None else rows
             with_model = self._has_model(s, [r.id for r in rows])
-        return [self._trial(r, r.id in with_model) for r in rows], (rows[-1].number if more else None)
+            with_log = self._has_log(s, [r.id for r in rows])
+        return [self._trial(r, r.id in with_model, r.id in with_log) for r in rows], (rows[-1].number if more else None)
 
     # -- artifacts --------------------------------------------------------------------------
 
@@ -1306,6 +1309,13 @@ class Store:
             )
         )
 
+    @staticmethod
+    def _has_log(s: Session, trial_ids: list[str]) -> set[str]:
+        """Which of the trials have a stored log, without reading the logs."""
+        if not trial_ids:
+            return set()
+        return set(s.scalars(select(TrialRow.id).where(TrialRow.id.in_(trial_ids), TrialRow.log.is_not(None))))
+
     def _job(self, s: Session, row: JobRow, counts: tuple[int, int, int] | None = None) -> Job:
         if counts is None:
             counts = self._trial_counts(s, [row.id]).get(row.id, (0, 0, 0))
@@ -1329,7 +1339,7 @@ class Store:
         )
 
     @staticmethod
-    def _trial(row: TrialRow, has_model: bool = False) -> Trial:
+    def _trial(row: TrialRow, has_model: bool = False, has_log: bool = False) -> Trial:
         return Trial(
             id=row.id,
             job_id=row.job_id,
@@ -1348,6 +1358,7 @@ class Store:
             updated_at=row.updated_at,
             outputs=row.outputs or {},
             has_model=has_model,
+            has_log=has_log,
             note=row.note,
             user_attrs=row.user_attrs or {},
         )

@@ -131,8 +131,9 @@ class TrialRow(Base):
     # Last change of anything a viewer sees (state, metrics, epochs); heartbeats leave it alone.
     # Live views poll on it.
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-    # The trial's captured log and, when it failed, its traceback: the tail, size-capped.
-    log: Mapped[str | None] = mapped_column(Text)
+    # The trial's captured log and, when it failed, its traceback: the tail, size-capped. Deferred:
+    # a page of trials loads none of them (GET /trials/{id}/log reads one).
+    log: Mapped[str | None] = mapped_column(Text, deferred=True)
     note: Mapped[str | None] = mapped_column(Text)
     user_attrs: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
 

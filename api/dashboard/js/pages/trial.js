@@ -191,9 +191,9 @@ export async function render(view, trialId) {
       logNote.textContent = 'The log (what the trial logged and warned, and its traceback if it fails) is shown when the trial ends.';
       return;
     }
-    if (!trial.started_at) {  // nothing ran, so nothing was logged: no request that can only answer 404
+    if (!trial.has_log) {  // no request that can only answer 404
       logBox.hidden = true;
-      logNote.textContent = `No log: the trial never ran (${trial.state}).`;
+      logNote.textContent = trial.started_at ? 'No log was stored for this trial.' : `No log: the trial never ran (${trial.state}).`;
       return;
     }
     try {
