@@ -170,7 +170,8 @@ def trial_points(
     names = list(metric)
     if not names:
         spec = queries.job_spec(job_id, principal)
-        names = [*CHART_METRICS, *(o.get("metric", "") for o in spec.get("objectives", []))]
+        objectives = [o.get("metric", "") for o in spec.get("objectives", [])]
+        names = [*CHART_METRICS, *objectives, *map(selection_metric, objectives)]  # what the front ranks on
     try:
         return JSONResponse(queries.points(job_id, principal, names))
     except ValueError as exc:

@@ -122,6 +122,8 @@ export const metricLabel = (name) => METRICS.get(name)?.label || name.replaceAll
 export const metricDescription = (name) => METRICS.get(name)?.description || '';
 /** Which way a metric is better (maximize, minimize, none); undefined for one the registry does not list. */
 export const metricDirection = (name) => METRICS.get(name)?.direction;
+/** The metric the server ranks an objective on (accuracy: val_accuracy), as the registry says; else the name itself. */
+export const selectionMetric = (name) => METRICS.get(name)?.selected_on || name;
 
 export function badge(state) {
   return h('span', { class: `badge badge-${state}` }, state);

@@ -5,7 +5,7 @@ import { api, subscribe } from '../api.js';
 import { COLORS, Heatmap, Scatter, paretoIndices } from '../charts.js';
 import {
   badge, card, clear, copyButton, debounce, elapsed, errorBox, fmt, formatMetric, h, kpi, metricDirection, metricLabel,
-  throttle, toast,
+  selectionMetric, throttle, toast,
 } from '../ui.js';
 import { bestSummary, progress, setup } from './jobs.js';
 import { mountAnalysis } from '../analysis.js';
@@ -285,7 +285,16 @@ export async function render(view, jobId) {
     }
   }
 
-  const primary = () => state.objectives[0] || { metric: 'accuracy', direction: 'maximize' };
+  // The Pareto chart, history and default curves rank as the server's front and best trial do: on
+  // validation accuracy or loss where the trials have it (trials recorded before: the metric itself).
+  const ranked = (metric) => {
+    const selected = selectionMetric(metric);
+    return state.points?.metrics?.[selected]?.some((v) => v !== null) ? selected : metric;
+  };
+  const primary = () => {
+    const objective = state.objectives[0] || { metric: 'accuracy', direction: 'maximize' };
+    return { ...objective, metric: ranked(objective.metric) };
+  };
 
   function completeIdx() {
     const out = [];
@@ -350,7 +359,7 @@ export async function render(view, jobId) {
 
   function primaryMaximized() {
     const maximize = state.objectives.find((o) => o.direction === 'maximize');
-    return maximize ? maximize.metric : 'accuracy';
+    return ranked(maximize ? maximize.metric : 'accuracy');
   }
 
   function paintHistory() {
