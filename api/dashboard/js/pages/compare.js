@@ -98,7 +98,8 @@ export async function render(view, ids) {
     const log = /params|flops/.test(x);
     chart.set(layers, {
       x: { label: metricLabel(x) + (x.endsWith('_ms') ? ' (ms)' : ''), log, format: log ? fmt.compact : undefined },
-      y: { label: metricLabel(y), format: (v) => formatMetric(y, v) },
+      // a fraction's ticks as short percentages (80%, 82.5%), which leave room for the axis title
+      y: { label: metricLabel(y), format: formatMetric(y, 0.5).endsWith('%') ? (v) => `${Number((v * 100).toFixed(1))}%` : undefined },
       legend,
     });
     clear(summary, rows);
