@@ -14,6 +14,8 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import known_query_only
 from api.metrics import metrics_registry
 from api.metrics import router as metrics_router
+from api.messages import shape
+from api.openapi import allowed_methods, install_openapi
 from api.ratelimit import FailureLimiter
 from api.request_context import RequestContext, install_log_record_factory
 from api.workpool import POOLS
@@ -158,6 +162,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     install_log_record_factory()
     app.state.store = store
     app.state.settings = settings
+    install_openapi(app, settings)
     app.state.metrics_registry = metrics_registry(store)
     app.state.auth_limiter = FailureLimiter(settings.auth_failures_per_minute)
     app.state.key_use_noted = {}  # key id -> when this process last stamped its last use (api.deps)
@@ -179,7 +184,14 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Each error echoes its input; NaN, a huge integer or undecodable bytes must not turn
         # the 422 into a 500 while it is encoded.
-        errors = [{k: encodable(v) for k, v in e.items()} for e in exc.errors()]
+        route = request.scope.get("route")
+        body_field = getattr(route, "body_field", None)
+        model = getattr(body_field.field_info, "annotation", None) if body_field is not None else None
+        query = route.dependant.query_params if isinstance(route, APIRoute) else []
+        forms = {p.alias: p.field_info.description for p in query if p.field_info.description}
+        model = model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        shaped = shape(exc.errors(), model, exc.body, forms)
+        errors = [{k: encodable(v) for k, v in e.items()} for e in shaped]
         return JSONResponse({"detail": jsonable_encoder(errors)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.exception_handler(NotFound)
@@ -201,6 +213,9 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
             message = "JSON nested too deeply" if deep else "the body is not valid UTF-8 JSON"
             error = {"type": "json_invalid", "loc": ["body"], "msg": message, "input": None}
             return JSONResponse({"detail": [error]}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+        allow = allowed_methods(request.app, request.url.path) if exc.status_code == 405 else None
+        if allow:  # every method the path takes, not only the first matching route's
+            return JSONResponse({"detail": "Method Not Allowed"}, 405, headers={"Allow": ", ".join(allow)})
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(IllegalTransition)

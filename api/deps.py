@@ -87,7 +87,10 @@ async def get_principal(
 ) -> Principal:
     """The key's owner; a wrong key (not a missing one: no guess was made) counts against the client's address."""
     if credentials is None:
-        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        raise _unauthorized(
+            "missing API key: the CLI and SDK read it from NAS_API_KEY (mint one with `nas keys create NAME`); "
+            "other clients send 'Authorization: Bearer <key>'"
+        )
     principal = store.authenticate(credentials.credentials)
     if principal is None:
         raise authentication_refused(request, "invalid or revoked API key")
@@ -121,7 +124,7 @@ async def known_query_only(request: Request) -> None:
         takes = ", ".join(sorted(known)) or "none"
         errors: list[dict[str, Any]] = [
             {"type": "extra_forbidden", "loc": ["query", name], "input": request.query_params[name],
-             "msg": f"unknown query parameter {name!r}; this route takes: {takes}"}
+             "msg": f"unknown query parameter {name!r}; this route takes: {takes}", "ctx": {"valid": sorted(known)}}
             for name in unknown
         ]
         raise RequestValidationError(errors)

@@ -12,12 +12,17 @@ from typing import Annotated
 
 from fastapi import HTTPException, Query, Request
 
+from nas.signing import MAX_TOKEN_CHARS, TOKEN_PATTERN
+
 PURPOSE = "cursor"
 _LARGEST = 2**63 - 1  # a position is a 64-bit sequence or trial number
 
 # A page's size, and the opaque cursor of a previous page, as list routes take them.
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Cursor = Annotated[str | None, Query(min_length=1, max_length=1000, pattern=r"^[A-Za-z0-9_.-]+$")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=MAX_TOKEN_CHARS, pattern=TOKEN_PATTERN, description="the next_cursor of the previous page"),
+]
 
 
 def encode_cursor(request: Request, position: int | None, scope: str) -> str | None:

@@ -1,5 +1,16 @@
 """Errors shared by the store, the API and the runners."""
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    """``"; did you mean 'epochs'?"`` for the valid name closest to a misspelt ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
 
 class NasError(Exception):
     """Base class of the project's own errors."""

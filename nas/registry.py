@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from nas.errors import UnknownName
+from nas.errors import UnknownName, did_you_mean
 
 if TYPE_CHECKING:
     from nas.data.base import Dataset
@@ -74,8 +74,9 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            valid = ", ".join(self.names()) or "(none)"
-            raise UnknownName(f"unknown {self.kind} {name!r}; valid: {valid}") from None
+            names = self.names()
+            hint = did_you_mean(name, names) if isinstance(name, str) else ""
+            raise UnknownName(f"unknown {self.kind} {name!r} (valid: {', '.join(names) or 'none'}){hint}") from None
 
     def create(self, name: str, params: dict[str, Any]) -> T:
         """An instance of ``name`` built from its validated ``Params``."""

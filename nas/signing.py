@@ -35,6 +35,8 @@ from typing import Any
 
 SECRET_BYTES = 32
 MAX_TOKEN_CHARS = 1000  # longer text is not a token this module made
+# What every token looks like: base64url JSON (``{"`` encodes as ``eyJ``), a dot, a base64url HMAC-SHA256.
+TOKEN_PATTERN = r"^eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}$"
 
 
 def _b64(data: bytes) -> str:

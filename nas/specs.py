@@ -18,8 +18,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from nas import metrics as trial_metrics
 from nas import registry
 from nas.data.stored import UnknownDataset
+from nas.errors import did_you_mean
 from nas.registry import Registry
-from nas.safe_text import check_printable
+from nas.safe_text import check_printable, printable_pattern
 
 
 class _Strict(BaseModel):
@@ -55,9 +56,15 @@ def _check_param_values(value: Any, path: str = "params", depth: int = 0) -> Non
 class PluginRef(_Strict):
     """``{name, params}`` naming a registered plug-in; params are checked by its ``Params``."""
 
+    # The JSON Schema lists the registered names, read when a schema is generated (plug-ins load then).
+    model_config = ConfigDict(json_schema_extra=lambda schema, cls: _name_enum(schema, cls))
+
     registry: ClassVar[Registry[Any]]
     name: str
-    params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
+    params: dict[str, Any] = Field(
+        default_factory=dict, validate_default=True,
+        description="checked against the named plug-in's params_schema in GET /catalog",
+    )
 
     @field_validator("name")
     @classmethod
@@ -73,6 +80,11 @@ class PluginRef(_Strict):
         _check_param_values(params)  # before the plug-in's model spends time on a huge value
         # Errors raised here keep their location: ``sparsifier.params.sparsity``.
         return cls.registry.get(info.data["name"]).Params.model_validate(params).model_dump(mode="json")
+
+
+def _name_enum(schema: dict[str, Any], cls: type[PluginRef]) -> None:
+    if getattr(cls, "registry", None) is not None:
+        schema["properties"]["name"]["enum"] = cls.registry.names()
 
 
 class SearchSpaceRef(PluginRef):
@@ -113,7 +125,7 @@ class TrainingSpec(_Strict):
 
 
 class Objective(_Strict):
-    metric: str
+    metric: str = Field(json_schema_extra={"enum": list(trial_metrics.OBJECTIVES)})
     direction: Literal["maximize", "minimize"]
 
     @field_validator("metric")
@@ -132,7 +144,8 @@ class Objective(_Strict):
             )
         if metric not in trial_metrics.OBJECTIVES:
             what = "not an objective" if metric in trial_metrics.METRICS else "unknown"
-            raise ValueError(f"metric {metric!r} is {what}; valid: {', '.join(trial_metrics.OBJECTIVES)}")
+            hint = did_you_mean(metric, trial_metrics.OBJECTIVES)
+            raise ValueError(f"metric {metric!r} is {what} (valid: {', '.join(trial_metrics.OBJECTIVES)}){hint}")
         return metric
 
 
@@ -156,7 +169,10 @@ class Budget(_Strict):
 class JobSpec(_Strict):
     """What a user submits: a search over a space, with a strategy, data and a budget."""
 
-    name: str = Field("search", min_length=1, max_length=200, description="printable: no control or bidi characters")
+    name: str = Field(
+        "search", min_length=1, max_length=200, description="printable: no control or bidi characters",
+        json_schema_extra={"pattern": printable_pattern()},
+    )
     search_space: SearchSpaceRef
     strategy: StrategyRef = Field(default_factory=lambda: StrategyRef(name="random"))
     dataset: DatasetRef
@@ -330,11 +346,19 @@ class Annotation(_Strict):
     """
 
     note: str | None = Field(
-        None, max_length=MAX_ANNOTATION, description="free text; newlines and tabs allowed, other control characters not"
+        None, max_length=MAX_ANNOTATION, description="free text; newlines and tabs allowed, other control characters not",
+        json_schema_extra={"anyOf": [{"type": "string", "maxLength": MAX_ANNOTATION, "pattern": printable_pattern("\t\n")},
+                                     {"type": "null"}]},
     )
     user_attrs: dict[str, JsonScalar | None] | None = Field(
-        None, description="key -> string, number or boolean; null removes the key", max_length=256
-    )
+        None, description="key -> string, number or boolean; null removes the key", max_length=256,
+        json_schema_extra={"anyOf": [{
+            "type": "object", "maxProperties": 256,
+            "propertyNames": {"minLength": 1, "maxLength": 100, "pattern": printable_pattern()},
+            "additionalProperties": {"anyOf": [{"type": "string", "pattern": printable_pattern()},
+                                               {"type": ["number", "boolean", "null"]}]},
+        }, {"type": "null"}]},
+    )  # fmt: skip
 
     @field_validator("note")
     @classmethod

@@ -112,7 +112,7 @@ def test_table_rows_say_which_trials_have_a_model(app_client: TestClient, store:
 def test_table_refuses_a_bad_filter_or_sort_naming_it(app_client: TestClient, job: dict[str, Any], params: dict[str, str], field: str) -> None:
     response = app_client.get(f"/api/v1/jobs/{job['id']}/trials/table", params=params, headers=auth(job["key"]))
     assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["query", field]
+    assert response.json()["detail"][0]["loc"][:2] == ["query", field]  # and which filter, when one of several
 
 
 def test_trial_filter_parses_every_operator_and_words_for_equality() -> None:

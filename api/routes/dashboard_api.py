@@ -7,6 +7,7 @@ costs one page of rows per request.
 
 from __future__ import annotations
 
+import enum
 import math
 from typing import Annotated, Any, Literal
 
@@ -14,7 +15,7 @@ import numpy as np
 import yaml
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from api.deps import PrincipalDep, SettingsDep, StoreDep
 from api.pagination import Cursor, decode_cursor, encode_cursor
@@ -22,6 +23,8 @@ from api.queries import (
     CHART_METRICS,
     BadQuery,
     DashboardQueries,
+    METRIC_NAME,
+    SORT_COLUMNS,
     DensityMatrix,
     JobColumns,
     TrialFilter,
@@ -31,11 +34,27 @@ from api.queries import (
     TrialTable,
 )
 from api.responses import errors
-from nas.metrics import selection_metric
+from nas.metrics import METRICS, selection_metric
 from nas.specs import Job, JobStatus, JobSummary, Objective, Page, TrialState
 from nas.store import Principal, Store
 
 router = APIRouter(tags=["dashboard"])
+
+# What api.queries reads, as the OpenAPI document states it (whitespace as spaces and tabs, values as
+# printable ASCII); whether a name exists depends on the job, and an unknown one answers 422 listing them.
+_NUMBER = r"[+-]?(?:[0-9]{1,20}\.?[0-9]{0,20}|\.[0-9]{1,20})(?:[eE][+-]?[0-9]{1,2})?"  # always finite
+_KEY = r"[A-Za-z_][A-Za-z0-9_.]{0,127}"
+FilterText = Annotated[
+    str, StringConstraints(pattern=rf"^[ \t]*{_KEY}[ \t]*(?:(?:>=|<=|>|<)[ \t]*{_NUMBER}|!?=[ \t]*[!-~]+)[ \t]*$")
+]
+SortKey = Annotated[
+    str,
+    Query(
+        max_length=160, pattern=rf"^(?:{'|'.join(SORT_COLUMNS)}|metrics\.{METRIC_NAME.pattern}|arch\.{_KEY})$",
+        description="number, state, created_at, started_at, finished_at, updated_at, metrics.NAME or arch.KEY",
+    ),
+]
+MetricName = enum.Enum("MetricName", {name: name for name in METRICS}, type=str)  # type: ignore[misc]
 
 MAX_HISTORY_TRIALS = 20
 Order = Literal["asc", "desc"]
@@ -126,7 +145,7 @@ def trial_table(
     principal: PrincipalDep,
     state: Annotated[list[TrialState], Query(description="keep only these states (repeatable)")] = [],  # noqa: B006
     filter: Annotated[
-        list[str],
+        list[FilterText],
         Query(
             description="NAME OP VALUE (repeatable; all must hold): NAME a metric or an architecture key (arch.KEY where "
                         "a metric has the same name), OP one of >= <= > < = !=, VALUE a number, or a word for = and != "
@@ -134,9 +153,7 @@ def trial_table(
             max_length=20,
         ),
     ] = [],  # noqa: B006
-    sort: Annotated[
-        str, Query(max_length=160, description="number, state, created_at, finished_at, metrics.NAME or arch.KEY")
-    ] = "number",
+    sort: SortKey = "number",
     order: Order = "asc",
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -163,11 +180,11 @@ def trial_points(
     request: Request,
     job_id: str,
     principal: PrincipalDep,
-    metric: Annotated[list[str], Query(description="metrics to return (repeatable); default: the chart metrics and the objectives", max_length=32)] = [],  # noqa: B006
+    metric: Annotated[list[MetricName], Query(description="metrics to return (repeatable); default: the chart metrics and the objectives", max_length=32)] = [],  # noqa: B006
 ) -> JSONResponse:
     """Chosen metrics of every trial of the job as columns, for the charts."""
     queries = get_queries(request)
-    names = list(metric)
+    names = [m.value for m in metric]
     if not names:
         spec = queries.job_spec(job_id, principal)
         objectives = [o.get("metric", "") for o in spec.get("objectives", [])]
@@ -262,7 +279,7 @@ def density(
     request: Request,
     job_id: str,
     principal: PrincipalDep,
-    sort: Annotated[str, Query(max_length=80)] = "number",
+    sort: SortKey = "number",
     order: Order = "asc",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONResponse:

@@ -47,7 +47,7 @@ from api.deps import PrincipalDep, StoreDep, authentication_refused, get_princip
 from api.queries import DashboardQueries
 from api.responses import errors
 from api.routes.dashboard_api import JobOverview, get_queries, overviews
-from nas.signing import ServerSecret
+from nas.signing import MAX_TOKEN_CHARS, TOKEN_PATTERN, ServerSecret
 from nas.store import Principal, Store
 
 router = APIRouter(tags=["events"])
@@ -129,7 +129,7 @@ async def stream_auth(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     token: Annotated[
         str | None,
-        Query(max_length=1000, pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$", description="from POST /events/token"),
+        Query(max_length=MAX_TOKEN_CHARS, pattern=TOKEN_PATTERN, description="from POST /events/token"),
     ] = None,
 ) -> StreamAuth:
     """A Bearer key, or else a token from ``POST /events/token``."""

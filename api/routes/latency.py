@@ -37,7 +37,8 @@ MAX_ACTIVATION = 1 << 24  # values in one example's input or any layer's output 
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Exactly the documented JSON types: a `bias` of 0 or "false" is refused, not read as a boolean.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Architecture(_Strict):

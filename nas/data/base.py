@@ -63,6 +63,15 @@ def validation_split(y_train: np.ndarray, fraction: float, seed: int) -> Validat
     return ValidationSplit(np.sort(train), np.sort(val), stratified)
 
 
+def files_missing(what: str, folder: Path, missing: list[str], how: str) -> ValueError:
+    """The error for a dataset whose files are not where the server reads them: which, where, and how to
+    put them there. Clients read it too, so it says that only the server's ``NAS_DATA_DIR`` matters."""
+    return ValueError(
+        f"{what} files missing from {folder}: {', '.join(missing)}. Nothing is downloaded: {how}. "
+        f"The server reads datasets from its own NAS_DATA_DIR; the client's environment plays no part."
+    )
+
+
 class Dataset(ABC):
     """Base class of registered datasets; ``Params`` holds their options."""
 

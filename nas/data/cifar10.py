@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from nas.data import DataSplits, Dataset
+from nas.data.base import files_missing
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,11 +58,11 @@ class CIFAR10(Dataset):
         places = [Path(data_dir) / name for name in FOLDERS]
         partial = next((place for place in places if place.is_dir()), places[0])
         missing = [file for file in TRAIN_FILES + TEST_FILES if not (partial / file).is_file()]
-        raise ValueError(
-            f"CIFAR-10 files missing from {partial}: {', '.join(missing)} (also looked in "
-            f"{', '.join(str(p) for p in places if p != partial)}). Nothing is downloaded: get the binary version "
-            f"(cifar-10-binary.tar.gz) from {SOURCE}, extract it into NAS_DATA_DIR (it creates "
-            f"cifar-10-batches-bin/) or copy its six .bin files into NAS_DATA_DIR/cifar10/."
+        also = ", ".join(str(p) for p in places if p != partial)
+        raise files_missing(
+            "CIFAR-10", partial, [f"{', '.join(missing)} (also looked in {also})"],
+            f"get the binary version (cifar-10-binary.tar.gz) from {SOURCE} and extract it into the server's "
+            "NAS_DATA_DIR (it creates cifar-10-batches-bin/), or copy its six .bin files into NAS_DATA_DIR/cifar10/",
         )
 
     def load(self, data_dir: Path) -> DataSplits:

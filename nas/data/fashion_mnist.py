@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nas.data.base import files_missing
 from nas.data.mnist import FILES, MNIST
 
 MEAN, STD = 0.2860, 0.3530  # of the training pixels scaled to [0, 1]
@@ -25,8 +26,8 @@ class FashionMNIST(MNIST):
         folder = Path(data_dir) / FOLDER
         missing = [name for name in FILES.values() if not (folder / name).is_file()]
         if missing:
-            raise ValueError(
-                f"Fashion-MNIST files missing from {folder}: {', '.join(missing)}. Nothing is downloaded: copy the "
-                f"four IDX files ({', '.join(FILES.values())}, from https://github.com/zalandoresearch/fashion-mnist) "
-                f"into that folder, or point NAS_DATA_DIR at the folder that contains {FOLDER}/."
+            raise files_missing(
+                "Fashion-MNIST", folder, missing, "copy the IDX files (from "
+                "https://github.com/zalandoresearch/fashion-mnist) into that folder on the server, or start the "
+                f"server with NAS_DATA_DIR at the folder that contains {FOLDER}/",
             )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from nas.data import DataSplits, Dataset
+from nas.data.base import files_missing
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,11 +51,10 @@ class MNIST(Dataset):
         folder = Path(data_dir) / self.folder
         missing = [name for name in FILES.values() if not (folder / name).is_file()]
         if missing:
-            raise ValueError(
-                f"MNIST files missing from {folder}: {', '.join(missing)}. Nothing is downloaded: copy the four "
-                f"standard IDX files ({', '.join(FILES.values())}, e.g. from a mirror of "
-                f"http://yann.lecun.com/exdb/mnist/) into that folder, or point NAS_DATA_DIR at the folder "
-                f"that contains mnist/."
+            raise files_missing(
+                "MNIST", folder, missing, "copy the standard IDX files (from a mirror of "
+                "http://yann.lecun.com/exdb/mnist/) into that folder on the server, or start the server with "
+                f"NAS_DATA_DIR at the folder that contains {self.folder}/",
             )
 
     def load(self, data_dir: Path) -> DataSplits:
