@@ -47,9 +47,10 @@ export function ticks(lo, hi, count = 6) {
 
 const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
 
-/** Round times (seconds since the epoch) covering [lo, hi]. */
+/** Round times (seconds since the epoch) covering [lo, hi]: at most `count`, whole weeks beyond the table. */
 function timeTicks(lo, hi, count) {
-  const step = TIME_STEPS.find((s) => (hi - lo) / s <= count) || 604800;
+  const week = TIME_STEPS[TIME_STEPS.length - 1];
+  const step = TIME_STEPS.find((s) => (hi - lo) / s <= count) || week * Math.ceil((hi - lo) / count / week);
   const zone = new Date(lo * 1000).getTimezoneOffset() * 60;
   const out = [];
   for (let v = Math.ceil((lo - zone) / step) * step + zone; v <= hi; v += step) out.push(v);
@@ -64,11 +65,62 @@ export function timeFormat(span) {
   };
 }
 
+/** Distinct whole numbers (trial numbers, epochs, generations) covering [lo, hi], a round step apart. */
 function integerTicks(lo, hi, count) {
-  const step = Math.max(1, Math.ceil((hi - lo) / count));
+  const raw = Math.max(1, (hi - lo) / count);
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = Math.max(1, [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw));
   const out = [];
-  for (let v = Math.ceil(lo); v <= hi; v += step) out.push(v);
+  for (let v = Math.ceil(lo / step) * step; v <= hi; v += step) out.push(v || 0);  // never -0
   return out;
+}
+
+/** The values an axis marks: log, time, integer or round decimal ticks. */
+function axisTicks(axis, lo, hi, count) {
+  if (axis.log) return logTicks(lo, hi);
+  if (axis.time) return timeTicks(lo, hi, count);
+  if (axis.integer) return integerTicks(lo, hi, count);
+  return ticks(lo, hi, count);
+}
+
+const LABEL_HEIGHT = 11, LABEL_GAP = 6;
+
+/**
+ * The ticks of `values` that get a label, with the label's box (CSS pixels): ticks outside [a, b],
+ * a label another one already shows (a format coarser than the step) and one that would touch the
+ * previous label are left out, so labels never merge however narrow the domain.
+ * `axis` 'x': labels centred below at `anchor`; 'y': right-aligned left of `anchor`.
+ */
+function labelTicks(ctx, values, format, position, a, b, axis, anchor) {
+  const out = [], seen = new Set();
+  let last = -Infinity;
+  for (const value of values) {
+    const at = position(value);
+    if (at < a - 1 || at > b + 1) continue;
+    const text = format(value);
+    if (seen.has(text)) continue;
+    const w = ctx.measureText(text).width;
+    const box = axis === 'x' ? [at - w / 2, anchor, at + w / 2, anchor + LABEL_HEIGHT] : [anchor - w, at - LABEL_HEIGHT / 2, anchor, at + LABEL_HEIGHT / 2];
+    // x labels run left to right; y labels bottom to top (values rise, pixels fall)
+    const [start, end] = axis === 'x' ? [box[0], box[2]] : [-box[3], -box[1]];
+    if (start < last + LABEL_GAP) continue;
+    last = end;
+    seen.add(text);
+    out.push({ value, text, at, box: box.map((v) => Math.round(v * 10) / 10) });
+  }
+  return out;
+}
+
+/** [lo, hi] widened a little so points sit off the frame; a single value gets a span of its own kind. */
+function padDomain(lo, hi, axis) {
+  if (axis.log) return [lo / 1.15, hi * 1.15];
+  if (hi === lo) {
+    // one point: a minute around a time, one step around a whole number, 5% around any other value
+    const half = axis.time ? 60 : axis.integer ? 0.5 : Math.abs(hi) * 0.05 || 1;
+    return [lo - half, hi + half];
+  }
+  const pad = (hi - lo) * 0.04;
+  return axis.integer ? [lo - Math.max(pad, 0.5), hi + Math.max(pad, 0.5)] : [lo - pad, hi + pad];
 }
 
 function logTicks(lo, hi) {
@@ -243,13 +295,8 @@ export class Scatter {
     }
     if (!Number.isFinite(x0)) return null;
     if (y.zero && !y.log) y0 = Math.min(y0, 0);
-    const pad = (lo, hi, log) => {
-      if (log) return [lo / 1.15, hi * 1.15];
-      const span = hi - lo || Math.abs(hi) || 1;
-      return [lo - span * 0.04, hi + span * 0.04];
-    };
-    [x0, x1] = pad(x0, x1, x.log);
-    [y0, y1] = pad(y0, y1, y.log);
+    [x0, x1] = padDomain(x0, x1, x);
+    [y0, y1] = padDomain(y0, y1, y);
     if (y.min !== undefined) y0 = Math.max(y0, y.min);
     if (y.max !== undefined) y1 = Math.min(y1, y.max);
     if (x.min !== undefined) x0 = Math.max(x0, x.min);
@@ -287,19 +334,16 @@ export class Scatter {
     ctx.strokeStyle = GRID; ctx.lineWidth = 1; ctx.fillStyle = INK;
     ctx.textAlign = 'center'; ctx.textBaseline = 'top';
     const xCount = Math.max(2, Math.floor(pw / (x.time ? 110 : 90)));
-    const xTicks = x.log ? logTicks(d.x0, d.x1) : x.time ? timeTicks(d.x0, d.x1, xCount) : x.integer ? integerTicks(d.x0, d.x1, xCount) : ticks(d.x0, d.x1, xCount);
-    for (const v of xTicks) {
-      const px = Math.round(sx(v)) + 0.5;
-      if (px < m.l - 1 || px > m.l + pw + 1) continue;
-      ctx.beginPath(); ctx.moveTo(px, m.t); ctx.lineTo(px, m.t + ph); ctx.stroke();
-      ctx.fillText(xf(v), px, m.t + ph + 6);
+    const xMarks = labelTicks(ctx, axisTicks(x, d.x0, d.x1, xCount), xf, (v) => Math.round(sx(v)) + 0.5, m.l, m.l + pw, 'x', m.t + ph + 6);
+    for (const { at, text } of xMarks) {
+      ctx.beginPath(); ctx.moveTo(at, m.t); ctx.lineTo(at, m.t + ph); ctx.stroke();
+      ctx.fillText(text, at, m.t + ph + 6);
     }
     ctx.textAlign = 'right'; ctx.textBaseline = 'middle';
-    for (const v of y.log ? logTicks(d.y0, d.y1) : ticks(d.y0, d.y1, Math.max(2, Math.floor(ph / 50)))) {
-      const py = Math.round(sy(v)) + 0.5;
-      if (py < m.t - 1 || py > m.t + ph + 1) continue;
-      ctx.beginPath(); ctx.moveTo(m.l, py); ctx.lineTo(m.l + pw, py); ctx.stroke();
-      ctx.fillText(yf(v), m.l - 6, py);
+    const yMarks = labelTicks(ctx, axisTicks(y, d.y0, d.y1, Math.max(2, Math.floor(ph / 50))), yf, (v) => Math.round(sy(v)) + 0.5, m.t, m.t + ph, 'y', m.l - 6);
+    for (const { at, text } of yMarks) {
+      ctx.beginPath(); ctx.moveTo(m.l, at); ctx.lineTo(m.l + pw, at); ctx.stroke();
+      ctx.fillText(text, m.l - 6, at);
     }
     ctx.strokeStyle = AXIS;
     ctx.strokeRect(m.l + 0.5, m.t + 0.5, pw, ph);
@@ -317,6 +361,7 @@ export class Scatter {
     const cell = 12;
     const colors = colorbar ? lut(SCALES[colorbar.scale || 'viridis']) : null;
     const [c0, c1] = colorbar ? [colorbar.min ?? 0, colorbar.max ?? 1] : [0, 1];
+    const shown = this.layers.map(() => 0);
     this.layers.forEach((layer, li) => {
       const n = layer.x.length;
       if (layer.type === 'line' || layer.type === 'segments') {
@@ -328,6 +373,7 @@ export class Scatter {
           const a = layer.x[i], b = layer.y[i];
           if (a === null || b === null) { open = false; continue; }
           const qx = sx(a), qy = sy(b);
+          shown[li]++;
           if (!open) { ctx.moveTo(qx, qy); open = true; } else if (layer.step) { ctx.lineTo(qx, py); ctx.lineTo(qx, qy); } else ctx.lineTo(qx, qy);
           px = qx; py = qy;
         }
@@ -354,6 +400,7 @@ export class Scatter {
         if (a === null || b === null || !Number.isFinite(a) || !Number.isFinite(b) || (x.log && a <= 0)) continue;
         const qx = sx(a), qy = sy(b);
         if (qx < m.l - r || qx > m.l + pw + r || qy < m.t - r || qy > m.t + ph + r) continue;
+        shown[li]++;
         if (layer.ring) { ctx.moveTo(qx + r, qy); ctx.arc(qx, qy, r, 0, 2 * Math.PI); } else {
           let fill = layer.color;
           if (layer.values && colors) {
@@ -374,6 +421,27 @@ export class Scatter {
     ctx.restore();
 
     if (colorbar) this.drawColorbar(ctx, colors, m, ph, width, c0, c1);
+    this.describe(d, xMarks, yMarks, shown);
+  }
+
+  /**
+   * What the canvas shows, in words for assistive technology (aria-label) and as data for scripts
+   * and tests (data-axes: each axis's title, domain and labelled ticks with their boxes, and the
+   * points each layer drew), since a canvas has no DOM of its own.
+   */
+  describe(d, xMarks, yMarks, shown) {
+    const { x = {}, y = {} } = this.options;
+    const axis = (options, lo, hi, marks) => ({
+      label: options.label || '', min: lo, max: hi, ticks: marks.map(({ value, text, box }) => ({ value, text, box })),
+    });
+    const axes = {
+      x: axis(x, d.x0, d.x1, xMarks), y: axis(y, d.y0, d.y1, yMarks),
+      layers: this.layers.map((layer, li) => ({ type: layer.type, points: shown[li] })),
+    };
+    const range = (a) => (a.ticks.length ? `${a.ticks[0].text} to ${a.ticks[a.ticks.length - 1].text}` : 'no ticks');
+    this.canvas.setAttribute('role', 'img');
+    this.canvas.setAttribute('aria-label', `${axes.y.label || 'y'} (${range(axes.y)}) against ${axes.x.label || 'x'} (${range(axes.x)})`);
+    this.canvas.dataset.axes = JSON.stringify(axes);
   }
 
   drawColorbar(ctx, colors, m, ph, width, c0, c1) {

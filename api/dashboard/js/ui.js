@@ -124,6 +124,17 @@ export const metricDescription = (name) => METRICS.get(name)?.description || '';
 export const metricDirection = (name) => METRICS.get(name)?.direction;
 /** The metric the server ranks an objective on (accuracy: val_accuracy), as the registry says; else the name itself. */
 export const selectionMetric = (name) => METRICS.get(name)?.selected_on || name;
+/** Whether a metric is a fraction (0..1), which charts label in percent. */
+export const isFraction = (name) => METRICS.get(name)?.kind === 'fraction';
+
+/**
+ * The per-epoch metric among `keys` that learning curves show first for a job whose first objective
+ * is `objective`: the metric the registry says selection ranks it on (`val_accuracy` for
+ * `accuracy`) where the epochs report it, else the objective itself, else the first key.
+ */
+export function curveMetric(keys, objective) {
+  return [selectionMetric(objective), objective].find((k) => keys.includes(k)) ?? keys[0];
+}
 
 export function badge(state) {
   return h('span', { class: `badge badge-${state}` }, state);

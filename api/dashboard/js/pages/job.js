@@ -4,8 +4,8 @@
 import { api, subscribe } from '../api.js';
 import { COLORS, Heatmap, Scatter, paretoIndices } from '../charts.js';
 import {
-  badge, card, clear, copyButton, debounce, elapsed, errorBox, fmt, formatMetric, h, kpi, metricDirection, metricLabel,
-  selectionMetric, throttle, toast,
+  badge, card, clear, copyButton, curveMetric, debounce, elapsed, errorBox, fmt, formatMetric, h, isFraction, kpi,
+  metricDirection, metricLabel, selectionMetric, throttle, toast,
 } from '../ui.js';
 import { bestSummary, progress, setup } from './jobs.js';
 import { mountAnalysis } from '../analysis.js';
@@ -46,9 +46,11 @@ export async function render(view, jobId) {
     index: new Map(),
     table: saved || { sort: 'number', order: 'desc', states: [], filters: '', offset: 0, limit: 50 },
     chosen: [],
+    curvesPicked: false,  // the user ticked or unticked a curve: stop choosing the best five
     histories: new Map(),
-    curveMetric: 'accuracy',
+    curveMetric: null,
     xMetric: null,
+    xPicked: false,  // the user chose the Pareto x axis: stop following the best available one
     disposed: false,
   };
 
@@ -64,7 +66,7 @@ export async function render(view, jobId) {
     density: h('div', { class: 'chart chart-tall', id: 'chart-density' }),
     lineage: h('div', { class: 'chart', id: 'chart-lineage' }),
   };
-  const xSelect = h('select', { 'aria-label': 'x axis', onchange: () => { state.xMetric = xSelect.value; paintPareto(); } });
+  const xSelect = h('select', { 'aria-label': 'x axis', onchange: () => { state.xMetric = xSelect.value; state.xPicked = true; paintPareto(); } });
   const curveSelect = h('select', { 'aria-label': 'curve metric', onchange: () => { state.curveMetric = curveSelect.value; paintCurves(); } });
   const densityNote = h('span', { class: 'muted small' });
   const hvNote = h('span', { class: 'muted small' });
@@ -332,14 +334,17 @@ export async function render(view, jobId) {
   function paintPareto() {
     const p = state.points;
     const y = primaryMaximized();
-    const available = X_CHOICES.filter((m) => p.metrics[m]?.some((v) => v !== null));
-    if (!state.xMetric || !available.includes(state.xMetric)) state.xMetric = available[0] || 'latency_ms';
+    // the x choices the complete trials have; measured latency comes first as soon as one has it,
+    // while the running trials' predicted latency is all there is at the start of a job
+    const complete = completeIdx();
+    const available = X_CHOICES.filter((m) => complete.some((i) => p.metrics[m]?.[i] != null));
+    if (!(state.xPicked && available.includes(state.xMetric))) state.xMetric = available[0] || 'latency_ms';
     clear(xSelect, (available.length ? available : [state.xMetric]).map((m) => h('option', { value: m, selected: m === state.xMetric }, metricLabel(m))));
     const xs = p.metrics[state.xMetric] || [], ys = p.metrics[y] || [], sp = p.metrics.sparsity || [];
-    const idx = completeIdx().filter((i) => xs[i] !== null && ys[i] !== null);
+    const idx = complete.filter((i) => xs[i] !== null && ys[i] !== null);
     if (!idx.length) { showEmpty(el.pareto, 'No complete trial yet.'); return; }
     const front = paretoIndices(idx.map((i) => xs[i]), idx.map((i) => ys[i])).map((k) => idx[k]);
-    const xm = state.xMetric, pct = y === 'accuracy';
+    const xm = state.xMetric, pct = isFraction(y);
     const tip = (rows) => (k) => {
       const i = rows[k];
       return [`Trial #${p.number[i]}`, `${metricLabel(y)} ${formatMetric(y, ys[i])}`, `${metricLabel(xm)} ${formatMetric(xm, xs[i])}`, `sparsity ${fmt.pct(sp[i])}`, ...archLines(i)];
@@ -374,13 +379,13 @@ export async function render(view, jobId) {
       const v = col[i];
       if (best === null || (direction === 'maximize' ? v > best : v < best)) { best = v; bestX.push(p.number[i]); bestY.push(v); }
     }
-    const pct = metric === 'accuracy';
+    const pct = isFraction(metric);
     scatter('history', el.history).set([
       { type: 'points', x: idx.map((i) => p.number[i]), y: idx.map((i) => col[i]), color: COLORS[0], alpha: 0.45, size: idx.length > 2000 ? 2.2 : 3.5,
         ids: idx.map((i) => p.id[i]), tip: (k) => [`Trial #${p.number[idx[k]]}`, `${metricLabel(metric)} ${formatMetric(metric, col[idx[k]])}`, ...archLines(idx[k])] },
       { type: 'line', x: bestX, y: bestY, step: true, color: '#e8590c', width: 2, extendTo: 'right' },
     ], {
-      x: { label: 'trial number', format: fmt.int }, y: { label: metricLabel(metric), format: pct ? pctTick : undefined },
+      x: { label: 'trial number', integer: true, format: fmt.int }, y: { label: metricLabel(metric), format: pct ? pctTick : undefined },
       legend: [{ label: metricLabel(metric), color: COLORS[0] }, { label: 'best so far', color: '#e8590c', kind: 'line' }],
     });
   }
@@ -414,9 +419,9 @@ export async function render(view, jobId) {
     const keys = new Set();
     for (const id of state.chosen) for (const e of state.histories.get(id)?.history || []) Object.keys(e.metrics).forEach((k) => keys.add(k));
     const options = [...keys].sort();
-    if (options.length && !options.includes(state.curveMetric)) state.curveMetric = options.includes('accuracy') ? 'accuracy' : options[0];
-    clear(curveSelect, (options.length ? options : [state.curveMetric]).map((k) => h('option', { value: k, selected: k === state.curveMetric }, metricLabel(k))));
-    const metric = state.curveMetric;
+    if (options.length && !options.includes(state.curveMetric)) state.curveMetric = curveMetric(options, primary().metric);
+    const metric = state.curveMetric ?? primary().metric;  // no epoch reported yet: the objective names the axis
+    clear(curveSelect, (options.length ? options : [metric]).map((k) => h('option', { value: k, selected: k === metric }, metricLabel(k))));
     const layers = [], legend = [];
     state.chosen.forEach((id, n) => {
       const hist = state.histories.get(id);
@@ -430,7 +435,7 @@ export async function render(view, jobId) {
     });
     if (!layers.length) { showEmpty(el.curves, 'Tick trials in the table to compare their learning curves.'); return; }
     scatter('curves', el.curves).set(layers, {
-      x: { label: 'epoch', integer: true }, y: { label: metricLabel(metric), format: metric.includes('accuracy') ? pctTick : undefined }, legend,
+      x: { label: 'epoch', integer: true }, y: { label: metricLabel(metric), format: isFraction(metric) ? pctTick : undefined }, legend,
     });
   }
 
@@ -441,6 +446,7 @@ export async function render(view, jobId) {
       return;
     }
     state.chosen = on ? [...state.chosen, id] : state.chosen.filter((x) => x !== id);
+    state.curvesPicked = true;
     if (on) await loadCurves([id]);
     paintCurves();
   }
@@ -493,8 +499,8 @@ export async function render(view, jobId) {
         ids: order.map((i) => p.id[i]),
         tip: (k) => { const i = order[k]; const parent = p.parent_id[i] ? numberOf(p.parent_id[i]) : null; return [`Trial #${p.number[i]} · ${p.state[i]}`, parent !== null ? `parent #${parent}` : 'no parent', `generation ${depth[i]}`, `${metricLabel(y)} ${formatMetric(y, col[i])}`]; } },
     ], {
-      x: { label: 'trial number', format: fmt.int }, y: { label: 'generation', format: (v) => (Number.isInteger(v) ? String(v) : ''), min: -0.5 },
-      colorbar: { label: metricLabel(y).toLowerCase(), min: known.length ? Math.min(...known) : 0, max: known.length ? Math.max(...known) : 1, format: y === 'accuracy' ? pctTick : undefined, scale: 'blues' },
+      x: { label: 'trial number', integer: true, format: fmt.int }, y: { label: 'generation', integer: true, min: -0.5 },
+      colorbar: { label: metricLabel(y).toLowerCase(), min: known.length ? Math.min(...known) : 0, max: known.length ? Math.max(...known) : 1, format: isFraction(y) ? pctTick : undefined, scale: 'blues' },
     });
   }
 
@@ -556,10 +562,10 @@ export async function render(view, jobId) {
       reloadTable();
       refreshLocal();
       if (t.state !== 'running' && t.state !== 'queued') refreshRemote();
-      if (state.chosen.includes(t.id) || (state.chosen.length < 5 && t.state === 'running' && !state.chosen.includes(t.id))) {
-        if (!state.chosen.includes(t.id)) state.chosen.push(t.id);
-        refreshCurves();
-      }
+      // until the user picks curves, they follow the best five as trials complete
+      const before = state.chosen.join();
+      if (!state.curvesPicked && state.points) state.chosen = defaultCurves();
+      if (state.chosen.includes(t.id) || state.chosen.join() !== before) refreshCurves();
     },
     epoch(e) {
       const hist = state.histories.get(e.trial_id);

@@ -4,7 +4,9 @@
 import { api, download, fetchText, subscribe } from '../api.js';
 import { COLORS, Scatter } from '../charts.js';
 import { notesCard } from '../notes.js';
-import { badge, card, clear, copyButton, elapsed, errorBox, fmt, formatMetric, h, kpi, metricDescription, metricLabel, throttle } from '../ui.js';
+import {
+  badge, card, clear, copyButton, curveMetric, elapsed, errorBox, fmt, formatMetric, h, isFraction, kpi, metricDescription, metricLabel, throttle,
+} from '../ui.js';
 
 const FINISHED = ['complete', 'pruned', 'failed', 'infeasible', 'cancelled'];
 
@@ -137,7 +139,7 @@ export async function render(view, trialId) {
       return;
     }
     const keys = [...new Set(history.flatMap((e) => Object.keys(e.metrics)))].sort();
-    const chosen = keys.includes(curveSelect.value) ? curveSelect.value : keys.includes('accuracy') ? 'accuracy' : keys[0];
+    const chosen = keys.includes(curveSelect.value) ? curveSelect.value : curveMetric(keys, job.spec?.objectives?.[0]?.metric ?? 'accuracy');
     clear(curveSelect, keys.map((k) => h('option', { value: k, selected: k === chosen }, metricLabel(k))));
     const pts = history.filter((e) => typeof e.metrics[chosen] === 'number');
     if (!curvesChart) curvesChart = new Scatter(curves);
@@ -145,7 +147,7 @@ export async function render(view, trialId) {
       { type: 'line', x: pts.map((e) => e.epoch), y: pts.map((e) => e.metrics[chosen]), color: COLORS[0], width: 2 },
       { type: 'points', x: pts.map((e) => e.epoch), y: pts.map((e) => e.metrics[chosen]), color: COLORS[0], size: 3.5, alpha: 1,
         tip: (k) => [`epoch ${pts[k].epoch}`, ...Object.entries(pts[k].metrics).map(([name, v]) => `${metricLabel(name)} ${formatMetric(name, v)}`)] },
-    ], { x: { label: 'epoch', integer: true }, y: { label: metricLabel(chosen), format: chosen.includes('accuracy') ? (v) => `${Number((v * 100).toFixed(1))}%` : undefined } });
+    ], { x: { label: 'epoch', integer: true }, y: { label: metricLabel(chosen), format: isFraction(chosen) ? (v) => `${Number((v * 100).toFixed(1))}%` : undefined } });
   }
 
   let latencyChart = null;
