@@ -125,8 +125,13 @@ class _PluginGroup(TyperGroup):
         return typer.main.get_command(single)
 
 
+ENVIRONMENT_HELP = (
+    "Client commands read NAS_URL (the server, default http://127.0.0.1:8000) and NAS_API_KEY "
+    "(a key from `nas keys create NAME`)."
+)
+
 app = typer.Typer(
-    help="Neural architecture search for sparse neural networks.",
+    help=f"Neural architecture search for sparse neural networks.\n\n{ENVIRONMENT_HELP}",
     epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     cls=_PluginGroup,
