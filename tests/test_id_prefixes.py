@@ -83,9 +83,13 @@ def test_a_prefix_never_matches_nor_counts_another_owners_ids(setup: dict[str, A
     assert get(setup, "/jobs/abcd", owner="bob").status_code == 404  # alice's two jobs are not "ambiguous" for bob
 
 
-def test_cancel_takes_a_prefix(setup: dict[str, Any], ids: list[str]) -> None:
-    response = setup["client"].post("/api/v1/jobs/abcd2/cancel", headers=setup["headers"]["alice"])
+def test_changes_take_a_prefix(setup: dict[str, Any], ids: list[str]) -> None:
+    client, alice = setup["client"], setup["headers"]["alice"]
+    response = client.post("/api/v1/jobs/abcd2/cancel", headers=alice)
     assert response.status_code == 202 and response.json()["id"] == ids[1]
+    noted = client.patch("/api/v1/trials/feed0001", json={"note": "widest"}, headers=alice)
+    assert noted.status_code == 200 and noted.json()["id"] == ids[3] and noted.json()["note"] == "widest"
+    assert client.patch("/api/v1/trials/beef", json={"note": "x"}, headers=alice).status_code == 404  # bob's
 
 
 def test_the_store_resolves_prefixes_for_an_admin_among_every_owner(store: Store, make_spec: Any, ids: list[str]) -> None:

@@ -499,6 +499,7 @@ class Store:
     def annotate_trial(self, trial_id: str, annotation: Annotation, viewer: Principal | None = None) -> Trial:
         """Set the trial's note and merge its user attributes (its job's owner or admin); ``ValueError`` past the cap."""
         with self._write() as s:
+            trial_id = self._trial_id(s, trial_id, viewer)
             row = self._trial_row(s, trial_id)
             self._trial_visible(s, trial_id, row.job_id, viewer)
             row.note, row.user_attrs = self._annotated(row.note, row.user_attrs, annotation)
