@@ -462,8 +462,10 @@ class JobRunner:
         self.guard(self.store.report_epoch, trial_id, epoch, metrics)
 
     def exhausted(self) -> bool:
+        """Whether the search is over: no trial left to run, and none to ask for (the trial budget
+        spent, the strategy done or waiting with nothing running, or the time budget spent)."""
         with self._lock:
-            budget_used = self._n_trials >= self.spec.budget.max_trials or self._strategy_done
+            budget_used = self._n_trials >= self.spec.budget.max_trials or self._strategy_done or self.out_of_time()
             idle = not self._pending and not self._live
             if idle and self._waiting and not budget_used:
                 log.warning("job %s: its strategy waits with no trial running; ending the job", self.job_id)
