@@ -1,12 +1,12 @@
 // The single-page app: a hash router over the pages, and the signed-in frame around them.
 
 import { api, session } from './api.js';
-import { clear, errorBox, setMetrics } from './ui.js';
+import { clear, errorBox, h, setMetrics } from './ui.js';
 
 const routes = [
   { pattern: /^#\/signin$/, page: () => import('./pages/signin.js'), open: true, nav: null },
   { pattern: /^#\/jobs$/, page: () => import('./pages/jobs.js'), nav: 'jobs' },
-  { pattern: /^#\/new(?:\?dataset=([0-9a-f]{32}))?$/, page: () => import('./pages/newjob.js'), nav: 'new' },
+  { pattern: /^#\/new(?:\?dataset=([0-9a-f]{32})|\?from=([0-9a-f]{1,64}))?$/, page: () => import('./pages/newjob.js'), nav: 'new' },
   { pattern: /^#\/jobs\/([0-9a-f]{1,64})$/, page: () => import('./pages/job.js'), nav: 'jobs' },
   { pattern: /^#\/trials\/([0-9a-f]{1,64})$/, page: () => import('./pages/trial.js'), nav: 'jobs' },
   { pattern: /^#\/compare\?jobs=([0-9a-f,]{1,2000})$/, page: () => import('./pages/compare.js'), nav: 'jobs' },
@@ -25,6 +25,20 @@ function loadMetrics() {
 }
 let cleanup = null;
 let generation = 0;
+let shownKey = null;
+
+/** Who the key signs in as, in the header beside "Sign out": asked once per key. */
+function showIdentity() {
+  const key = session.key();
+  if (key === shownKey) return;
+  shownKey = key;
+  const owner = document.getElementById('owner');
+  clear(owner);
+  api.get('/whoami').then((me) => {
+    if (session.key() !== key) return;
+    clear(owner, 'Signed in as ', h('strong', {}, me.owner), me.is_admin ? [' ', h('span', { class: 'chip', title: 'sees and manages every owner\'s jobs' }, 'admin')] : null);
+  }, () => { shownKey = null; });
+}
 
 function frame(signedIn, nav) {
   document.getElementById('nav').hidden = !signedIn;
@@ -45,6 +59,7 @@ async function route() {
   const mine = ++generation;
   if (cleanup) { try { cleanup(); } catch (e) { console.warn(e); } cleanup = null; }
   frame(!r.open, r.nav);
+  if (!r.open) showIdentity();
   window.scrollTo(0, 0);
   try {
     const [module] = await Promise.all([r.page(), r.open ? null : loadMetrics()]);

@@ -8,6 +8,7 @@ import {
   metricDirection, metricLabel, selectionMetric, throttle, toast,
 } from '../ui.js';
 import { bestSummary, progress, setup } from './jobs.js';
+import { jobControls } from './jobcontrols.js';
 import { mountAnalysis } from '../analysis.js';
 import { notesCard } from '../notes.js';
 
@@ -120,10 +121,16 @@ export async function render(view, jobId) {
   );
 
   // -- header and KPIs ---------------------------------------------------------------------
+  const controls = jobControls((updated, resumed) => {
+    if (resumed) { window.dispatchEvent(new HashChangeEvent('hashchange')); return; }  // watch the resumed job live
+    state.job = { ...state.job, ...updated };
+    paintHead();
+  });
   function paintHead() {
     const job = state.job;
     const spec = job.spec || {};
     const active = job.status === 'queued' || job.status === 'running';
+    controls.update(job);
     const cancel = h('button', {
       class: 'btn btn-danger', type: 'button', id: 'cancel-job', hidden: !active,
       onclick: async () => {
@@ -144,7 +151,7 @@ export async function render(view, jobId) {
         h('h1', {}, job.name), badge(job.status), live,
         h('div', { class: 'spacer' }),
         h('button', { class: 'btn btn-ghost', type: 'button', onclick: () => { specBox.hidden = !specBox.hidden; } }, 'Spec'),
-        cancel),
+        controls.buttons, cancel),
       h('div', { class: 'meta' },
         h('span', { class: 'mono' }, job.id), copyButton(job.id),
         h('span', {}, `created ${fmt.time(job.created_at)}`),
@@ -156,6 +163,7 @@ export async function render(view, jobId) {
           .filter(Boolean).map((t) => h('span', { class: 'chip' }, t)),
         state.objectives.map((o) => h('span', { class: 'chip chip-objective' }, `${o.direction === 'maximize' ? '↑' : '↓'} ${metricLabel(o.metric)}`))),
       job.error ? h('div', { class: 'alert alert-error' }, job.error) : null,
+      controls.form,
       specBox);
     const counts = countStates();
     clear(kpis,

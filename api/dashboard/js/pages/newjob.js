@@ -26,17 +26,19 @@ function datasetChoice(datasets) {
   };
 }
 
-/** `datasetId` (from `#/new?dataset=ID`) starts the form on that dataset. */
-export async function render(view, datasetId) {
-  let catalog, datasets;
+/** `datasetId` (from `#/new?dataset=ID`) starts the form on that dataset; `fromJob` (from
+ * `#/new?from=JOB`, the job page's Clone) fills it with that job's stored spec, to edit and submit. */
+export async function render(view, datasetId, fromJob) {
+  let catalog, datasets, source;
   try {
-    [catalog, datasets] = await Promise.all([api.get('/catalog'), allDatasets()]);
+    [catalog, datasets, source] = await Promise.all([api.get('/catalog'), allDatasets(), fromJob ? api.get(`/jobs/${fromJob}`) : null]);
   } catch (error) {
     if (error.status !== 401) view.append(errorBox(error));
     return null;
   }
   const form = new SpecForm(catalog, { choices: { 'dataset.params.id': datasetChoice(datasets) } });
   if (datasetId) form.parts.dataset.set({ name: 'upload', params: { id: datasetId } });
+  if (source) form.setValue(source.spec);
   const summary = h('div', { class: 'alert alert-error', id: 'form-errors', hidden: true });
   const preview = h('pre', { class: 'code preview', id: 'spec-preview' });
   const submit = h('button', { class: 'btn btn-primary btn-lg', type: 'submit', id: 'submit-job' }, 'Submit job');
@@ -98,7 +100,10 @@ export async function render(view, datasetId) {
   view.append(
     h('div', { class: 'page-head' },
       h('div', {}, h('div', { class: 'crumbs' }, h('a', { href: '#/jobs' }, 'Jobs'), ' / New job'), h('h1', {}, 'New job'),
-        h('p', { class: 'muted' }, 'Fields and choices come from the server\'s catalog; values are checked here and again by the API.'))),
+        source
+          ? h('p', { class: 'muted', id: 'clone-source' }, 'A clone of job ', h('a', { href: `#/jobs/${source.id}` }, source.name),
+            ': its spec fills the form; edit it and submit a new job (the original is left as it is).')
+          : h('p', { class: 'muted' }, 'Fields and choices come from the server\'s catalog; values are checked here and again by the API.'))),
     h('div', { class: 'new-job' },
       h('form', { class: 'new-job-form', onsubmit: onSubmit, novalidate: true }, summary, form.el,
         h('div', { class: 'form-actions' }, submit, h('a', { class: 'btn btn-ghost', href: '#/jobs' }, 'Cancel'))),
