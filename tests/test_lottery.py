@@ -303,4 +303,4 @@ def test_lottery_trial_on_digits_reports_rounds_and_reaches_the_planned_sparsity
     kept = {name: survivors_by_rate(n, 0.1 if name == "out" else 0.2, 3)[-1] for name, n in sizes.items()}
     assert [layer["density"] for layer in outcome.layers] == [kept[name] / n for name, n in sizes.items()]
     assert outcome.metrics["sparsity"] == pytest.approx(1 - sum(kept.values()) / sum(sizes.values()))
-    assert outcome.metrics["accuracy"] > 0.9
+    assert outcome.metrics["accuracy"] > 0.85  # as the other sparsifiers' digits trials: chance is 0.1

@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from nas.client.progress import best_text
 from nas.pareto import best_trial, pareto_front
 from nas.settings import Settings
 from nas.specs import JobSpec, JobStatus, TrialState
@@ -81,6 +82,8 @@ def test_the_front_and_the_best_trial_rank_on_validation_with_test_beside(store:
     best = best_trial(trials, spec.objectives)
     assert best is not None and best.number == 1
     assert best.metrics["test_accuracy"] == best.metrics["accuracy"] == 0.80  # recorded beside, not ranked on
+    # the SDK's and CLI's progress line: the value the best trial was chosen on, its test value beside
+    assert best_text(store.get_job(job.id), best) == "best val_accuracy 0.95 (accuracy 0.8)"
 
 
 def test_trials_recorded_before_validation_splits_still_rank_on_their_accuracy(store: Store, settings: Settings) -> None:
