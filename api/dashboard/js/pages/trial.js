@@ -187,27 +187,24 @@ export async function render(view, trialId) {
   // textContent: the log is shown as text, never parsed as markup.
   const logBox = h('pre', { class: 'code', id: 'trial-log', hidden: true });
   const logNote = h('p', { class: 'muted', id: 'trial-log-note' });
+  function showLog(text, note = '') {
+    logBox.textContent = text;
+    logBox.hidden = !text;
+    logNote.textContent = note;
+    logNote.hidden = !note;
+  }
   async function paintLog() {
     if (!FINISHED.includes(trial.state)) {
-      logBox.hidden = true;
-      logNote.textContent = 'The log (what the trial logged and warned, and its traceback if it fails) is shown when the trial ends.';
-      return;
-    }
-    if (!trial.has_log) {  // no request that can only answer 404
-      logBox.hidden = true;
-      logNote.textContent = trial.started_at ? 'No log was stored for this trial.' : `No log: the trial never ran (${trial.state}).`;
-      return;
-    }
-    try {
-      const text = await fetchText(`/trials/${trial.id}/log`);
-      if (disposed) return;
-      logBox.textContent = text;
-      logBox.hidden = false;
-      logNote.textContent = '';
-    } catch (error) {
-      if (disposed || error.status === 401) return;
-      logBox.hidden = true;
-      logNote.textContent = error.detail ?? error.message;
+      showLog('', 'The log (what the trial logged and warned, and its traceback if it fails) is shown when the trial ends.');
+    } else if (!trial.has_log) {  // no request that can only answer 404
+      showLog('', trial.started_at ? 'No log was stored for this trial.' : `No log: the trial never ran (${trial.state}).`);
+    } else {
+      try {
+        const text = await fetchText(`/trials/${trial.id}/log`);
+        if (!disposed) showLog(text);
+      } catch (error) {
+        if (!disposed && error.status !== 401) showLog('', error.detail ?? error.message);
+      }
     }
   }
 
