@@ -382,7 +382,7 @@ class JobColumns:
             return self.arch_column(name)
         valid = self.names()
         near = difflib.get_close_matches(name.removeprefix(ARCH), valid, n=3)
-        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        hint = f"; did you mean {' or '.join(near)}?" if near else "."
         keys = ", ".join(self.arch_keys) or "(no trial has one yet)"
         raise ValueError(
             f"{where}: no metric or architecture key {name!r}{hint} Metrics: {', '.join(dict.fromkeys([*METRICS, *sorted(self.metrics)]))}. "

@@ -39,13 +39,14 @@ def flatten(arch: ArchSpec) -> dict[str, Any]:
 
 def key_order(archs: Iterable[dict[str, Any]]) -> list[str]:
     """Every key of the (flattened) architectures, in the order trials sample them: a key a deeper
-    one adds comes after the key it follows there (``width_2`` after ``width_1``, not at the end)."""
+    one adds comes after the key it follows there (``width_2`` after ``width_1``, not at the end); keys
+    that follow none already seen go at the end."""
     keys: list[str] = []
     seen: set[str] = set()
     for arch in archs:
         if seen.issuperset(arch):
             continue
-        at = 0
+        at = len(keys)
         for key in arch:
             if key in seen:
                 at = keys.index(key) + 1

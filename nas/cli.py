@@ -441,6 +441,8 @@ def jobs(
 
 # The metrics ``nas trials`` shows, headed by their labels (and units) in nas.metrics.
 TRIAL_COLUMNS = ("accuracy", "sparsity", "nonzero_params", "latency_ms", "predicted_latency_ms")
+# Architecture keys ``nas trials`` shows at most: a cell-based space has dozens, which no terminal fits.
+MAX_ARCH_COLUMNS = 12
 
 
 def _heading(name: str) -> str:
@@ -472,6 +474,9 @@ def trials(
             return
         archs = [flatten(t.arch) for t in rows]
         keys = key_order(archs)
+        if len(keys) > MAX_ARCH_COLUMNS:
+            err.print(f"the first {MAX_ARCH_COLUMNS} of {len(keys)} architecture keys are shown; --csv or --json has them all")
+            keys = keys[:MAX_ARCH_COLUMNS]
         short = short_ids(t.id for t in rows)
         table = Table("#", id_column("id", short.values()), "state", *keys, *map(_heading, TRIAL_COLUMNS), "error")
         for t, arch in zip(rows, archs):

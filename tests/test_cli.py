@@ -212,12 +212,17 @@ def test_cli_trials_show_architecture_columns_and_csv(server: Server, cli_env: d
     assert re.search(r"depth.*width_0.*width_1.*activation", header), header
     assert "gelu" in table.stdout and "128" in table.stdout
 
+
     as_csv = _invoke(["trials", job_id[:6], "--csv"], cli_env)
     assert as_csv.exit_code == 0, as_csv.stderr
     lines = as_csv.stdout.splitlines()
     assert lines[0].startswith("id,number,state,arch.depth,arch.width_0,arch.width_1,arch.activation,accuracy,")
     assert len(lines) == 3 and ",gelu,0.75," in lines[2]
     assert _invoke(["trials", job_id, "--csv", "--json"], cli_env).exit_code == ExitCode.USAGE
+
+    server.store.create_trial(job_id, {f"op_{i}": "conv" for i in range(14)})  # a cell-based space's dozens of keys
+    capped = _invoke(["trials", job_id], cli_env)
+    assert "op_7" in capped.stdout and "op_8" not in capped.stdout and "the first 12 of 18" in capped.stderr
 
 
 def test_cli_ids_fit_a_narrow_terminal_and_copied_prefixes_work(
