@@ -397,7 +397,7 @@ def submit(
 
     With --from JOB the new job is a clone of JOB's spec; mappings in SPEC merge into it key by key
     (`budget: {max_trials: 50}` keeps the rest of the budget)."""
-    from nas.client._base import load_spec
+    from nas.client import load_spec
 
     if spec is None and from_job is None:
         raise fail("give a SPEC file, --from JOB, or both", ExitCode.USAGE)
