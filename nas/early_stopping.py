@@ -151,7 +151,9 @@ class Dominance(EarlyStoppingRule):
     params: Params
 
     def check(self, spec: JobSpec) -> list[Problem]:
-        comparable = [o.metric for o in spec.objectives if selection_metric(o.metric) in PER_EPOCH or o.metric in PLANNED]
+        comparable = [
+            o.metric for o in spec.objectives if selection_metric(o.metric) in PER_EPOCH or o.metric in PLANNED
+        ]
         problems: list[Problem] = []
         if not any(selection_metric(o.metric) in PER_EPOCH for o in spec.objectives):
             problems.append(

@@ -67,7 +67,8 @@ _ALL = (
            description="cross-entropy on the validation split, after every epoch and of the final model: what "
                        "selection ranks the loss objective on"),
     Metric(name="test_accuracy", label="Test accuracy", unit="", kind="fraction", direction="maximize",
-           objective=False, split="test", description="accuracy of the final model on the test split: the same as accuracy"),
+           objective=False, split="test",
+           description="accuracy of the final model on the test split: the same as accuracy"),
     Metric(name="test_loss", label="Test loss", unit="", kind="float", direction="minimize", objective=False,
            split="test", description="cross-entropy of the final model on the test split: the same as loss"),
     Metric(name="search_val_accuracy", label="Search accuracy (α split)", unit="", kind="fraction",

@@ -172,8 +172,9 @@ def end_trial(
     ``val_loss``: what selection ranks on) and on ``search_split`` (``search_val_accuracy``, where the
     strategy trained its architecture on a part of the training data, as DASS trains α);
     ``last_epoch`` reports the held last epoch with that evaluation. Then, once, on the test split
-    (``accuracy`` and ``loss``, also recorded as ``test_accuracy`` and ``test_loss``). The model is then converted to the sparse inference model (CSR or shrunk
-    layers where they measure faster; the same function), and both are measured: the latency
+    (``accuracy`` and ``loss``, also recorded as ``test_accuracy`` and ``test_loss``). The model is
+    then converted to the sparse inference model (CSR or shrunk layers where they measure faster;
+    the same function), and both are measured: the latency
     metrics are those :mod:`nas.metrics` defines (``latency_ms`` is the per-call 10th percentile of
     the inference model). ``arch`` is the search-space architecture the saved model rebuilds from
     (:func:`load_trained_model`); ``extra_metadata`` (strings in the saved model) and ``outputs``
@@ -203,7 +204,7 @@ def end_trial(
         "loss": test_loss,
         "test_accuracy": accuracy,
         "test_loss": test_loss,
-        **{name: value for name, value in evaluation.items() if name in ("val_accuracy", "val_loss", "search_val_accuracy")},
+        **{k: v for k, v in evaluation.items() if k in ("val_accuracy", "val_loss", "search_val_accuracy")},
         "latency_ms": latency["p10_ms"],
         "latency_median_ms": latency["median_ms"],
         "latency_iqr_ms": latency["iqr_ms"],

@@ -82,7 +82,8 @@ def test_selection_ranks_every_objective_on_a_validation_or_split_free_metric() 
 def test_objectives_name_the_quantity_never_a_split(metric: str, why: str,
                                                     api: tuple[TestClient, dict[str, str]]) -> None:
     client, headers = api
-    refused = client.post(f"{API}/jobs", headers=headers, json=spec(objectives=[{"metric": metric, "direction": "maximize"}]))
+    objectives = [{"metric": metric, "direction": "maximize"}]
+    refused = client.post(f"{API}/jobs", headers=headers, json=spec(objectives=objectives))
     assert refused.status_code == 422
     assert why in refused.text and "accuracy, loss" in refused.text, refused.text
 

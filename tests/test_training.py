@@ -15,7 +15,8 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 LENET = {"depth": 2, "width_0": 300, "width_1": 100, "activation": "relu"}
 FINAL_METRICS = {
-    "accuracy", "loss", "test_accuracy", "test_loss", "val_accuracy", "val_loss", "sparsity", "nonzero_params", "params", "flops", "nonzero_flops",
+    "accuracy", "loss", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
+    "sparsity", "nonzero_params", "params", "flops", "nonzero_flops",
     "latency_ms", "latency_median_ms", "latency_iqr_ms", "masked_latency_ms", "train_time_s",
 }  # fmt: skip
 
@@ -66,7 +67,8 @@ def test_lenet_on_digits_learns_and_hits_the_target_sparsity(data_dir: Path) -> 
 def test_the_validation_split_is_held_out_of_the_training_data_stratified_and_seeded(data_dir: Path) -> None:
     job = spec({"name": "digits"}, training={"val_fraction": 0.2, "val_seed": 3})
     data, stored = load_data(job, data_dir), load_dataset("digits", {}, data_dir)
-    assert len(data.y_train) + len(data.y_val) == len(stored.y_train) and len(data.y_val) == round(0.2 * len(stored.y_train))
+    assert len(data.y_train) + len(data.y_val) == len(stored.y_train)
+    assert len(data.y_val) == round(0.2 * len(stored.y_train))
     assert torch.equal(data.x_test, torch.from_numpy(stored.x_test))  # the test split is untouched
     rows = {row.tobytes() for row in stored.x_train}  # every validation example comes from the training split
     assert all(row.numpy().tobytes() in rows for row in data.x_val)

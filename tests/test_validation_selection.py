@@ -86,7 +86,7 @@ def test_the_front_and_the_best_trial_rank_on_validation_with_test_beside(store:
     assert best_text(store.get_job(job.id), best) == "best val_accuracy 0.95 (accuracy 0.8)"
 
 
-def test_trials_recorded_before_validation_splits_still_rank_on_their_accuracy(store: Store, settings: Settings) -> None:
+def test_trials_recorded_before_validation_splits_rank_on_their_accuracy(store: Store, settings: Settings) -> None:
     spec = job_spec()
     job = store.create_job(spec, "tester")
     for number, accuracy in enumerate((0.9, 0.8)):

@@ -180,7 +180,8 @@ def search(
 
 
 def _evaluate(model: Supernet, data: Data, batch_size: int, recalibrate: bool) -> tuple[float, float, float]:
-    """Loss and accuracy on ``data.test``, accuracy on ``data.val``; BatchNorm statistics recomputed first after pruning.
+    """Loss and accuracy on ``data.test``, accuracy on ``data.val``; BatchNorm statistics recomputed
+    first after pruning.
 
     Pruning to a few percent leaves channels all but constant while the running averages still
     hold their dense-era statistics; fresh ones over the whole training split match what training sees.

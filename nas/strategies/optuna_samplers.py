@@ -294,7 +294,8 @@ def _objective_value(metrics: dict[str, float], metric: str) -> float | None:
 
 
 def _intermediate(trial: Trial, objective: str) -> dict[int, float]:
-    """The objective per epoch (on the validation split): the trial's history when loaded, else its last epoch's metrics."""
+    """The objective per epoch, on the validation split: the trial's history when loaded, else its
+    last epoch's metrics."""
     metric = selection_metric(objective)
     if metric not in PER_EPOCH:  # reported after every epoch: usable as intermediate values
         return {}
