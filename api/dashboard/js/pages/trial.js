@@ -61,6 +61,8 @@ export async function render(view, trialId) {
       return box;
     };
     clear(metricsBox,
+      // what selection ranked the trial on, then the test numbers beside it
+      ...(m.val_accuracy !== undefined ? [metricKpi('val_accuracy', m.val_loss !== undefined ? `loss ${fmt.num(m.val_loss)}` : null)] : []),
       metricKpi('accuracy', m.loss !== undefined ? `loss ${fmt.num(m.loss)}` : null),
       metricKpi('sparsity', m.nonzero_params !== undefined ? `${fmt.compact(m.nonzero_params)} of ${fmt.compact(m.params)} weights nonzero` : null),
       metricKpi('latency_ms', latencySub || metricDescription('latency_ms')),
