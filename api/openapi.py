@@ -28,7 +28,9 @@ def _lower_maximum(schema: dict[str, Any], maximum: int) -> None:
 def server_limits(document: dict[str, Any], settings: Settings) -> None:
     """Write the server's per-job limits (:mod:`api.limits`) into the JobSpec's component schemas."""
     schemas = document["components"]["schemas"]
-    _lower_maximum(schemas["Budget"]["properties"]["max_trials"], settings.limit_trials_per_job)
+    for budget in ("Budget", "BudgetRaise"):  # a spec's budget, and a raise of it (PATCH /jobs/{id})
+        if budget in schemas:
+            _lower_maximum(schemas[budget]["properties"]["max_trials"], settings.limit_trials_per_job)
     _lower_maximum(schemas["TrainingSpec"]["properties"]["epochs"], settings.limit_trial_epochs)
     _lower_maximum(schemas["Constraints"]["properties"]["max_params"], settings.limit_params)
 

@@ -63,6 +63,15 @@ EXPLAINED: dict[tuple[str, str], tuple[str, Callable[[Detail], bool]]] = {
         "exactly one of architecture and layers, layers whose shapes chain, activations within the server's limit",
         _each(_network_problem),
     ),
+    ("GET", "/api/v1/jobs/{job_id}/importance"): (
+        "importance needs complete trials whose architectures vary; the job's trials decide",
+        _each(lambda e: e.get("loc") == ["query", "objective"] and e.get("type") == "value_error"),
+    ),
+    ("PATCH", "/api/v1/jobs/{job_id}"): (
+        "a budget is only ever raised: the lowest valid max_trials and timeout_s are the job's current ones; "
+        "max_trials x the job's epochs stays within the server's trial-epochs",
+        _each(lambda e: e.get("type") == "budget_not_raised" or e.get("loc") == ["body", "training", "epochs"]),
+    ),
     ("POST", "/api/v1/specs/parse"): (
         "the YAML must parse into a job spec mapping", _each(lambda e: e.get("loc") == ["body", "yaml"])
     ),

@@ -125,7 +125,9 @@ def test_importance_route_names_what_is_wrong(app_client: TestClient, store: Sto
     url = f"/api/v1/jobs/{alice['job']}/importance"
     unknown = app_client.get(url, params={"objective": "acuracy"}, headers=auth(alice["key"]))
     assert unknown.status_code == 422
-    assert "'acuracy' is not a metric; valid: accuracy" in unknown.json()["detail"][0]["msg"]
+    assert unknown.json()["detail"][0]["loc"] == ["query", "objective"]
+    assert unknown.json()["detail"][0]["msg"].startswith("'acuracy' is not one of 'accuracy',")
+    assert unknown.json()["detail"][0]["msg"].endswith("; did you mean 'accuracy'?")
     bad = app_client.get(url, params={"evaluator": "shap"}, headers=auth(alice["key"]))
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "evaluator"]
     bob = store.create_api_key("bob")

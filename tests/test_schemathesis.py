@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.sdk_server import Server, serve
+from nas.specs import JobSpec
+from tests.sdk_server import SPEC, Server, complete_trial, serve
 
 REPO = Path(__file__).resolve().parents[1]
+OWNER = "fuzzer"
 
 # Operations not run, and why.
 EXCLUDED = {
@@ -32,8 +34,10 @@ EXCLUDED = {
 SLOW = ("/api/v1/datasets", "/api/v1/models", "/api/v1/latency/predict")
 
 
-def _config() -> str:
-    return "\n".join(f'[[operations]]\ninclude-path = "{path}"\nrequest-timeout = 60\n' for path in SLOW)
+def _config(job_id: str, trial_id: str) -> str:
+    """Routes of one job or trial read the fuzzer's own (queued, with complete trials): made-up ids only reach 404."""
+    parameters = f'[parameters]\n"path.job_id" = "{job_id}"\n"path.trial_id" = "{trial_id}"\n'
+    return parameters + "\n".join(f'[[operations]]\ninclude-path = "{path}"\nrequest-timeout = 60\n' for path in SLOW)
 
 
 @pytest.fixture
@@ -42,15 +46,17 @@ def live(tmp_path: Path) -> Iterator[tuple[Server, str]]:
     server_gen = serve(tmp_path, auth_failures_per_minute=10**6)
     server = next(server_gen)
     try:
-        yield server, server.store.create_api_key("fuzzer")
+        yield server, server.store.create_api_key(OWNER)
     finally:
         server_gen.close()
 
 
 def test_api_conforms_to_its_schema(live: tuple[Server, str], tmp_path: Path) -> None:
     server, key = live
+    job = server.store.create_job(JobSpec.model_validate(SPEC), OWNER)
+    trials = [complete_trial(server.store, job.id, accuracy=0.9 - i / 10, latency_ms=1.0 + i, sparsity=0.5) for i in range(3)]
     config = tmp_path / "schemathesis.toml"
-    config.write_text(_config())
+    config.write_text(_config(job.id, trials[0].id))
     excluded = [arg for path in EXCLUDED for arg in ("--exclude-path", path)]
     command = [
         sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",

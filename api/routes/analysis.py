@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -32,6 +33,12 @@ def _cache(request: Request) -> OrderedDict[_CacheKey, Importances]:
     return cache
 
 
+# The metrics importance can rank on: those with a direction.
+DirectedMetric = enum.Enum(  # type: ignore[misc]
+    "DirectedMetric", {m.name: m.name for m in trial_metrics.METRICS.values() if m.direction != "none"}, type=str
+)
+
+
 def _invalid(field: str, message: str) -> HTTPException:
     return HTTPException(422, [{"loc": ["query", field], "msg": message, "type": "value_error"}])
 
@@ -43,7 +50,7 @@ def importance(
     store: StoreDep,
     principal: PrincipalDep,
     objective: Annotated[
-        str | None, Query(max_length=80, description="a metric (default: the job's first objective)")
+        DirectedMetric | None, Query(description="a metric with a direction (default: the job's first objective)")
     ] = None,
     evaluator: Annotated[Evaluator, Query(description="Optuna's fANOVA, PED-ANOVA or mean decrease in impurity")] = "fanova",
 ) -> Importances:
@@ -55,7 +62,7 @@ def importance(
     """
     job = store.get_job(job_id, principal)  # 404 for another owner's job
     objectives = {o["metric"]: o["direction"] for o in job.spec["objectives"]}
-    name = objective or next(iter(objectives))
+    name = objective.value if objective is not None else next(iter(objectives))
     direction = objectives.get(name) or _direction(name)
     key = (job.id, job.n_complete, name, evaluator)
     cache = _cache(request)
@@ -74,13 +81,10 @@ def importance(
 
 
 def _direction(objective: str) -> Literal["maximize", "minimize"]:
-    """The direction of a metric the job does not optimise; 422 for an unknown one or one without a direction."""
-    metric = trial_metrics.METRICS.get(objective)
-    if metric is None or metric.direction == "none":
-        ranked = [m.name for m in trial_metrics.METRICS.values() if m.direction != "none"]
-        what = "has no better direction" if metric else "is not a metric"
-        raise _invalid("objective", f"{objective!r} {what}; valid: {', '.join(ranked)}")
-    return metric.direction
+    """The direction of a metric the job does not optimise (the query takes only :data:`DirectedMetric`)."""
+    direction = trial_metrics.METRICS[objective].direction
+    assert direction != "none"
+    return direction
 
 
 def _declared(spec: dict[str, Any]) -> dict[str, BaseDistribution] | None:

@@ -251,11 +251,22 @@ async def _job_events(feed: JobFeed, auth: StreamAuth) -> AsyncIterator[str]:
         await asyncio.sleep(POLL_S)
 
 
+# One server-sent event, as OpenAPI before 3.2 documents a stream: its schema describes each event.
+_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "description": "trial, epoch, job, reset or denied"},
+        "data": {"type": "string", "description": "one line of JSON"},
+        "id": {"type": "string", "description": "the resume point to send back as Last-Event-ID"},
+    },
+}
+
+
 @router.get(
     "/jobs/{job_id}/events",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "an event stream"},
+        200: {"content": {"text/event-stream": {"schema": _EVENT}}, "description": "an event stream"},
         **errors(404),
     },
 )

@@ -49,7 +49,11 @@ def _budget_field(name: str, kind: type) -> Any:
 class BudgetRaise(BaseModel):
     """Budget fields to raise; each only upwards, and within this server's limits."""
 
-    model_config = ConfigDict(extra="forbid")
+    # At least one of them, not null (the route answers 422 otherwise).
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["max_trials"], "properties": {"max_trials": {"type": "integer"}}},
+        {"required": ["timeout_s"], "properties": {"timeout_s": {"type": "number"}}},
+    ]})  # fmt: skip
     max_trials: _budget_field("max_trials", int) = Field(None, description="more trials in all (never fewer)")
     timeout_s: _budget_field("timeout_s", float) = Field(
         None, description="a longer time limit (never shorter); a finished job's counts again from its restart"
