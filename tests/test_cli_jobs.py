@@ -3,17 +3,19 @@ raise a budget, delete, who am I), and ``nas serve --demo`` restarted as a user 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from nas.cli import ExitCode
 from nas.cli import app as cli_app
-from nas.client import Client
+from nas.client import AsyncClient, Client, NotFoundError
 from nas.specs import JobStatus
 from nas.store import Principal
 from tests.sdk_server import SPEC, Server
@@ -79,6 +81,23 @@ def test_whoami(server: Server, key: str, owner: str) -> None:
     assert result.exit_code == 0 and result.stdout.strip() == owner
     admin = server.store.create_api_key(f"{owner}-admin", is_admin=True)
     assert _invoke(["whoami"], server, admin).stdout.strip() == f"{owner}-admin (admin)"
+
+
+def test_the_async_client_controls_jobs_as_the_client_does(server: Server, key: str, owner: str) -> None:
+    async def control() -> None:
+        async with AsyncClient(server.url, key) as client:
+            assert (await client.whoami()).owner == owner
+            job = await client.submit({**SPEC, "budget": {"max_trials": 2}})
+            clone = await client.clone_job(job.id, name="clone", budget={"max_trials": 3})
+            assert clone.name == "clone" and clone.spec["budget"] == {**job.spec["budget"], "max_trials": 3}
+            raised = await client.extend_job(clone.id, max_trials=4)
+            assert raised.spec["budget"]["max_trials"] == 4 and raised.status is JobStatus.queued
+            await client.cancel(job.id)
+            await client.delete_job(job.id)
+            with pytest.raises(NotFoundError):
+                await client.job(job.id)
+
+    asyncio.run(control())
 
 
 def test_serve_demo_reuses_its_key_and_job_on_restart(tmp_path: Path, data_dir: Path) -> None:
