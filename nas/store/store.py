@@ -74,9 +74,7 @@ CANCELLED_BEFORE_START = "its job was cancelled before it started"
 JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled, JobStatus.failed}),
     JobStatus.running: frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}),
-    # A finished job whose budget is raised is queued again and resumed with its trials.
-    **{done: frozenset({JobStatus.queued}) for done in JobStatus if done.finished},
-}
+}  # and a finished job whose budget is raised is queued again (Store.extend_budget), nothing else
 # The budget fields a running or finished job may raise (PATCH /jobs/{id}).
 EXTENSIBLE_BUDGET = ("max_trials", "timeout_s")
 
