@@ -180,3 +180,18 @@ def test_delete_refuses_an_active_job_and_lets_an_admin_delete(
     store.finish_job(queued["id"], JobStatus.cancelled, "cancelled by its owner")
     assert client.delete(f"{API}/jobs/{queued['id']}", headers=auth(keys["admin"])).status_code == 204
     assert client.get(f"{API}/jobs", headers=auth(keys["alice"])).json()["items"] == []
+
+
+def test_a_raise_as_the_job_ends_queues_it_again(client: TestClient, store: Store, keys: dict[str, str]) -> None:
+    job = submit(client, keys["alice"], budget={"max_trials": 2})
+    assert store.claim_job("runner", lease_s=60) == job["id"]
+    ran_under = store.job_budget(job["id"])  # the runner's last look at the budget
+    assert _patch(client, keys["alice"], job["id"], {"max_trials": 3}).json()["status"] == "running"
+    store.finish_job(job["id"], JobStatus.succeeded)  # the runner ends the job under the budget it saw
+
+    assert store.requeue_if_raised(job["id"], ran_under) is True
+    assert store.get_job(job["id"]).status is JobStatus.queued
+    assert store.claim_job("runner-2", lease_s=60) == job["id"]
+    store.finish_job(job["id"], JobStatus.succeeded)
+    assert store.requeue_if_raised(job["id"], store.job_budget(job["id"])) is False  # ended under its budget
+    assert store.get_job(job["id"]).status is JobStatus.succeeded

@@ -205,6 +205,9 @@ class JobRunner:
                         self._measure_baseline()
                         self._fit()
             self._conclude()
+            ran_under = self.spec.budget.model_dump(mode="json")
+            if self.stop_reason is None and self.store.requeue_if_raised(self.job_id, ran_under):
+                log.info("job %s: its budget was raised as it ended; queued again", self.job_id)
         except Exception as exc:  # a bug must end the job visibly, never leave it running
             log.exception("job %s failed in its runner", self.job_id)
             self._fail_unfinished(f"runner error: {exc}")

@@ -447,12 +447,28 @@ class Store:
                 return self._job(s, row)  # already so (a repeated change): nothing to do
             if JobStatus(row.status).finished:
                 self._check_quota(s, row.owner, row.spec, max_active, None, None)
-                row.status = JobStatus.queued.value
-                row.cancel_requested = False
-                row.finished_at = row.error = row.lease_owner = row.lease_expires_at = None
+                self._requeue(row)
             row.spec = {**row.spec, "budget": {**budget, **raised}}  # a new dict: the JSON column sees the change
             s.flush()
             return self._job(s, row)
+
+    @retrying(idempotent=True)
+    def requeue_if_raised(self, job_id: str, budget: Mapping[str, Any]) -> bool:
+        """Queue a job its runner just finished under ``budget`` again if its stored budget differs:
+        the owner raised it after the runner's last look (:meth:`extend_budget` found it running)."""
+        with self._write() as s:
+            row = self._job_row(s, job_id, None, lock=True)
+            if not JobStatus(row.status).finished or row.spec["budget"] == dict(budget):
+                return False
+            self._requeue(row)
+            return True
+
+    @staticmethod
+    def _requeue(row: JobRow) -> None:
+        """A finished job queued again, to be resumed with its trials."""
+        row.status = JobStatus.queued.value
+        row.cancel_requested = False
+        row.finished_at = row.error = row.lease_owner = row.lease_expires_at = None
 
     @retrying(idempotent=True)
     def job_budget(self, job_id: str) -> dict[str, Any]:
