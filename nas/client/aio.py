@@ -314,14 +314,6 @@ class AsyncClient:
         """:meth:`trials_csv` as a pandas DataFrame; see :meth:`Client.trials_dataframe`."""
         return trials_dataframe(await self.trials_csv(job_id))
 
-    async def trials_csv(self, job_id: str) -> str:
-        """Every trial of the job as CSV; see :meth:`Client.trials_csv`."""
-        return (await self._request("GET", f"/jobs/{job_id}/trials.csv")).text
-
-    async def trials_dataframe(self, job_id: str) -> pandas.DataFrame:
-        """:meth:`trials_csv` as a pandas DataFrame; see :meth:`Client.trials_dataframe`."""
-        return trials_dataframe(await self.trials_csv(job_id))
-
     async def pareto(self, job_id: str) -> list[Trial]:
         """The job's non-dominated complete trials under its objectives."""
         return [Trial.model_validate(t) for t in (await self._get(f"/jobs/{job_id}/pareto"))["items"]]

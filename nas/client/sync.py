@@ -309,15 +309,6 @@ class Client:
         """:meth:`trials_csv` as a pandas DataFrame, one row per trial (needs pandas)."""
         return trials_dataframe(self.trials_csv(job_id))
 
-    def trials_csv(self, job_id: str) -> str:
-        """Every trial of the job as CSV: ``id``, ``number``, ``state``, one ``arch.KEY`` column per
-        architecture key, the metrics, ``started_at``, ``finished_at`` (``GET /jobs/{id}/trials.csv``)."""
-        return self._request("GET", f"/jobs/{job_id}/trials.csv").text
-
-    def trials_dataframe(self, job_id: str) -> pandas.DataFrame:
-        """:meth:`trials_csv` as a pandas DataFrame, one row per trial (needs pandas)."""
-        return trials_dataframe(self.trials_csv(job_id))
-
     def pareto(self, job_id: str) -> list[Trial]:
         """The job's non-dominated complete trials under its objectives."""
         return [Trial.model_validate(t) for t in self._get(f"/jobs/{job_id}/pareto")["items"]]
