@@ -151,6 +151,12 @@ export function mountAnalysis(jobId, job, openTrial) {
   let trials = [], dims = [], scatter = null, loadedComplete = -1, timer = null, latest = job;
 
   async function loadImportance() {
+    // A young job cannot be analysed yet: say so here rather than ask the server for a 422.
+    if (trials.length < 2 || !dims.length) {
+      clear(el.importance, h('p', { class: 'muted', id: 'importance-why' },
+        trials.length < 2 ? 'Parameter importance needs at least two complete trials.' : 'No architecture dimension varies yet.'));
+      return;
+    }
     try {
       importanceBars(el.importance, await api.get(`/jobs/${jobId}/importance`, { objective: objectiveSelect.value, evaluator: evaluatorSelect.value }));
     } catch (error) {
@@ -203,7 +209,7 @@ export function mountAnalysis(jobId, job, openTrial) {
   async function refresh(nComplete) {
     if (nComplete === loadedComplete) return;
     loadedComplete = nComplete;
-    try { await Promise.all([loadTrials(), loadImportance()]); } catch (error) { if (error.status !== 401) clear(el.parallel, errorBox(error)); }
+    try { await loadTrials(); await loadImportance(); } catch (error) { if (error.status !== 401) clear(el.parallel, errorBox(error)); }
   }
 
   refresh(job.n_complete ?? 0);
