@@ -107,6 +107,22 @@ class Client:
             raise error_for(response)
         return response
 
+    def _delete(self, path: str) -> None:
+        """DELETE ``path``, retried; a 404 after the first attempt means an earlier attempt deleted it
+        before its answer was lost, so it counts as done."""
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self._send("DELETE", path)
+            except NotFoundError:
+                if attempts == 1:
+                    raise
+
+        self._retried(attempt, idempotent=True)
+
     def _retried(self, attempt: Callable[[], T], idempotent: bool) -> T:
         try:
             return tenacity.Retrying(**self.settings.retry.options(idempotent))(attempt)
@@ -179,18 +195,7 @@ class Client:
 
     def delete_job(self, job_id: str) -> None:
         """Delete a finished job with its trials and model files. 409 while it is queued or running: cancel it first."""
-        attempts = 0
-
-        def attempt() -> None:
-            nonlocal attempts
-            attempts += 1
-            try:
-                self._send("DELETE", f"/jobs/{job_id}")
-            except NotFoundError:
-                if attempts == 1:  # later, an earlier attempt may have deleted it before its answer was lost
-                    raise
-
-        self._retried(attempt, idempotent=True)
+        self._delete(f"/jobs/{job_id}")
 
     def whoami(self) -> Identity:
         """The owner this client's key signs in as, and whether it is an admin key."""
@@ -449,18 +454,7 @@ class Client:
 
     def delete_dataset(self, dataset_id: str) -> None:
         """Delete a dataset and its stored files. 409 while a queued or running job uses it."""
-        attempts = 0
-
-        def attempt() -> None:
-            nonlocal attempts
-            attempts += 1
-            try:
-                self._send("DELETE", f"/datasets/{dataset_id}")
-            except NotFoundError:
-                if attempts == 1:  # later, an earlier attempt may have deleted it before its answer was lost
-                    raise
-
-        self._retried(attempt, idempotent=True)
+        self._delete(f"/datasets/{dataset_id}")
 
     # -- models ---------------------------------------------------------------------------
 
@@ -504,15 +498,4 @@ class Client:
 
     def delete_model(self, model_id: str) -> None:
         """Delete a model and its stored file. 409 while a queued or running job searches it."""
-        attempts = 0
-
-        def attempt() -> None:
-            nonlocal attempts
-            attempts += 1
-            try:
-                self._send("DELETE", f"/models/{model_id}")
-            except NotFoundError:
-                if attempts == 1:  # later, an earlier attempt may have deleted it before its answer was lost
-                    raise
-
-        self._retried(attempt, idempotent=True)
+        self._delete(f"/models/{model_id}")

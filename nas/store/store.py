@@ -513,12 +513,10 @@ class Store:
     def annotate_trial(self, trial_id: str, annotation: Annotation, viewer: Principal | None = None) -> Trial:
         """Set the trial's note and merge its user attributes (its job's owner or admin); ``ValueError`` past the cap."""
         with self._write() as s:
-            trial_id = self._trial_id(s, trial_id, viewer)
-            row = self._trial_row(s, trial_id)
-            self._trial_visible(s, trial_id, row.job_id, viewer)
+            row = self._visible_trial_row(s, trial_id, viewer, lock=True)
             row.note, row.user_attrs = self._annotated(row.note, row.user_attrs, annotation)
             s.flush()
-            return self._trial(row, has_model=trial_id in self._has_model(s, [trial_id]))
+            return self._trial(row, has_model=row.id in self._has_model(s, [row.id]), has_log=row.id in self._has_log(s, [row.id]))
 
     @staticmethod
     def _annotated(note: str | None, attrs: dict[str, Any] | None, annotation: Annotation) -> tuple[str | None, dict[str, Any]]:
@@ -805,11 +803,8 @@ class Store:
     def get_trial(self, trial_id: str, viewer: Principal | None = None) -> Trial:
         """A trial with its per-epoch history and per-layer report."""
         with self._read() as s:
-            trial_id = self._trial_id(s, trial_id, viewer)
-            row = s.get(TrialRow, trial_id)
-            if row is None:
-                raise NotFound(f"trial {trial_id} not found")
-            self._trial_visible(s, trial_id, row.job_id, viewer)
+            row = self._visible_trial_row(s, trial_id, viewer)
+            trial_id = row.id
             history = s.scalars(
                 select(TrialEpochRow).where(TrialEpochRow.trial_id == trial_id).order_by(TrialEpochRow.epoch)
             )
@@ -830,12 +825,7 @@ class Store:
     def trial_log(self, trial_id: str, viewer: Principal | None = None) -> str | None:
         """The trial's stored log (``None`` when it has none); ``NotFound`` as :meth:`get_trial` says it."""
         with self._read() as s:
-            trial_id = self._trial_id(s, trial_id, viewer)
-            row = s.get(TrialRow, trial_id)
-            if row is None:
-                raise NotFound(f"trial {trial_id} not found")
-            self._trial_visible(s, trial_id, row.job_id, viewer)
-            return row.log
+            return self._visible_trial_row(s, trial_id, viewer).log
 
     @retrying(idempotent=True)
     def list_trials(
@@ -879,11 +869,7 @@ class Store:
     @retrying(idempotent=True)
     def get_artifact(self, trial_id: str, kind: str, fmt: str, viewer: Principal | None = None) -> Artifact:
         with self._read() as s:
-            trial_id = self._trial_id(s, trial_id, viewer)
-            job_id = s.scalar(select(TrialRow.job_id).where(TrialRow.id == trial_id))
-            if job_id is None:
-                raise NotFound(f"trial {trial_id} not found")
-            self._trial_visible(s, trial_id, job_id, viewer)
+            trial_id = self._visible_trial_row(s, trial_id, viewer).id
             row = s.scalars(
                 select(ArtifactRow).where(
                     ArtifactRow.trial_id == trial_id, ArtifactRow.kind == kind, ArtifactRow.format == fmt
@@ -1276,13 +1262,19 @@ class Store:
         visible = (select(JobRow.id).where(JobRow.id == TrialRow.job_id, *mine).exists(),) if mine else ()
         return resolve_id(s, TrialRow.id, trial_id, "trial", *visible)
 
-    def _trial_visible(self, s: Session, trial_id: str, job_id: str, viewer: Principal | None) -> None:
-        """The same ``NotFound`` as for an unknown trial when the viewer may not see its job: the
-        answer must not reveal that the trial exists, nor its job's id."""
+    def _visible_trial_row(self, s: Session, trial_id: str, viewer: Principal | None, lock: bool = False) -> TrialRow:
+        """The row of the trial ``trial_id`` names (a unique prefix too), with the same ``NotFound`` as
+        for an unknown trial when the viewer may not see its job: the answer must not reveal that the
+        trial exists, nor its job's id."""
+        trial_id = self._trial_id(s, trial_id, viewer)
+        row = self._trial_row(s, trial_id) if lock else s.get(TrialRow, trial_id)
+        if row is None:
+            raise NotFound(f"trial {trial_id} not found")
         try:
-            self._job_row(s, job_id, viewer)
+            self._job_row(s, row.job_id, viewer)
         except NotFound:
             raise NotFound(f"trial {trial_id} not found") from None
+        return row
 
     def _trial_row(self, s: Session, trial_id: str) -> TrialRow:
         row = s.scalars(self._lock(select(TrialRow).where(TrialRow.id == trial_id), s)).first()
