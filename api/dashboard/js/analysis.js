@@ -4,7 +4,7 @@
 
 import { api } from './api.js';
 import { SCALES, Scatter, ticks } from './charts.js';
-import { card, clear, errorBox, fmt, formatMetric, h, metricLabel } from './ui.js';
+import { card, clear, errorBox, fmt, formatMetric, h, metricLabel, selectionMetric } from './ui.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 const MAX_TRIALS = 5000;  // complete trials drawn; a larger job shows its first ones and says so
@@ -179,7 +179,9 @@ export function mountAnalysis(jobId, job, openTrial) {
     dims = varyingDimensions(trials);
     const chosen = sliceDim.value;
     clear(sliceDim, dims.map((d) => h('option', { value: d, selected: d === chosen }, d)));
-    parallelCoordinates(el.parallel, trials, dims, objectives, openTrial);
+    // each objective on the value selection ranks it on (val_accuracy for accuracy) where trials record it
+    const ranked = objectives.map((m) => (trials.some((t) => Number.isFinite(t.metrics?.[selectionMetric(m)])) ? selectionMetric(m) : m));
+    parallelCoordinates(el.parallel, trials, dims, ranked, openTrial);
     paintSlice();
   }
 

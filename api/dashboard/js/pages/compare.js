@@ -3,7 +3,7 @@
 
 import { api } from '../api.js';
 import { COLORS, Scatter, paretoIndices } from '../charts.js';
-import { card, clear, errorBox, fmt, formatMetric, h, metricDirection, metricLabel } from '../ui.js';
+import { card, clear, errorBox, fmt, formatMetric, h, metricDirection, metricLabel, selectionMetric } from '../ui.js';
 
 const X_CHOICES = ['latency_ms', 'predicted_latency_ms', 'nonzero_params', 'flops', 'nonzero_flops', 'params', 'train_time_s'];
 
@@ -57,7 +57,8 @@ export async function render(view, ids) {
     return null;
   }
   const objectives = jobs.flatMap((j) => j.spec?.objectives || []);
-  const yChoices = [...new Set(objectives.filter((o) => o.direction === 'maximize').map((o) => o.metric).concat('accuracy'))];
+  // the value selection ranks each objective on (val_accuracy for accuracy) first, then the objective itself
+  const yChoices = [...new Set(objectives.filter((o) => o.direction === 'maximize').flatMap((o) => [selectionMetric(o.metric), o.metric]).concat('accuracy'))];
   const xChoices = [...new Set(objectives.filter((o) => o.direction === 'minimize').map((o) => o.metric).concat(X_CHOICES))];
   clear(ySelect, yChoices.map((m) => h('option', { value: m }, metricLabel(m))));
   clear(xSelect, xChoices.map((m) => h('option', { value: m }, metricLabel(m))));
