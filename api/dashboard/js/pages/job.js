@@ -366,7 +366,7 @@ export async function render(view, jobId) {
       x: { label: metricLabel(xm) + (xm.endsWith('_ms') ? ' (ms)' : ''), log, format: log ? fmt.compact : undefined },
       y: { label: metricLabel(y), format: pct ? pctTick : undefined },
       colorbar: { label: 'sparsity', min: 0, max: 1, format: pctTick, scale: 'viridis' },
-      legend: [{ label: `Pareto front (${front.length})`, color: '#e8590c', kind: 'line' }, { label: `${fmt.int(idx.length)} complete trials`, color: '#35b779' }],
+      legend: [{ label: `Pareto front (${front.length})`, color: '#e8590c', kind: 'line' }, { label: `${fmt.int(idx.length)} complete trial${idx.length === 1 ? '' : 's'}`, color: '#35b779' }],
     });
   }
 
