@@ -3,6 +3,7 @@ deleting a job with its files, and who a key signs in as."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,22 @@ def test_a_running_jobs_budget_is_raised(client: TestClient, store: Store, keys:
     untimed = submit(client, keys["alice"])
     loc, msg = _field_error(_patch(client, keys["alice"], untimed["id"], {"timeout_s": 60}))
     assert loc == ["body", "budget", "timeout_s"] and "no time limit" in msg
+
+
+def test_a_refused_raise_names_the_budget_and_leaves_the_note(
+    store: Store, settings: Settings, keys: dict[str, str]
+) -> None:
+    # 6 trials x 2 epochs passes 10 trial-epochs; the change named max_trials, not training.epochs
+    with TestClient(create_app(store, dataclasses.replace(settings, limit_trial_epochs=10))) as client:
+        job = submit(client, keys["alice"], budget={"max_trials": 4}, training={"epochs": 2})
+        store.claim_job("runner", lease_s=60)
+        refused = client.patch(
+            f"{API}/jobs/{job['id']}", json={"budget": {"max_trials": 6}, "note": "longer run"}, headers=auth(keys["alice"])
+        )
+        loc, msg = _field_error(refused)
+        assert loc == ["body", "budget", "max_trials"] and "12 trial-epochs" in msg
+        after = client.get(f"{API}/jobs/{job['id']}", headers=auth(keys["alice"])).json()
+        assert after["note"] is None and after["spec"]["budget"]["max_trials"] == 4
 
 
 @pytest.mark.parametrize("ending", [JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled])

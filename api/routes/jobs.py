@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, SettingsDep, StoreDep
-from api.limits import check_spec
+from api.limits import check_spec, spec_problems
 from api.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from api.responses import errors
 from api.routes.dashboard_api import get_queries
@@ -19,6 +19,7 @@ from nas import registry
 from nas.data.stored import UnknownDataset
 from nas.errors import BudgetNotRaised, TooManyJobs
 from nas.pareto import pareto_front
+from nas.settings import Settings
 from nas.specs import Annotation, Budget, Job, JobSpec, JobStatus, JobSummary, Objective, Page, Trial, TrialState
 from nas.store.artifacts import remove_job_files
 
@@ -124,27 +125,39 @@ def change_job(
     """Raise a job's budget (``budget.max_trials``, ``budget.timeout_s``): 422 naming the field if
     it would go down or pass this server's limits; 429 if a finished job, queued again, would pass
     its owner's active-job quota. Set its ``note`` (``""`` clears it) and merge ``user_attrs`` (a key
-    given as null is removed); 422 naming ``user_attrs`` if they would pass the size cap."""
+    given as null is removed); 422 naming ``user_attrs`` if they would pass the size cap. The budget
+    is checked and raised first, so a refused budget leaves the note and attributes as they were."""
+    job = store.get_job(job_id, principal)
+    if change.budget is not None:  # the budget first: a refused change of it writes nothing
+        raised = change.budget.model_dump(exclude_none=True)
+        if not raised:
+            raise HTTPException(422, [{"loc": ["body", "budget"], "msg": "name max_trials or timeout_s to raise",
+                                       "type": "missing", "input": {}}])  # fmt: skip
+        _check_raised_budget(job, raised, settings)
+        try:
+            job = store.extend_budget(job.id, raised, principal, max_active=settings.limit_active_jobs)
+        except BudgetNotRaised as exc:
+            raise HTTPException(422, [{"loc": ["body", "budget", exc.field], "msg": str(exc),
+                                       "type": "budget_not_raised", "input": raised.get(exc.field)}]) from None  # fmt: skip
+        except TooManyJobs as exc:
+            raise _too_many(exc) from None
     if change.model_fields_set & {"note", "user_attrs"}:
         try:
-            store.annotate_job(job_id, change, principal)
+            job = store.annotate_job(job.id, change, principal)
         except ValueError as exc:
             raise annotation_refused(exc) from None
-    job = store.get_job(job_id, principal)
-    if change.budget is None:
-        return job
-    raised = change.budget.model_dump(exclude_none=True)
-    if not raised:
-        raise HTTPException(422, [{"loc": ["body", "budget"], "msg": "name max_trials or timeout_s to raise",
-                                   "type": "missing", "input": {}}])  # fmt: skip
-    check_spec(JobSpec.model_validate({**job.spec, "budget": {**job.spec["budget"], **raised}}), settings)
-    try:
-        return store.extend_budget(job.id, raised, principal, max_active=settings.limit_active_jobs)
-    except BudgetNotRaised as exc:
-        raise HTTPException(422, [{"loc": ["body", "budget", exc.field], "msg": str(exc), "type": "budget_not_raised",
-                                   "input": raised.get(exc.field)}]) from None  # fmt: skip
-    except TooManyJobs as exc:
-        raise _too_many(exc) from None
+    return job
+
+
+def _check_raised_budget(job: Job, raised: dict[str, float], settings: Settings) -> None:
+    """422 if the raised budget passes this server's limits; a limit on the product of the budget
+    and the training (trial-epochs) is reported at the budget field the change raised."""
+    problems = spec_problems(JobSpec.model_validate({**job.spec, "budget": {**job.spec["budget"], **raised}}), settings)
+    for problem in problems:
+        if problem["loc"][1:2] == ["training"] and "max_trials" in raised:
+            problem.update(loc=["body", "budget", "max_trials"], input=raised["max_trials"])
+    if problems:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409))
