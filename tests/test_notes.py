@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from nas.cli import app as cli_app
 from nas.client import AsyncClient, Client, NotFoundError, ValidationError
+from nas.specs import MAX_ANNOTATION
 from tests.sdk_server import SPEC, Server, complete_trial
 
 # the fixtures `server`, `owner` and `key`
@@ -88,3 +89,6 @@ def test_cli_note_errors_name_the_problem(server: Server, key: str, job_and_tria
     assert bad.exit_code != 0 and "key=value" in bad.output
     missing = _invoke(["note", "f" * 32, "text"], server, key)
     assert missing.exit_code != 0 and "not found" in missing.stderr
+    long = _invoke(["note", job_id, "x" * (MAX_ANNOTATION + 1)], server, key)
+    assert long.exit_code != 0 and f"note: String should have at most {MAX_ANNOTATION} characters" in long.stderr
+    assert "validation error for" not in long.stderr  # said by field, not as pydantic's report

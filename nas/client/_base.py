@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pydantic
 import tenacity
 import yaml
 
@@ -194,12 +195,26 @@ def partial_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.part")
 
 
+_SCALAR_KINDS = frozenset({"str", "int", "float", "bool"})
+"""The members of :data:`nas.specs.JsonScalar`, as pydantic names them in an error's location."""
+
+
 def annotation_body(note: str | None, user_attrs: Mapping[str, JsonScalar | None] | None) -> dict[str, Any]:
     """A PATCH body with what is given, checked as the server checks it; ``ValueError`` when nothing is."""
     given = {name: value for name, value in (("note", note), ("user_attrs", user_attrs)) if value is not None}
     if not given:
         raise ValueError("give a note, user_attrs or both")
-    return Annotation.model_validate(given).model_dump(mode="json", exclude_unset=True)
+    try:
+        return Annotation.model_validate(given).model_dump(mode="json", exclude_unset=True)
+    except pydantic.ValidationError as exc:  # said as the server would: the field, then what is wrong
+        said: dict[str, str] = {}
+        for error in exc.errors():
+            *where, last = map(str, error["loc"])
+            if last in _SCALAR_KINDS:  # one error per member of the scalar union: one message for the value
+                said[".".join(where)] = "expected text, a number, true/false or null"
+            else:
+                said[".".join([*where, last])] = error["msg"]
+        raise ValueError("; ".join(f"{field}: {msg}" for field, msg in said.items())) from None
 
 
 def trials_dataframe(text: str) -> pandas.DataFrame:
