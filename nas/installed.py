@@ -16,6 +16,8 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 STORE_ID_PATTERN = r"^[0-9a-f]{32}$"  # the store's ids (uuid4 hex); never a user-given name or path
+STORE_ID_PREFIX_PATTERN = r"^[0-9a-f]{4,32}$"
+"""A store id or a unique prefix of it (at least 4 hex digits), as a job spec may name a stored resource."""
 
 
 class Installed(Generic[T]):

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from nas.arch import uniform_suggest
-from nas.models.stored import ID_PATTERN, UnknownModel, current_model_catalog
+from nas.installed import STORE_ID_PREFIX_PATTERN as ID_PREFIX_PATTERN
+from nas.models.stored import UnknownModel, current_model_catalog
 from nas.search_space import SearchSpace
 from nas.sparse.base import WeightSpec
 from nas.sparse.magnitude import parse_pattern
@@ -75,7 +76,7 @@ def describe(model_id: str) -> ModelDescription:
     """The stored model ``model_id`` as this process's model catalog knows it; raises :class:`UnknownModel`."""
     record = current_model_catalog().get(model_id)
     return ModelDescription(
-        model_id=model_id,
+        model_id=record.id,
         input_shape=tuple(record.input_shape),
         num_outputs=int(record.num_outputs),
         params=int(record.params),
@@ -106,7 +107,9 @@ class ModelSparsity(SearchSpace):
         )
 
         model_id: str = Field(
-            pattern=ID_PATTERN, description="the stored model's id, as POST /api/v1/models answered it"
+            pattern=ID_PREFIX_PATTERN,
+            description="the stored model's id, as POST /api/v1/models answered it, or a unique prefix of it (at "
+            "least 4 characters); the stored spec keeps the whole id",
         )
         layer_sparsity_choices: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
             [0.5, 0.7, 0.8, 0.9, 0.95],
@@ -138,10 +141,9 @@ class ModelSparsity(SearchSpace):
         @classmethod
         def _stored(cls, model_id: str) -> str:
             try:
-                describe(model_id)
+                return describe(model_id).model_id  # a prefix becomes the whole id
             except UnknownModel as exc:  # the same answer for an id never stored and another owner's
                 raise ValueError(str(exc)) from None
-            return model_id
 
         @model_validator(mode="after")
         def _consistent(self) -> ModelSparsity.Params:

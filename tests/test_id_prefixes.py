@@ -4,17 +4,22 @@ may see only; on a real store through the real app."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from nas.errors import AmbiguousId, NotFound
 from nas.settings import Settings
-from nas.specs import TrialState
+from nas.models.stored import scoped_model_catalog
+from nas.specs import DatasetOptions, DatasetRecord, ModelRecord, TrialState
 from nas.store import Principal, Store
+from nas.store.model_catalog import StoreModelCatalog
+from search_spaces.model_sparsity import ModelSparsity
 
 
 @pytest.fixture
@@ -101,3 +106,54 @@ def test_the_store_resolves_prefixes_for_an_admin_among_every_owner(store: Store
         store.get_job("abcd", admin)
     with pytest.raises(NotFound):
         store.get_job("0000", admin)
+
+
+def _dataset(owner: str, dataset_id: str) -> DatasetRecord:
+    return DatasetRecord(
+        id=dataset_id, name="table", owner=owner, format="npz", source="upload", input_shape=[3], num_classes=2,
+        class_names=["0", "1"], class_counts={"train": [40, 40], "test": [10, 10]}, n_train=80, n_test=20,
+        size_bytes=100, stored_bytes=100, sha256=dataset_id * 2, options=DatasetOptions(), test_given=False,
+        summary={}, created_at=datetime.now(timezone.utc),
+    )  # fmt: skip
+
+
+def test_a_spec_names_a_dataset_by_prefix_and_keeps_its_whole_id(store: Store, tmp_path: Path) -> None:
+    """The stored spec holds the whole id, so a prefix that later becomes ambiguous never changes what ran."""
+    key = store.create_api_key("alice")
+    store.create_api_key("bob")
+    for owner, dataset_id in (("alice", "cafe1" + "0" * 27), ("alice", "cafe2" + "0" * 27), ("bob", "d00d" + "0" * 28)):
+        store.create_dataset(_dataset(owner, dataset_id), dataset_id)
+    spec = {"search_space": {"name": "sparse_mlp", "params": {}}, "budget": {"max_trials": 2}}
+    with TestClient(create_app(store, Settings(home=tmp_path / "home", data_dir=tmp_path))) as client:
+
+        def submit(dataset_id: str) -> Any:
+            body = {**spec, "dataset": {"name": "upload", "params": {"id": dataset_id}}}
+            return client.post("/api/v1/jobs", json=body, headers={"Authorization": f"Bearer {key}"})
+
+        job = submit("cafe2")
+        assert job.status_code == 201, job.text
+        assert job.json()["spec"]["dataset"]["params"]["id"] == "cafe2" + "0" * 27
+        assert store.get_job(job.json()["id"]).spec["dataset"]["params"]["id"] == "cafe2" + "0" * 27
+        for prefix, says in (("cafe", "2 datasets"), ("d00d", "no dataset d00d")):  # bob's is unknown to alice
+            refused = submit(prefix)
+            assert refused.status_code == 422, refused.text
+            (error,) = refused.json()["detail"]
+            assert error["loc"][-3:] == ["dataset", "params", "id"]
+            assert says in error["msg"]
+
+
+def test_a_model_sparsity_space_names_a_model_by_prefix(store: Store) -> None:
+    record = ModelRecord(
+        id="fade1" + "0" * 27, name="m", owner="alice", input_shape=[1, 8, 8], num_outputs=10, params=100,
+        layers=[{"name": "0.weight", "kind": "conv", "shape": [8, 1, 3, 3], "params": 72}], opset=17,
+        producer="pytorch", size_bytes=100, sha256="1" * 64, dense_latency_ms={"cpu": 0.1},
+        created_at=datetime.now(timezone.utc),
+    )  # fmt: skip
+    store.create_model(record)
+    store.create_model(record.model_copy(update={"id": "fade2" + "0" * 27, "sha256": "2" * 64}))
+    with scoped_model_catalog(StoreModelCatalog(store, "alice")):
+        assert ModelSparsity.Params.model_validate({"model_id": "fade1"}).model_id == record.id
+        with pytest.raises(pydantic.ValidationError, match="2 models"):
+            ModelSparsity.Params.model_validate({"model_id": "fade"})
+    with scoped_model_catalog(StoreModelCatalog(store, "bob")), pytest.raises(pydantic.ValidationError, match="no model"):
+        ModelSparsity.Params.model_validate({"model_id": "fade1"})

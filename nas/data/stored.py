@@ -36,6 +36,11 @@ class DatasetCatalog(ABC):
     def shape(self, dataset_id: str) -> tuple[tuple[int, ...], int]:
         """``(input_shape, num_classes)``; raises :class:`UnknownDataset`."""
 
+    def full_id(self, dataset_id: str) -> str:
+        """The whole id of the dataset ``dataset_id`` names (an id, or a unique prefix where the catalog
+        can tell); raises :class:`UnknownDataset`, or ``ValueError`` for an ambiguous prefix."""
+        return dataset_id
+
     def splits_path(self, dataset_id: str) -> Path:
         """The canonical file of the dataset's splits on this machine; raises :class:`UnknownDataset`.
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from nas.data.stored import DatasetCatalog, UnknownDataset
-from nas.errors import NotFound
+from nas.errors import AmbiguousId, NotFound
+from nas.specs import DatasetRecord
 from nas.store.store import Principal, Store
 
 
@@ -18,9 +19,17 @@ class StoreDatasetCatalog(DatasetCatalog):
         self.store = store
         self.viewer = None if owner is None else Principal(owner)
 
-    def shape(self, dataset_id: str) -> tuple[tuple[int, ...], int]:
+    def _record(self, dataset_id: str) -> DatasetRecord:
         try:
-            record = self.store.get_dataset(dataset_id, self.viewer)
+            return self.store.get_dataset(dataset_id, self.viewer)
         except NotFound:
             raise UnknownDataset(f"no dataset {dataset_id}: GET /api/v1/datasets lists yours") from None
+        except AmbiguousId as exc:
+            raise ValueError(str(exc)) from None
+
+    def shape(self, dataset_id: str) -> tuple[tuple[int, ...], int]:
+        record = self._record(dataset_id)
         return tuple(record.input_shape), record.num_classes
+
+    def full_id(self, dataset_id: str) -> str:
+        return self._record(dataset_id).id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nas.errors import NotFound
+from nas.errors import AmbiguousId, NotFound
 from nas.models.stored import ModelCatalog, UnknownModel
 from nas.specs import ModelRecord
 from nas.store.store import Principal, Store
@@ -28,6 +28,8 @@ class StoreModelCatalog(ModelCatalog):
             return self.store.get_model(model_id, self.viewer)
         except NotFound:
             raise UnknownModel(f"no model {model_id}: GET /api/v1/models lists yours") from None
+        except AmbiguousId as exc:
+            raise ValueError(str(exc)) from None
 
     def onnx_path(self, model_id: str) -> Path:
         from nas.store.artifacts import model_file
