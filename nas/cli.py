@@ -440,7 +440,7 @@ def jobs(
 
 
 # The metrics ``nas trials`` shows, headed by their labels (and units) in nas.metrics.
-TRIAL_COLUMNS = ("accuracy", "sparsity", "nonzero_params", "latency_ms", "predicted_latency_ms")
+TRIAL_COLUMNS = ("val_accuracy", "accuracy", "sparsity", "nonzero_params", "latency_ms", "predicted_latency_ms")
 # Architecture keys ``nas trials`` shows at most: a cell-based space has dozens, which no terminal fits.
 MAX_ARCH_COLUMNS = 12
 

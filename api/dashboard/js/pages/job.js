@@ -13,7 +13,7 @@ import { mountAnalysis } from '../analysis.js';
 import { notesCard } from '../notes.js';
 
 const STATES = ['queued', 'running', 'complete', 'pruned', 'failed', 'infeasible', 'cancelled'];
-const TABLE_METRICS = ['accuracy', 'loss', 'sparsity', 'latency_ms', 'predicted_latency_ms', 'nonzero_params', 'flops', 'train_time_s'];
+const TABLE_METRICS = ['val_accuracy', 'accuracy', 'val_loss', 'loss', 'sparsity', 'latency_ms', 'predicted_latency_ms', 'nonzero_params', 'flops', 'train_time_s'];
 const X_CHOICES = ['latency_ms', 'predicted_latency_ms', 'nonzero_params', 'flops'];
 
 /** Whether a metric's table column sorts best-first descending: the registry's direction, else a guess from its name. */
