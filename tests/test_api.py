@@ -410,7 +410,11 @@ def test_trial_log_is_plain_text_owned_and_says_why_it_is_missing(
     assert queued.status_code == 404 and "has not run yet" in queued.json()["detail"]
     store.start_trial(trial.id)
     running = client.get(f"{API}/trials/{trial.id}/log", headers=h)
-    assert running.status_code == 404 and "still running" in running.json()["detail"]
+    assert running.status_code == 404 and "has reported no epoch yet" in running.json()["detail"]
+    store.report_epoch(trial.id, 1, {"val_accuracy": 0.5}, log="INFO epoch 1: accuracy 0.5\n")
+    so_far = client.get(f"{API}/trials/{trial.id}/log", headers=h)  # a running trial's log so far
+    assert so_far.status_code == 200 and so_far.text == "INFO epoch 1: accuracy 0.5\n"
+    assert client.get(f"{API}/trials/{trial.id}", headers=h).json()["has_log"] is True
     log = "INFO epoch 1: accuracy 0.5\nTraceback (most recent call last):\nValueError: <b>bad</b>\n"
     store.finish_trial(trial.id, TrialState.failed, error="ValueError: <b>bad</b>", log=log)
 

@@ -445,6 +445,10 @@ class JobRunner:
         if trial.state is TrialState.cancelled and self.stop_reason is None:
             self.stop_reason = "cancel"
         if attempt > 1:
+            with self._lock:
+                earlier = trial_id not in self._logs
+            if earlier:  # a runner that took the job over: the attempts before it left their log in the store
+                self.logged(trial_id, self.store.trial_log(trial_id) or "")
             self.logged(trial_id, f"--- attempt {attempt} ---\n")
 
     def logged(self, trial_id: str, text: str) -> None:
@@ -460,9 +464,11 @@ class JobRunner:
         return self.store.finish_trial(trial_id, state, error=error, log=None if kept is None else kept.text, **ending)
 
     def epoch_reported(self, trial_id: str, epoch: int, metrics: dict[str, float]) -> None:
+        """Store the epoch with the trial's log so far, which a viewer can read while it runs."""
         with self._lock:
             self._last_epoch[trial_id] = {**metrics, "epoch": float(epoch)}
-        self.guard(self.store.report_epoch, trial_id, epoch, metrics)
+            kept = self._logs.get(trial_id)
+        self.guard(self.store.report_epoch, trial_id, epoch, metrics, None if kept is None else kept.text)
 
     def exhausted(self) -> bool:
         """Whether the search is over: no trial left to run, and none to ask for (the trial budget

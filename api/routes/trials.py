@@ -105,8 +105,8 @@ async def download_model(
 )
 def trial_log(trial_id: str, store: StoreDep, principal: PrincipalDep) -> PlainTextResponse:
     """What the trial's code logged and warned on its worker, with its traceback if it failed: its
-    end, size-capped (the text says where earlier lines were dropped). Stored when the trial ends;
-    404 says why a trial has none."""
+    end, size-capped (the text says where earlier lines were dropped). Stored with every epoch a
+    running trial reports and when it ends; 404 says why a trial has none."""
     trial = store.get_trial(trial_id, principal)
     text = store.trial_log(trial.id, principal)
     if not text:
@@ -118,7 +118,7 @@ def _no_log_reason(trial: Trial) -> str:
     if trial.state is TrialState.queued:
         return "it has not run yet (queued)"
     if trial.state is TrialState.running:
-        return "it is still running; its log is stored when it ends"
+        return "it is running and has reported no epoch yet; its log is stored with each epoch"
     if trial.started_at is None:
         return f"it never ran ({trial.state.value}{': ' + trial.error if trial.error else ''})"
     return "its worker sent none (it ended before a report, or ran on an older version)"

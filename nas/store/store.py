@@ -709,13 +709,17 @@ class Store:
             return self._trial(row)
 
     @retrying(idempotent=True)
-    def report_epoch(self, trial_id: str, epoch: int, metrics: dict[str, float]) -> None:
+    def report_epoch(self, trial_id: str, epoch: int, metrics: dict[str, float], log: str | None = None) -> None:
+        """Record an epoch of a running trial; ``log`` (its log so far) replaces the stored one, so a
+        running trial's log can be read, and survives its runner."""
         metrics = _finite(metrics)
         with self._write() as s:
             row = self._trial_row(s, trial_id)
             if row.state != TrialState.running.value:
                 raise IllegalTransition(f"trial {trial_id} is {row.state}; only a running trial reports")
             row.heartbeat_at = utcnow()
+            if log:
+                row.log = tail(log)
             done = s.scalar(
                 select(TrialEpochRow.metrics).where(TrialEpochRow.trial_id == trial_id, TrialEpochRow.epoch == epoch)
             )

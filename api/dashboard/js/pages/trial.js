@@ -196,14 +196,14 @@ export async function render(view, trialId) {
     logNote.hidden = !note;
   }
   async function paintLog() {
-    if (!FINISHED.includes(trial.state)) {
-      showLog('', 'The log (what the trial logged and warned, and its traceback if it fails) is shown when the trial ends.');
-    } else if (!trial.has_log) {  // no request that can only answer 404
-      showLog('', trial.started_at ? 'No log was stored for this trial.' : `No log: the trial never ran (${trial.state}).`);
+    const finished = FINISHED.includes(trial.state);
+    if (!trial.has_log) {  // no request that can only answer 404
+      if (!finished) showLog('', 'The log (what the trial logged and warned, and its traceback if it fails) appears with its first epoch.');
+      else showLog('', trial.started_at ? 'No log was stored for this trial.' : `No log: the trial never ran (${trial.state}).`);
     } else {
       try {
         const text = await fetchText(`/trials/${trial.id}/log`);
-        if (!disposed) showLog(text);
+        if (!disposed) showLog(text, finished ? '' : 'The log so far: it is stored with every epoch the trial reports.');
       } catch (error) {
         if (!disposed && error.status !== 401) showLog('', error.detail ?? error.message);
       }
@@ -249,8 +249,8 @@ export async function render(view, trialId) {
       try {
         trial = await api.get(`/trials/${trialId}`);
         if (disposed) return;
-        paintHead(); paintMetrics(); paintDownloads(); paintArch(); paintCurves(); paintLayers();
-        if (FINISHED.includes(trial.state)) { stream?.close(); live.hidden = true; paintLatency().catch(() => {}); paintLog(); }
+        paintHead(); paintMetrics(); paintDownloads(); paintArch(); paintCurves(); paintLayers(); paintLog();
+        if (FINISHED.includes(trial.state)) { stream?.close(); live.hidden = true; paintLatency().catch(() => {}); }
       } catch (e) { if (e.status !== 401) console.warn(e); }
     }, 1500);
     stream = subscribe(`/jobs/${trial.job_id}/events`, {
