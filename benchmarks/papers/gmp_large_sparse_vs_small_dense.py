@@ -110,7 +110,7 @@ def main() -> None:
     print(f"command: `python {script}{''.join(' ' + a for a in sys.argv[1:])}`")
     examples = "all" if args.train_limit is None else args.train_limit
     print(f"setup: {args.seeds} seed(s), {args.epochs} epochs, Adam lr {args.lr}, batch {args.batch_size}, "
-          f"{examples} training examples; {minutes:.1f} min")  # fmt: skip
+          f"{examples} training examples less the validation tenth; {minutes:.1f} min")  # fmt: skip
     print(f"machine: {machine()}\n")
     print("| model | hidden widths | non-zero weights | test accuracy % |")
     print("|---|---|---:|---:|")

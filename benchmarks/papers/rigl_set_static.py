@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from _report import machine, mean_std
 
-from nas.specs import JobSpec
+from nas.specs import JobSpec, TrainingSpec
 from nas.training import run_trial
 
 LENET = {"depth": 2, "width_0": 300, "width_1": 100, "activation": "relu"}
@@ -87,10 +87,12 @@ def main() -> None:
             print(f"  seed {seed} {config}: {result}", file=sys.stderr, flush=True)
     minutes = (time.perf_counter() - start) / 60
 
-    steps = args.epochs * math.ceil((args.train_limit or 60_000) / 100)
+    examples = args.train_limit or 60_000
+    trained = examples - math.ceil(examples * TrainingSpec().val_fraction)  # the trainer holds the validation split out
+    steps = args.epochs * math.ceil(trained / 100)
     print(f"- command: `python benchmarks/papers/rigl_set_static.py{''.join(' ' + a for a in sys.argv[1:])}`")
     print(f"- setup: {args.seeds} seed(s), {args.epochs} epochs ({steps} steps), SGD lr {args.lr} momentum 0.9, "
-          f"batch 100, {'all 60K' if args.train_limit is None else args.train_limit} training examples; "
+          f"batch 100, {trained} training examples (of {examples}: the validation split held out); "
           f"ΔT {args.update_interval}, T_end {math.floor(0.75 * steps)}, α 0.3 cosine; {minutes:.1f} min")  # fmt: skip
     print(f"- machine: {machine()}\n")
 

@@ -20,6 +20,7 @@ Seeds change the initialisation and the batch order.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from _report import machine, mean_std
 
-from nas.specs import JobSpec
+from nas.specs import JobSpec, TrainingSpec
 from nas.training import run_trial
 
 LENET = {"depth": 2, "width_0": 300, "width_1": 100, "activation": "relu"}
@@ -149,7 +150,8 @@ def main() -> None:
         dataset["params"] = {"train_limit": train_size}
     torch.set_num_threads(args.threads)
     data_dir = Path(os.environ.get("NAS_DATA_DIR", "/work/shared/data"))
-    steps = args.epochs * -(-train_size // BATCH)
+    trained = train_size - math.ceil(train_size * TrainingSpec().val_fraction)  # less the validation split
+    steps = args.epochs * -(-trained // BATCH)
     scaled_lambda = min(PAPER_DECAY_BUDGET / (LR * steps), 1.0)  # nm caps λ_W at 1 (short --quick runs)
 
     start = time.perf_counter()
@@ -160,7 +162,8 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60
     print(f"command: `python benchmarks/papers/srste_vs_ste.py{''.join(' ' + a for a in sys.argv[1:])}`")
     print(
-        f"setup: LeNet-300-100 on MNIST ({train_size} training images), {args.seeds} seed(s), {args.epochs} epoch(s) "
+        f"setup: LeNet-300-100 on MNIST ({trained} training images of {train_size}: the validation split held out), "
+        f"{args.seeds} seed(s), {args.epochs} epoch(s) "
         f"= {steps} steps, SGD lr {LR} momentum {MOMENTUM} wd {WEIGHT_DECAY}, batch {BATCH}; {minutes:.1f} min"
     )
     print(f"machine: {machine()}\n")
