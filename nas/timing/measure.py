@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -27,38 +26,25 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from nas.timing import protocol
+from nas.timing.protocol import WARMUP_CALLS, in_rounds, measure_calls, summary
 from nas.timing.targets import CUDA, TARGETS, require_target
 
 __all__ = ["TARGETS", "measure", "measure_calls", "measure_interleaved", "reference_model", "time_calls", "timing_context"]
 
-_NOISY = 0.1  # IQR / median above which a measurement is repeated once, longer
-_WARMUP_CALLS = 10
 
 
 def time_calls(fn: Callable[[], Any], min_run_time: float, min_calls: int = 10, cuda: bool = False) -> np.ndarray:
-    """Seconds taken by each of at least ``min_calls`` calls of ``fn``, calling for ``min_run_time`` seconds.
-
-    The garbage collector is paused meanwhile, so a collection does not land inside one call.
-    """
-    times: list[float] = []
+    """:func:`nas.timing.protocol.time_calls`, or per-call GPU times from CUDA events with ``cuda``."""
+    if not cuda:
+        return protocol.time_calls(fn, min_run_time, min_calls)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        if cuda:
-            return _time_cuda_calls(fn, min_run_time, min_calls)
-        clock = time.perf_counter
-        deadline = clock() + min_run_time
-        while True:
-            start = clock()
-            fn()
-            end = clock()
-            times.append(end - start)
-            if end >= deadline and len(times) >= min_calls:
-                break
+        return _time_cuda_calls(fn, min_run_time, min_calls)
     finally:
         if gc_was_enabled:
             gc.enable()
-    return np.asarray(times)
 
 
 def _time_cuda_calls(fn: Callable[[], Any], min_run_time: float, min_calls: int) -> np.ndarray:
@@ -92,23 +78,6 @@ def timing_context(num_threads: int) -> Iterator[None]:
             torch.set_flush_denormal(False)
 
 
-def _summary(rounds: list[np.ndarray]) -> dict[str, float]:
-    """Median of round medians, and quantiles of all calls pooled, in milliseconds."""
-    pooled = np.concatenate(rounds) * 1e3
-    p10, p25, p75, p90 = np.percentile(pooled, [10, 25, 75, 90])
-    return {
-        "median_ms": float(statistics.median(float(np.median(r)) * 1e3 for r in rounds)),
-        "iqr_ms": float(p75 - p25),
-        "p10_ms": float(p10),
-        "p25_ms": float(p25),
-        "p75_ms": float(p75),
-        "p90_ms": float(p90),
-        "min_ms": float(pooled.min()),
-        "runs": int(pooled.size),
-        "rounds": len(rounds),
-    }
-
-
 class _Runner:
     """One model ready to time: in eval mode, on the target's device, with a fixed input."""
 
@@ -129,7 +98,7 @@ class _Runner:
     def __enter__(self) -> _Runner:
         self._cache = parametrize.cached()
         self._cache.__enter__()  # masks applied once, as in a deployed model whose zeros are baked in
-        for _ in range(_WARMUP_CALLS):  # allocator, caches, oneDNN primitives, lazy initialisation
+        for _ in range(WARMUP_CALLS):  # allocator, caches, oneDNN primitives, lazy initialisation
             self.model(self.x)
         if self.cuda:
             torch.cuda.synchronize()
@@ -174,30 +143,8 @@ def measure(
     if rounds < 1 or min_run_time <= 0:
         raise ValueError(f"rounds must be at least 1 and min_run_time positive, got {rounds} and {min_run_time}")
     with timing_context(num_threads), _Runner(model, input_shape, target, batch_size) as runner:
-        result = _in_rounds(runner.round, min_run_time, rounds)
+        result = in_rounds(runner.round, min_run_time, rounds)
     return {**result, "num_threads": num_threads, "batch_size": batch_size}
-
-
-def measure_calls(fn: Callable[[], Any], min_run_time: float = 0.2, rounds: int = 3) -> dict[str, float]:
-    """:func:`measure`'s statistics for any call, e.g. an onnxruntime session's ``run``, after the same warm-up.
-
-    The caller sets the thread count of whatever ``fn`` runs; ``noisy`` and the quantiles mean what
-    they mean for :func:`measure`, so the two are compared like for like.
-    """
-    if rounds < 1 or min_run_time <= 0:
-        raise ValueError(f"rounds must be at least 1 and min_run_time positive, got {rounds} and {min_run_time}")
-    for _ in range(_WARMUP_CALLS):
-        fn()
-    return _in_rounds(lambda seconds: time_calls(fn, seconds), min_run_time, rounds)
-
-
-def _in_rounds(round_: Callable[[float], np.ndarray], min_run_time: float, rounds: int) -> dict[str, float]:
-    """Time ``rounds`` rounds of ``min_run_time / rounds`` seconds; a noisy result is timed once more, longer."""
-    result = _summary([round_(min_run_time / rounds) for _ in range(rounds)])
-    if result["iqr_ms"] > _NOISY * result["median_ms"]:
-        retry = _summary([round_(4 * min_run_time / rounds) for _ in range(rounds)])
-        result = min(result, retry, key=lambda r: r["iqr_ms"] / r["median_ms"])
-    return {**result, "noisy": float(result["iqr_ms"] > _NOISY * result["median_ms"])}
 
 
 def reference_model() -> tuple[nn.Module, tuple[int, ...]]:
@@ -261,7 +208,7 @@ def measure_interleaved(
     ref_session = np.median(np.array(ref_medians), axis=0) if ref_medians else None
     results = []
     for model_times, model_ratios in zip(times, ratios):
-        result = {**_summary(model_times), "num_threads": num_threads, "batch_size": batch_size}
+        result = {**summary(model_times), "num_threads": num_threads, "batch_size": batch_size}
         if ref_session is not None:
             normalized = np.median(np.array(model_ratios), axis=0) * ref_session * 1e3
             for name, value in zip(_NORMALIZED, normalized):

@@ -1,0 +1,63 @@
+"""Runtimes a model can be timed under: the names agents offer and jobs ask for, and the ONNX
+Runtime timer, which needs no torch (an agent on a small board installs only onnxruntime).
+
+``torch`` times the sparse inference model (CSR or shrunk layers, as the service chose them) in
+PyTorch eager on the CPU; ``onnxruntime`` times the same model exported to ONNX, the way many users
+deploy. ONNX Runtime runs every layer dense, so unstructured sparsity buys nothing there; only
+shrunk (channel-pruned) layers are faster. ``torch-cuda`` and ``onnxruntime-cuda`` are the same on
+an NVIDIA GPU (``torch-cuda`` with 2:4 semi-structured Linear layers where the weights allow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from nas.timing.protocol import measure_calls
+
+TORCH, ONNXRUNTIME, TORCH_CUDA, ONNXRUNTIME_CUDA = "torch", "onnxruntime", "torch-cuda", "onnxruntime-cuda"
+RUNTIMES: tuple[str, ...] = (TORCH, ONNXRUNTIME, TORCH_CUDA, ONNXRUNTIME_CUDA)
+FORMATS: dict[str, str] = {TORCH: "inference", TORCH_CUDA: "inference", ONNXRUNTIME: "onnx", ONNXRUNTIME_CUDA: "onnx"}
+"""The file a runtime times: the safetensors inference model (``nas.export``'s ``format=inference``) or ONNX."""
+
+
+def onnx_session(onnx_bytes: bytes, num_threads: int = 1, device: str = "cpu") -> Any:
+    """An InferenceSession on ``num_threads`` intra-op threads, one inter-op thread, full graph optimisation."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    return onnxruntime.InferenceSession(onnx_bytes, options, providers=providers)
+
+
+def measure_onnx(
+    onnx_bytes: bytes,
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    num_threads: int = 1,
+    min_run_time: float = 0.2,
+    rounds: int = 3,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Latency of an ONNX model under onnxruntime on inputs of ``(batch_size, *input_shape)``, with the
+    statistics of :func:`nas.timing.protocol.measure_calls` (the same as the torch measurement's)."""
+    session = onnx_session(onnx_bytes, num_threads, device)
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)
+    result = measure_calls(lambda: session.run(None, {name: x}), min_run_time, rounds)
+    return {**result, "num_threads": num_threads, "batch_size": batch_size}
+
+
+def onnxruntime_version() -> str | None:
+    """onnxruntime's version, or None where it is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return str(onnxruntime.__version__)
