@@ -13,6 +13,7 @@ const routes = [
   { pattern: /^#\/datasets$/, page: () => import('./pages/datasets.js'), nav: 'datasets' },
   { pattern: /^#\/datasets\/upload$/, page: () => import('./pages/upload.js'), nav: 'datasets' },
   { pattern: /^#\/datasets\/([0-9a-f]{32})$/, page: () => import('./pages/dataset.js'), nav: 'datasets' },
+  { pattern: /^#\/targets$/, page: () => import('./pages/targets.js'), nav: 'targets' },
 ];
 
 const view = document.getElementById('view');

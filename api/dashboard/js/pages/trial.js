@@ -4,6 +4,7 @@
 import { api, download, fetchText, subscribe } from '../api.js';
 import { COLORS, Scatter } from '../charts.js';
 import { notesCard } from '../notes.js';
+import { hardwareSummary } from './targets.js';
 import {
   badge, card, clear, copyButton, curveMetric, elapsed, errorBox, fmt, formatMetric, h, isFraction, kpi, metricDescription, metricLabel, throttle,
 } from '../ui.js';
@@ -43,8 +44,18 @@ export async function render(view, trialId) {
         trial.started_at ? h('span', {}, `ran ${fmt.duration(elapsed(trial.started_at, trial.finished_at))}`) : null,
         trial.attempts > 1 ? h('span', {}, `${trial.attempts} attempts`) : null,
         trial.node_id ? h('span', { title: 'Ray node' }, `node ${fmt.shortId(trial.node_id)}`) : null,
+        measuredBy(trial.outputs?.measured_by),
         parent ? h('span', {}, 'parent ', h('a', { href: `#/trials/${parent.id}`, class: 'mono' }, `#${parent.number}`)) : null),
       trial.error ? h('pre', { class: 'alert alert-error pre' }, trial.error) : null);
+  }
+
+  // a trial timed by a measurement agent names the agent, its runtime and its target
+  function measuredBy(by) {
+    if (!by) return null;
+    const runtime = by.runtime || {};
+    const title = [hardwareSummary(by.hardware), runtime.device ? `on ${runtime.device}` : null, by.agent_id ? `agent ${by.agent_id}` : null].filter(Boolean).join(' · ');
+    return h('span', { id: 'measured-by', title },
+      'measured by ', h('strong', {}, by.agent), ` (${[runtime.name, runtime.version].filter(Boolean).join(' ')}) on `, h('a', { href: '#/targets' }, by.target));
   }
 
   function paintMetrics() {
