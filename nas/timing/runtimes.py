@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.timing.protocol import measure_calls
+from nas.timing.protocol import WARMUP_CALLS, measure_calls, summary, time_calls
 
 TORCH, ONNXRUNTIME, TORCH_CUDA, ONNXRUNTIME_CUDA = "torch", "onnxruntime", "torch-cuda", "onnxruntime-cuda"
 RUNTIMES: tuple[str, ...] = (TORCH, ONNXRUNTIME, TORCH_CUDA, ONNXRUNTIME_CUDA)
@@ -52,6 +52,32 @@ def measure_onnx(
     x = np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)
     result = measure_calls(lambda: session.run(None, {name: x}), min_run_time, rounds)
     return {**result, "num_threads": num_threads, "batch_size": batch_size}
+
+
+def measure_onnx_interleaved(
+    models: Sequence[tuple[bytes, Sequence[int]]],
+    batch_size: int = 1,
+    num_threads: int = 1,
+    min_run_time: float = 0.2,
+    rounds: int = 3,
+    device: str = "cpu",
+) -> list[dict[str, float]]:
+    """:func:`measure_onnx` for many models at once, round-robin: each round times every model for
+    ``min_run_time / rounds`` seconds, so a slow phase of a shared machine spreads over all of them
+    (as :func:`nas.timing.measure.measure_interleaved` does for torch). Statistics as :func:`measure_onnx`'s."""
+    calls = []
+    for onnx_bytes, shape in models:
+        session = onnx_session(onnx_bytes, num_threads, device)
+        name = session.get_inputs()[0].name
+        x = np.random.default_rng(0).standard_normal((batch_size, *shape)).astype(np.float32)
+        calls.append(lambda session=session, name=name, x=x: session.run(None, {name: x}))
+    times: list[list[np.ndarray]] = [[] for _ in calls]
+    for _ in range(rounds):
+        for i, fn in enumerate(calls):
+            for _ in range(WARMUP_CALLS):
+                fn()
+            times[i].append(time_calls(fn, min_run_time / rounds))
+    return [{**summary(t), "num_threads": num_threads, "batch_size": batch_size} for t in times]
 
 
 def onnxruntime_version() -> str | None:
