@@ -45,6 +45,7 @@ from nas.specs import (
     TrialState,
     merged_attrs,
 )
+from nas.store.measurements import Measurements
 from nas.store.retry import CommitUncertain, is_transient, retrying
 from nas.store.tables import (
     ApiKeyRow,
@@ -82,6 +83,7 @@ EXTENSIBLE_BUDGET = ("max_trials", "timeout_s")
 # silent for DISPATCHER_STALE_S as down.
 DISPATCHER_HEARTBEAT_S = 2.0
 DISPATCHER_STALE_S = 10.0
+USER_KEY, AGENT_KEY = "user", "agent"  # the kinds of API key (api_keys.kind)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,12 @@ class Principal:
     owner: str
     is_admin: bool = False
     key_id: int | None = field(default=None, compare=False)
+    kind: str = field(default=USER_KEY, compare=False)
+
+    @property
+    def is_agent(self) -> bool:
+        """An agent key: it measures on its owner's targets and reads nothing else."""
+        return self.kind == AGENT_KEY
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,7 @@ class ApiKey:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    kind: str = USER_KEY
 
     @property
     def revoked(self) -> bool:
@@ -194,6 +203,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = engine.execution_options(sqlite_immediate=True)
+        self.measurements = Measurements(self)  # targets, agents and their measurement tasks
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -223,14 +233,22 @@ class Store:
     # -- API keys ---------------------------------------------------------------------------
 
     @retrying(idempotent=False)
-    def create_api_key(self, owner: str, is_admin: bool = False) -> str:
-        """Mint a key; only its hash is stored, so this is the one time it is seen."""
+    def create_api_key(self, owner: str, is_admin: bool = False, kind: str = USER_KEY) -> str:
+        """Mint a key; only its hash is stored, so this is the one time it is seen.
+
+        An ``agent`` key (``kind``) is for measurement agents: it may only register agents for its
+        owner's targets and report measurements, so a key left on a lab device reads nothing.
+        """
         if not owner.strip():
             raise ValueError("an API key needs an owner name")
+        if kind not in (USER_KEY, AGENT_KEY):
+            raise ValueError(f"unknown key kind {kind!r}; valid: {USER_KEY}, {AGENT_KEY}")
+        if kind == AGENT_KEY and is_admin:
+            raise ValueError("an agent key cannot be an admin key")
         check_printable(owner)  # owners appear in logs, key lists and error messages
         key = "nas_" + secrets.token_urlsafe(32)
         with self._write() as s:
-            s.add(ApiKeyRow(owner=owner, key_hash=hash_key(key), is_admin=is_admin))
+            s.add(ApiKeyRow(owner=owner, key_hash=hash_key(key), is_admin=is_admin, kind=kind))
         return key
 
     @retrying(idempotent=True)
@@ -241,12 +259,12 @@ class Store:
             row = s.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest)).first()
         if row is None or row.revoked or not hmac.compare_digest(row.key_hash, digest):
             return None
-        return Principal(owner=row.owner, is_admin=row.is_admin, key_id=row.id)
+        return Principal(owner=row.owner, is_admin=row.is_admin, key_id=row.id, kind=row.kind)
 
     @staticmethod
     def _api_key(row: ApiKeyRow) -> ApiKey:
         revoked_at = row.revoked_at or (row.created_at if row.revoked else None)  # revoked before the time was kept
-        return ApiKey(row.id, row.owner, row.is_admin, row.created_at, row.last_used_at, revoked_at)
+        return ApiKey(row.id, row.owner, row.is_admin, row.created_at, row.last_used_at, revoked_at, row.kind)
 
     @retrying(idempotent=True)
     def api_key(self, key_id: int) -> ApiKey | None:

@@ -62,6 +62,8 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[datetime | None]
     # When the key last authenticated a request, to the minute (each API process writes it at most once a minute).
     last_used_at: Mapped[datetime | None]
+    # "user" (the API's routes) or "agent" (measurement agents' routes only: it measures, it reads nothing)
+    kind: Mapped[str] = mapped_column(String(16), default="user", server_default="user")
 
 
 class JobRow(Base):
@@ -257,4 +259,99 @@ class ModelRow(Base):
     producer: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     dense_latency_ms: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TargetRow(Base):
+    """A device an owner's measurement agents time models on; named by its owner, unique per owner."""
+
+    __tablename__ = "targets"
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_targets_owner_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgentRow(Base):
+    """One measurement agent of a target: what it runs on and offers, and when it last called."""
+
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("target_id", "name", name="uq_agents_target_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    target_id: Mapped[str] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"), index=True)
+    key_id: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    hardware: Mapped[dict[str, Any]]
+    runtimes: Mapped[list[Any]]
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    measurements_done: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MeasurementTaskRow(Base):
+    """A model to time on a target, held like a trial: queued → leased → done | failed, a lease that
+    expires when its agent goes silent (the task is then leased again), and an idempotent result."""
+
+    __tablename__ = "measurement_tasks"
+    __table_args__ = (Index("ix_measurement_tasks_target_state", "target_id", "state"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    target_id: Mapped[str] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(16))  # "trial" | "calibration"
+    trial_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    calibration_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    runtime: Mapped[str] = mapped_column(String(32))
+    input_shape: Mapped[list[Any]]
+    batch_size: Mapped[int] = mapped_column(Integer, default=1)
+    num_threads: Mapped[int] = mapped_column(Integer, default=1)
+    min_run_time: Mapped[float] = mapped_column(Float)
+    rounds: Mapped[int] = mapped_column(Integer)
+    model_path: Mapped[str] = mapped_column(Text)  # relative to the artifact folder
+    # What the trial ends with once its latency arrives (metrics, layers, outputs), so a runner
+    # that took the job over can end it without training it again.
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_id: Mapped[str | None] = mapped_column(String(32))
+    agent_id: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[datetime | None]
+    result: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class CalibrationRow(Base):
+    """A calibration of a target's predictor through its agents, and what it ended with."""
+
+    __tablename__ = "calibrations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    target_id: Mapped[str] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"), index=True)
+    runtime: Mapped[str] = mapped_column(String(32))
+    quick: Mapped[bool] = mapped_column(Boolean, default=True)
+    state: Mapped[str] = mapped_column(String(16), default="measuring")  # measuring | done | failed
+    progress: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    predictor_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class TargetPredictorRow(Base):
+    """A latency predictor fitted for a target and runtime; every calibration or refit adds a version."""
+
+    __tablename__ = "target_predictors"
+    __table_args__ = (UniqueConstraint("target_id", "runtime", "version", name="uq_target_predictors_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    target_id: Mapped[str] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"), index=True)
+    runtime: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(Integer)
+    predictor: Mapped[str] = mapped_column(Text)  # the predictor's own JSON document
+    accuracy: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
