@@ -147,6 +147,9 @@ app.add_typer(models_app, name="models")
 from nas.cli_hardware import hardware_app  # noqa: E402  (its commands import torch only when run)
 
 app.add_typer(hardware_app, name="hardware")
+from nas.cli_agent import agent as agent_command  # noqa: E402  (the agent and its runtimes import when run)
+
+app.command("agent")(agent_command)
 
 
 @hardware_app.callback()
