@@ -37,12 +37,11 @@ from urllib.parse import urlsplit
 import httpx
 
 from nas.agent.hardware import describe, offered_runtimes
-from nas.agent.measure import Timing, measure_model
+from nas.agent.measure import task_result
 
 API = "/api/v1"
 STATE_FILE = "agent.json"
 MAX_BACKOFF_S = 30.0
-MAX_ERROR_CHARS = 2000
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})  # a restarting server, or a proxy in front of one
 EXIT_USAGE, EXIT_AUTH = 2, 3  # as the other `nas` commands (nas.cli.ExitCode)
 
@@ -335,7 +334,7 @@ class Agent:
         heartbeat = Heartbeat(self.url, self.config.key, f"{base}/heartbeat", lease_id, lease_s)
         heartbeat.start()
         try:
-            result = {"lease_id": lease_id, **self._time(model.content, task)}
+            result = {"lease_id": lease_id, **task_result(model.content, task, self.runtimes)}
         finally:
             heartbeat.finish()
         answer = connection.request("PUT", f"{base}/result", json=result)
@@ -355,19 +354,6 @@ class Agent:
                 task_id, runtime, stats["p10_ms"], stats["median_ms"], stats["iqr_ms"], stats.get("runs", 0),
                 ", noisy" if stats.get("noisy") else "", seconds,
             )  # fmt: skip
-
-    def _time(self, model: bytes, task: dict[str, Any]) -> dict[str, Any]:
-        """``{"stats", "runtime"}`` of the timed model, or ``{"error"}`` saying why it could not be timed."""
-        try:
-            timing = Timing.from_task(task)
-            runtime = next((r for r in self.runtimes if r["name"] == timing.runtime), None)
-            if runtime is None:
-                offered = ", ".join(r["name"] for r in self.runtimes)
-                raise ValueError(f"runtime {timing.runtime!r} is not offered by this agent (it offers {offered})")
-            return {"stats": measure_model(model, timing), "runtime": runtime}
-        except Exception as exc:  # a bad model, a runtime's failure: reported as this task's error
-            message = f"{type(exc).__name__}: {exc}"
-            return {"error": message[:MAX_ERROR_CHARS]}
 
 
 class Heartbeat(threading.Thread):

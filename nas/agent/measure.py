@@ -12,12 +12,14 @@ imported only by the two torch runtimes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nas.timing.runtimes import ONNXRUNTIME, ONNXRUNTIME_CUDA, TORCH, TORCH_CUDA, measure_onnx
 
 FORMAT = "onnx"
+MAX_ERROR_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,23 @@ def measure_model(onnx_bytes: bytes, timing: Timing) -> dict[str, float]:
     if timing.runtime == TORCH_CUDA:
         return _measure_torch_cuda(onnx_bytes, timing)
     raise ValueError(f"unknown runtime {timing.runtime!r}")
+
+
+def task_result(onnx_bytes: bytes, task: dict[str, Any], offered: Sequence[dict[str, str]]) -> dict[str, Any]:
+    """The body of a task's result: ``{"stats", "runtime"}`` of the timed model, or ``{"error"}`` saying
+    why it could not be timed (a model that fails to load or run, a runtime this agent does not offer).
+
+    ``offered`` are the agent's runtimes (``{"name", "version", "device"}``); the result names the one used.
+    """
+    try:
+        timing = Timing.from_task(task)
+        runtime = next((r for r in offered if r["name"] == timing.runtime), None)
+        if runtime is None:
+            names = ", ".join(r["name"] for r in offered)
+            raise ValueError(f"runtime {timing.runtime!r} is not offered by this agent (it offers {names})")
+        return {"stats": measure_model(onnx_bytes, timing), "runtime": dict(runtime)}
+    except Exception as exc:  # a bad model or a runtime's failure is the task's result, never the agent's end
+        return {"error": f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]}
 
 
 def _convert(onnx_bytes: bytes) -> Any:

@@ -1,0 +1,218 @@
+"""The measurement agent (``nas agent``): what it says of this device, how it times a task's model
+under each runtime, that a model it cannot time is that task's error, and, against the real
+``nas serve`` on PostgreSQL, an agent process that registers, measures, reports an error, survives
+a server restart and stops on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import onnxruntime
+import pytest
+import torch
+from onnx import helper
+from torch import nn
+
+from nas.agent.hardware import RuntimeUnavailable, describe, offered_runtimes
+from nas.agent.loop import agent_name
+from nas.agent.measure import task_result
+from nas.net import free_port
+from tests.model_files import cnn, graph_model, onnx_bytes
+from tests.server_process import ServerProcess
+
+PROTOCOL_STATS = {"p10_ms", "median_ms", "iqr_ms", "p25_ms", "p75_ms", "p90_ms", "min_ms", "runs", "rounds", "noisy"}
+CUDA = torch.cuda.is_available()
+
+
+def task(runtime: str, input_shape: tuple[int, ...] = (1, 8, 8), **changes: Any) -> dict[str, Any]:
+    """A task as ``POST /agents/{id}/lease`` hands it out."""
+    return {
+        "id": "t1", "lease_id": "l1", "lease_s": 30.0, "runtime": runtime, "format": "onnx",
+        "input_shape": list(input_shape), "batch_size": 2, "num_threads": 1, "min_run_time": 0.05, "rounds": 3,
+        "model_url": "/api/v1/agents/a1/tasks/t1/model", **changes,
+    }  # fmt: skip
+
+
+def sparse_mlp() -> nn.Module:
+    """A 256-256-10 MLP whose hidden layer keeps 5% of its weights: a layer that may run as CSR."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    with torch.no_grad():
+        model[3].weight.mul_((torch.rand_like(model[3].weight) < 0.05).float())
+    return model
+
+
+# -- this device ----------------------------------------------------------------------------------
+
+
+def test_the_hardware_description_names_this_machine() -> None:
+    hardware = describe(offered_runtimes())
+    assert set(hardware) == {"cpu", "cores", "memory_gb", "os", "machine", "python", "accelerator"}
+    assert hardware["cpu"] and hardware["cores"] == os.cpu_count()
+    assert hardware["memory_gb"] > 0
+    assert hardware["os"].startswith(platform.system())
+    assert (hardware["machine"], hardware["python"]) == (platform.machine(), platform.python_version())
+    assert hardware["accelerator"] == (torch.cuda.get_device_name(0) if CUDA else None)
+    json.dumps(hardware)  # registered as JSON
+
+
+def test_the_runtimes_offered_are_those_installed_and_asked_for() -> None:
+    offered = {r["name"]: r for r in offered_runtimes()}
+    assert offered["onnxruntime"] == {"name": "onnxruntime", "version": onnxruntime.__version__, "device": "cpu"}
+    assert offered["torch"] == {"name": "torch", "version": torch.__version__, "device": "cpu"}
+    assert ("torch-cuda" in offered) == CUDA
+    has_ort_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    assert ("onnxruntime-cuda" in offered) == has_ort_cuda
+    assert [r["name"] for r in offered_runtimes(["onnxruntime", "torch", "onnxruntime"])] == ["onnxruntime", "torch"]
+    with pytest.raises(RuntimeUnavailable, match="unknown runtime 'tensorrt'; runtimes: torch, onnxruntime"):
+        offered_runtimes(["tensorrt"])
+    if not CUDA:
+        with pytest.raises(RuntimeUnavailable, match="'torch-cuda' is not available here; present: torch, onnxruntime"):
+            offered_runtimes(["torch-cuda"])
+
+
+def test_the_agent_name_is_kept_in_its_home(tmp_path: Path) -> None:
+    first = agent_name(tmp_path / "home")
+    assert re.fullmatch(r"[a-z0-9-]+-[0-9a-f]{4}", first)
+    assert agent_name(tmp_path / "home") == first  # a restart registers as the same agent
+    assert agent_name(tmp_path / "other") != first
+    assert agent_name(tmp_path / "home", "pi-1") == "pi-1"
+    assert agent_name(tmp_path / "home") == "pi-1"
+    assert oct((tmp_path / "home").stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_an_onnxruntime_agent_runs_without_torch(tmp_path: Path) -> None:
+    """``pip install "sparse-nas[agent]"`` has no torch or onnx: the agent offers onnxruntime and times with it."""
+    model = tmp_path / "cnn.onnx"
+    model.write_bytes(onnx_bytes(cnn()))
+    code = f"""
+import json, sys
+sys.modules["torch"] = sys.modules["onnx"] = None  # as on a device where neither is installed
+import nas.cli, nas.agent.loop
+from nas.agent.hardware import describe, offered_runtimes
+from nas.agent.measure import task_result
+runtimes = offered_runtimes()
+result = task_result(open({str(model)!r}, "rb").read(), {json.dumps(task("onnxruntime"))}, runtimes)
+print(json.dumps({{"runtimes": runtimes, "hardware": describe(runtimes), "result": result,
+                  "torch": sorted(m for m in sys.modules if m.startswith("torch") and sys.modules[m] is not None)}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert [r["name"] for r in out["runtimes"]] == ["onnxruntime"]
+    assert out["torch"] == []
+    assert PROTOCOL_STATS <= set(out["result"]["stats"]), out["result"]
+
+
+# -- timing a task --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_a_task_is_timed_with_the_protocol_under_its_runtime(runtime: str) -> None:
+    offered = offered_runtimes()
+    result = task_result(onnx_bytes(cnn()), task(runtime), offered)
+    assert set(result) == {"stats", "runtime"}, result
+    stats = result["stats"]
+    assert PROTOCOL_STATS <= set(stats)
+    assert stats["p10_ms"] > 0 and stats["median_ms"] > 0 and stats["iqr_ms"] >= 0
+    assert stats["rounds"] == 3 and stats["runs"] >= 30  # at least ten calls a round
+    assert (stats["batch_size"], stats["num_threads"]) == (2, 1)
+    assert result["runtime"] == next(r for r in offered if r["name"] == runtime)
+    json.dumps(result)  # put as JSON
+    if runtime == "torch":
+        assert stats["layers"] == 3  # the inference model chose a kernel for each Conv2d and Linear
+        assert 0 <= stats["csr_layers"] <= stats["layers"]
+
+
+def test_the_torch_runtime_chooses_kernels_for_a_sparse_model() -> None:
+    """``to_inference`` times the sparse layer dense and as CSR on this machine and keeps the faster."""
+    result = task_result(onnx_bytes(sparse_mlp(), (1, 8, 8)), task("torch", batch_size=1), offered_runtimes())
+    assert result["stats"]["layers"] == 3, result
+    assert result["stats"]["csr_layers"] in (0, 1)  # which one wins is this machine's to say
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_a_model_that_cannot_be_timed_is_the_tasks_error(runtime: str) -> None:
+    offered = offered_runtimes()
+    garbage = task_result(b"\x08\x07 not a model", task(runtime), offered)
+    assert set(garbage) == {"error"}
+    expected = "ModelRejected: not an ONNX model" if runtime == "torch" else "INVALID_PROTOBUF"
+    assert expected in garbage["error"]
+    shape = task_result(onnx_bytes(cnn()), task(runtime, input_shape=(3, 5, 5)), offered)  # the wrong input
+    assert set(shape) == {"error"} and shape["error"]
+
+
+def test_an_operator_the_converter_refuses_is_an_error_under_torch_only() -> None:
+    """The converter builds modules from a closed set of operators: ``Sin`` is refused by name under
+    ``torch``, while onnxruntime runs the model."""
+    model = graph_model([helper.make_node("Sin", ["x"], ["y"])]).SerializeToString()
+    offered = offered_runtimes()
+    refused = task_result(model, task("torch", input_shape=(4,)), offered)
+    assert "Sin" in refused["error"] and "stats" not in refused
+    assert "stats" in task_result(model, task("onnxruntime", input_shape=(4,)), offered)
+
+
+def test_a_task_in_a_runtime_or_format_the_agent_does_not_offer_is_an_error() -> None:
+    only_ort = offered_runtimes(["onnxruntime"])
+    wrong_runtime = task_result(onnx_bytes(cnn()), task("torch"), only_ort)
+    assert wrong_runtime == {"error": "ValueError: runtime 'torch' is not offered by this agent (it offers onnxruntime)"}
+    wrong_format = task_result(onnx_bytes(cnn()), task("onnxruntime", format="safetensors"), only_ort)
+    assert "format 'safetensors' is not supported" in wrong_format["error"]
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def agent_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NAS_URL", "NAS_API_KEY", "NAS_AGENT_HOME")}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def test_the_command_refuses_a_runtime_not_present_and_a_missing_key(tmp_path: Path) -> None:
+    args = ["nas", "agent", "--target", "lab", "--home", str(tmp_path)]
+    unknown = subprocess.run([*args, "--key", "k", "--runtime", "onnxruntime,tensorrt"], env=agent_env(),
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert unknown.returncode == 2 and "unknown runtime 'tensorrt'" in unknown.stderr
+    keyless = subprocess.run(args, env=agent_env(), capture_output=True, text=True, timeout=120)
+    assert keyless.returncode == 2 and "nas keys create NAME --agent" in keyless.stderr
+
+
+def test_the_agent_waits_for_an_unreachable_server_and_stops_on_sigterm(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            ["nas", "agent", "--url", url, "--key", "k", "--target", "lab", "--home", str(tmp_path / "home"),
+             "--runtime", "onnxruntime"],
+            env=agent_env(), stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: log.read_text().count("server unreachable") >= 2, 60, lambda: log.read_text())
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0, log.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+    text = log.read_text()
+    assert "POST /api/v1/agents: server unreachable (ConnectError" in text
+    assert "SIGTERM: stopping" in text
+
+
+def wait_for(condition: Any, timeout: float, describe_state: Any = lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {describe_state()}")
+        time.sleep(0.2)
