@@ -28,7 +28,7 @@ from api.openapi import allowed_methods, install_openapi
 from api.ratelimit import FailureLimiter
 from api.request_context import RequestContext, install_log_record_factory
 from api.workpool import POOLS
-from api.routes import analysis, catalog, dashboard, dashboard_api, datasets, events, jobs, keys, models, trials
+from api.routes import agents, analysis, catalog, dashboard, dashboard_api, datasets, events, jobs, keys, models, targets, trials
 from api.routes.latency import router as latency_router
 from api.routes.latency import warm_up
 from nas import __version__
@@ -173,7 +173,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     for router in (jobs.router, trials.router, datasets.router, models.router, catalog.router, keys.router,
                    keys.whoami_router):
         app.include_router(router, prefix=API_PREFIX, dependencies=strict)
-    for router in (dashboard_api.router, events.router, analysis.router):
+    for router in (dashboard_api.router, events.router, analysis.router, agents.router, targets.router):
         app.include_router(router, prefix=API_PREFIX, dependencies=strict)
     app.include_router(latency_router, prefix=API_PREFIX, dependencies=strict)
     app.include_router(dashboard.router)  # the web dashboard at /

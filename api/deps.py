@@ -28,6 +28,8 @@ from nas.settings import Settings
 from nas.store import Principal, Store
 from nas.store.dataset_catalog import StoreDatasetCatalog
 from nas.store.model_catalog import StoreModelCatalog
+from nas.store.target_catalog import StoreTargetCatalog
+from nas.timing.agent_targets import scope_target_catalog
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,37 @@ async def get_principal(
     principal = store.authenticate(credentials.credentials)
     if principal is None:
         raise authentication_refused(request, "invalid or revoked API key")
+    if principal.is_agent:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "an agent key only measures: it may call the /agents routes, nothing else; "
+            "use a user key (`nas keys create NAME`) for jobs, models, datasets and trials",
+        )
     note_owner(principal.owner)
     # Before FastAPI validates the body: a job spec naming a stored dataset or model finds only the caller's.
     scope_catalog(StoreDatasetCatalog(store, None if principal.is_admin else principal.owner))
     scope_model_catalog(StoreModelCatalog(store, None if principal.is_admin else principal.owner))
+    scope_target_catalog(StoreTargetCatalog(store, principal.owner))  # a job's target may be one of the caller's
+    await _note_use(request, store, principal)
+    return principal
+
+
+async def get_agent_principal(
+    request: Request,
+    store: Annotated[Store, Depends(get_store)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The owner of an agent key; a user key gets 403 here, as an agent key does on every other route."""
+    if credentials is None:
+        raise _unauthorized("missing agent key: mint one with `nas keys create NAME --agent`")
+    principal = store.authenticate(credentials.credentials)
+    if principal is None:
+        raise authentication_refused(request, "invalid or revoked API key")
+    if not principal.is_agent:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "the /agents routes take an agent key: mint one with `nas keys create NAME --agent`"
+        )
+    note_owner(principal.owner)
     await _note_use(request, store, principal)
     return principal
 
@@ -133,3 +162,4 @@ async def known_query_only(request: Request) -> None:
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+AgentPrincipalDep = Annotated[Principal, Depends(get_agent_principal)]

@@ -133,6 +133,8 @@ def serve(
     store = Store(engine)
     datasets.remove_strays(store, settings)  # before any API process takes an upload
     models.remove_strays(store, settings)
+    # calibrations run in the API process that started them: one that was measuring has lost its fit
+    store.measurements.abandon_calibrations("the server stopped during the calibration; start it again")
     # API workers and the dispatcher rebuild these settings from the environment.
     os.environ.update({**settings.to_env(), "NAS_LOG_FORMAT": log_format})
     dispatcher = spawn_child(max_jobs, dispatcher_id, ray_dashboard) if dispatcher_id else None

@@ -280,14 +280,17 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
 def keys_create(
     name: Annotated[str, typer.Argument(help="owner of the key")],
     admin: Annotated[bool, typer.Option("--admin", help="may see and act on every owner's jobs")] = False,
+    agent: Annotated[bool, typer.Option(
+        "--agent", help="for `nas agent` on a device: it measures on NAME's targets and reads nothing else")] = False,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Mint an API key; it is printed once, alone on the last line (only its hash is stored)."""
     try:
-        key = _store(database_url).create_api_key(name, is_admin=admin)
-    except ValueError as exc:  # an empty name, or one with control characters
+        key = _store(database_url).create_api_key(name, is_admin=admin, kind="agent" if agent else "user")
+    except ValueError as exc:  # an empty name, or one with control characters; --admin with --agent
         raise fail(str(exc), ExitCode.USAGE) from None
-    err.print(f"API key for {escape(repr(name))}{' (admin)' if admin else ''}; store it now, it cannot be shown again:")
+    rights = " (admin)" if admin else " (agent)" if agent else ""
+    err.print(f"API key for {escape(repr(name))}{rights}; store it now, it cannot be shown again:")
     print(key)
 
 
@@ -310,9 +313,9 @@ def keys_list(
             for key in keys
         ])
         return
-    table = Table("id", "owner", "admin", "created", "last used", "revoked")
+    table = Table("id", "owner", "kind", "admin", "created", "last used", "revoked")
     for key in keys:
-        table.add_row(str(key.id), escape(key.owner), "yes" if key.is_admin else "", _when(key.created_at),
+        table.add_row(str(key.id), escape(key.owner), key.kind, "yes" if key.is_admin else "", _when(key.created_at),
                       _when(key.last_used_at), _when(key.revoked_at) if key.revoked else "")
     out.print(table)
 

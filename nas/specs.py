@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -20,6 +21,7 @@ from nas import registry
 from nas.data.stored import UnknownDataset
 from nas.errors import did_you_mean
 from nas.registry import Registry
+from nas.timing.agent_targets import TARGET_PATTERN, UnknownTarget, current_target_catalog
 from nas.safe_text import check_printable, printable_pattern
 
 
@@ -164,6 +166,10 @@ class Budget(_Strict):
     max_retries: int = Field(1, ge=0, le=10)
     # A trial silent this long (no epoch reported) is stopped and retried; None never stops one.
     trial_stall_s: float | None = Field(3600, gt=0, le=MAX_SECONDS)
+    target_timeout_s: float = Field(
+        600, gt=0, le=MAX_SECONDS,
+        description="on an agent target: how long a trained trial waits for an agent's measurement before it fails",
+    )
 
 
 class JobSpec(_Strict):
@@ -181,7 +187,14 @@ class JobSpec(_Strict):
     objectives: list[Objective] = Field(
         default_factory=lambda: [Objective(metric="accuracy", direction="maximize")], min_length=1, max_length=4
     )
-    target: str = "cpu"
+    target: str = Field(
+        "cpu", description="where latency is measured: the server's cpu (or cuda), or one of your agent targets (GET /targets)"
+    )
+    target_runtime: str | None = Field(
+        None,
+        description="on an agent target: the runtime its agents time trials with (torch, onnxruntime, torch-cuda, "
+        "onnxruntime-cuda); default: the first of these its agents offer",
+    )
     constraints: Constraints = Field(default_factory=Constraints)
     budget: Budget = Field(default_factory=Budget)
     early_stopping: EarlyStoppingRef | None = Field(None, description="a rule that stops unpromising trials early; null runs every trial to its last epoch")
@@ -195,12 +208,42 @@ class JobSpec(_Strict):
     @field_validator("target")
     @classmethod
     def _known_target(cls, target: str) -> str:
-        from nas.timing.targets import available_targets  # imports torch, as the runner does anyway
+        from nas.timing.targets import all_targets, available_targets  # imports torch, as the runner does anyway
 
         present = available_targets()
-        if target not in present:
-            raise ValueError(f"unknown target {target!r} or not present on this server; valid: {', '.join(present)}")
+        if target in all_targets():
+            if target not in present:
+                raise ValueError(f"target {target!r} is not present on this server; valid: {', '.join(present)}")
+            return target
+        if not re.fullmatch(TARGET_PATTERN, target):
+            raise ValueError(f"unknown target {target!r}; valid: {', '.join(present)} or one of your agent targets")
         return target
+
+    @model_validator(mode="after")
+    def _agent_runtime(self) -> JobSpec:
+        """An agent target's runtime: one its agents offer, chosen at submission where none is named."""
+        from nas.timing.runtimes import RUNTIMES
+        from nas.timing.targets import all_targets
+
+        if self.target in all_targets():
+            if self.target_runtime is not None:
+                raise ValueError(f"target_runtime is for agent targets; {self.target!r} is the server's own")
+            return self
+        if self.target_runtime is not None and self.target_runtime not in RUNTIMES:
+            raise ValueError(f"unknown target_runtime {self.target_runtime!r}; valid: {', '.join(RUNTIMES)}")
+        catalog = current_target_catalog()
+        if catalog is None:  # a spec the API checked already (the runner, a worker)
+            return self
+        try:
+            offered = catalog.runtimes(self.target)
+        except UnknownTarget as exc:
+            raise ValueError(str(exc)) from None
+        if self.target_runtime is None:
+            if not offered:
+                raise ValueError(f"no agent of target {self.target!r} has registered yet: start `nas agent` on the "
+                                 "device, or name target_runtime")  # fmt: skip
+            self.target_runtime = offered[0]
+        return self
 
     @field_validator("objectives")
     @classmethod

@@ -31,12 +31,15 @@ from torch.nn.utils import parametrize
 from nas import registry
 from nas.arch import fingerprint
 from nas.data import DataSplits, validation_split
+from nas.export import export_onnx
 from nas.latency import UnsupportedLayer, measure, observe
 from nas.sparse.base import Sparsifier
 from nas.sparse.inference import to_inference
+from nas.sparse.masks import prunable_weights
 from nas.sparse.serialization import load_model, read_metadata, save_model
 from nas.sparse.stats import layer_report, model_stats, weight_densities, weight_sparsity
 from nas.specs import JobSpec, TrainingSpec
+from nas.timing.targets import all_targets
 
 _EVAL_BATCH = 1024
 CALIBRATION_BATCHES = 20
@@ -59,6 +62,7 @@ class TrialOutcome:
     model_bytes: bytes
     outputs: dict[str, Any] = field(default_factory=dict)  # strategy-specific, stored as Trial.outputs
     latency_observation: dict[str, Any] | None = None  # nas.latency.observe's record; None if it failed
+    onnx_bytes: bytes | None = None  # the inference model as ONNX, for an agent target's agents to time
 
 
 def run_trial(
@@ -193,11 +197,12 @@ def end_trial(
     if last_epoch is not None:
         last_epoch.release(evaluation, seconds)
     test_loss, accuracy = evaluate(model, data.x_test, data.y_test)  # after the last report: never selected on
-    inference, decisions = to_inference(model, data.input_shape, batch_size=1, target=spec.target)
+    on_agent = spec.target not in all_targets()  # timed on the user's device by its agents, not here
+    if on_agent:  # CSR or not is the agent's choice, on its own device: here only shrinking
+        inference, decisions = to_inference(model, data.input_shape, kernels=dict.fromkeys(prunable_weights(model), "dense"))
+    else:
+        inference, decisions = to_inference(model, data.input_shape, batch_size=1, target=spec.target)
     kernels = {decision["name"]: decision["kernel"] for decision in decisions}
-    latency = measure(inference, data.input_shape, target=spec.target, batch_size=1)
-    masked_latency = measure(model, data.input_shape, target=spec.target, batch_size=1)
-    observation = _latency_observation(inference, data.input_shape, spec.target, latency["p10_ms"])
     metrics = {
         **model_stats(model, data.input_shape),
         "accuracy": accuracy,
@@ -205,12 +210,17 @@ def end_trial(
         "test_accuracy": accuracy,
         "test_loss": test_loss,
         **{k: v for k, v in evaluation.items() if k in ("val_accuracy", "val_loss", "search_val_accuracy")},
-        "latency_ms": latency["p10_ms"],
-        "latency_median_ms": latency["median_ms"],
-        "latency_iqr_ms": latency["iqr_ms"],
-        "masked_latency_ms": masked_latency["p10_ms"],
         "train_time_s": train_time,
     }
+    observation = None
+    if not on_agent:
+        latency = measure(inference, data.input_shape, target=spec.target, batch_size=1)
+        masked_latency = measure(model, data.input_shape, target=spec.target, batch_size=1)
+        observation = _latency_observation(inference, data.input_shape, spec.target, latency["p10_ms"])
+        metrics.update({
+            "latency_ms": latency["p10_ms"], "latency_median_ms": latency["median_ms"],
+            "latency_iqr_ms": latency["iqr_ms"], "masked_latency_ms": masked_latency["p10_ms"],
+        })  # fmt: skip
     layers = [{**layer, "kernel": kernels.get(layer["name"])} for layer in layer_report(model, sparsifier)]
     metadata = {
         "search_space": spec.search_space.name,
@@ -222,7 +232,9 @@ def end_trial(
         **(extra_metadata or {}),
     }
     outputs = {**(outputs or {}), "split": data.split}
-    return TrialOutcome(metrics, layers, save_model(model, metadata), outputs, observation)
+    model_bytes = save_model(model, metadata)
+    onnx = export_onnx(inference, data.input_shape, metadata) if on_agent else None
+    return TrialOutcome(metrics, layers, model_bytes, outputs, observation, onnx)
 
 
 def _latency_observation(

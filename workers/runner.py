@@ -42,6 +42,9 @@ from nas.store.model_catalog import StoreModelCatalog  # noqa: E402
 from nas.store.observations import predict_with_store_observations  # noqa: E402
 from nas.strategies import WAIT, Strategy  # noqa: E402
 from nas.trial_log import LogTail, split_failure  # noqa: E402
+from nas.store.measurements import TargetRecord, TaskRecord  # noqa: E402
+from nas.timing.targets import all_targets  # noqa: E402
+from workers.agent_tasks import latency_metrics, measured_by, queue_trial_measurement  # noqa: E402
 from workers.baseline import measure_baseline  # noqa: E402
 from workers.datasets import deliver  # noqa: E402
 from workers.models import deliver as deliver_model  # noqa: E402
@@ -119,7 +122,9 @@ class _Persist(_RunnerRef, tune.Callback):
         self._runner.logged(trial_id, result.pop(LOG, ""))
         if FINAL in result:
             # Drop the model bytes from the result Tune keeps in memory for every trial.
-            self._runner.guard(self._runner.complete_trial, trial_id, result[FINAL], result.pop("model"))
+            self._runner.guard(
+                self._runner.complete_trial, trial_id, result[FINAL], result.pop("model"), result.pop("onnx", None)
+            )
         elif EPOCH_METRICS in result:
             self._runner.epoch_reported(trial_id, result["epoch"], result[EPOCH_METRICS])
 
@@ -183,6 +188,9 @@ class JobRunner:
         # The dense reference's metrics (workers.baseline), recorded on every trial; empty without one.
         self._baseline: dict[str, float] = {}
         self._logs: dict[str, LogTail] = {}  # per trial not yet finished: its log so far, kept at finish
+        # An agent target's trials, trained and waiting for its agents: trial id -> (task id, deadline, epoch s).
+        self._measuring: dict[str, tuple[str, float]] = {}
+        self._target: TargetRecord | None = None  # the job's agent target, if its target is one
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -223,8 +231,12 @@ class JobRunner:
 
     def _prepare(self, job: Job) -> None:
         spec = JobSpec.model_validate(job.spec)
+        if spec.target not in all_targets():
+            self._target = self.store.measurements.target(self.store.job_owner(self.job_id), spec.target)
         trials, _ = self.store.list_trials(self.job_id)
         for trial in trials:
+            if trial.state is TrialState.running and self._resume_measuring(trial.id, spec):
+                continue  # trained, its model with the agents: an earlier runner waited for it
             if trial.state is TrialState.running:  # its runner died mid-trial
                 if trial.attempts <= spec.budget.max_retries:
                     self._pending.append(self.store.requeue_trial(trial.id, "its runner stopped; re-run"))
@@ -245,6 +257,17 @@ class JobRunner:
         recorded = (t.metrics for t in trials if all(name in t.metrics for name in BASELINE))
         self._baseline = {name: metrics[name] for metrics in recorded for name in BASELINE}
 
+    def _resume_measuring(self, trial_id: str, spec: JobSpec) -> bool:
+        """Wait again for a trained trial's measurement that an earlier runner queued; False if it has none."""
+        if self._target is None:
+            return False
+        task = self.store.measurements.trial_task(trial_id)
+        if task is None or task.state == "failed":
+            return False
+        with self._lock:
+            self._measuring[trial_id] = (task.id, task.created_at.timestamp() + spec.budget.target_timeout_s)
+        return True
+
     def _measure_baseline(self) -> None:
         """The dense reference's accuracy and latency, once per job, on a worker as the trials are measured."""
         if self._baseline:
@@ -263,11 +286,58 @@ class JobRunner:
         self._started = job.started_at.timestamp() if job.started_at is not None else time.time()
         while True:
             self._fit_once(self.spec)
+            self._await_measurements()
             self._follow_budget()
             with self._lock:
                 more = self._n_trials < self.spec.budget.max_trials and not self._strategy_done
             if self.stop_reason is not None or self.out_of_time() or self._waiting or not more:
                 return
+
+    def _await_measurements(self) -> None:
+        """Wait for the trials the agents still measure (each up to its ``target_timeout_s``)."""
+        while self.stop_reason is None:
+            self._collect_measurements()
+            with self._lock:
+                if not self._measuring:
+                    return
+            time.sleep(0.5)
+
+    def _collect_measurements(self) -> None:
+        """End the trials whose agents reported, or whose ``budget.target_timeout_s`` passed."""
+        with self._lock:
+            waiting = dict(self._measuring)
+        for trial_id, (task_id, deadline) in waiting.items():
+            task = self.store.measurements.task(task_id)
+            if task.state == "done":
+                self._measured(trial_id, task)
+            elif task.state == "failed":
+                self._unmeasured(trial_id, f"no agent of target {self.spec.target!r} could measure it: {task.error}")
+            elif time.time() > deadline:
+                self.store.measurements.fail_task(task_id, "its trial stopped waiting (budget.target_timeout_s)")
+                online = sum(a.online for a in self.store.measurements.target(self._target.owner, self._target.name).agents) \
+                    if self._target is not None else 0
+                self._unmeasured(trial_id, (
+                    f"no agent of target {self.spec.target!r} measured it within budget.target_timeout_s="
+                    f"{self.spec.budget.target_timeout_s:g} s ({online} agents online)"))  # fmt: skip
+
+    def _measured(self, trial_id: str, task: TaskRecord) -> None:
+        payload = task.payload
+        metrics = {**payload["metrics"], **latency_metrics(task)}
+        trial = self._finish(
+            trial_id, TrialState.complete,
+            metrics={**metrics, **beside_baseline(self._baseline, metrics)},
+            layers=[LayerInfo.model_validate(layer) for layer in payload["layers"]],
+            node_id=payload.get("node_id"),
+            outputs={**payload.get("outputs", {}), "measured_by": measured_by(self.spec.target, task)},
+        )  # fmt: skip
+        with self._lock:
+            self._measuring.pop(trial_id, None)
+        self._completed(trial)
+
+    def _unmeasured(self, trial_id: str, reason: str) -> None:
+        with self._lock:
+            self._measuring.pop(trial_id, None)
+        self._finished(self._finish(trial_id, TrialState.failed, reason))
 
     def out_of_time(self) -> bool:
         """Whether the job's time budget (``budget.timeout_s`` from its start) is spent; read as the
@@ -323,7 +393,7 @@ class JobRunner:
             return  # another runner owns the job now
         if self.stop_reason == "shutdown":
             for trial in self._unfinished():
-                if trial.state is TrialState.running:
+                if trial.state is TrialState.running and trial.id not in self._measuring:
                     self.guard(self.store.requeue_trial, trial.id, "server stopped; re-run", False)
             self.store.release_lease(self.job_id, self.runner_id)
             return
@@ -345,7 +415,12 @@ class JobRunner:
         return [t for t in trials if not t.state.finished]
 
     def _fail_unfinished(self, reason: str, state: TrialState = TrialState.failed) -> None:
-        """End every queued or running trial in ``state`` (``failed``, or ``cancelled`` for a cancelled job)."""
+        """End every queued or running trial in ``state`` (``failed``, or ``cancelled`` for a cancelled job);
+        the agents drop the measurements such trials waited for."""
+        with self._lock:
+            measuring, self._measuring = dict(self._measuring), {}
+        for task_id, _ in measuring.values():
+            self.guard(self.store.measurements.fail_task, task_id, reason)
         for trial in self._unfinished():
             self.guard(self._finish, trial.id, state, reason)
 
@@ -359,9 +434,10 @@ class JobRunner:
                     self.stop_reason = "cancel"
                 self._follow_budget()
                 with self._lock:
-                    live = list(self._live)
+                    live = [*self._live, *self._measuring]
                 self.store.touch_trials(live)
                 self._stop_stalled()
+                self._collect_measurements()
             except Exception:  # the database may be away for a moment; the lease has slack
                 log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
 
@@ -475,7 +551,7 @@ class JobRunner:
         spent, the strategy done or waiting with nothing running, or the time budget spent)."""
         with self._lock:
             budget_used = self._n_trials >= self.spec.budget.max_trials or self._strategy_done or self.out_of_time()
-            idle = not self._pending and not self._live
+            idle = not self._pending and not self._live and not self._measuring
             if idle and self._waiting and not budget_used:
                 log.warning("job %s: its strategy waits with no trial running; ending the job", self.job_id)
             return idle and (budget_used or self._waiting)
@@ -501,7 +577,7 @@ class JobRunner:
             "model": self._model,  # how a stored model reaches it (workers.models)
         }
 
-    def complete_trial(self, trial_id: str, final: dict[str, Any], model: bytes) -> None:
+    def complete_trial(self, trial_id: str, final: dict[str, Any], model: bytes, onnx: bytes | None = None) -> None:
         self.store.add_artifact(save_model(self.settings.artifact_dir, self.job_id, trial_id, model))
         observation = final.get("latency_observation")
         if observation is not None:  # before the trial completes, so the next candidates are planned with it
@@ -509,6 +585,9 @@ class JobRunner:
         with self._lock:
             planned = self._planned.pop(trial_id, {})
             self._last_epoch.pop(trial_id, None)
+        if self._target is not None:
+            self._queue_measurement(trial_id, final, {**planned, **final["metrics"]}, onnx)
+            return
         trial = self._finish(
             trial_id,
             TrialState.complete,
@@ -517,6 +596,27 @@ class JobRunner:
             node_id=final.get("node_id"),
             outputs=final.get("outputs") or {},
         )
+        self._completed(trial)
+
+    def _queue_measurement(self, trial_id: str, final: dict[str, Any], metrics: dict[str, float], onnx: bytes | None) -> None:
+        """Hand a trained trial's ONNX model to its target's agents; it stays running until they report."""
+        assert self._target is not None and self.spec.target_runtime is not None
+        if onnx is None:
+            raise RuntimeError("the trial's worker sent no ONNX model for the agent target")
+        input_shape = registry.datasets.create(self.spec.dataset.name, self.spec.dataset.params).shape()[0]
+        payload = {"metrics": metrics, "layers": final["layers"], "node_id": final.get("node_id"),
+                   "outputs": final.get("outputs") or {}}  # fmt: skip
+        task = queue_trial_measurement(
+            self.store, self.settings, self._target, self.spec.target_runtime, trial_id, onnx, input_shape, payload
+        )
+        self.logged(trial_id, f"trained; waiting for an agent of target {self.spec.target!r} "
+                              f"({self.spec.target_runtime}) to measure it (task {task.id})\n")  # fmt: skip
+        with self._lock:
+            self._measuring[trial_id] = (task.id, time.time() + self.spec.budget.target_timeout_s)
+            self._live.discard(trial_id)
+
+    def _completed(self, trial: Trial) -> None:
+        """A trial completed: tell the strategy, and keep the job's best trial."""
         self._finished(trial)
         best = best_trial([t for t in (self._best, trial) if t is not None], self.spec.objectives)
         if best is not None and best is not self._best:

@@ -67,6 +67,7 @@ def train_trial(config: dict[str, Any]) -> None:
             },
             LOG: captured.take(),
             "model": outcome.model_bytes,
+            "onnx": outcome.onnx_bytes,  # for an agent target's agents; None on the server's own targets
         }
     )
 

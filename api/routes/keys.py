@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Path
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, StoreDep
@@ -29,6 +29,7 @@ class KeyInfo(BaseModel):
     id: int
     owner: str
     is_admin: bool
+    kind: str = Field(description="user, or agent (measures on its owner's targets, reads nothing)")
     created_at: datetime
     last_used_at: datetime | None  # to the minute
     revoked_at: datetime | None
@@ -36,7 +37,7 @@ class KeyInfo(BaseModel):
     @classmethod
     def of(cls, key: ApiKey) -> KeyInfo:
         return cls(
-            id=key.id, owner=key.owner, is_admin=key.is_admin, created_at=key.created_at,
+            id=key.id, owner=key.owner, is_admin=key.is_admin, kind=key.kind, created_at=key.created_at,
             last_used_at=key.last_used_at, revoked_at=key.revoked_at,
         )
 

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from nas.timing import TARGETS, measure
+from nas.timing.measure import measure
+from nas.timing.targets import TARGETS
 from nas.sparse.csr import csr_layer
 from nas.sparse.shrink import shrink
 from nas.sparse.masks import prunable_weights

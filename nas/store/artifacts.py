@@ -11,10 +11,9 @@ from nas.settings import Settings
 from nas.store.store import Artifact
 
 
-def save_model(artifact_dir: Path, job_id: str, trial_id: str, data: bytes, fmt: str = "safetensors") -> Artifact:
-    """Write atomically (temp file, then rename) so a crash never leaves half a model; mode 0600,
+def _write_private(artifact_dir: Path, relative: Path, data: bytes) -> None:
+    """Write atomically (temp file, then rename) so a crash never leaves half a file; mode 0600,
     in folders of mode 0700: another user of the machine reads no tenant's model."""
-    relative = Path(job_id) / f"{trial_id}.{fmt}"  # under job_folder
     target = artifact_dir / relative
     artifact_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     target.parent.mkdir(mode=0o700, exist_ok=True)
@@ -23,6 +22,12 @@ def save_model(artifact_dir: Path, job_id: str, trial_id: str, data: bytes, fmt:
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.replace(tmp, target)
+
+
+def save_model(artifact_dir: Path, job_id: str, trial_id: str, data: bytes, fmt: str = "safetensors") -> Artifact:
+    """Keep a trial's model under its job's folder (:func:`job_folder`)."""
+    relative = Path(job_id) / f"{trial_id}.{fmt}"
+    _write_private(artifact_dir, relative, data)
     return Artifact(
         trial_id=trial_id,
         kind="model",
@@ -52,6 +57,13 @@ def models_dir(artifact_dir: Path) -> Path:
 def model_file(artifact_dir: Path, model_id: str) -> Path:
     """Where a stored model's ONNX file lies: ``models/<id>/model.onnx``."""
     return models_dir(artifact_dir) / model_id / "model.onnx"
+
+
+def save_measurement_model(artifact_dir: Path, task_id: str, onnx_bytes: bytes) -> str:
+    """Keep the ONNX file a measurement task's agent downloads; returns its path under ``artifact_dir``."""
+    relative = Path("measurements") / f"{task_id}.onnx"
+    _write_private(artifact_dir, relative, onnx_bytes)
+    return relative.as_posix()
 
 
 def job_folder(artifact_dir: Path, job_id: str) -> Path:

@@ -92,6 +92,7 @@ class TaskRecord:
     lease_expires_at: datetime | None
     result: dict[str, Any] | None
     error: str | None
+    created_at: datetime
 
     @property
     def finished(self) -> bool:
@@ -145,7 +146,7 @@ def _task(row: MeasurementTaskRow) -> TaskRecord:
         row.id, row.target_id, row.purpose, row.trial_id, row.calibration_id, row.runtime, list(row.input_shape),
         row.batch_size, row.num_threads, row.min_run_time, row.rounds, row.model_path, dict(row.payload or {}),
         row.state, row.attempts, row.lease_id, row.agent_id, row.lease_expires_at,
-        None if row.result is None else dict(row.result), row.error,
+        None if row.result is None else dict(row.result), row.error, row.created_at,
     )  # fmt: skip
 
 

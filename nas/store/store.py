@@ -497,6 +497,15 @@ class Store:
             raise NotFound(f"job {job_id} not found")
         return spec["budget"]
 
+    @retrying(idempotent=True)
+    def job_owner(self, job_id: str) -> str:
+        """Whose job it is: its agent target is that owner's."""
+        with self._read() as s:
+            owner = s.scalar(select(JobRow.owner).where(JobRow.id == job_id))
+        if owner is None:
+            raise NotFound(f"job {job_id} not found")
+        return owner
+
     @retrying(idempotent=False)
     def delete_job(self, job_id: str, viewer: Principal | None = None) -> Job:
         """Forget a finished job with its trials, their epochs, layers and artifact rows (the files
