@@ -102,11 +102,26 @@ def _measure_torch(onnx_bytes: bytes, timing: Timing) -> dict[str, float]:
 
 
 def _measure_torch_cuda(onnx_bytes: bytes, timing: Timing) -> dict[str, float]:
+    """Timed in place on the GPU, with CUDA events, as :func:`nas.timing.measure.measure` times on
+    ``cuda``: that function times a copy, and a semi-structured weight cannot be copied."""
+    import torch
+
     from nas.latency.cuda import semi_structured_layers, to_semi_structured
-    from nas.timing.measure import measure
+    from nas.timing.measure import time_calls, timing_context
+    from nas.timing.protocol import WARMUP_CALLS, in_rounds
 
     model = to_semi_structured(_convert(onnx_bytes))
-    stats = measure(
-        model, timing.input_shape, "cuda", timing.batch_size, timing.num_threads, timing.min_run_time, timing.rounds
-    )
-    return {**stats, "semi_structured_layers": len(semi_structured_layers(model))}
+    dtype = next((p.dtype for p in model.parameters()), torch.float16)
+    x = torch.randn(timing.batch_size, *timing.input_shape, generator=torch.Generator().manual_seed(0))
+    x = x.to(device="cuda", dtype=dtype)
+    with timing_context(timing.num_threads):
+        for _ in range(WARMUP_CALLS):
+            model(x)
+        torch.cuda.synchronize()
+        stats = in_rounds(
+            lambda seconds: time_calls(lambda: model(x), seconds, cuda=True), timing.min_run_time, timing.rounds
+        )
+    return {
+        **stats, "num_threads": timing.num_threads, "batch_size": timing.batch_size,
+        "semi_structured_layers": len(semi_structured_layers(model)),
+    }  # fmt: skip
