@@ -42,21 +42,31 @@ function onlineBadge(online) {
   return h('span', { class: `badge badge-${online ? 'online' : 'offline'}` }, online ? 'online' : 'offline');
 }
 
-function predictorCell(target) {
-  const p = target.predictor;
-  if (!p) {
-    const command = calibrateCommand(target.name);
-    return h('td', { class: 'predictor' },
-      h('div', { class: 'uncalibrated' }, 'not calibrated'),
-      h('div', { class: 'command' }, h('code', {}, command), copyButton(command)));
-  }
-  return h('td', { class: 'predictor', title: `fitted on ${p.models} models with ${p.runtime}, ${fmt.time(p.created_at)}` },
+/** One fitted predictor: its version and how it did on held-out models measured on the target. */
+function predictorSummary(p) {
+  return h('div', { class: 'predictor-version', title: `fitted with ${p.runtime}, ${fmt.time(p.created_at)}` },
     h('div', { class: 'chips' },
       h('span', { class: 'chip chip-objective' }, `v${p.version}`),
       h('span', { class: 'chip', title: 'share of held-out models whose predicted latency is within ±10% of the measured one' }, `${fmt.pct(p.within_10, 0)} within ±10%`),
       h('span', { class: 'chip', title: 'Spearman rank correlation of predicted and measured latency' }, `ρ ${fmt.num(p.spearman, 3)}`),
-      h('span', { class: 'chip', title: 'within ±10% that re-measuring the same models reaches: the best a predictor can do' }, `noise ceiling ${fmt.pct(p.noise_ceiling_within_10, 0)}`)),
-    h('div', { class: 'muted small' }, `${p.runtime} · ${fmt.int(p.models)} models · ${fmt.ago(p.created_at)}`));
+      h('span', { class: 'chip', title: 'share of those models whose two measurements agree within ±10%: the best a predictor can do' }, `noise ceiling ${fmt.pct(p.noise_ceiling_within_10, 0)}`)),
+    h('div', { class: 'muted small' }, [p.runtime, typeof p.models === 'number' ? `${fmt.int(p.models)} models` : null, fmt.ago(p.created_at)].filter(Boolean).join(' · ')));
+}
+
+function predictorCell(target) {
+  const fitted = target.predictors?.length ? target.predictors : (target.predictor ? [target.predictor] : []);
+  if (fitted.length) return h('td', { class: 'predictor' }, fitted.map(predictorSummary));
+  if (target.kind === 'builtin') {
+    // the server keeps its own targets' predictors where it runs; the API does not describe them
+    const command = `nas hardware evaluate --target ${target.name}`;
+    return h('td', { class: 'predictor' },
+      h('div', { class: 'muted' }, 'the server’s own'),
+      h('div', { class: 'command muted small' }, h('code', {}, command), copyButton(command)));
+  }
+  const command = calibrateCommand(target.name);
+  return h('td', { class: 'predictor' },
+    h('div', { class: 'uncalibrated' }, 'not calibrated'),
+    h('div', { class: 'command' }, h('code', {}, command), copyButton(command)));
 }
 
 function targetRow(target) {
@@ -70,7 +80,7 @@ function targetRow(target) {
         ? h('a', { href: `#/targets`, class: 'strong', onclick: (e) => { e.preventDefault(); document.getElementById(`agents-${target.name}`)?.scrollIntoView({ behavior: 'smooth' }); } }, target.name)
         : h('span', { class: 'strong' }, target.name),
       target.description ? h('div', { class: 'muted small' }, target.description) : null),
-    h('td', {}, h('span', { class: `chip chip-${target.kind}` }, target.kind), target.owner ? h('div', { class: 'muted small' }, target.owner) : null),
+    h('td', {}, h('span', { class: `chip chip-${target.kind}` }, target.kind), target.owner ? h('div', { class: 'muted small owner' }, target.owner) : null),
     h('td', {}, h('div', { class: 'chips' }, (target.runtimes || []).map((r) => h('span', { class: 'chip' }, r)))),
     agentCell,
     h('td', { class: 'num' }, fmt.int(target.queued)),

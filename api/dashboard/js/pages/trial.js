@@ -55,7 +55,7 @@ export async function render(view, trialId) {
     const runtime = by.runtime || {};
     const title = [hardwareSummary(by.hardware), runtime.device ? `on ${runtime.device}` : null, by.agent_id ? `agent ${by.agent_id}` : null].filter(Boolean).join(' · ');
     return h('span', { id: 'measured-by', title },
-      'measured by ', h('strong', {}, by.agent), ` (${[runtime.name, runtime.version].filter(Boolean).join(' ')}) on `, h('a', { href: '#/targets' }, by.target));
+      'measured by ', h('strong', {}, by.agent || `agent ${fmt.shortId(by.agent_id)}`), ` (${[runtime.name, runtime.version].filter(Boolean).join(' ')}) on `, h('a', { href: '#/targets' }, by.target));
   }
 
   function paintMetrics() {
