@@ -29,6 +29,10 @@ from nas.agent.hardware import RuntimeUnavailable, describe, offered_runtimes
 from nas.agent.loop import agent_name
 from nas.agent.measure import task_result
 from nas.net import free_port
+from nas.settings import Settings
+from nas.store import Store, make_engine
+from nas.store.artifacts import save_measurement_model
+from nas.store.measurements import TaskRecord
 from tests.model_files import cnn, graph_model, onnx_bytes
 from tests.server_process import ServerProcess
 
@@ -216,3 +220,150 @@ def wait_for(condition: Any, timeout: float, describe_state: Any = lambda: "") -
         if time.monotonic() > deadline:
             raise TimeoutError(f"not within {timeout} s: {describe_state()}")
         time.sleep(0.2)
+
+
+# -- against the real server ----------------------------------------------------------------------
+
+
+class AgentProcess:
+    """``nas agent`` as a device runs it: its own folder, the key in NAS_API_KEY, stderr kept in ``home/agent.log``."""
+
+    def __init__(self, home: Path, url: str, key: str, target: str, *args: str) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.home = home
+        self.log_path = home / "agent.log"
+        with open(self.log_path, "ab") as stderr:
+            self.process = subprocess.Popen(
+                ["nas", "agent", "--url", url, "--target", target, "--home", str(home), *args],
+                env=agent_env(NAS_API_KEY=key), stdout=subprocess.DEVNULL, stderr=stderr,
+            )  # fmt: skip
+
+    @property
+    def name(self) -> str:
+        return str(json.loads((self.home / "agent.json").read_text())["name"])
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager stops it; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a pulled plug would: nothing is reported."""
+        self.process.kill()
+        self.process.wait(30)
+
+
+def queue_task(server: ServerProcess, store: Store, owner: str, target: str, runtime: str, model: bytes,
+               input_shape: tuple[int, ...]) -> str:  # fmt: skip
+    """Queue a measurement task for ``target``'s agents as the service does (its ONNX file kept under
+    the server's artifacts); its id."""
+    task_id = uuid.uuid4().hex
+    path = save_measurement_model(Settings(home=server.home).artifact_dir, task_id, model)
+    target_id = store.measurements.target(owner, target).id
+    store.measurements.create_task(target_id, "calibration", runtime, input_shape, path, min_run_time=0.05,
+                                   task_id=task_id)  # fmt: skip
+    return task_id
+
+
+def finished(store: Store, task_id: str, timeout: float = 120.0) -> TaskRecord:
+    deadline = time.monotonic() + timeout
+    while not (task := store.measurements.task(task_id)).finished:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"task {task_id} still {task.state} after {timeout} s")
+        time.sleep(0.2)
+    return task
+
+
+def agents_of(server: ServerProcess, user_key: str, target: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{server.url}/api/v1/targets/{target}", headers={"Authorization": f"Bearer {user_key}"})
+    if response.status_code == 404:
+        return []
+    response.raise_for_status()
+    return list(response.json()["agents"])
+
+
+@pytest.fixture
+def live_server(tmp_path: Path, empty_database_url: str) -> Iterator[tuple[ServerProcess, Store]]:
+    """``nas serve`` on a fresh database, without a job dispatcher (tasks are queued here), and the
+    store over the same database."""
+    home = tmp_path / "server"
+    home.mkdir()
+    server = ServerProcess(home, {"NAS_DATABASE_URL": empty_database_url})
+    server.start("--max-jobs", "0")
+    engine = make_engine(empty_database_url)
+    try:
+        yield server, Store(engine)
+    finally:
+        server.stop()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_an_agent_process_measures_for_a_live_server(
+    live_server: tuple[ServerProcess, Store], tmp_path: Path, backend: str
+) -> None:
+    server, store = live_server
+    agent_key = server.cli("keys", "create", "alice", "--agent").stdout.strip().splitlines()[-1]
+    user_key = server.create_key("alice")
+    agent = AgentProcess(tmp_path / "agent", server.url, agent_key, "lab", "--runtime", "onnxruntime,torch", "--poll", "1")
+    try:
+        wait_for(lambda: agents_of(server, user_key, "lab"), 120, agent.log)
+        (registered,) = agents_of(server, user_key, "lab")
+        assert registered["name"] == agent.name and registered["online"]
+        assert registered["hardware"] == describe(offered_runtimes())
+        assert [r["name"] for r in registered["runtimes"]] == ["onnxruntime", "torch"]
+
+        measured = finished(store, queue_task(server, store, "alice", "lab", "onnxruntime", onnx_bytes(cnn()), (1, 8, 8)))
+        assert measured.state == "done" and measured.attempts == 1, measured.error
+        assert measured.result is not None
+        assert PROTOCOL_STATS <= set(measured.result["stats"])
+        assert measured.result["runtime"]["name"] == "onnxruntime"
+        assert (measured.result["agent"], measured.result["agent_id"]) == (agent.name, registered["id"])
+
+        bad = finished(store, queue_task(server, store, "alice", "lab", "torch", b"not onnx", (1, 8, 8)))
+        assert bad.state == "failed" and "ModelRejected: not an ONNX model" in (bad.error or "")
+
+        server.stop()  # a restart: the agent keeps trying, then carries on with the same agent id
+        wait_for(lambda: "server unreachable" in agent.log(), 60, agent.log)
+        server.start("--max-jobs", "0")
+        after = finished(store, queue_task(server, store, "alice", "lab", "torch", onnx_bytes(cnn()), (1, 8, 8)))
+        assert after.state == "done" and after.result is not None, after.error
+        assert (after.result["agent_id"], after.result["runtime"]["name"]) == (registered["id"], "torch")
+        assert after.result["stats"]["layers"] == 3
+    finally:
+        assert agent.stop() == 0, agent.log()
+    log = agent.log()
+    assert f"registered for target lab: onnxruntime {onnxruntime.__version__}, torch {torch.__version__}" in log
+    for task_id in (measured.id, after.id):
+        assert len(re.findall(rf"task {task_id} \S+: p10 [\d.e-]+ ms, median", log)) == 1, log
+    assert f"task {bad.id} torch: error: ModelRejected" in log
+    assert "SIGTERM: stopping" in log and "stopped after 3 measurement(s)" in log
+
+    again = AgentProcess(tmp_path / "agent", server.url, agent_key, "lab", "--runtime", "onnxruntime")
+    try:
+        wait_for(lambda: again.log().count("registered for target lab") == 2, 60, again.log)
+    finally:
+        assert again.stop() == 0, again.log()
+    (same,) = agents_of(server, user_key, "lab")  # the same name from the same home: the same agent
+    assert (same["id"], same["measurements_done"]) == (registered["id"], 2)
+    assert [r["name"] for r in same["runtimes"]] == ["onnxruntime"]
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_user_key_cannot_run_an_agent(tmp_path: Path, live_server: tuple[ServerProcess, Store], backend: str) -> None:
+    server, _ = live_server
+    user_key = server.create_key("alice")
+    refused = subprocess.run(
+        ["nas", "agent", "--url", server.url, "--target", "lab", "--home", str(tmp_path / "agent"), "--runtime",
+         "onnxruntime"], env=agent_env(NAS_API_KEY=user_key), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 3, refused.stderr
+    assert "registering agent" in refused.stderr and "HTTP 403" in refused.stderr
