@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from nas.agent.hardware import describe, offered_runtimes
-from nas.agent.measure import task_result
+from nas.agent.measure import MAX_ERROR_CHARS, task_result
 
 API = "/api/v1"
 STATE_FILE = "agent.json"
@@ -161,6 +161,12 @@ def _detail(response: httpx.Response) -> str:
     except (ValueError, AttributeError):
         detail = None
     return str(detail) if detail else f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+def _check_key(response: httpx.Response, what: str) -> None:
+    """Raise :class:`Fatal` when the server refuses the key itself (401, 403): no later call can succeed."""
+    if response.status_code in (401, 403):
+        raise _refused(response, what)
 
 
 def _refused(response: httpx.Response, what: str) -> Fatal:
@@ -301,12 +307,17 @@ class Agent:
         timeout = httpx.Timeout(wait + 30.0, connect=10.0)  # the server holds the call up to ``wait`` seconds
         response = connection.request("POST", f"{API}/agents/{agent_id}/lease", params={"wait": wait}, timeout=timeout)
         if response.status_code == 204:
+            if wait == 0:  # no long poll: pace the polls
+                self.stop.wait(1.0)
             return None
         if response.status_code == 404:  # the server no longer knows this agent (a new database)
             self._register_again(connection, agent_id)
             return None
         if response.status_code != 200:
-            raise _refused(response, "leasing a task")
+            _check_key(response, "leasing a task")
+            log.warning("leasing a task: %s; trying again in %.0f s", _detail(response), MAX_BACKOFF_S)
+            self.stop.wait(MAX_BACKOFF_S)
+            return None
         task: dict[str, Any] = response.json()
         return task
 
@@ -326,8 +337,7 @@ class Agent:
         url = task.get("model_url") or f"{base}/model"
         model = connection.request("GET", url, timeout=httpx.Timeout(300.0, connect=10.0))
         if model.status_code != 200:
-            if model.status_code in (401, 403):
-                raise _refused(model, f"downloading the model of task {task_id}")
+            _check_key(model, f"downloading the model of task {task_id}")
             log.warning("task %s: the model could not be downloaded (%s); left to its lease", task_id, _detail(model))
             return
         lease_s = float(task.get("lease_s") or self.lease_s)
@@ -338,12 +348,16 @@ class Agent:
         finally:
             heartbeat.finish()
         answer = connection.request("PUT", f"{base}/result", json=result)
+        if answer.status_code == 422 and "stats" in result:  # stats the server will not take: say so instead
+            refusal = f"the server refused the statistics: {_detail(answer)}"
+            result = {"lease_id": lease_id, "error": refusal[:MAX_ERROR_CHARS]}
+            answer = connection.request("PUT", f"{base}/result", json=result)
         seconds = time.monotonic() - started
-        if answer.status_code == 409:
-            log.warning("task %s %s: lease lost, result not taken (%s)", task_id, runtime, _detail(answer))
-            return
         if answer.status_code != 200:
-            raise _refused(answer, f"reporting task {task_id}")
+            _check_key(answer, f"reporting task {task_id}")
+            reason = "lease lost" if answer.status_code == 409 else f"HTTP {answer.status_code}"
+            log.warning("task %s %s: result not taken (%s: %s)", task_id, runtime, reason, _detail(answer))
+            return
         self.measured += 1
         if "error" in result:
             log.info("task %s %s: error: %s (%.1f s)", task_id, runtime, result["error"], seconds)
