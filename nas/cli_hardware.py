@@ -23,6 +23,9 @@ hardware_app = typer.Typer(help="Latency targets: calibrate and evaluate the lat
 _err = Console(stderr=True)
 
 Target = Annotated[str, typer.Option("--target", help="cpu, or cuda where a GPU is present")]
+CalibrationTarget = Annotated[str, typer.Option(
+    "--target", help="cpu, cuda where a GPU is present, or one of your agent targets (calibrated through its "
+    "agents by the server at NAS_URL, with NAS_API_KEY)")]
 Threads = Annotated[int, typer.Option("--threads", min=1, help="torch threads while timing (part of the target)")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="examples per forward pass (part of the target)")]
 
@@ -43,14 +46,20 @@ def targets() -> None:
 
 @hardware_app.command()
 def calibrate(
-    target: Target = "cpu",
+    target: CalibrationTarget = "cpu",
     threads: Threads = 1,
     batch_size: BatchSize = 1,
     quick: Annotated[bool, typer.Option("--quick", help="a few hundred samples, 1-3 minutes")] = False,
     seed: Annotated[int, typer.Option(help="seed of the sampled layers and models")] = 0,
     statistic: Annotated[str, typer.Option(help="per-call statistic the predictor targets")] = "p10_ms",
+    runtime: Annotated[Optional[str], typer.Option(
+        help="an agent target's runtime to calibrate (default: the first its online agents offer)")] = None,
 ) -> None:
-    """Time layers and whole models on this machine, fit a predictor and store it under NAS_HOME."""
+    """Time layers and whole models on this machine, fit a predictor and store it under NAS_HOME; for an
+    agent target, the server sends the models to its agents and stores the predictor fitted from what they report."""
+    if target not in ("cpu", "cuda"):
+        _calibrate_through_agents(target, quick, runtime)
+        return
     from nas.latency import TargetUnavailable
     from nas.latency.calibrate import calibrate as run
 
@@ -70,6 +79,33 @@ def calibrate(
           f"{meta['layer_samples']} layer samples, {meta['models']} models")  # fmt: skip
     print(f"predictor: {result['paths']['predictor']}")
     print(f"data: {result['paths']['data']}")
+
+
+def _calibrate_through_agents(target: str, quick: bool, runtime: str | None) -> None:
+    """Start the calibration on the server, follow its progress on stderr, print the predictor's accuracy."""
+    from nas.cli import _client
+
+    started = time.perf_counter()
+    with _client() as client:
+        calibration = client.calibrate_target(target, quick=quick, runtime=runtime)
+        _err.print(f"calibrating target {target} ({calibration['runtime']}, {'quick' if quick else 'full'}) "
+                   f"through its agents: calibration {calibration['id']}")  # fmt: skip
+        shown = None
+        while calibration["state"] == "measuring":
+            if calibration["progress"] != shown and calibration["progress"]:
+                shown = calibration["progress"]
+                _err.print(f"[{time.perf_counter() - started:6.1f} s] {shown}")
+            time.sleep(2.0)
+            calibration = client.calibration(target, calibration["id"])
+        if calibration["state"] != "done":
+            raise _fail(f"calibration of target {target} failed: {calibration['error']}")
+        found = client.target(target)
+    predictor = next((p for p in found["predictors"] if p["runtime"] == calibration["runtime"]), None)
+    print(f"calibrated target {target} ({calibration['runtime']}) in {(time.perf_counter() - started) / 60:.1f} min: "
+          f"predictor version {calibration['predictor_version']}")  # fmt: skip
+    if predictor is not None and predictor["within_10"] is not None:
+        print(f"held-out models within ±10%: {predictor['within_10']:.1%}, Spearman ρ {predictor['spearman']:.3f}, "
+              f"noise ceiling {predictor['noise_ceiling_within_10']:.1%} ({predictor['models']} models)")  # fmt: skip
 
 
 @hardware_app.command()

@@ -217,6 +217,12 @@ class JobSpec(_Strict):
             return target
         if not re.fullmatch(TARGET_PATTERN, target):
             raise ValueError(f"unknown target {target!r}; valid: {', '.join(present)} or one of your agent targets")
+        catalog = current_target_catalog()
+        if catalog is not None:  # the API knows the submitter's targets; elsewhere the spec was checked already
+            try:
+                catalog.runtimes(target)
+            except UnknownTarget as exc:
+                raise ValueError(str(exc)) from None
         return target
 
     @model_validator(mode="after")
@@ -236,8 +242,8 @@ class JobSpec(_Strict):
             return self
         try:
             offered = catalog.runtimes(self.target)
-        except UnknownTarget as exc:
-            raise ValueError(str(exc)) from None
+        except UnknownTarget:
+            return self  # refused by the target's own check, at its field
         if self.target_runtime is None:
             if not offered:
                 raise ValueError(f"no agent of target {self.target!r} has registered yet: start `nas agent` on the "

@@ -205,7 +205,7 @@ def test_a_job_names_an_agent_target_and_gets_a_runtime_its_agents_offer(live: L
     # bob has no such target: refused naming it, without revealing alice's
     refused = live.client.post(f"{API_PREFIX}/jobs", json=_job("job-lab"), headers=live.auth("bob"))
     assert refused.status_code == 422
-    assert "no target 'job-lab'" in str(refused.json()["detail"]) and "no agent target yet" in str(refused.json()["detail"])
+    assert "unknown target 'job-lab'" in str(refused.json()["detail"]) and "no agent target yet" in str(refused.json()["detail"])
     unoffered = live.client.post(f"{API_PREFIX}/jobs", json=_job("job-lab", target_runtime="torch-cuda"),
                                  headers=live.auth("alice"))  # fmt: skip
     assert unoffered.status_code == 201  # an agent offering it may come later; the trial then waits

@@ -18,15 +18,19 @@ from typing import TYPE_CHECKING, Any
 from nas.settings import Settings
 from nas.store import Store
 from nas.store.artifacts import save_measurement_model
-from nas.store.measurements import DONE, CalibrationRecord, TaskRecord, TargetRecord
+from nas.store.measurements import DONE, CalibrationRecord, PredictorRecord, TaskRecord, TargetRecord
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from nas.latency.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
 TRIAL_MIN_RUN_TIME = 0.2  # seconds of timing per trial model, as the service's own trial measurement
 CALIBRATION_WAIT_S = 3600.0  # a calibration whose models are not all measured by then fails
+DEFAULT_ERROR_BAND = 0.25
+"""A predictor's relative error band where its calibration did not say (probe candidates this close to the limit)."""
 
 
 def queue_trial_measurement(
@@ -43,6 +47,53 @@ def queue_trial_measurement(
         target.id, "trial", runtime, list(input_shape), path, trial_id=trial_id, payload=payload,
         min_run_time=TRIAL_MIN_RUN_TIME, task_id=task_id,
     )  # fmt: skip
+
+
+def queue_probe(
+    store: Store, settings: Settings, target: TargetRecord, runtime: str, onnx_bytes: bytes, input_shape: Sequence[int]
+) -> TaskRecord:
+    """Queue an untrained candidate for the target's agents (confidence-gated measurement)."""
+    import uuid
+
+    task_id = uuid.uuid4().hex
+    path = save_measurement_model(settings.artifact_dir, task_id, onnx_bytes)
+    return store.measurements.create_task(target.id, "probe", runtime, list(input_shape), path,
+                                          min_run_time=TRIAL_MIN_RUN_TIME, task_id=task_id)  # fmt: skip
+
+
+_predictors: dict[tuple[str, str, int], Predictor] = {}
+
+
+def load_stored_predictor(record: PredictorRecord) -> Predictor:
+    """A target's stored predictor, parsed once per version in this process."""
+    from nas.latency.predictor import Predictor
+
+    key = (record.target_id, record.runtime, record.version)
+    if key not in _predictors:
+        _predictors[key] = Predictor.from_json(json.loads(record.predictor))
+    return _predictors[key]
+
+
+def observe_agent_trial(predictor: Predictor, model_bytes: bytes, runtime: str, measured_ms: float) -> dict[str, Any]:
+    """The observation (as :func:`nas.latency.observe` makes them) of a trial an agent measured: its
+    inference model as the agent received it, predicted by the target's predictor, beside the measurement."""
+    from nas.export import read_metadata
+    from nas.latency.api import predict_on
+    from nas.sparse.inference import to_inference
+    from nas.sparse.masks import prunable_weights
+    from nas.training import load_trained_model
+    from workers.feasibility import runtime_kernels
+
+    model = load_trained_model(model_bytes)
+    input_shape = tuple(json.loads(read_metadata(model_bytes)["input_shape"]))
+    inference, _ = to_inference(model, input_shape, kernels=dict.fromkeys(prunable_weights(model), "dense"))
+    kernels = runtime_kernels(runtime, inference)
+    predicted = predict_on(predictor, inference, input_shape, kernels=kernels)
+    return {
+        "target_key": predicted["target_key"], "predictor_id": predicted["predictor_id"],
+        "features": predicted["features"], "sum_ms": predicted["sum_ms"], "predicted_ms": predicted["latency_ms"],
+        "measured_ms": float(measured_ms), "time": time.time(),
+    }  # fmt: skip
 
 
 def latency_metrics(task: TaskRecord) -> dict[str, float]:

@@ -11,6 +11,7 @@ lost lease.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -44,11 +45,21 @@ from nas.strategies import WAIT, Strategy  # noqa: E402
 from nas.trial_log import LogTail, split_failure  # noqa: E402
 from nas.store.measurements import TargetRecord, TaskRecord  # noqa: E402
 from nas.timing.targets import all_targets  # noqa: E402
-from workers.agent_tasks import latency_metrics, measured_by, queue_trial_measurement  # noqa: E402
+from nas.latency.predictor import Predictor  # noqa: E402
+from nas.store.measurements import PredictorRecord  # noqa: E402
+from workers.agent_tasks import (  # noqa: E402
+    DEFAULT_ERROR_BAND,
+    latency_metrics,
+    load_stored_predictor,
+    measured_by,
+    observe_agent_trial,
+    queue_probe,
+    queue_trial_measurement,
+)
 from workers.baseline import measure_baseline  # noqa: E402
 from workers.datasets import deliver  # noqa: E402
 from workers.models import deliver as deliver_model  # noqa: E402
-from workers.feasibility import planned_metrics, violation  # noqa: E402
+from workers.feasibility import planned_metrics, probe_onnx, uncertain, violation  # noqa: E402
 from workers.schedulers import tune_scheduler  # noqa: E402
 from workers.trainable import EPOCH_METRICS, FINAL, LOG, train_trial  # noqa: E402
 
@@ -191,6 +202,8 @@ class JobRunner:
         # An agent target's trials, trained and waiting for its agents: trial id -> (task id, deadline, epoch s).
         self._measuring: dict[str, tuple[str, float]] = {}
         self._target: TargetRecord | None = None  # the job's agent target, if its target is one
+        self._target_predictor: PredictorRecord | None = None  # its newest predictor for the job's runtime
+        self._predictor_read = -math.inf  # when it was last looked up (monotonic s)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -320,7 +333,54 @@ class JobRunner:
                     f"no agent of target {self.spec.target!r} measured it within budget.target_timeout_s="
                     f"{self.spec.budget.target_timeout_s:g} s ({online} agents online)"))  # fmt: skip
 
+    def _agent_predictor(self) -> tuple[Predictor, float] | None:
+        """The agent target's newest predictor for the job's runtime and its error band (the held-out
+        relative error at the 90th percentile), looked up again at most every 30 s."""
+        if self._target is None:
+            return None
+        if time.monotonic() - self._predictor_read > 30.0:
+            self._predictor_read = time.monotonic()
+            self._target_predictor = self.store.measurements.predictor(self._target.id, str(self.spec.target_runtime))
+        record = self._target_predictor
+        if record is None:
+            return None
+        return load_stored_predictor(record), float(record.accuracy.get("error_p90") or DEFAULT_ERROR_BAND)
+
+    def _probe(self, arch: dict[str, Any]) -> float | None:
+        """Measure an untrained candidate on the agent target before deciding on it (confidence-gated
+        measurement); ``None`` when no agent measured it within ``budget.target_timeout_s``."""
+        assert self._target is not None
+        try:
+            onnx, input_shape = probe_onnx(self.spec, self.space, type(self.strategy), arch)
+            task = queue_probe(self.store, self.settings, self._target, str(self.spec.target_runtime), onnx, input_shape)
+        except Exception:
+            log.exception("job %s: could not queue a candidate's measurement", self.job_id)
+            return None
+        deadline = time.monotonic() + self.spec.budget.target_timeout_s
+        while self.stop_reason is None and time.monotonic() < deadline:
+            task = self.store.measurements.task(task.id)
+            if task.state == "done":
+                return latency_metrics(task)["latency_ms"]
+            if task.state == "failed":
+                break
+            time.sleep(0.25)
+        self.guard(self.store.measurements.fail_task, task.id, "its job stopped waiting for it")
+        return None
+
+    def _observe(self, trial_id: str, task: TaskRecord) -> None:
+        """Keep what an agent measured for a trial as an observation of the target's predictor, so the
+        next candidates are predicted with the correction refitted on it."""
+        found = self._agent_predictor()
+        if found is None:
+            return
+        artifact = self.store.get_artifact(trial_id, "model", "safetensors")
+        model_bytes = (self.settings.artifact_dir / artifact.path).read_bytes()
+        observation = observe_agent_trial(found[0], model_bytes, str(self.spec.target_runtime),
+                                          latency_metrics(task)["latency_ms"])  # fmt: skip
+        self.store.add_latency_observation(observation, self.job_id, trial_id)
+
     def _measured(self, trial_id: str, task: TaskRecord) -> None:
+        self.guard(self._observe, trial_id, task)
         payload = task.payload
         metrics = {**payload["metrics"], **latency_metrics(task)}
         trial = self._finish(
@@ -503,7 +563,16 @@ class JobRunner:
             if plan is None:
                 self._strategy_done = True
                 return None
-            planned = {**planned_metrics(self.spec, self.space, type(self.strategy), plan.arch), **self._baseline}
+            predictor = self._agent_predictor()
+            planned = {
+                **planned_metrics(self.spec, self.space, type(self.strategy), plan.arch,
+                                  None if predictor is None else predictor[0]),
+                **self._baseline,
+            }  # fmt: skip
+            if predictor is not None and uncertain(self.spec, planned, predictor[1]):
+                probed = self._probe(plan.arch)
+                if probed is not None:
+                    planned["probed_latency_ms"] = probed
             reason = violation(self.spec, planned)
             self._n_trials += 1
             if reason is None:

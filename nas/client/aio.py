@@ -371,6 +371,24 @@ class AsyncClient:
         """Search spaces, strategies, sparsifiers, datasets and targets, each with its params' JSON Schema."""
         return await self._get("/catalog")
 
+    # -- targets --------------------------------------------------------------------------
+
+    async def targets(self) -> list[dict[str, Any]]:
+        """The server's own targets and yours: agents (online, last seen, queue, measurements) and predictor accuracy."""
+        return (await self._get("/targets"))["items"]
+
+    async def target(self, name: str) -> dict[str, Any]:
+        return await self._get(f"/targets/{name}")
+
+    async def calibrate_target(self, name: str, *, quick: bool = True, runtime: str | None = None) -> dict[str, Any]:
+        """Start calibrating an agent target's predictor through its agents; poll :meth:`calibration`."""
+        body = {"quick": quick, "runtime": runtime}
+        response = await self._retried(lambda: self._send("POST", f"/targets/{name}/calibrations", json=body), idempotent=False)
+        return response.json()
+
+    async def calibration(self, name: str, calibration_id: str) -> dict[str, Any]:
+        return await self._get(f"/targets/{name}/calibrations/{calibration_id}")
+
     # -- datasets -------------------------------------------------------------------------
 
     async def upload_dataset(

@@ -373,6 +373,23 @@ class Client:
         """Search spaces, strategies, sparsifiers, datasets and targets, each with its params' JSON Schema."""
         return self._get("/catalog")
 
+    # -- targets --------------------------------------------------------------------------
+
+    def targets(self) -> list[dict[str, Any]]:
+        """The server's own targets and yours: agents (online, last seen, queue, measurements) and predictor accuracy."""
+        return self._get("/targets")["items"]
+
+    def target(self, name: str) -> dict[str, Any]:
+        return self._get(f"/targets/{name}")
+
+    def calibrate_target(self, name: str, *, quick: bool = True, runtime: str | None = None) -> dict[str, Any]:
+        """Start calibrating an agent target's predictor through its agents; poll :meth:`calibration`."""
+        body = {"quick": quick, "runtime": runtime}
+        return self._retried(lambda: self._send("POST", f"/targets/{name}/calibrations", json=body), idempotent=False).json()
+
+    def calibration(self, name: str, calibration_id: str) -> dict[str, Any]:
+        return self._get(f"/targets/{name}/calibrations/{calibration_id}")
+
     # -- datasets -------------------------------------------------------------------------
 
     def upload_dataset(

@@ -273,3 +273,26 @@ def refine(
                                                OBSERVATION_WINDOW)  # fmt: skip
     return {"predicted_ms": observation["predicted_ms"], "measured_ms": observation["measured_ms"],
             "observations": len(found)}  # fmt: skip
+
+
+def predict_on(
+    predictor: Predictor,
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    densities: float | Mapping[str, float] | None = None,
+    batch_size: int = 1,
+    *,
+    kernels: str | Mapping[str, str] = "auto",
+    pattern: str = "unstructured",
+) -> dict[str, Any]:
+    """:func:`predict_details` with a given predictor: an agent target's, kept in the service's store
+    rather than calibrated on this machine. Its correction is refitted on the observations recorded
+    for it (:func:`record`), so every trial its agents measure refines the next predictions. Returns
+    ``latency_ms``, ``sum_ms``, ``features`` and the ``target_key`` and ``predictor_id`` an
+    observation of it is recorded under."""
+    traced = prepare_trace(model, input_shape, batch_size, densities, kernels, pattern)
+    prediction = predictor.predict_traces([traced], kernels, 1.0, _correction(predictor.identity, predictor))[0]
+    return {
+        "latency_ms": prediction.latency_ms, "sum_ms": prediction.sum_ms, "features": prediction.features,
+        "target_key": predictor.identity.key(), "predictor_id": predictor.id,
+    }  # fmt: skip

@@ -19,7 +19,7 @@ class StoreTargetCatalog(TargetCatalog):
         except NotFound:
             names = self.store.measurements.target_names(self.owner)
             raise UnknownTarget(
-                f"no target {name!r}: the server's own are cpu (and cuda with a GPU); "
+                f"unknown target {name!r}: the server's own are cpu (and cuda with a GPU); "
                 + (f"your agent targets: {', '.join(names)}" if names else
                    "you have no agent target yet (start `nas agent --target NAME` on a device)")
             ) from None
