@@ -9,11 +9,13 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
+import venv
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -367,3 +369,47 @@ def test_a_user_key_cannot_run_an_agent(tmp_path: Path, live_server: tuple[Serve
     )  # fmt: skip
     assert refused.returncode == 3, refused.stderr
     assert "registering agent" in refused.stderr and "HTTP 403" in refused.stderr
+
+
+@pytest.mark.install
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_the_agent_extra_installs_without_torch_and_measures(
+    tmp_path: Path, live_server: tuple[ServerProcess, Store], backend: str
+) -> None:
+    """``pip install "sparse-nas[agent]"`` in a fresh environment: no torch, onnx or Ray, and its
+    ``nas agent --once`` times a task under onnxruntime for the real server."""
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src"
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".whl", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "tests", "benchmarks"))
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True, system_site_packages=False)
+    pip = subprocess.run([env_dir / "bin" / "python", "-m", "pip", "install", "--quiet", f"{source}[agent]"],
+                         capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    listing = subprocess.run([env_dir / "bin" / "python", "-m", "pip", "list", "--format=json"],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    packages = {p["name"].lower().replace("_", "-") for p in json.loads(listing.stdout)}
+    assert {"onnxruntime", "numpy", "httpx"} <= packages
+    assert packages.isdisjoint({"torch", "onnx", "ray", "sqlalchemy", "fastapi"}), packages
+
+    server, store = live_server
+    agent_key = server.cli("keys", "create", "alice", "--agent").stdout.strip().splitlines()[-1]
+    env = {"PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": str(tmp_path),
+           "NAS_API_KEY": agent_key, "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as stderr:
+        agent = subprocess.Popen([env_dir / "bin" / "nas", "agent", "--url", server.url, "--target", "pi", "--once"],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
+        try:
+            wait_for(lambda: "registered for target pi" in log.read_text(), 120, log.read_text)
+            assert f"registered for target pi: onnxruntime {onnxruntime.__version__}\n" in log.read_text()
+            task_id = queue_task(server, store, "alice", "pi", "onnxruntime", onnx_bytes(cnn()), (1, 8, 8))
+            assert agent.wait(120) == 0, log.read_text()
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+    measured = store.measurements.task(task_id)
+    assert measured.state == "done" and measured.result is not None, measured.error
+    assert measured.result["runtime"] == {"name": "onnxruntime", "version": onnxruntime.__version__, "device": "cpu"}
+    assert (tmp_path / ".nas-agent" / "agent.json").is_file()  # the default home, under HOME
