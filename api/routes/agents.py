@@ -21,7 +21,7 @@ from api.responses import errors
 from nas.safe_text import check_printable
 from nas.store.measurements import LEASE_S, AgentRecord, LeaseLost, TaskRecord
 from nas.timing.agent_targets import TARGET_PATTERN
-from nas.timing.runtimes import FORMATS, RUNTIMES
+from nas.timing.runtimes import MODEL_FORMAT, RUNTIMES
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -90,7 +90,7 @@ class Task(BaseModel):
     def of(cls, agent_id: str, task: TaskRecord) -> Task:
         assert task.lease_id is not None
         return cls(
-            id=task.id, lease_id=task.lease_id, lease_s=LEASE_S, runtime=task.runtime, format=FORMATS[task.runtime],
+            id=task.id, lease_id=task.lease_id, lease_s=LEASE_S, runtime=task.runtime, format=MODEL_FORMAT,
             input_shape=task.input_shape, batch_size=task.batch_size, num_threads=task.num_threads,
             min_run_time=task.min_run_time, rounds=task.rounds,
             model_url=f"/api/v1/agents/{agent_id}/tasks/{task.id}/model",

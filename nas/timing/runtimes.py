@@ -19,8 +19,9 @@ from nas.timing.protocol import WARMUP_CALLS, measure_calls, summary, time_calls
 
 TORCH, ONNXRUNTIME, TORCH_CUDA, ONNXRUNTIME_CUDA = "torch", "onnxruntime", "torch-cuda", "onnxruntime-cuda"
 RUNTIMES: tuple[str, ...] = (TORCH, ONNXRUNTIME, TORCH_CUDA, ONNXRUNTIME_CUDA)
-FORMATS: dict[str, str] = {TORCH: "inference", TORCH_CUDA: "inference", ONNXRUNTIME: "onnx", ONNXRUNTIME_CUDA: "onnx"}
-"""The file a runtime times: the safetensors inference model (``nas.export``'s ``format=inference``) or ONNX."""
+MODEL_FORMAT = "onnx"
+"""What every runtime receives: ONNX (never a pickle). The torch runtimes convert it with the
+service's own converter and choose their kernels on the device."""
 
 
 def onnx_session(onnx_bytes: bytes, num_threads: int = 1, device: str = "cpu") -> Any:
