@@ -28,7 +28,7 @@ from nas.latency import (
     use_observations,
 )
 from nas.latency.features import KINDS, PATTERNS, csr_alternative, sparsity_pattern, trace
-from nas.latency.predictor import Correction, Predictor
+from nas.latency.predictor import FORMAT_VERSION, Correction, Predictor
 from nas.latency.roofline import Baselines, roofline_seconds
 from nas.timing.targets import identity
 from nas.sparse.magnitude import MagnitudePruning
@@ -266,7 +266,7 @@ def test_predictor_round_trips_through_json(fitted: Predictor, tmp_path: Path) -
     before = [p.latency_ms for p in fitted.predict_traces(traces)]
     text = fitted.dumps()
     data = json.loads(text)
-    assert data["format"] == "nas-latency-predictor" and data["format_version"] == 1
+    assert data["format"] == "nas-latency-predictor" and data["format_version"] == FORMAT_VERSION == 2
     assert data["identity"]["target"] == "cpu" and data["meta"]["id"]
     assert set(data["kinds"]) == set(KINDS) - {"linear"} | {"linear"}
     assert "tree" in data["kinds"]["conv"]["lightgbm"]  # LightGBM's own text format, not a pickle

@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 
 from nas.latency.calibrate import truth
 from nas.latency.features import Layer, Trace
-from nas.latency.predictor import Correction, Predictor
+from nas.latency.predictor import Context, Correction, Predictor
 from nas.latency.roofline import Baselines
 from nas.timing.targets import TargetIdentity
 
@@ -65,29 +65,83 @@ def _effective(trace: Trace) -> Trace:
     return Trace(layers, trace.container_calls, trace.input_elements, trace.peak_elements, trace.params)
 
 
-def layer_predictor(data: Mapping[str, Any], keep: Callable[[Mapping[str, Any]], bool] | None = None) -> Predictor:
-    """Layer models fitted on the calibration's layer samples (those ``keep`` accepts)."""
+def layer_samples(data: Mapping[str, Any], keep: Callable[[Mapping[str, Any]], bool] | None = None) -> list[tuple[Layer, float]]:
+    """The calibration's layer samples timed alone (those ``keep`` accepts)."""
+    return [(Layer.from_json(s["layer"]), float(s["ms"])) for s in data["layers"] if keep is None or keep(s)]
+
+
+def context_samples(data: Mapping[str, Any], models: Sequence[int] | None = None) -> list[tuple[Layer, float, float]]:
+    """Layers timed inside the measured models (those whose index is in ``models``; all by default), as
+    ``(layer, ms, the model's parameters)``."""
+    records = data["models"]
+    return [
+        (Layer.from_json(x["layer"]), float(x["ms"]), float(records[i]["trace"]["params"]))
+        for i in (range(len(records)) if models is None else models)
+        for x in records[i].get("in_context", [])
+    ]
+
+
+def layer_predictor(
+    data: Mapping[str, Any],
+    keep: Callable[[Mapping[str, Any]], bool] | None = None,
+    models: Sequence[int] | None = None,
+) -> Predictor:
+    """Layer models fitted on the calibration's layer samples (those ``keep`` accepts), their in-model
+    context on the layers of the measured models in ``models`` (all by default)."""
     target_id = TargetIdentity.from_dict(data["identity"])
-    samples = [(Layer.from_json(s["layer"]), float(s["ms"])) for s in data["layers"] if keep is None or keep(s)]
-    return Predictor.fit_layers(target_id, samples, data["constants"])
+    meta = data.get("meta", {})
+    predictor = Predictor.fit_layers(target_id, layer_samples(data, keep), data["constants"],
+                                     meta.get("runtime", "torch"))  # fmt: skip
+    if meta.get("overhead_ms"):
+        predictor.meta["overhead_ms"] = meta["overhead_ms"]
+    predictor.fit_context(context_samples(data, models))
+    return predictor
 
 
 class _Split:
-    """Layer-sum predictions of a set of models, with the correction refittable on any subset."""
+    """Layer-sum predictions of a set of models, with the correction refittable on any subset.
 
-    def __init__(self, predictor: Predictor, records: Sequence[Mapping[str, Any]], statistic: str, kernels: str) -> None:
+    Where the calibration timed layers inside the models, each fold's layer context is fitted on its
+    training models only (``predictors`` caches the layer models, shared between splits)."""
+
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        records: Sequence[Mapping[str, Any]],
+        statistic: str,
+        kernels: str,
+        keep: Callable[[Mapping[str, Any]], bool] | None = None,
+        predictors: dict[Any, Predictor] | None = None,
+    ) -> None:
+        self.data = data
+        self.keep = keep
+        self.predictors = {} if predictors is None else predictors
         self.records = list(records)
         self.traces = [Trace.from_json(r["trace"]) for r in self.records]
-        choices: Any = [r["kernels"] for r in self.records] if kernels == "converted" else "auto"
-        raw = predictor.predict_traces(self.traces, choices, correction=Correction())
-        self.sum_ms = np.array([p.sum_ms for p in raw])
-        self.features = np.array([Predictor.feature_vector(p.features) for p in raw]).reshape(len(raw), -1)
+        self.choices: Any = [r["kernels"] for r in self.records] if kernels == "converted" else "auto"
         self.y = np.array([truth(r, statistic) for r in self.records])
         self.effective = [_effective(t) for t in self.traces]
+        self._sums: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    def predictor(self, train: np.ndarray) -> Predictor:
+        """Layer models for a fold: fitted on the layers timed alone, their context on the training models'."""
+        if self.keep not in self.predictors:
+            self.predictors[self.keep] = layer_predictor(self.data, self.keep, [])
+        return self.predictors[self.keep].with_context(context_samples(self.data, [int(i) for i in train]))
+
+    def sums(self, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per model: the summed layer times and the correction's features, from the fold's layer models."""
+        key = tuple(sorted(int(i) for i in train))
+        if key not in self._sums:
+            raw = self.predictor(train).predict_traces(self.traces, self.choices, correction=Correction())
+            features = np.array([Predictor.feature_vector(p.features) for p in raw]).reshape(len(raw), -1)
+            self._sums[key] = (np.array([p.sum_ms for p in raw]), features)
+        return self._sums[key]
 
     def predict(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        correction = Correction.fit(self.features[train], np.log(self.y[train] / self.sum_ms[train]))
-        return self.sum_ms[test] * np.exp(correction(self.features[test]))
+        sum_ms, features = self.sums(train)
+        correction = Correction.fit(features[train], np.log(self.y[train] / sum_ms[train]))
+        return sum_ms[test] * np.exp(correction(features[test]))
 
     def baselines(self, train: np.ndarray, test: np.ndarray, constants: dict[str, float]) -> dict[str, np.ndarray]:
         fitted = Baselines(constants).fit([self.effective[i] for i in train], self.y[train])
@@ -127,35 +181,40 @@ def _gather(split: _Split, folds: Sequence[tuple[np.ndarray, np.ndarray]], const
             {"flops": np.concatenate(flops), "roofline": np.concatenate(roofline)})  # fmt: skip
 
 
+def _cross_validation(records: Sequence[Mapping[str, Any]], folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    order = np.arange(len(records))
+    random.Random(seed).shuffle(order)
+    chunks = np.array_split(order, folds)
+    return [(np.concatenate([c for j, c in enumerate(chunks) if j != k]), chunk) for k, chunk in enumerate(chunks)]
+
+
+def _by_family(records: Sequence[Mapping[str, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    families = sorted({r["family"] for r in records})
+    return [(np.array([i for i, r in enumerate(records) if r["family"] != f]),
+             np.array([i for i, r in enumerate(records) if r["family"] == f])) for f in families]  # fmt: skip
+
+
 def evaluate(data: Mapping[str, Any], statistic: str = "median_ms", folds: int = 5, seed: int = 0,
              bundled: Predictor | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Every split's rows (see the module docstring)."""
     records = data["models"]
     constants = data["constants"]
     rows: list[dict[str, Any]] = []
-    full = layer_predictor(data)
+    predictors: dict[Any, Predictor] = {}
 
     for kernels, label in (("auto", "same distribution"), ("converted", "same distribution, converter's kernels")):
-        split = _Split(full, records, statistic, kernels)
-        order = np.arange(len(records))
-        random.Random(seed).shuffle(order)
-        chunks = np.array_split(order, folds)
-        cv = [(np.concatenate([c for j, c in enumerate(chunks) if j != k]), chunk) for k, chunk in enumerate(chunks)]
-        test, predicted, base = _gather(split, cv, constants)
+        split = _Split(data, records, statistic, kernels, predictors=predictors)
+        test, predicted, base = _gather(split, _cross_validation(records, folds, seed), constants)
         rows += _rows(label, split, test, predicted, base, statistic)
 
-    split = _Split(full, records, statistic, "auto")
-    families = sorted({r["family"] for r in records})
-    by_family = [(np.array([i for i, r in enumerate(records) if r["family"] != f]),
-                  np.array([i for i, r in enumerate(records) if r["family"] == f])) for f in families]  # fmt: skip
-    test, predicted, base = _gather(split, by_family, constants)
+    split = _Split(data, records, statistic, "auto", predictors=predictors)
+    test, predicted, base = _gather(split, _by_family(records), constants)
     rows += _rows("held-out families", split, test, predicted, base, statistic)
 
     def dense_enough(sample: Mapping[str, Any]) -> bool:
         return float(sample["layer"]["x"].get("density", 1.0)) >= SPARSITY_SPLIT
 
-    partial = layer_predictor(data, dense_enough)
-    split = _Split(partial, records, statistic, "auto")
+    split = _Split(data, records, statistic, "auto", keep=dense_enough, predictors=predictors)
     held = np.array([i for i, r in enumerate(records) if r["min_density"] < SPARSITY_SPLIT], dtype=int)
     kept = np.array([i for i, r in enumerate(records) if r["min_density"] >= SPARSITY_SPLIT], dtype=int)
     if len(held) and len(kept) >= 3:
@@ -164,13 +223,32 @@ def evaluate(data: Mapping[str, Any], statistic: str = "median_ms", folds: int =
 
     if bundled is not None:
         traces = [Trace.from_json(r["trace"]) for r in records]
-        scale = data["reference_ms"] / bundled.reference_ms if bundled.reference_ms else 1.0
+        scale = data["reference_ms"] / bundled.reference_ms if bundled.reference_ms and data["reference_ms"] else 1.0
         predicted = np.array([p.latency_ms for p in bundled.predict_traces(traces, "auto", scale)])
-        split = _Split(full, records, statistic, "auto")
+        split = _Split(data, records, statistic, "auto", predictors=predictors)
         everything = np.arange(len(records))
         base = split.baselines(everything, everything, constants)
         rows += _rows("bundled predictor, rescaled (no fitting)", split, everything, predicted, base, statistic)
     return rows
+
+
+def accuracy_summary(data: Mapping[str, Any], statistic: str = "p10_ms", folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """The numbers a target shows for its predictor: within ±10% and Spearman's ρ over the measured models
+    (``folds``-fold cross-validation), the noise ceiling of the same models (their two sessions within
+    ±10% of each other), and within ±10% and ρ on held-out families."""
+    records = data["models"]
+    if len(records) < 2 * folds:
+        return {"models": len(records)}
+    split = _Split(data, records, statistic, "auto")
+    out: dict[str, Any] = {"models": len(records)}
+    for name, splits in (("", _cross_validation(records, folds, seed)), ("held_out_families_", _by_family(records))):
+        test = np.concatenate([t for _, t in splits])
+        predicted = np.concatenate([split.predict(train, t) for train, t in splits])
+        result = accuracy(predicted, split.y[test])
+        out |= {f"{name}within_10": result["acc10"], f"{name}spearman": result["spearman"],
+                f"{name}mape": result["mape"]}  # fmt: skip
+    out["noise_ceiling_within_10"] = noise_ceiling(records, statistic)["acc10"]
+    return out
 
 
 def _pct(value: float) -> str:
@@ -197,20 +275,31 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def layer_accuracy(data: Mapping[str, Any], seed: int = 0) -> list[dict[str, Any]]:
-    """Per layer kind: accuracy of layer models on a held-out fifth of the layer samples."""
-    samples = list(data["layers"])
-    rng = random.Random(seed)
-    rng.shuffle(samples)
+    """Per layer kind: accuracy of the layer models on a held-out fifth of the layer samples timed alone,
+    and on the layers of a held-out fifth of the models timed inside them (context fitted on the rest)."""
+    samples = layer_samples(data)
+    random.Random(seed).shuffle(samples)
     cut = len(samples) // 5
     test, train = samples[:cut], samples[cut:]
     target_id = TargetIdentity.from_dict(data["identity"])
-    predictor = Predictor.fit_layers(target_id, [(Layer.from_json(s["layer"]), s["ms"]) for s in train],
-                                     data["constants"])  # fmt: skip
+    predictor = Predictor.fit_layers(target_id, train, data["constants"], data.get("meta", {}).get("runtime", "torch"))
     rows = []
-    for kind in sorted({s["layer"]["kind"] for s in test}):
-        chosen = [s for s in test if s["layer"]["kind"] == kind]
-        predicted = predictor.layer_times([Layer.from_json(s["layer"]) for s in chosen])
-        rows.append({"kind": kind, **accuracy(predicted, [s["ms"] for s in chosen])})
+    for kind in sorted({layer.kind for layer, _ in test}):
+        chosen = [(layer, ms) for layer, ms in test if layer.kind == kind]
+        predicted = predictor.layer_times([layer for layer, _ in chosen])
+        rows.append({"kind": kind, "context": "alone", **accuracy(predicted, [ms for _, ms in chosen])})
+    order = list(range(len(data["models"])))
+    random.Random(seed).shuffle(order)
+    held = order[: len(order) // 5]
+    if not context_samples(data, held):
+        return rows
+    inside = layer_predictor(data, models=order[len(order) // 5 :])
+    tests = context_samples(data, held)
+    for kind in sorted({layer.kind for layer, _, _ in tests}):
+        chosen = [(layer, ms, p) for layer, ms, p in tests if layer.kind == kind]
+        layers = [layer for layer, _, _ in chosen]
+        predicted = inside.layer_times(layers) * np.exp(inside.context(Context.design(layers, [p for _, _, p in chosen])))
+        rows.append({"kind": kind, "context": "in a model", **accuracy(predicted, [ms for _, ms, _ in chosen])})
     return rows
 
 

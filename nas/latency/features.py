@@ -600,7 +600,9 @@ def trace(
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    params = sum(p.numel() for n, p in model.named_parameters() if "parametrizations" not in n.split("."))
+    params = sum(  # a masked weight's parameter is its parametrization's ``original``: counted once
+        p.numel() for n, p in model.named_parameters() if "parametrizations" not in n.split(".") or n.endswith(".original")
+    )
     return Trace(state.layers, state.container_calls, x.numel(), max(state.peak, x.numel()), params)
 
 

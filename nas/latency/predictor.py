@@ -1,19 +1,22 @@
-"""The latency predictor: per-layer-kind models plus a whole-model correction, stored as JSON.
+"""The latency predictor: per-layer-kind models, their in-model context and a whole-model correction, as JSON.
 
-Per layer kind (``features.KINDS``) the time is ``base(x) * exp(trees(x))``:
+Per layer kind (``features.KINDS``) the time of a layer alone is ``base(x) * exp(trees(x))``:
 
-* ``base`` is a small physical model, ``c0 + c1 * MFLOPs + c2 * MB moved (+ c3 * rows or steps)``,
-  fitted by non-negative least squares on relative error; it extrapolates sensibly to shapes no
-  sample had;
-* ``trees`` are LightGBM gradient-boosted trees on the log of what the base misses (cache
-  effects, kernel choices inside oneDNN/MKL, the CSR product's switch to ``embedding_bag``),
-  started from zero, so with little data the prediction stays close to the base.
+* ``base`` is an analytic cost, ``c0 + c1 * MFLOPs + c2 * MB moved (+ c3 * rows or steps)``,
+  fitted by non-negative least squares on relative error;
+* ``trees`` are LightGBM gradient-boosted trees on ``log(measured / base)``, the ratio to the
+  analytic cost (cache effects, kernel choices inside oneDNN/MKL, the CSR product's switch to
+  ``embedding_bag``), started from zero. Trees are flat outside the data they saw, so a ratio
+  carries over to a layer larger than any calibrated one where an absolute log time would not.
 
-A model's time is the sum over its layers (for a sparse layer, the faster of its dense and CSR
-forms, as the inference converter picks) times ``exp(correction)``, a ridge regression on a few
-model-level features (the summed time, module and functional call counts, peak activation,
-parameters) that captures the Python glue and cache effects the sum misses. The ridge is cheap to
-refit, which is how measured latencies of finished trials refine the predictor online.
+Inside a model a layer runs slower than alone; :class:`Context` (a ridge regression on physical
+inputs, fitted on layers timed inside the calibration models) scales each layer to its in-model
+time. A model's time is the sum over its layers (for a sparse layer, the faster of its dense and
+CSR forms, as the inference converter picks; under ONNX Runtime always dense, with the layers it
+fuses into a convolution free, plus the session's fixed cost) times ``exp(correction)``, a ridge
+regression on a few model-level features (the summed time, module and functional call counts,
+peak activation, parameters) for the glue between layers. The ridge is cheap to refit, which is
+how measured latencies of finished trials refine the predictor online.
 
 Everything is JSON: LightGBM's own text format inside, never pickle.
 """
@@ -31,12 +34,12 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from nas.latency.features import CATEGORICAL, KINDS, Layer, Trace
+from nas.latency.features import CATEGORICAL, KINDS, OPS, Layer, Trace
 from nas.latency.roofline import DEFAULT_CONSTANTS, roofline_seconds
 from nas.timing.targets import TargetIdentity
 
 FORMAT = "nas-latency-predictor"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the in-model context of layers, runtime and fixed overhead
 CSR_MARGIN = 0.95  # nas.sparse.inference keeps CSR only if at least 5% faster than dense
 _MIN_MS = 1e-4
 _MIN_TREE_ROWS = 24
@@ -201,6 +204,60 @@ class Correction:
         )  # fmt: skip
 
 
+_CONTEXT_RIDGE = 1.0
+
+
+class Context:
+    """How much slower a layer runs inside a model than alone: ``log(in model / alone)`` as a ridge
+    regression on its kind, and per kind on log10 of the model's parameters (whether its weights are
+    still in cache when the layer runs again) and of the layer's bytes moved, plus log10 FLOPs.
+
+    Fitted on layers timed inside the calibration models (:func:`nas.latency.calibrate.time_with_context`)
+    against the layer models' predictions for them alone. Few, physical inputs on purpose: boosted
+    trees on the same samples fit the calibration families better and an unseen family worse.
+    Without in-model samples (a calibration through a timer) it is zero.
+    """
+
+    def __init__(self, coef: Sequence[float] | None = None, rows: int = 0) -> None:
+        self.coef = None if coef is None else np.asarray(coef, dtype=float)
+        self.rows = rows
+
+    @staticmethod
+    def design(layers: Sequence[Layer], params: Sequence[float]) -> np.ndarray:
+        kinds = list(KINDS)
+        n = len(kinds)
+        rows = np.zeros((len(layers), 3 * n + 2))
+        for i, (layer, p) in enumerate(zip(layers, params)):
+            j = kinds.index(layer.kind)
+            rows[i, j] = 1.0
+            rows[i, n + j] = math.log10(1.0 + p)
+            rows[i, 2 * n + j] = math.log10(1.0 + layer.x.get("bytes", 0.0))
+            rows[i, 3 * n] = math.log10(1.0 + layer.x.get("flops", 0.0))
+            rows[i, 3 * n + 1] = 1.0
+        return rows
+
+    @classmethod
+    def fit(cls, design: np.ndarray, residuals: np.ndarray) -> Context:
+        if len(residuals) == 0:
+            return cls()
+        gram = design.T @ design + _CONTEXT_RIDGE * np.eye(design.shape[1])
+        return cls(np.linalg.solve(gram, design.T @ residuals), len(residuals))
+
+    def __call__(self, design: np.ndarray) -> np.ndarray:
+        return np.zeros(len(design)) if self.coef is None else design @ self.coef
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kinds": list(KINDS), "coef": None if self.coef is None else self.coef.tolist(), "rows": self.rows}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Context:
+        if not data or data.get("coef") is None:
+            return cls()
+        if list(data["kinds"]) != list(KINDS):
+            raise ValueError("the stored layer context was fitted on other layer kinds; recalibrate")
+        return cls(data["coef"], int(data.get("rows", 0)))
+
+
 @dataclass
 class Prediction:
     """A model's predicted latency and how it was reached."""
@@ -224,6 +281,7 @@ class Predictor:
         reference_ms: float | None = None,
         meta: dict[str, Any] | None = None,
         calibration_rows: dict[str, list[list[float]]] | None = None,
+        context: Context | None = None,
     ) -> None:
         self.identity = identity
         self.kinds = kinds
@@ -232,7 +290,20 @@ class Predictor:
         self.reference_ms = reference_ms
         self.meta = dict(meta or {})
         self.calibration_rows = calibration_rows or {"features": [], "residuals": []}
+        self.context = context or Context()
         self.id = self.meta.get("id") or ""
+
+    @property
+    def runtime(self) -> str:
+        """The runtime it predicts (``nas.timing.runtimes.RUNTIMES``): under ``onnxruntime`` a sparse layer
+        runs dense (ONNX Runtime has no faster unstructured-sparse kernel), so CSR forms are never chosen."""
+        return str(self.meta.get("runtime", "torch"))
+
+    @property
+    def overhead_ms(self) -> float:
+        """The runtime's fixed cost per model call (an ONNX Runtime session's ``run``), which layer times
+        measured as one-layer models leave out; 0 where layers were timed inside PyTorch."""
+        return float(self.meta.get("overhead_ms", 0.0))
 
     # -- prediction ---------------------------------------------------------------------------------
 
@@ -268,17 +339,28 @@ class Predictor:
         multiplies every layer time (a predictor calibrated on another machine), ``correction``
         replaces the stored one (an online refit).
         """
+        if not self.runtime.startswith("torch"):
+            kernels = "as_is"  # dense kernels only; shrunk layers are already in the trace
         per_trace = [kernels] * len(traces) if isinstance(kernels, (str, Mapping)) else list(kernels)
         flat: list[Layer] = []
-        for trace in traces:
+        params: list[float] = []
+        for trace, choice in zip(traces, per_trace):
             flat.extend(trace.layers)
-            flat.extend(layer.alt for layer in trace.layers if layer.alt is not None)
-        times = self.layer_times(flat)
+            if choice != "as_is":
+                flat.extend(layer.alt for layer in trace.layers if layer.alt is not None)
+            params.extend([trace.params] * (len(flat) - len(params)))
+        times = self.layer_times(flat) * np.exp(self.context(Context.design(flat, params)))
+        if not self.runtime.startswith("torch"):
+            position = 0
+            for trace in traces:
+                n = len(trace.layers)
+                times[position : position + n] *= ~fused_away(trace.layers)
+                position += n
         position, results = 0, []
         for trace, choice in zip(traces, per_trace):
             n = len(trace.layers)
             own = times[position : position + n]
-            alt_ids = [i for i, layer in enumerate(trace.layers) if layer.alt is not None]
+            alt_ids = [i for i, layer in enumerate(trace.layers) if layer.alt is not None and choice != "as_is"]
             alts = dict(zip(alt_ids, times[position + n : position + n + len(alt_ids)]))
             position += n + len(alt_ids)
             results.append(self._combine(trace, own, alts, choice, scale, correction or self.correction))
@@ -303,7 +385,7 @@ class Predictor:
                     kernel, kind, ms = "csr", layer.alt.kind, float(alts[i])
             chosen.append((layer, kernel, ms))
             details.append({"name": layer.name, "kind": kind, "kernel": kernel, "ms": ms * scale})
-        total = sum(ms for _, _, ms in chosen) * scale
+        total = (sum(ms for _, _, ms in chosen) + self.overhead_ms) * scale
         features = self.model_features(trace, chosen, total)
         factor = float(correction(self.feature_vector(features)[None, :])[0])
         return Prediction(total * math.exp(factor), total, factor, details, features)
@@ -328,7 +410,8 @@ class Predictor:
 
     @classmethod
     def fit_layers(
-        cls, identity: TargetIdentity, samples: Sequence[tuple[Layer, float]], constants: dict[str, float]
+        cls, identity: TargetIdentity, samples: Sequence[tuple[Layer, float]], constants: dict[str, float],
+        runtime: str = "torch",
     ) -> Predictor:
         """Layer models from measured ``(layer, ms)`` samples; the correction starts as identity."""
         by_kind: dict[str, tuple[list[dict[str, float]], list[float]]] = {}
@@ -338,7 +421,24 @@ class Predictor:
                                                                  constants) * 1e6})  # fmt: skip
             ys.append(ms)
         kinds = {kind: KindModel.fit(kind, rows, ys) for kind, (rows, ys) in by_kind.items()}
-        return cls(identity, kinds, Correction(), constants)
+        return cls(identity, kinds, Correction(), constants, meta={"runtime": runtime})
+
+    def fit_context(self, samples: Sequence[tuple[Layer, float, float]]) -> None:
+        """Fit :class:`Context` on ``(layer, ms measured inside a model, the model's parameters)``."""
+        if not samples:
+            self.context = Context()
+            return
+        layers = [layer for layer, _, _ in samples]
+        alone = self.layer_times(layers)
+        measured = np.array([ms for _, ms, _ in samples])
+        design = Context.design(layers, [p for _, _, p in samples])
+        self.context = Context.fit(design, np.log(np.maximum(measured, _MIN_MS) / alone))
+
+    def with_context(self, samples: Sequence[tuple[Layer, float, float]]) -> Predictor:
+        """A copy sharing these layer models, its context fitted on ``samples`` and no correction."""
+        copy = Predictor(self.identity, self.kinds, Correction(), self.constants, self.reference_ms, dict(self.meta))
+        copy.fit_context(samples)
+        return copy
 
     def fit_correction(
         self, traces: Sequence[Trace], latencies_ms: Sequence[float], kernels: Sequence[Mapping[str, str] | str] | str = "auto"
@@ -376,6 +476,7 @@ class Predictor:
             "meta": {k: v for k, v in self.meta.items() if k != "id"},
             "kinds": {kind: model.to_json() for kind, model in sorted(self.kinds.items())},
             "correction": self.correction.to_json(),
+            "context": self.context.to_json(),
             "calibration_rows": self.calibration_rows,
         }
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
@@ -405,11 +506,36 @@ class Predictor:
             data.get("reference_ms"),
             data.get("meta", {}),
             data.get("calibration_rows"),
+            Context.from_json(data.get("context")),
         )
 
     @classmethod
     def loads(cls, text: str) -> Predictor:
         return cls.from_json(json.loads(text))
+
+
+# What ONNX Runtime's graph optimisations fold into the convolution before them (Conv+BatchNorm, FusedConv).
+_FOLDED_NORMS = {"BatchNorm2d", "BatchNorm1d"}
+_FUSED_ACTIVATIONS = {"ReLU", "ReLU6", "LeakyReLU", "Sigmoid", "Tanh", "Hardsigmoid", "Hardtanh", "fn:relu",
+                      "fn:sigmoid", "fn:tanh"}  # fmt: skip
+
+
+def fused_away(layers: Sequence[Layer]) -> np.ndarray:
+    """Which layers ONNX Runtime runs inside the convolution before them: a BatchNorm right after a
+    convolution (folded into its weights) and an activation after either (a fused convolution)."""
+    fused = np.zeros(len(layers), dtype=bool)
+    after_conv = False
+    for i, layer in enumerate(layers):
+        op = OPS[int(layer.x.get("op", 0))] if layer.kind in ("norm", "elementwise") else ""
+        if after_conv and layer.kind == "norm" and op in _FOLDED_NORMS:
+            fused[i] = True
+            continue
+        if after_conv and layer.kind == "elementwise" and op in _FUSED_ACTIVATIONS:
+            fused[i] = True
+            after_conv = False
+            continue
+        after_conv = layer.kind in ("conv", "csr_conv")
+    return fused
 
 
 def _kernel_of(layer: Layer) -> str:

@@ -1,7 +1,7 @@
 """Layer samples for calibration: random configurations of every layer kind, and their neighbours.
 
 Configurations are plain dicts (JSON), drawn from a prior over the shapes small searched networks
-use (log-uniform channels and widths, kernel sizes 1-7, densities on the sparsity ladder
+use (log-uniform channels and widths, fully connected layers up to 4096 wide, kernel sizes 1-7, densities on the sparsity ladder
 0.5 ... 0.01 with unstructured, N:M and row patterns). :func:`neighbours` implements nn-Meter's
 adaptive step: around a configuration the predictor got wrong, channels are redrawn from
 [0.4 C, 1.2 C] and the density moved along the ladder, so sampling concentrates where errors are.
@@ -60,7 +60,7 @@ def sample_config(kind: str, rng: random.Random, batch_size: int = 1, max_flops:
 def _draw(kind: str, rng: random.Random, batch: int) -> dict[str, Any]:
     if kind in ("linear", "csr_linear"):
         config: dict[str, Any] = {
-            "kind": kind, "k": _log_int(rng, 4, 2048), "n": _log_int(rng, 4, 2048), "batch": batch,
+            "kind": kind, "k": _log_int(rng, 4, 4096), "n": _log_int(rng, 4, 4096), "batch": batch,
             "seq": rng.choice([1] * 6 + [4, 8, 16, 32]), "bias": rng.random() < 0.9,
         }  # fmt: skip
         if kind == "linear":
@@ -216,14 +216,12 @@ def semi_structured_config(rng: random.Random, batch_size: int = 1) -> dict[str,
     }  # fmt: skip
 
 
-def build(config: dict[str, Any], seed: int = 0, device: str = "cpu") -> tuple[Callable[[], Any], Layer]:
-    """The call to time for ``config`` on ``device`` and its traced :class:`Layer` (features as ``predict``
-    computes them)."""
+def _module(config: dict[str, Any], generator: torch.Generator) -> tuple[nn.Module, tuple[int, ...]]:
+    """The module of ``config`` (weights from the global seed, masks from ``generator``) and its input
+    shape without the batch axis (for a time-major RNN: its batch-first shape, as traced)."""
     from nas.sparse.csr import CSRConv2d, CSRLinear
 
-    generator = torch.Generator().manual_seed(seed)
     kind, batch = config["kind"], config["batch"]
-    torch.manual_seed(seed)
     if kind in ("linear", "csr_linear"):
         shape = (config["k"],) if config["seq"] == 1 else (config["seq"], config["k"])
         module: nn.Module = nn.Linear(config["k"], config["n"], bias=config["bias"])
@@ -252,8 +250,6 @@ def build(config: dict[str, Any], seed: int = 0, device: str = "cpu") -> tuple[C
         module = cls(config["input"], config["hidden"], config["layers"], batch_first=config["batch_first"],
                      bidirectional=config["bidirectional"])  # fmt: skip
         shape = (config["steps"], config["input"]) if config["batch_first"] else (config["steps"], config["input"])
-        if not config["batch_first"]:
-            return _rnn_time_major(module, config, generator)
     elif kind == "norm":
         c, hw = config["c"], config["hw"]
         module, shape = {
@@ -282,6 +278,18 @@ def build(config: dict[str, Any], seed: int = 0, device: str = "cpu") -> tuple[C
             module = ELEMENTWISE_MODULES[config["op"]]()
     else:
         raise ValueError(f"unknown layer kind {kind!r}")
+    return module, shape
+
+
+def build(config: dict[str, Any], seed: int = 0, device: str = "cpu") -> tuple[Callable[[], Any], Layer]:
+    """The call to time for ``config`` on ``device`` and its traced :class:`Layer` (features as ``predict``
+    computes them)."""
+    generator = torch.Generator().manual_seed(seed)
+    kind, batch = config["kind"], config["batch"]
+    torch.manual_seed(seed)
+    module, shape = _module(config, generator)
+    if kind == "rnn" and not config["batch_first"]:
+        return _rnn_time_major(module, config, generator)
     module.eval()
     x = torch.randn(batch, *shape, generator=generator)
     if device != "cpu":
@@ -293,6 +301,22 @@ def build(config: dict[str, Any], seed: int = 0, device: str = "cpu") -> tuple[C
         fn, second = module.fn, module.second
         return (lambda: fn(x, second)), layers[0]
     return (lambda: module(x)), layers[0]
+
+
+def module_sample(config: dict[str, Any], seed: int = 0) -> tuple[nn.Module, tuple[int, ...], Layer]:
+    """``config`` as a small model to time whole (exported to ONNX, or timed through agents): the module,
+    its input shape without the batch axis, and its traced :class:`Layer`. A CSR sample stays CSR (an
+    ONNX export stores it dense); an RNN runs batch-first, the layout exports take."""
+    if config["kind"] == "rnn":
+        config = {**config, "batch_first": True}
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    module, shape = _module(config, generator)
+    module.eval()
+    layers = trace(module, shape, config["batch"]).layers
+    if len(layers) != 1:
+        raise RuntimeError(f"a {config['kind']} sample traced as {len(layers)} layers")
+    return module, shape, layers[0]
 
 
 def _on_device(module: nn.Module, x: torch.Tensor, config: dict[str, Any], device: str) -> tuple[nn.Module, torch.Tensor]:

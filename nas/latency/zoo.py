@@ -43,7 +43,7 @@ def _activation(rng: random.Random) -> nn.Module:
 def _mlp(rng: random.Random) -> tuple[nn.Module, tuple[int, ...], dict[str, Any]]:
     shape = rng.choice([(1, 8, 8), (1, 28, 28), (3, 16, 16), (64,)])
     features = math.prod(shape)
-    widths = [_log_int(rng, 16, 1024) for _ in range(rng.randint(1, 4))]
+    widths = [_log_int(rng, 16, 4096) for _ in range(rng.randint(1, 3))]
     layers: list[nn.Module] = [nn.Flatten()]
     for width in widths:
         layers.append(nn.Linear(features, width))
