@@ -309,7 +309,7 @@ class JobRunner:
     def _await_measurements(self) -> None:
         """Wait for the trials the agents still measure (each up to its ``target_timeout_s``)."""
         while self.stop_reason is None:
-            self._collect_measurements()
+            self.guard(self._collect_measurements)  # the database may be away for a moment
             with self._lock:
                 if not self._measuring:
                     return
@@ -322,14 +322,15 @@ class JobRunner:
         for trial_id, (task_id, deadline) in waiting.items():
             task = self.store.measurements.task(task_id)
             if task.state == "done":
-                self._measured(trial_id, task)
+                self.guard(self._measured, trial_id, task)
             elif task.state == "failed":
-                self._unmeasured(trial_id, f"no agent of target {self.spec.target!r} could measure it: {task.error}")
+                reason = f"no agent of target {self.spec.target!r} could measure it: {task.error}"
+                self.guard(self._unmeasured, trial_id, reason)
             elif time.time() > deadline:
                 self.store.measurements.fail_task(task_id, "its trial stopped waiting (budget.target_timeout_s)")
                 online = sum(a.online for a in self.store.measurements.target(self._target.owner, self._target.name).agents) \
                     if self._target is not None else 0
-                self._unmeasured(trial_id, (
+                self.guard(self._unmeasured, trial_id, (
                     f"no agent of target {self.spec.target!r} measured it within budget.target_timeout_s="
                     f"{self.spec.budget.target_timeout_s:g} s ({online} agents online)"))  # fmt: skip
 
@@ -379,7 +380,15 @@ class JobRunner:
                                           latency_metrics(task)["latency_ms"])  # fmt: skip
         self.store.add_latency_observation(observation, self.job_id, trial_id)
 
+    def _claim(self, trial_id: str) -> bool:
+        """Take a waiting trial off the list: the heartbeat and the end of the run both collect, and
+        only the one that takes it ends it."""
+        with self._lock:
+            return self._measuring.pop(trial_id, None) is not None
+
     def _measured(self, trial_id: str, task: TaskRecord) -> None:
+        if not self._claim(trial_id):
+            return
         self.guard(self._observe, trial_id, task)
         payload = task.payload
         metrics = {**payload["metrics"], **latency_metrics(task)}
@@ -390,14 +399,11 @@ class JobRunner:
             node_id=payload.get("node_id"),
             outputs={**payload.get("outputs", {}), "measured_by": measured_by(self.spec.target, task)},
         )  # fmt: skip
-        with self._lock:
-            self._measuring.pop(trial_id, None)
         self._completed(trial)
 
     def _unmeasured(self, trial_id: str, reason: str) -> None:
-        with self._lock:
-            self._measuring.pop(trial_id, None)
-        self._finished(self._finish(trial_id, TrialState.failed, reason))
+        if self._claim(trial_id):
+            self._finished(self._finish(trial_id, TrialState.failed, reason))
 
     def out_of_time(self) -> bool:
         """Whether the job's time budget (``budget.timeout_s`` from its start) is spent; read as the
