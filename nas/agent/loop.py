@@ -273,31 +273,38 @@ class Agent:
         connection = Connection(self.url, self.config.key, self.stop)
         try:
             while not self.stop.is_set():
-                task = self._lease(connection)
-                if task is None:
-                    continue
-                with self._lock:
-                    if self.stop.is_set():
-                        log.info("task %s leased while stopping: left to its lease", task.get("id"))
-                        return
-                    self._busy.add(threading.current_thread())
                 try:
-                    self._measure(connection, task)
-                finally:
-                    with self._lock:
-                        self._busy.discard(threading.current_thread())
-                if self.config.once:
-                    self.stop.set()
+                    if self._next_task(connection) and self.config.once:
+                        self.stop.set()
+                except (Stopped, Fatal):
+                    raise
+                except Exception:  # an answer the agent cannot read (a proxy's error page...): later
+                    log.exception("unexpected failure; trying again in %.0f s", MAX_BACKOFF_S)
+                    self.stop.wait(MAX_BACKOFF_S)
         except Stopped:
             pass
         except Fatal as exc:
             self.fatal = exc
             self.stop.set()
-        except Exception:  # a bug here must not leave the agent alive without workers
-            log.exception("worker failed")
-            self.stop.set()
         finally:
             connection.close()
+
+    def _next_task(self, connection: Connection) -> bool:
+        """Lease a task and measure it; whether there was one."""
+        task = self._lease(connection)
+        if task is None:
+            return False
+        with self._lock:
+            if self.stop.is_set():
+                log.info("task %s leased while stopping: left to its lease", task.get("id"))
+                raise Stopped
+            self._busy.add(threading.current_thread())
+        try:
+            self._measure(connection, task)
+        finally:
+            with self._lock:
+                self._busy.discard(threading.current_thread())
+        return True
 
     def _lease(self, connection: Connection) -> dict[str, Any] | None:
         """``POST /agents/{id}/lease?wait=S``: a task, or None when none came (or the agent re-registered)."""
