@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """Latency: measurement noise, predictor accuracy against the noise ceiling and baselines, and costs.
 
-    python benchmarks/latency/run.py [--quick] [--data FILE] [--home DIR] [--out FILE.md]
+    python benchmarks/latency/run.py [--runtime torch|onnxruntime] [--quick | --plan quick|medium|full]
+                                     [--data FILE] [--home DIR] [--out FILE.md]
 
-What it does, start to end (one thread, batch 1, this machine's CPU):
+What it does, start to end (one thread, batch 1, this machine's CPU; ``--runtime onnxruntime`` times
+every model as its ONNX export in ONNX Runtime and skips the torch-only step 1):
 
 1. **Measurement protocols.** Ten zoo models, each measured twice, independently, by every
    protocol: ``blocked_autorange`` medians back to back (what ``torch.utils.benchmark`` gives),
    the per-call median, and the per-call 25th and 10th percentiles over interleaved rounds, raw and
    divided by the reference model timed alongside. It prints how often the two measurements of a
    model agree within ±10% and ±5%: the noise ceiling each protocol leaves a predictor.
-2. **Calibration** (``nas hardware calibrate``, full or ``--quick``) into ``--home`` (a temporary
+2. **Calibration** (``nas hardware calibrate``, full, medium or quick; under ``onnxruntime`` through
+   :class:`nas.latency.timers.OnnxTimer`) into ``--home`` (a temporary
    ``NAS_HOME`` by default), or ``--data`` to evaluate a calibration made earlier. Its minutes are
    reported.
 3. **Accuracy** (``nas hardware evaluate``): ±5%/±10%, MAPE and Spearman's ρ on held-out models
@@ -108,6 +111,10 @@ def prediction_cost(count: int = 24) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="quick calibration (1-3 minutes) and fewer models")
+    parser.add_argument("--plan", choices=("quick", "medium", "full"), help="calibration plan (default: full, or quick)")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                        help="the runtime models are timed in: PyTorch eager (sparse layers as CSR where faster) "
+                             "or their ONNX export in ONNX Runtime (every layer dense)")  # fmt: skip
     parser.add_argument("--data", type=Path, help="evaluate this calibration data file instead of calibrating")
     parser.add_argument("--home", type=Path, help="NAS_HOME for the calibration (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
@@ -122,42 +129,61 @@ def main() -> int:
 
     from nas.latency import evaluate as ev
     from nas.latency import store
-    from nas.latency.calibrate import calibrate
+    from nas.latency.calibrate import Plan, calibrate
+    from nas.latency.timers import OnnxTimer
+    from nas.timing.runtimes import onnxruntime_version
     from nas.timing.targets import cpu_model, identity
 
     torch.set_num_threads(1)
-    lines = [f"## Latency predictor ({'quick' if args.quick else 'full'} mode)", ""]
+    plan_name = args.plan or ("quick" if args.quick else "full")
+    plan = {"quick": Plan.quick, "medium": Plan.medium, "full": Plan.full}[plan_name]()
+    onnx = args.runtime == "onnxruntime"
+    runtime_label = f"onnxruntime {onnxruntime_version()} (CPU)" if onnx else f"torch {torch.__version__} eager"
+    lines = [f"## Latency predictor, {runtime_label} ({plan_name} plan)", ""]
     lines.append(f"Machine: {cpu_model()}, {os.cpu_count()} vCPUs, torch {torch.__version__}, one thread, batch 1; "
                  f"load average at start {os.getloadavg()[0]:.1f}. Date: {time.strftime('%Y-%m-%d')}. "
                  f"Python {platform.python_version()}.")  # fmt: skip
-    count = 6 if args.quick else 10
-    lines += ["", f"### Measurement protocols: two independent measurements of the same {count} models", ""]
-    lines += ["| protocol | agree ±10% | agree ±5% | median gap |", "|---|---|---|---|"]
-    for row in protocols(count, 0.1 if args.quick else 0.2):
-        lines.append(f"| {row['protocol']} | {100 * row['acc10']:.0f}% | {100 * row['acc5']:.0f}% | "
-                     f"{100 * row['median_gap']:.1f}% |")  # fmt: skip
+    count = 6 if plan_name == "quick" else 10
+    if not onnx:
+        lines += ["", f"### Measurement protocols: two independent measurements of the same {count} models", ""]
+        lines += ["| protocol | agree ±10% | agree ±5% | median gap |", "|---|---|---|---|"]
+        for row in protocols(count, 0.1 if plan_name == "quick" else 0.2):
+            lines.append(f"| {row['protocol']} | {100 * row['acc10']:.0f}% | {100 * row['acc5']:.0f}% | "
+                         f"{100 * row['median_gap']:.1f}% |")  # fmt: skip
     print("\n".join(lines), flush=True)
 
     if args.data:
         data = json.loads(args.data.read_text())
     else:
         started = time.perf_counter()
-        result = calibrate("cpu", 1, 1, quick=args.quick, statistic=args.statistic, seed=args.seed,
+        result = calibrate("cpu", 1, 1, quick=plan_name == "quick", statistic=args.statistic, seed=args.seed,
+                           plan=plan, timer=OnnxTimer() if onnx else None,
                            progress=lambda m: print(f"  [{time.perf_counter() - started:6.0f} s] {m}", file=sys.stderr))  # fmt: skip
         data = result["data"]
+        print(f"(calibration data: {result['paths']['data']})", file=sys.stderr)
     statistic = data["meta"].get("statistic", args.statistic)
-    bundled = next((store.load_predictor_file(p) for p in store.bundled_predictors()), None)
+    bundled = None if onnx else next((store.load_predictor_file(p) for p in store.bundled_predictors()), None)
     rows = ev.evaluate(data, statistic, bundled=bundled)
+    summary = ev.accuracy_summary(data, statistic)
     layer_rows = ev.layer_accuracy(data)
-    cost = prediction_cost()
+    cost = prediction_cost()  # the bundled torch predictor's cost; an onnxruntime predictor's is the same work
     meta = data["meta"]
     out = ["", f"### Accuracy (statistic: per-call `{statistic}`; {meta.get('models')} models, "
                f"{meta.get('layer_samples')} layer samples)", "", ev.markdown(rows), "",
-           "### Layer models (held-out fifth of the layer samples)", "",
-           "| kind | n | ±10% | MAPE | Spearman ρ |", "|---|---|---|---|---|"]  # fmt: skip
+           "### Against the targets (same session)", "",
+           "| split | ±10% | Spearman ρ | noise ceiling ±10% | target ±10% | nn-Meter / LitePred ±10% |",
+           "|---|---|---|---|---|---|",
+           f"| same distribution (5-fold) | {ev._pct(summary['within_10'])} | {ev._rho(summary['spearman'])} | "
+           f"{ev._pct(summary['noise_ceiling_within_10'])} | ≥ {ev._pct(summary['noise_ceiling_within_10'] - 0.03)} "
+           f"| 99.0% / 99.3% |",
+           f"| held-out families | {ev._pct(summary['held_out_families_within_10'])} | "
+           f"{ev._rho(summary['held_out_families_spearman'])} | {ev._pct(summary['noise_ceiling_within_10'])} | "
+           f"≥ {ev._pct(min(0.90, summary['noise_ceiling_within_10'] - 0.05))} | 89.2% (nn-Meter, unseen models) |", "",
+           "### Layer models (held-out fifth of the layer samples, timed alone and inside models)", "",
+           "| kind | context | n | ±10% | MAPE | Spearman ρ |", "|---|---|---|---|---|---|"]  # fmt: skip
     for row in layer_rows:
-        out.append(f"| {row['kind']} | {row['n']} | {100 * row['acc10']:.1f}% | {100 * row['mape']:.1f}% | "
-                   f"{row['spearman']:.3f} |")  # fmt: skip
+        out.append(f"| {row['kind']} | {row['context']} | {row['n']} | {100 * row['acc10']:.1f}% | "
+                   f"{100 * row['mape']:.1f}% | {row['spearman']:.3f} |")  # fmt: skip
     out += ["", "### Costs", "", "| what | value |", "|---|---|",
             f"| calibration ({meta.get('mode')}) | {meta.get('calibration_minutes')} min "
             f"(layers {meta.get('layer_minutes')} min) |",

@@ -358,7 +358,8 @@ def calibrate(
     models, each measured twice) and ``held_out_families_within_10``. ``paths`` is empty unless ``save``.
     """
     plan = plan or (Plan.quick() if quick else Plan.full())
-    mode = "quick" if quick else ("full" if plan == Plan.full() else "custom")
+    named = {"quick": Plan.quick(), "medium": Plan.medium(), "full": Plan.full()}
+    mode = next((name for name, known in named.items() if known == plan), "custom")
     if timer is not None:
         target_id = identity or timer_identity(timer, num_threads, batch_size)
         predictor, data = calibrate_with_timer(timer, target_id, plan, seed, progress, statistic, mode)
@@ -489,6 +490,7 @@ def calibrate_with_timer(
         (config, layer, max(s[statistic] - overhead, 0.02 * s[statistic]))
         for config, (_, _, layer), s in zip(configs, built, stats[EMPTY_MODELS:])
     ]
+    layer_minutes = (time.perf_counter() - started) / 60
     constants = dict(DEFAULT_CONSTANTS)
     predictor = Predictor.fit_layers(target_id, isolated(layer_samples), constants, runtime)
     predictor.meta["overhead_ms"] = overhead
@@ -531,12 +533,13 @@ def calibrate_with_timer(
     predictor.fit_correction(traces, [truth(r, statistic) for r in records])
     predictor.meta = {**_meta(mode, len(layer_samples), len(records), statistic, started, seed, runtime),
                       "overhead_ms": overhead}  # fmt: skip
+    data_meta = {**predictor.meta, "layer_minutes": round(layer_minutes, 2)}
     data = {
         "format": DATA_FORMAT,
         "identity": target_id.as_dict(),
         "constants": constants,
         "reference_ms": None,
-        "meta": predictor.meta,
+        "meta": data_meta,
         "layers": [{"config": c, "layer": layer.to_json(), "ms": ms} for c, layer, ms in layer_samples],
         "models": records,
     }
