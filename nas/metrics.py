@@ -104,6 +104,10 @@ _ALL = (
                        "as CSR in torch run dense in ONNX"),
     Metric(name="predicted_latency_ms", label="Latency (predicted)", unit="ms", kind="float", direction="minimize",
            objective=True, description="latency_ms as the latency predictor estimated it before training"),
+    Metric(name="probed_latency_ms", label="Latency (before training)", unit="ms", kind="float",
+           direction="minimize", objective=False,
+           description="on an agent target: the untrained candidate's latency measured by an agent before training, "
+                       "where the prediction was too close to constraints.max_latency_ms to decide on"),
     Metric(name="train_time_s", label="Train time", unit="s", kind="float", direction="minimize", objective=True,
            description="wall time of training"),
     Metric(name="dense_accuracy", label="Dense accuracy", unit="", kind="fraction", direction="none", objective=False,

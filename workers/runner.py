@@ -32,6 +32,9 @@ from nas import registry  # noqa: E402
 from nas.errors import IllegalTransition, NotFound  # noqa: E402
 from nas.data.stored import scoped_catalog  # noqa: E402
 from nas.metrics import BASELINE, beside_baseline  # noqa: E402
+
+# What a trial knows before training and keeps when it completes.
+PLANNED = ("params", "predicted_latency_ms", "probed_latency_ms", *BASELINE)
 from nas.models.stored import scoped_model_catalog  # noqa: E402
 from nas.pareto import best_trial  # noqa: E402
 from nas.settings import Settings  # noqa: E402
@@ -554,7 +557,7 @@ class JobRunner:
                     return None
             self._live.add(trial.id)
             self._planned[trial.id] = {
-                k: v for k, v in trial.metrics.items() if k in ("params", "predicted_latency_ms", *BASELINE)
+                k: v for k, v in trial.metrics.items() if k in PLANNED
             }
             self._progress.pop(trial.id, None)
             return trial

@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nas.timing.runtimes import ONNXRUNTIME, ONNXRUNTIME_CUDA, TORCH, TORCH_CUDA, measure_onnx
+from nas.timing.runtimes import MODEL_FORMAT, ONNXRUNTIME, ONNXRUNTIME_CUDA, TORCH, TORCH_CUDA, measure_onnx
 
-FORMAT = "onnx"
 MAX_ERROR_CHARS = 2000
 
 
@@ -36,7 +35,7 @@ class Timing:
     @classmethod
     def from_task(cls, task: dict[str, Any]) -> Timing:
         """The timing a leased task asks for; ``ValueError`` for a format or field the agent cannot take."""
-        if task.get("format", FORMAT) != FORMAT:
+        if task.get("format", MODEL_FORMAT) != MODEL_FORMAT:
             raise ValueError(f"model format {task.get('format')!r} is not supported: the agent times ONNX models")
         return cls(
             runtime=str(task["runtime"]),
