@@ -14,10 +14,12 @@ from torch import nn
 from nas.latency.calibrate import Plan, calibrate, timer_layer_configs
 from nas.latency.features import Layer, trace
 from nas.latency.predictor import KindModel, Predictor
+from nas.latency.roofline import DEFAULT_CONSTANTS
 from nas.latency.timers import ModelTimer, OnnxTimer, TorchTimer, module_to_onnx, run_onnx
 from nas.latency.zoo import sample
 from nas.sparse.inference import to_inference
 from nas.sparse.masks import set_mask
+from nas.timing.targets import identity
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -148,3 +150,50 @@ def test_calibrate_through_a_timer_fits_an_onnxruntime_predictor_without_files(n
     )
     assert on_sparse.latency_ms == pytest.approx(on_dense.latency_ms)
     assert all(layer["kernel"] == "dense" for layer in on_sparse.layers)
+
+
+class _Twice(nn.Module):
+    """One layer called twice per pass: its calls cannot be told apart, so it gives no in-model sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(32, 32)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.fc(self.fc(x))))
+
+
+def test_layers_are_timed_inside_their_model() -> None:
+    from nas.latency.calibrate import time_with_context
+
+    sequential = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    stats, inside, layers = time_with_context([(sequential, (1, 8, 8)), (_Twice().eval(), (32,))], 1, 1, 0.05, 2)
+    assert all(PROTOCOL_KEYS <= set(s) for s in stats)
+    assert sorted(layer.name for layer in layers[0].values()) == ["0", "1", "2", "3"]
+    assert all(len(calls) >= 10 and min(calls) > 0 for calls in inside[0].values())
+    timed = {layers[1][module].name for module, calls in inside[1].items() if calls}
+    assert timed == {"act", "head"}  # fc runs twice a pass
+
+
+def test_layer_context_scales_layers_to_their_time_inside_a_model() -> None:
+    """A context fitted on layers that run 1.5x slower inside models scales a prediction by about 1.5x."""
+    rng = random.Random(1)
+    layers = [_linear(rng.randint(16, 1024), rng.randint(16, 1024)) for _ in range(60)]
+    predictor = Predictor.fit_layers(identity(), [(layer, _law(layer)) for layer in layers], dict(DEFAULT_CONSTANTS))
+    model = nn.Sequential(nn.Linear(256, 512), nn.Linear(512, 64)).eval()
+    before = predictor.predict_traces([trace(model, (256,))])[0].sum_ms
+    predictor.fit_context([(layer, 1.5 * _law(layer), 1e5) for layer in layers])
+    after = predictor.predict_traces([trace(model, (256,))])[0].sum_ms
+    assert 1.35 < after / before < 1.65
+
+
+def test_onnxruntime_fusions_are_free() -> None:
+    from nas.latency.predictor import fused_away
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10),
+                          nn.ReLU()).eval()  # fmt: skip
+    layers = trace(model, (3, 8, 8)).layers
+    names = [layer.name for layer, fused in zip(layers, fused_away(layers)) if fused]
+    assert names == ["1", "2"]  # BatchNorm folded into the conv, its ReLU fused; the ReLU after the Linear is not
