@@ -34,12 +34,14 @@ from nas.timing.protocol import summary
 from nas.latency.predictor import Predictor
 from nas.latency.roofline import measure_constants
 from nas.latency.roofline import DEFAULT_CONSTANTS
-from nas.latency.sampling import SAMPLED_KINDS, build, module_sample, neighbours, sample_config, semi_structured_config
+from nas.latency.sampling import (
+    SAMPLED_KINDS, build, module_sample, neighbours, sample_chain, sample_config, semi_structured_config,
+)  # fmt: skip
 from nas.latency.timers import ModelTimer
 from nas.timing.runtimes import TORCH
 from nas.timing.targets import CPU, CUDA, TargetIdentity, cpu_model, torch_version
 from nas.timing.targets import identity as _local_identity
-from nas.latency.zoo import FAMILIES, sample, sample_sparsity
+from nas.latency.zoo import FAMILIES, sample, sample_sparsity, sparsify
 
 DATA_FORMAT = "nas-latency-calibration-data"
 
@@ -325,6 +327,33 @@ def model_records(
     return records
 
 
+def chain_records(target_id: TargetIdentity, plan: Plan, seed: int, progress: Progress = _quiet) -> list[dict[str, Any]]:
+    """Random stacks of layers (:func:`nas.latency.sampling.sample_chain`), dense or sparse, converted as
+    trials are, with their layers timed inside them: in-model samples on shapes and in contexts that
+    no calibration family has, so the layer context is not learnt from the families alone."""
+    from nas.latency.features import trace
+    from nas.sparse.inference import to_inference
+
+    rng = random.Random(seed + 3)
+    entries, params = [], []
+    for i in range(3 * plan.models_per_family):
+        torch.manual_seed(seed + 50_000 + i)
+        model, shape = sample_chain(rng)
+        sparsify(model, rng, sample_sparsity(rng))
+        params.append(trace(model, shape, target_id.batch_size).params)  # counted as for a zoo model
+        inference, _ = to_inference(model, shape, batch_size=target_id.batch_size, num_threads=target_id.num_threads)
+        entries.append((inference, shape))
+    progress(f"timing the layers of {len(entries)} random layer stacks inside them")
+    _, inside, layers = time_with_context(entries, target_id.batch_size, target_id.num_threads, 2 * plan.model_seconds, 5)
+    chains = []
+    for count, calls, described in zip(params, inside, layers):
+        chains.append({"params": count, "in_context": [
+            {"layer": described[m].to_json(), "ms": float(np.percentile(t, LAYER_QUANTILE)) * 1e3}
+            for m, t in calls.items() if t
+        ]})  # fmt: skip
+    return chains
+
+
 def truth(record: dict[str, Any], statistic: str = "p10_ms") -> float:
     """A model's measured latency: the geometric mean of its two sessions' ``statistic``."""
     a, b = (session[statistic] for session in record["sessions"])
@@ -383,8 +412,11 @@ def calibrate(
     records = model_records(target_id, plan, seed, progress)
     references.append(time_reference())
     reference_ms = min(references)  # the machine's undisturbed speed, as the p10 statistics are
+    chains = chain_records(target_id, plan, seed, progress) if target == CPU else []
     predictor.fit_context([(Layer.from_json(x["layer"]), x["ms"], r["trace"]["params"])
-                           for r in records for x in r.get("in_context", [])])  # fmt: skip
+                           for r in records for x in r.get("in_context", [])]
+                          + [(Layer.from_json(x["layer"]), x["ms"], c["params"])
+                             for c in chains for x in c["in_context"]])  # fmt: skip
     traces = [Trace.from_json(r["trace"]) for r in records]
     predictor.fit_correction(traces, [truth(r, statistic) for r in records])
     predictor.reference_ms = reference_ms
@@ -397,6 +429,7 @@ def calibrate(
         "meta": {**predictor.meta, "layer_minutes": round(layer_minutes, 2)},
         "layers": [{"config": c, "layer": layer.to_json(), "ms": ms} for c, layer, ms in layer_samples],
         "models": records,
+        "chains": chains,
     }
     return _finish(predictor, data, target_id, save, statistic, reference_ms)
 

@@ -71,10 +71,15 @@ def layer_samples(data: Mapping[str, Any], keep: Callable[[Mapping[str, Any]], b
 
 
 def context_samples(data: Mapping[str, Any], models: Sequence[int] | None = None) -> list[tuple[Layer, float, float]]:
-    """Layers timed inside the measured models (those whose index is in ``models``; all by default), as
-    ``(layer, ms, the model's parameters)``."""
+    """Layers timed inside the random layer stacks (always) and inside the measured models (those whose
+    index is in ``models``; all by default), as ``(layer, ms, the model's parameters)``."""
     records = data["models"]
-    return [
+    chains = [
+        (Layer.from_json(x["layer"]), float(x["ms"]), float(chain["params"]))
+        for chain in data.get("chains", [])
+        for x in chain["in_context"]
+    ]
+    return chains + [
         (Layer.from_json(x["layer"]), float(x["ms"]), float(records[i]["trace"]["params"]))
         for i in (range(len(records)) if models is None else models)
         for x in records[i].get("in_context", [])
@@ -291,10 +296,10 @@ def layer_accuracy(data: Mapping[str, Any], seed: int = 0) -> list[dict[str, Any
     order = list(range(len(data["models"])))
     random.Random(seed).shuffle(order)
     held = order[: len(order) // 5]
-    if not context_samples(data, held):
+    tests = context_samples({**data, "chains": []}, held)  # the random stacks' layers always train
+    if not tests:
         return rows
     inside = layer_predictor(data, models=order[len(order) // 5 :])
-    tests = context_samples(data, held)
     for kind in sorted({layer.kind for layer, _, _ in tests}):
         chosen = [(layer, ms, p) for layer, ms, p in tests if layer.kind == kind]
         layers = [layer for layer, _, _ in chosen]

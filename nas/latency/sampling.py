@@ -351,3 +351,59 @@ def _rnn_time_major(module: nn.RNNBase, config: dict[str, Any], generator: torch
 
     layers = [l for l in trace(_TimeMajor(), (config["steps"], config["input"]), config["batch"]).layers if l.kind == "rnn"]
     return (lambda: module(x)), layers[0]
+
+
+_CHAIN_ACTIVATIONS = ("ReLU", "ReLU", "GELU", "Tanh", "SiLU", "ReLU6", "Sigmoid")
+
+
+def sample_chain(rng: random.Random) -> tuple[nn.Module, tuple[int, ...]]:
+    """A short random stack of layers from this module's prior, for timing layers inside a model (after
+    the layer before them) on shapes no calibration family has: fully connected stacks up to 4096
+    wide, convolution stacks (with BatchNorm, activations, pooling) and recurrent layers with a head."""
+    roll = rng.random()
+    layers: list[nn.Module] = []
+    if roll < 0.4:
+        width = _log_int(rng, 16, 4096)
+        shape: tuple[int, ...] = (width,)
+        for _ in range(rng.randint(1, 4)):
+            out = _log_int(rng, 8, 4096)
+            while width * out > 8_000_000:
+                out //= 2
+            layers += [nn.Linear(width, out), ELEMENTWISE_MODULES[rng.choice(_CHAIN_ACTIVATIONS)]()]
+            if rng.random() < 0.2:
+                layers.append(nn.BatchNorm1d(out))
+            width = out
+    elif roll < 0.8:
+        channels, size = rng.choice([1, 3, 8, 16]), rng.choice([8, 16, 28, 32])
+        shape = (channels, size, size)
+        for _ in range(rng.randint(1, 4)):
+            out, k = _log_int(rng, 4, 128), rng.choice([1, 3, 3, 5])
+            depthwise = rng.random() < 0.25 and channels > 1
+            out = channels if depthwise else out
+            layers.append(nn.Conv2d(channels, out, k, padding=k // 2, groups=channels if depthwise else 1))
+            if rng.random() < 0.5:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(ELEMENTWISE_MODULES[rng.choice(_CHAIN_ACTIVATIONS)]())
+            if size >= 8 and rng.random() < 0.5:
+                layers.append(rng.choice([nn.MaxPool2d, nn.AvgPool2d])(2))
+                size //= 2
+            channels = out
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, _log_int(rng, 2, 256))]
+    else:
+        steps, features = _log_int(rng, 2, 48), _log_int(rng, 4, 256)
+        shape = (steps, features)
+        cls = rng.choice([nn.LSTM, nn.GRU, nn.RNN])
+        hidden = _log_int(rng, 8, 512)
+        layers += [_LastStep(cls(features, hidden, rng.choice([1, 1, 2]), batch_first=True)), nn.Linear(hidden, 10)]
+    return nn.Sequential(*layers).eval(), shape
+
+
+class _LastStep(nn.Module):
+    """An RNN's output at its last step (the slicing runs between layers, as in a classifier)."""
+
+    def __init__(self, rnn: nn.RNNBase) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0][:, -1]
