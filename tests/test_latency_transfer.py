@@ -197,3 +197,29 @@ def test_onnxruntime_fusions_are_free() -> None:
     layers = trace(model, (3, 8, 8)).layers
     names = [layer.name for layer, fused in zip(layers, fused_away(layers)) if fused]
     assert names == ["1", "2"]  # BatchNorm folded into the conv, its ReLU fused; the ReLU after the Linear is not
+
+
+class _RemoteTorch:
+    """A timer for a torch runtime elsewhere (as agents are): it times what it is sent, here with PyTorch."""
+
+    runtime = "torch"
+
+    def __init__(self) -> None:
+        self.sent: list[nn.Module] = []
+
+    def time(self, models, batch_size, num_threads, min_run_time, rounds):  # type: ignore[no-untyped-def]
+        self.sent += [module for module, _ in models]
+        return TorchTimer().time(models, batch_size, num_threads, min_run_time, rounds)
+
+
+def test_a_remote_torch_runtime_gets_the_masked_models_to_convert_itself() -> None:
+    """Only a local TorchTimer converts models here (timing kernels on this machine); a remote torch
+    runtime converts them on its own device, so it is sent the masked models."""
+    from torch.nn.utils import parametrize
+
+    timer = _RemoteTorch()
+    outcome = calibrate(timer=timer, plan=_tiny_plan(), save=False, seed=4)
+    assert isinstance(timer, ModelTimer) and outcome["predictor"].runtime == "torch"
+    models = timer.sent[-12:]  # the second session's zoo models
+    assert any(parametrize.is_parametrized(m) for model in models for m in model.modules())
+    assert not any(type(m).__name__.startswith("CSR") for model in models for m in model.modules())

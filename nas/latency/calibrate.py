@@ -37,7 +37,7 @@ from nas.latency.roofline import DEFAULT_CONSTANTS
 from nas.latency.sampling import (
     SAMPLED_KINDS, build, module_sample, neighbours, sample_chain, sample_config, semi_structured_config,
 )  # fmt: skip
-from nas.latency.timers import ModelTimer
+from nas.latency.timers import ModelTimer, TorchTimer
 from nas.timing.runtimes import TORCH
 from nas.timing.targets import CPU, CUDA, TargetIdentity, cpu_model, torch_version
 from nas.timing.targets import identity as _local_identity
@@ -501,9 +501,11 @@ def calibrate_with_timer(
 
     1. Layer samples as one-layer models, timed together with a few empty models (identity): a
        layer's time is its model's minus the median empty model's, the runtime's fixed per-call cost.
-    2. Zoo models, converted as the runtime deploys them (shrunk; CSR under ``torch``, dense under
-       ONNX Runtime), timed in two sessions of interleaved rounds in different orders; they fit the
-       whole-model correction, and the two sessions give the noise ceiling.
+    2. Zoo models, converted as the runtime deploys them (shrunk; dense under ONNX Runtime; under a
+       local :class:`~nas.latency.timers.TorchTimer` the converter's kernels, timed here; a remote
+       torch gets the masked model and converts it itself), timed in two sessions of interleaved
+       rounds in different orders; they fit the whole-model correction, and the two sessions give
+       the noise ceiling.
     """
     from nas.latency.api import prepare_trace
     from nas.sparse.inference import to_inference
@@ -533,12 +535,14 @@ def calibrate_with_timer(
     for f, family in enumerate(FAMILIES):
         for i in range(plan.models_per_family):
             drawn = sample(family, rng, sample_sparsity(rng), seed=seed + 1000 * f + i)
-            if runtime.startswith("torch"):
+            if isinstance(timer, TorchTimer):  # converted here, kernels timed on this machine
                 deployed, decisions = to_inference(
                     drawn.model, drawn.input_shape, batch_size=target_id.batch_size, num_threads=target_id.num_threads,
-                    target="cuda" if runtime == "torch-cuda" else "cpu",
+                    target=timer.target,
                 )  # fmt: skip
                 kernels = {d["name"]: d["kernel"] for d in decisions}
+            elif runtime.startswith("torch"):  # a remote torch converts it and times its kernels there
+                deployed, kernels = drawn.model, {}
             else:
                 kernels = dict.fromkeys(prunable_weights(drawn.model), "dense")
                 deployed, _ = to_inference(drawn.model, drawn.input_shape, kernels=kernels)
