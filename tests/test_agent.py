@@ -13,14 +13,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import uuid
 import venv
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import onnxruntime
 import pytest
 import torch
@@ -31,11 +28,9 @@ from nas.agent.hardware import RuntimeUnavailable, describe, offered_runtimes
 from nas.agent.loop import agent_name
 from nas.agent.measure import task_result
 from nas.net import free_port
-from nas.settings import Settings
-from nas.store import Store, make_engine
-from nas.store.artifacts import save_measurement_model
-from nas.store.measurements import TaskRecord
+from nas.store import Store
 from tests.model_files import cnn, graph_model, onnx_bytes
+from tests.agent_processes import AgentProcess, agent_env, agents_of, finished, queue_task, start_server, wait_for
 from tests.server_process import ServerProcess
 
 PROTOCOL_STATS = {"p10_ms", "median_ms", "iqr_ms", "p25_ms", "p75_ms", "p90_ms", "min_ms", "runs", "rounds", "noisy"}
@@ -181,11 +176,6 @@ def test_a_task_in_a_runtime_or_format_the_agent_does_not_offer_is_an_error() ->
 # -- the command ----------------------------------------------------------------------------------
 
 
-def agent_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NAS_URL", "NAS_API_KEY", "NAS_AGENT_HOME")}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
 def test_the_command_refuses_a_runtime_not_present_and_a_missing_key(tmp_path: Path) -> None:
     args = ["nas", "agent", "--target", "lab", "--home", str(tmp_path)]
     unknown = subprocess.run([*args, "--key", "k", "--runtime", "onnxruntime,tensorrt"], env=agent_env(),
@@ -216,96 +206,15 @@ def test_the_agent_waits_for_an_unreachable_server_and_stops_on_sigterm(tmp_path
     assert "SIGTERM: stopping" in text
 
 
-def wait_for(condition: Any, timeout: float, describe_state: Any = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout} s: {describe_state()}")
-        time.sleep(0.2)
-
-
 # -- against the real server ----------------------------------------------------------------------
-
-
-class AgentProcess:
-    """``nas agent`` as a device runs it: its own folder, the key in NAS_API_KEY, stderr kept in ``home/agent.log``."""
-
-    def __init__(self, home: Path, url: str, key: str, target: str, *args: str) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        self.home = home
-        self.log_path = home / "agent.log"
-        with open(self.log_path, "ab") as stderr:
-            self.process = subprocess.Popen(
-                ["nas", "agent", "--url", url, "--target", target, "--home", str(home), *args],
-                env=agent_env(NAS_API_KEY=key), stdout=subprocess.DEVNULL, stderr=stderr,
-            )  # fmt: skip
-
-    @property
-    def name(self) -> str:
-        return str(json.loads((self.home / "agent.json").read_text())["name"])
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM, as a service manager stops it; the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash or a pulled plug would: nothing is reported."""
-        self.process.kill()
-        self.process.wait(30)
-
-
-def queue_task(server: ServerProcess, store: Store, owner: str, target: str, runtime: str, model: bytes,
-               input_shape: tuple[int, ...]) -> str:  # fmt: skip
-    """Queue a measurement task for ``target``'s agents as the service does (its ONNX file kept under
-    the server's artifacts); its id."""
-    task_id = uuid.uuid4().hex
-    path = save_measurement_model(Settings(home=server.home).artifact_dir, task_id, model)
-    target_id = store.measurements.target(owner, target).id
-    store.measurements.create_task(target_id, "calibration", runtime, input_shape, path, min_run_time=0.05,
-                                   task_id=task_id)  # fmt: skip
-    return task_id
-
-
-def finished(store: Store, task_id: str, timeout: float = 120.0) -> TaskRecord:
-    deadline = time.monotonic() + timeout
-    while not (task := store.measurements.task(task_id)).finished:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"task {task_id} still {task.state} after {timeout} s")
-        time.sleep(0.2)
-    return task
-
-
-def agents_of(server: ServerProcess, user_key: str, target: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{server.url}/api/v1/targets/{target}", headers={"Authorization": f"Bearer {user_key}"})
-    if response.status_code == 404:
-        return []
-    response.raise_for_status()
-    return list(response.json()["agents"])
 
 
 @pytest.fixture
 def live_server(tmp_path: Path, empty_database_url: str) -> Iterator[tuple[ServerProcess, Store]]:
     """``nas serve`` on a fresh database, without a job dispatcher (tasks are queued here), and the
     store over the same database."""
-    home = tmp_path / "server"
-    home.mkdir()
-    server = ServerProcess(home, {"NAS_DATABASE_URL": empty_database_url})
-    server.start("--max-jobs", "0")
-    engine = make_engine(empty_database_url)
-    try:
-        yield server, Store(engine)
-    finally:
-        server.stop()
-        engine.dispose()
+    with start_server(tmp_path, empty_database_url, "--max-jobs", "0") as served:
+        yield served
 
 
 @pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])

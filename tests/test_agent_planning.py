@@ -23,10 +23,10 @@ from sqlalchemy.orm import Session
 from nas.client import Client
 from nas.latency.store import bundled_predictors
 from nas.specs import JobStatus, TrialState
-from nas.store import Store, make_engine
+from nas.store import Store
 from nas.store.tables import LatencyObservationRow, MeasurementTaskRow
 from tests.server_process import ServerProcess
-from tests.test_agent import AgentProcess, agents_of, wait_for
+from tests.agent_processes import AgentProcess, agent_key, agents_of, start_server, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])]
 
@@ -45,18 +45,8 @@ def spec(target: str, **changes: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def served(tmp_path: Path, data_dir: Path, empty_database_url: str) -> Iterator[tuple[ServerProcess, Store, str, str]]:
-    home = tmp_path / "server"
-    home.mkdir()
-    server = ServerProcess(home, {"NAS_DATA_DIR": str(data_dir), "NAS_DATABASE_URL": empty_database_url})
-    server.start()
-    engine = make_engine(empty_database_url)
-    try:
-        user_key = server.create_key("alice")
-        agent_key = server.cli("keys", "create", "alice", "--agent").stdout.strip().splitlines()[-1]
-        yield server, Store(engine), user_key, agent_key
-    finally:
-        server.stop()
-        engine.dispose()
+    with start_server(tmp_path, empty_database_url, data_dir=data_dir) as (server, store):
+        yield server, store, server.create_key("alice"), agent_key(server, "alice")
 
 
 def test_a_trial_no_agent_measures_fails_after_target_timeout(

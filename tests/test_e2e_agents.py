@@ -25,10 +25,10 @@ from sqlalchemy.orm import Session
 
 from nas.client import Client
 from nas.specs import JobStatus, TrialState
-from nas.store import Store, make_engine
+from nas.store import Store
 from nas.store.tables import MeasurementTaskRow, utcnow
 from tests.server_process import ServerProcess
-from tests.test_agent import AgentProcess, agents_of, wait_for
+from tests.agent_processes import AgentProcess, agent_key, agents_of, start_server, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])]
 
@@ -48,16 +48,8 @@ SPEC: dict[str, Any] = {
 
 @pytest.fixture
 def server(tmp_path: Path, data_dir: Path, empty_database_url: str) -> Iterator[tuple[ServerProcess, Store]]:
-    home = tmp_path / "server"
-    home.mkdir()
-    server = ServerProcess(home, {"NAS_DATA_DIR": str(data_dir), "NAS_DATABASE_URL": empty_database_url})
-    server.start()
-    engine = make_engine(empty_database_url)
-    try:
-        yield server, Store(engine)
-    finally:
-        server.stop()
-        engine.dispose()
+    with start_server(tmp_path, empty_database_url, data_dir=data_dir) as served:
+        yield served
 
 
 def held_leases(store: Store, agent_id: str) -> list[str]:
@@ -96,18 +88,16 @@ def test_a_job_on_an_agent_target_survives_an_agent_killed_mid_measurement(
 ) -> None:
     serve, store = server
     user_key = serve.create_key("alice")
-    created = serve.cli("keys", "create", "alice", "--agent")
-    assert created.returncode == 0, created.stderr
-    agent_key = created.stdout.strip().splitlines()[-1]
+    key = agent_key(serve, "alice")
 
     for path in ("/api/v1/jobs", "/api/v1/models", "/api/v1/datasets", "/api/v1/keys"):
-        refused = httpx.get(f"{serve.url}{path}", headers={"Authorization": f"Bearer {agent_key}"})
+        refused = httpx.get(f"{serve.url}{path}", headers={"Authorization": f"Bearer {key}"})
         assert refused.status_code == 403, (path, refused.text)
-    submitted = httpx.post(f"{serve.url}/api/v1/jobs", json=SPEC, headers={"Authorization": f"Bearer {agent_key}"})
+    submitted = httpx.post(f"{serve.url}/api/v1/jobs", json=SPEC, headers={"Authorization": f"Bearer {key}"})
     assert submitted.status_code == 403, submitted.text
 
     agents = {
-        name: AgentProcess(tmp_path / name, serve.url, agent_key, "lab", "--name", name, "--runtime", "torch,onnxruntime",
+        name: AgentProcess(tmp_path / name, serve.url, key, "lab", "--name", name, "--runtime", "torch,onnxruntime",
                            "--poll", "1")
         for name in ("lab-a", "lab-b")
     }  # fmt: skip
