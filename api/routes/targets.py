@@ -55,6 +55,10 @@ class PredictorInfo(BaseModel):
     noise_ceiling_within_10: float | None = Field(
         None, description="share of those models whose two measurements agree within ±10%: the best a predictor can do"
     )
+    error_p90: float | None = Field(
+        None, description="relative error that 90% of held-out models were within; candidates predicted this close to "
+        "constraints.max_latency_ms are measured on an agent before training"
+    )
 
     @classmethod
     def of(cls, record: PredictorRecord) -> PredictorInfo:
@@ -62,7 +66,7 @@ class PredictorInfo(BaseModel):
         return cls(
             version=record.version, runtime=record.runtime, created_at=record.created_at,
             models=accuracy.get("models"), within_10=accuracy.get("within_10"), spearman=accuracy.get("spearman"),
-            noise_ceiling_within_10=accuracy.get("noise_ceiling_within_10"),
+            noise_ceiling_within_10=accuracy.get("noise_ceiling_within_10"), error_p90=accuracy.get("error_p90"),
         )  # fmt: skip
 
 

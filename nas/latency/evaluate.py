@@ -240,7 +240,8 @@ def evaluate(data: Mapping[str, Any], statistic: str = "median_ms", folds: int =
 def accuracy_summary(data: Mapping[str, Any], statistic: str = "p10_ms", folds: int = 5, seed: int = 0) -> dict[str, Any]:
     """The numbers a target shows for its predictor: within ±10% and Spearman's ρ over the measured models
     (``folds``-fold cross-validation), the noise ceiling of the same models (their two sessions within
-    ±10% of each other), and within ±10% and ρ on held-out families."""
+    ±10% of each other), within ±10% and ρ on held-out families, and ``error_p90``: the 90th
+    percentile of the relative error over the cross-validated models."""
     records = data["models"]
     if len(records) < 2 * folds:
         return {"models": len(records)}
@@ -252,6 +253,8 @@ def accuracy_summary(data: Mapping[str, Any], statistic: str = "p10_ms", folds: 
         result = accuracy(predicted, split.y[test])
         out |= {f"{name}within_10": result["acc10"], f"{name}spearman": result["spearman"],
                 f"{name}mape": result["mape"]}  # fmt: skip
+        if not name:  # the band a planner trusts a prediction to: 90% of held-out models were closer
+            out["error_p90"] = float(np.percentile(np.abs(predicted / split.y[test] - 1.0), 90))
     out["noise_ceiling_within_10"] = noise_ceiling(records, statistic)["acc10"]
     return out
 
