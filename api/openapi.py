@@ -36,13 +36,20 @@ def server_limits(document: dict[str, Any], settings: Settings) -> None:
 
 
 def present_targets(document: dict[str, Any]) -> None:
-    """The latency targets this machine has, as the enum of every ``target`` a request body takes."""
+    """The latency targets this machine has, as the enum of every ``target`` a request body takes; a job's
+    may also name one of the caller's agent targets, which no document lists (``GET /targets`` does)."""
+    from nas.timing.agent_targets import TARGET_PATTERN
     from nas.timing.targets import available_targets  # imports torch, as spec validation does anyway
 
     targets = available_targets()
     schemas = document["components"]["schemas"]
-    for name in ("JobSpec", "PredictRequest"):
-        schemas[name]["properties"]["target"]["enum"] = targets
+    schemas["PredictRequest"]["properties"]["target"]["enum"] = targets
+    job_target = schemas["JobSpec"]["properties"]["target"]
+    job_target.pop("type", None)
+    job_target["anyOf"] = [
+        {"enum": targets, "description": "the server's own"},
+        {"type": "string", "pattern": TARGET_PATTERN, "description": "one of your agent targets (GET /targets)"},
+    ]
 
 
 def json_errors(document: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from nas.data.stored import UnknownDataset
 from nas.errors import did_you_mean
 from nas.registry import Registry
 from nas.timing.agent_targets import TARGET_PATTERN, UnknownTarget, current_target_catalog
+from nas.timing.runtimes import RUNTIMES
 from nas.safe_text import check_printable, printable_pattern
 
 
@@ -194,6 +195,7 @@ class JobSpec(_Strict):
         None,
         description="on an agent target: the runtime its agents time trials with (torch, onnxruntime, torch-cuda, "
         "onnxruntime-cuda); default: the first of these its agents offer",
+        json_schema_extra={"enum": [*RUNTIMES, None]},
     )
     constraints: Constraints = Field(default_factory=Constraints)
     budget: Budget = Field(default_factory=Budget)
@@ -222,21 +224,22 @@ class JobSpec(_Strict):
             try:
                 catalog.runtimes(target)
             except UnknownTarget as exc:
-                raise ValueError(str(exc)) from None
+                raise PydanticCustomError("target_unknown", "{reason}", {"reason": str(exc)}) from None
         return target
 
     @model_validator(mode="after")
     def _agent_runtime(self) -> JobSpec:
         """An agent target's runtime: one its agents offer, chosen at submission where none is named."""
-        from nas.timing.runtimes import RUNTIMES
         from nas.timing.targets import all_targets
 
         if self.target in all_targets():
             if self.target_runtime is not None:
-                raise ValueError(f"target_runtime is for agent targets; {self.target!r} is the server's own")
+                raise self._invalid([("target_runtime_incompatible", ("target_runtime",),
+                                      f"target_runtime is for agent targets; {self.target!r} is the server's own")])
             return self
         if self.target_runtime is not None and self.target_runtime not in RUNTIMES:
-            raise ValueError(f"unknown target_runtime {self.target_runtime!r}; valid: {', '.join(RUNTIMES)}")
+            raise self._invalid([("target_runtime_unknown", ("target_runtime",),
+                                  f"unknown target_runtime {self.target_runtime!r}; valid: {', '.join(RUNTIMES)}")])
         catalog = current_target_catalog()
         if catalog is None:  # a spec the API checked already (the runner, a worker)
             return self
@@ -246,8 +249,9 @@ class JobSpec(_Strict):
             return self  # refused by the target's own check, at its field
         if self.target_runtime is None:
             if not offered:
-                raise ValueError(f"no agent of target {self.target!r} has registered yet: start `nas agent` on the "
-                                 "device, or name target_runtime")  # fmt: skip
+                raise self._invalid([("target_runtime_incompatible", ("target_runtime",),
+                                      f"no agent of target {self.target!r} has registered yet: start `nas agent` on "
+                                      "the device, or name target_runtime")])  # fmt: skip
             self.target_runtime = offered[0]
         return self
 

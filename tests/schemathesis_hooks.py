@@ -28,7 +28,8 @@ def _each(accepts: Callable[[dict[str, Any]], bool]) -> Callable[[Detail], bool]
 def _spec_problem(error: dict[str, Any]) -> bool:
     loc, kind = error.get("loc", []), str(error.get("type", ""))
     return (
-        kind.endswith("_incompatible") or kind in ("dataset_unknown", "constraint_impossible", "limit_exceeded")
+        kind.endswith("_incompatible")
+        or kind in ("dataset_unknown", "target_unknown", "constraint_impossible", "limit_exceeded")
         or loc[2:3] == ["params"] or "files missing" in str(error.get("msg", ""))
         or loc == ["body", "objectives"] and str(error.get("msg", "")).startswith("objectives repeat a metric")
     )  # fmt: skip
@@ -56,7 +57,9 @@ EXPLAINED: dict[tuple[str, str], tuple[str, Callable[[Detail], bool]]] = {
         "plug-ins that cannot run together (an N:M sparsifier on a layer with fewer input features than M), a "
         "plug-in's params (checked by its own params_schema in GET /catalog), limits over several fields "
         "(max_trials x epochs, the space's largest network), dataset files the server lacks, objectives that "
-        "repeat a metric (uniqueItems compares whole items, not their metric)",
+        "repeat a metric (uniqueItems compares whole items, not their metric), an agent target the caller has not "
+        "registered (each owner's are listed by GET /targets, not the document), target_runtime with a target that "
+        "takes none",
         _each(_spec_problem),
     ),
     ("POST", "/api/v1/latency/predict"): (

@@ -20,6 +20,8 @@ from nas.cli import app as cli_app
 from nas.data.mnist import FILES, MNIST
 from nas.settings import Settings
 from nas.store import Store
+from nas.timing.agent_targets import TARGET_PATTERN
+from nas.timing.runtimes import RUNTIMES
 
 API = "/api/v1"
 SPEC: dict[str, Any] = {
@@ -156,7 +158,10 @@ def test_the_document_states_the_servers_limits_names_and_formats(client: TestCl
     assert schemas["Budget"]["properties"]["max_trials"]["maximum"] == settings.limit_trials_per_job == 40
     assert schemas["SearchSpaceRef"]["properties"]["name"]["enum"] == registry.search_spaces.names()
     assert schemas["StrategyRef"]["properties"]["name"]["enum"] == registry.strategies.names()
-    assert schemas["JobSpec"]["properties"]["target"]["enum"][0] == "cpu"
+    server_own, agent_target = schemas["JobSpec"]["properties"]["target"]["anyOf"]
+    assert server_own["enum"][0] == "cpu" and agent_target["pattern"] == TARGET_PATTERN
+    assert schemas["PredictRequest"]["properties"]["target"]["enum"][0] == "cpu"
+    assert schemas["JobSpec"]["properties"]["target_runtime"]["enum"] == [*RUNTIMES, None]
     assert "accuracy" in schemas["Objective"]["properties"]["metric"]["enum"]
     parameters = {p["name"]: p["schema"] for p in document["paths"][f"{API}/jobs"]["get"]["parameters"]}
     assert parameters["cursor"]["anyOf"][0]["pattern"].startswith("^eyJ")
