@@ -104,6 +104,15 @@ def test_the_targets_page_follows_an_agent_target_and_a_trial_names_the_agent_th
     assert board.locator(".hardware").inner_text() == "Cortex-A76 · 4 cores · 7.9 GB · no accelerator"
     assert f"onnxruntime {ORT['version']}" in board.inner_text()
 
+    # the new-job form offers the agent target beside the server's own
+    tab.goto(f"{server.url}/#/new")
+    tab.wait_for_selector("#f-target")
+    assert tab.locator("#f-target option").all_inner_texts()[-1] == TARGET
+    tab.select_option("#f-target", TARGET)
+    assert "agent target: 1 of 1 agents online" in tab.locator("[data-loc='target'] .help").inner_text()
+    tab.goto(f"{server.url}/#/targets")
+    tab.wait_for_selector(f'#targets-table tr[data-target="{TARGET}"]')
+
     # a running trial's model waits in the target's queue, as the runner queues it
     job = store.create_job(JobSpec.model_validate({**SPEC, "name": "measured on lab-pi"}), OWNER)
     while (claimed := store.claim_job("test-runner", 60)) != job.id:

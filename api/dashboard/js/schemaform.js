@@ -119,9 +119,11 @@ const title = (name, schema) => schema.title || name.replaceAll('_', ' ').replac
  * (`{'dataset.params.id': {label, options: [{value, label}], empty}}`; `empty` shows when there are none).
  */
 export class SpecForm {
-  constructor(catalog, { choices = {} } = {}) {
+  /** `agentTargets`: the caller's agent targets (GET /targets), offered beside the server's own. */
+  constructor(catalog, { choices = {}, agentTargets = [] } = {}) {
     this.catalog = catalog;
     this.choices = choices;
+    this.agentTargets = agentTargets;
     this.root = catalog.job_spec_schema;
     this.errorSlots = new Map();
     this.parts = {};
@@ -332,7 +334,12 @@ export class SpecForm {
   }
 
   targetWidget() {
-    const targets = this.catalog.targets;
+    const agents = this.agentTargets.map((t) => ({
+      name: t.name,
+      device: `agent target: ${t.online_agents} of ${t.agents.length} agents online`,
+      description: t.runtimes.length ? `runtimes ${t.runtimes.join(', ')}` : t.description,
+    }));
+    const targets = [...this.catalog.targets, ...agents];
     const select = h('select', { id: 'f-target', name: 'target' }, targets.map((t) => h('option', { value: t.name }, t.name)));
     const help = h('div', { class: 'help' });
     const describe = () => {

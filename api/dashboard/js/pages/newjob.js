@@ -29,14 +29,16 @@ function datasetChoice(datasets) {
 /** `datasetId` (from `#/new?dataset=ID`) starts the form on that dataset; `fromJob` (from
  * `#/new?from=JOB`, the job page's Clone) fills it with that job's stored spec, to edit and submit. */
 export async function render(view, datasetId, fromJob) {
-  let catalog, datasets, source;
+  let catalog, datasets, source, targets;
   try {
-    [catalog, datasets, source] = await Promise.all([api.get('/catalog'), allDatasets(), fromJob ? api.get(`/jobs/${fromJob}`) : null]);
+    [catalog, datasets, source, targets] = await Promise.all([
+      api.get('/catalog'), allDatasets(), fromJob ? api.get(`/jobs/${fromJob}`) : null, api.get('/targets')]);
   } catch (error) {
     if (error.status !== 401) view.append(errorBox(error));
     return null;
   }
-  const form = new SpecForm(catalog, { choices: { 'dataset.params.id': datasetChoice(datasets) } });
+  const agentTargets = targets.items.filter((t) => t.kind === 'agent');
+  const form = new SpecForm(catalog, { choices: { 'dataset.params.id': datasetChoice(datasets) }, agentTargets });
   if (datasetId) form.parts.dataset.set({ name: 'upload', params: { id: datasetId } });
   if (source) form.setValue(source.spec);
   const summary = h('div', { class: 'alert alert-error', id: 'form-errors', hidden: true });
