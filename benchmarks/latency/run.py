@@ -131,7 +131,7 @@ def main() -> int:
     from nas.latency import store
     from nas.latency.calibrate import Plan, calibrate
     from nas.latency.timers import OnnxTimer
-    from nas.timing.runtimes import onnxruntime_version
+    from nas.timing.onnx_timer import onnxruntime_version
     from nas.timing.targets import cpu_model, identity
 
     torch.set_num_threads(1)

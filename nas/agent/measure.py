@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nas.timing.runtimes import MODEL_FORMAT, ONNXRUNTIME, ONNXRUNTIME_CUDA, TORCH, TORCH_CUDA, measure_onnx
+from nas.timing.onnx_timer import measure_onnx
+from nas.timing.runtimes import MODEL_FORMAT, ONNXRUNTIME, ONNXRUNTIME_CUDA, TORCH, TORCH_CUDA
 
 MAX_ERROR_CHARS = 2000
 

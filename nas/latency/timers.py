@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from nas.sparse.csr import CSRConv2d, CSRLinear, dense_layer
-from nas.timing.runtimes import ONNXRUNTIME, TORCH, measure_onnx_interleaved
+from nas.timing.onnx_timer import measure_onnx_interleaved
+from nas.timing.runtimes import ONNXRUNTIME, TORCH
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -150,7 +151,7 @@ class _First(nn.Module):
 
 def run_onnx(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
     """The ONNX model's output for ``x`` in ONNX Runtime (CPU, one thread)."""
-    from nas.timing.runtimes import onnx_session
+    from nas.timing.onnx_timer import onnx_session
 
     session = onnx_session(onnx_bytes, 1)
     return session.run(None, {INPUT_NAME: x.astype(np.float32)})[0]

@@ -5,7 +5,7 @@ Both :mod:`nas.sparse` (the inference converter times candidate kernels) and :mo
 re-exports :func:`nas.timing.measure.measure` as the documented ``nas.latency.measure``.
 
 The names below import torch on first use only: :mod:`nas.timing.protocol`,
-:mod:`nas.timing.runtimes` and :mod:`nas.timing.agent_targets` serve a measurement agent and the
+:mod:`nas.timing.runtimes`, :mod:`nas.timing.onnx_timer` and :mod:`nas.timing.agent_targets` serve a measurement agent and the
 light client, which have no torch.
 """
 
