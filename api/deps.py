@@ -82,27 +82,40 @@ async def _note_use(request: Request, store: Store, principal: Principal) -> Non
         log.warning("could not record the last use of API key %s", principal.key_id, exc_info=True)
 
 
-async def get_principal(
-    request: Request,
-    store: Annotated[Store, Depends(get_store)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """The key's owner; a wrong key (not a missing one: no guess was made) counts against the client's address."""
+def _key_principal(request: Request, store: Store, credentials: HTTPAuthorizationCredentials | None,
+                   missing: str, agent: bool) -> Principal:  # fmt: skip
+    """The key's principal, if it is of the kind the route takes (an agent key, or a user key); a
+    wrong key (not a missing one: no guess was made) counts against the client's address."""
     if credentials is None:
-        raise _unauthorized(
-            "missing API key: the CLI and SDK read it from NAS_API_KEY (mint one with `nas keys create NAME`); "
-            "other clients send 'Authorization: Bearer <key>'"
-        )
+        raise _unauthorized(missing)
     principal = store.authenticate(credentials.credentials)
     if principal is None:
         raise authentication_refused(request, "invalid or revoked API key")
-    if principal.is_agent:
+    if principal.is_agent and not agent:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             "an agent key only measures: it may call the /agents routes, nothing else; "
             "use a user key (`nas keys create NAME`) for jobs, models, datasets and trials",
         )
+    if agent and not principal.is_agent:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "the /agents routes take an agent key: mint one with `nas keys create NAME --agent`"
+        )
     note_owner(principal.owner)
+    return principal
+
+
+async def get_principal(
+    request: Request,
+    store: Annotated[Store, Depends(get_store)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The owner of a user key, with the stored resources it may name installed for the request."""
+    principal = _key_principal(
+        request, store, credentials, agent=False,
+        missing="missing API key: the CLI and SDK read it from NAS_API_KEY (mint one with `nas keys create NAME`); "
+        "other clients send 'Authorization: Bearer <key>'",
+    )  # fmt: skip
     # Before FastAPI validates the body: a job spec naming a stored dataset or model finds only the caller's.
     scope_catalog(StoreDatasetCatalog(store, None if principal.is_admin else principal.owner))
     scope_model_catalog(StoreModelCatalog(store, None if principal.is_admin else principal.owner))
@@ -117,16 +130,8 @@ async def get_agent_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The owner of an agent key; a user key gets 403 here, as an agent key does on every other route."""
-    if credentials is None:
-        raise _unauthorized("missing agent key: mint one with `nas keys create NAME --agent`")
-    principal = store.authenticate(credentials.credentials)
-    if principal is None:
-        raise authentication_refused(request, "invalid or revoked API key")
-    if not principal.is_agent:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, "the /agents routes take an agent key: mint one with `nas keys create NAME --agent`"
-        )
-    note_owner(principal.owner)
+    principal = _key_principal(request, store, credentials, "missing agent key: mint one with `nas keys create NAME --agent`",
+                               agent=True)  # fmt: skip
     await _note_use(request, store, principal)
     return principal
 
