@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,32 +34,17 @@ DEFAULT_ERROR_BAND = 0.25
 """A predictor's relative error band where its calibration did not say (probe candidates this close to the limit)."""
 
 
-def queue_trial_measurement(
-    store: Store, settings: Settings, target: TargetRecord, runtime: str, trial_id: str, onnx_bytes: bytes,
-    input_shape: Sequence[int], payload: dict[str, Any],
+def queue_measurement(
+    store: Store, settings: Settings, target: TargetRecord, purpose: str, runtime: str, onnx_bytes: bytes,
+    input_shape: Sequence[int], **fields: Any,
 ) -> TaskRecord:  # fmt: skip
-    """Keep the trial's ONNX file and queue it for the target's agents; ``payload`` is what the trial
-    ends with once its latency arrives (so a runner that takes the job over can end it too)."""
-    import uuid
-
+    """Keep an ONNX file for the target's agents and queue it; ``purpose`` is ``trial`` (``fields`` holds
+    its ``trial_id`` and the ``payload`` it ends with, so a runner that takes the job over can end it
+    too), ``probe`` (a candidate before training) or ``calibration``."""
     task_id = uuid.uuid4().hex
     path = save_measurement_model(settings.artifact_dir, task_id, onnx_bytes)
-    return store.measurements.create_task(
-        target.id, "trial", runtime, list(input_shape), path, trial_id=trial_id, payload=payload,
-        min_run_time=TRIAL_MIN_RUN_TIME, task_id=task_id,
-    )  # fmt: skip
-
-
-def queue_probe(
-    store: Store, settings: Settings, target: TargetRecord, runtime: str, onnx_bytes: bytes, input_shape: Sequence[int]
-) -> TaskRecord:
-    """Queue an untrained candidate for the target's agents (confidence-gated measurement)."""
-    import uuid
-
-    task_id = uuid.uuid4().hex
-    path = save_measurement_model(settings.artifact_dir, task_id, onnx_bytes)
-    return store.measurements.create_task(target.id, "probe", runtime, list(input_shape), path,
-                                          min_run_time=TRIAL_MIN_RUN_TIME, task_id=task_id)  # fmt: skip
+    return store.measurements.create_task(target.id, purpose, runtime, list(input_shape), path, task_id=task_id,
+                                          **{"min_run_time": TRIAL_MIN_RUN_TIME, **fields})  # fmt: skip
 
 
 _predictors: dict[tuple[str, str, int], Predictor] = {}
@@ -135,25 +121,23 @@ class AgentTimer:
         min_run_time: float = 0.1, rounds: int = 3,
     ) -> list[dict[str, float]]:  # fmt: skip
         """Queue every model, wait until the agents have timed them all; their statistics, in order."""
-        import uuid
-
         from nas.latency.timers import module_to_onnx
 
-        tasks = []
-        for model, input_shape in models:
-            task_id = uuid.uuid4().hex
-            path = save_measurement_model(self.settings.artifact_dir, task_id, module_to_onnx(model, input_shape))
-            tasks.append(self.store.measurements.create_task(
-                self.target.id, "calibration", self.runtime, list(input_shape), path,
-                calibration_id=self.calibration.id, batch_size=batch_size, num_threads=num_threads,
-                min_run_time=min_run_time, rounds=rounds, task_id=task_id,
-            ))  # fmt: skip
+        tasks = [
+            queue_measurement(
+                self.store, self.settings, self.target, "calibration", self.runtime, module_to_onnx(model, input_shape),
+                input_shape, calibration_id=self.calibration.id, batch_size=batch_size, num_threads=num_threads,
+                min_run_time=min_run_time, rounds=rounds,
+            )
+            for model, input_shape in models
+        ]  # fmt: skip
         return [task.result["stats"] for task in self._wait([t.id for t in tasks])]  # type: ignore[index]
 
     def _wait(self, task_ids: list[str]) -> list[TaskRecord]:
         deadline = time.monotonic() + self.wait_s
         while True:
-            tasks = [self.store.measurements.task(task_id) for task_id in task_ids]
+            found = {t.id: t for t in self.store.measurements.calibration_tasks(self.calibration.id)}  # one query
+            tasks = [found[task_id] for task_id in task_ids]
             failed = [t for t in tasks if t.state == "failed"]
             if failed:
                 raise RuntimeError(f"an agent could not measure a calibration model: {failed[0].error}")

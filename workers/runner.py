@@ -56,8 +56,7 @@ from workers.agent_tasks import (  # noqa: E402
     load_stored_predictor,
     measured_by,
     observe_agent_trial,
-    queue_probe,
-    queue_trial_measurement,
+    queue_measurement,
 )
 from workers.baseline import measure_baseline  # noqa: E402
 from workers.datasets import deliver  # noqa: E402
@@ -356,7 +355,8 @@ class JobRunner:
         assert self._target is not None
         try:
             onnx, input_shape = probe_onnx(self.spec, self.space, type(self.strategy), arch)
-            task = queue_probe(self.store, self.settings, self._target, str(self.spec.target_runtime), onnx, input_shape)
+            task = queue_measurement(self.store, self.settings, self._target, "probe", str(self.spec.target_runtime),
+                                     onnx, input_shape)  # fmt: skip
         except Exception:
             log.exception("job %s: could not queue a candidate's measurement", self.job_id)
             return None
@@ -684,9 +684,8 @@ class JobRunner:
         input_shape = registry.datasets.create(self.spec.dataset.name, self.spec.dataset.params).shape()[0]
         payload = {"metrics": metrics, "layers": final["layers"], "node_id": final.get("node_id"),
                    "outputs": final.get("outputs") or {}}  # fmt: skip
-        task = queue_trial_measurement(
-            self.store, self.settings, self._target, self.spec.target_runtime, trial_id, onnx, input_shape, payload
-        )
+        task = queue_measurement(self.store, self.settings, self._target, "trial", self.spec.target_runtime, onnx,
+                                 input_shape, trial_id=trial_id, payload=payload)  # fmt: skip
         self.logged(trial_id, f"trained; waiting for an agent of target {self.spec.target!r} "
                               f"({self.spec.target_runtime}) to measure it (task {task.id})\n")  # fmt: skip
         with self._lock:

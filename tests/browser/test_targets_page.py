@@ -32,7 +32,7 @@ from nas.specs import JobSpec, TrialState
 from nas.store.store import AGENT_KEY
 from nas.store.tables import AgentRow, utcnow
 from tests.sdk_server import SPEC, Server
-from workers.agent_tasks import latency_metrics, measured_by, queue_trial_measurement
+from workers.agent_tasks import latency_metrics, measured_by, queue_measurement
 
 if TYPE_CHECKING:
     from tests.browser.conftest import Console
@@ -120,9 +120,9 @@ def test_the_targets_page_follows_an_agent_target_and_a_trial_names_the_agent_th
     trial = store.create_trial(job.id, {"depth": 2, "width_0": 32})
     store.start_trial(trial.id, attempt=1)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    task = queue_trial_measurement(
-        store, server.settings, store.measurements.target(OWNER, TARGET), "onnxruntime", trial.id,
-        module_to_onnx(model, (64,)), (64,), payload={},
+    task = queue_measurement(
+        store, server.settings, store.measurements.target(OWNER, TARGET), "trial", "onnxruntime",
+        module_to_onnx(model, (64,)), (64,), trial_id=trial.id, payload={},
     )  # fmt: skip
     wait_for_cell(tab, 5, "1")
 
