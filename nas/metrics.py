@@ -71,6 +71,10 @@ _ALL = (
            description="accuracy of the final model on the test split: the same as accuracy"),
     Metric(name="test_loss", label="Test loss", unit="", kind="float", direction="minimize", objective=False,
            split="test", description="cross-entropy of the final model on the test split: the same as loss"),
+    Metric(name="val_acc", label="Val acc (table, %)", unit="%", kind="float", direction="maximize",
+           objective=False, split="val",
+           description="a tabular benchmark's validation accuracy in percent, as its table records it (nasbench201); "
+                       "val_accuracy and accuracy hold it as a fraction"),
     Metric(name="search_val_accuracy", label="Search accuracy (α split)", unit="", kind="fraction",
            direction="maximize", objective=False,
            description="accuracy on the part of the training data that trained the architecture weights α (DASS "
@@ -144,6 +148,18 @@ def selected_value(metrics: Mapping[str, float], objective: str) -> float | None
     validation splits existed has none and is ranked on ``objective`` itself. None when neither is there."""
     value = metrics.get(selection_metric(objective))
     return metrics.get(objective) if value is None else value
+
+
+def objective_value(metrics: Mapping[str, float], objective: str) -> float | None:
+    """What a strategy ranks a finished trial on for ``objective``: its :func:`selected_value`, with
+    ``predicted_latency_ms`` standing in for a ``latency_ms`` never measured (an infeasible or pruned
+    trial); None when missing or not finite."""
+    value = selected_value(metrics, objective)
+    if value is None and objective == "latency_ms":
+        value = metrics.get("predicted_latency_ms")
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
 
 LATENCY: tuple[str, ...] = ("latency_ms", "latency_median_ms", "latency_iqr_ms", "masked_latency_ms")
 """The latency set every complete trial of every strategy records."""

@@ -17,24 +17,31 @@ def _signed(trial: Trial, objectives: Sequence[Objective]) -> tuple[float, ...] 
     return tuple(v if o.direction == "maximize" else -v for v, o in zip(values, objectives))  # type: ignore[operator]
 
 
+def non_dominated(points: Sequence[tuple[float, ...]]) -> list[int]:
+    """Positions of the points that no other point beats on every coordinate, larger being better;
+    equal points are all kept. In the order given.
+
+    Points are visited best-first in lexicographic order, so anything that dominates a point was
+    visited before it, and (dominance being transitive) it is enough to compare each point with
+    the front found so far: O(n · front · k), not O(n² · k).
+    """
+    front: list[int] = []
+    for position in sorted(range(len(points)), key=lambda i: points[i], reverse=True):
+        values = points[position]
+        if not any(all(o >= v for o, v in zip(points[f], values)) and points[f] != values for f in front):
+            front.append(position)
+    return sorted(front)
+
+
 def pareto_front(trials: Sequence[Trial], objectives: Sequence[Objective]) -> list[Trial]:
     """Complete trials that no other complete trial beats on every objective; ties are all kept.
-
-    Trials are visited best-first in lexicographic order, so anything that dominates a trial was
-    visited before it, and (dominance being transitive) it is enough to compare each trial with
-    the front found so far: O(n · front · k), not O(n² · k). Returned in the order given.
-    """
+    Returned in the order given."""
     scored = [
-        (position, values)
-        for position, t in enumerate(trials)
+        (t, values)
+        for t in trials
         if t.state is TrialState.complete and (values := _signed(t, objectives)) is not None
     ]
-    front: list[tuple[int, tuple[float, ...]]] = []
-    for position, values in sorted(scored, key=lambda item: item[1], reverse=True):
-        dominated = any(all(o >= v for o, v in zip(other, values)) and other != values for _, other in front)
-        if not dominated:
-            front.append((position, values))
-    return [trials[position] for position in sorted(position for position, _ in front)]
+    return [scored[i][0] for i in non_dominated([values for _, values in scored])]
 
 
 def best_trial(trials: Sequence[Trial], objectives: Sequence[Objective]) -> Trial | None:

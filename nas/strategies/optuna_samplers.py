@@ -36,7 +36,6 @@ architecture is enqueued instead.
 
 from __future__ import annotations
 
-import math
 import random
 import warnings
 from collections import deque
@@ -46,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nas.arch import fingerprint
 from nas.search_space import SearchSpace
-from nas.metrics import PER_EPOCH, selected_value, selection_metric
+from nas.metrics import PER_EPOCH, objective_value, selection_metric
 from nas.specs import JobSpec, Trial, TrialState
 from nas.strategies.base import Problem, Strategy, TrialPlan
 
@@ -223,7 +222,7 @@ class _OptunaStrategy(Strategy):
         State = optuna.trial.TrialState
         metrics = trial.metrics
         constraints = self._constraints(metrics)
-        values = [_objective_value(metrics, o.metric) for o in self._objectives]
+        values = [objective_value(metrics, o.metric) for o in self._objectives]
         if trial.state is TrialState.complete and None not in values:
             return State.COMPLETE, values, constraints, {}  # type: ignore[return-value]
         if trial.state is TrialState.infeasible:
@@ -282,15 +281,6 @@ def _first(dist: BaseDistribution) -> Any:
     if isinstance(dist, (IntDistribution, FloatDistribution)):
         return dist.low
     raise TypeError(f"unsupported distribution {type(dist).__name__}")
-
-
-def _objective_value(metrics: dict[str, float], metric: str) -> float | None:
-    value = selected_value(metrics, metric)
-    if value is None and metric == "latency_ms":
-        value = metrics.get("predicted_latency_ms")
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def _intermediate(trial: Trial, objective: str) -> dict[int, float]:
