@@ -125,6 +125,11 @@ class TrainingSpec(_Strict):
     val_seed: int = Field(
         0, ge=0, lt=2**31, description="seed of the validation split: every trial of the job holds out the same examples"
     )
+    mixed_precision: bool = Field(
+        False,
+        description="train in float16 under autocast with loss scaling (evaluation stays float32); needs "
+        "resources.gpus > 0: on a CPU it would only slow training down, so a job asking it without a GPU is refused",
+    )
 
 
 class Objective(_Strict):
@@ -171,6 +176,38 @@ class Budget(_Strict):
         600, gt=0, le=MAX_SECONDS,
         description="on an agent target: how long a trained trial waits for an agent's measurement before it fails",
     )
+    max_simulated_s: float | None = Field(
+        None, gt=0, le=1e9,
+        description="stop proposing trials once the finished trials' train_time_s add up to this; on a tabular "
+                    "dataset (nasbench201) that is the table's simulated training time, as papers budget searches",
+    )
+
+
+MAX_TRIAL_CPUS = 256
+MAX_TRIAL_GPUS = 16
+
+
+class TrialResources(_Strict):
+    """What one trial asks Ray for; a trial starts on a node with all of it free."""
+
+    cpus: float = Field(
+        1, gt=0, le=MAX_TRIAL_CPUS,
+        description="CPUs per trial; a fraction packs more trials onto a node's CPUs (Ray's num_cpus)",
+    )  # fmt: skip
+    gpus: float = Field(
+        0, ge=0, le=MAX_TRIAL_GPUS,
+        description="GPUs per trial (Ray's num_gpus): 0 trains on the CPU; a fraction below 1 shares one GPU among "
+        "small trials (0.25: four at once); above 1 a whole number, of which the trial trains on one",
+        json_schema_extra={"anyOf": [{"type": "number", "minimum": 0, "maximum": 1},
+                                     {"type": "integer", "minimum": 1, "maximum": MAX_TRIAL_GPUS}]},
+    )  # fmt: skip
+
+    @field_validator("gpus")
+    @classmethod
+    def _whole_above_one(cls, gpus: float) -> float:
+        if gpus > 1 and not gpus.is_integer():
+            raise ValueError(f"gpus {gpus:g}: above 1, a trial takes whole GPUs (Ray shares only a fraction of one)")
+        return gpus
 
 
 class JobSpec(_Strict):
@@ -199,6 +236,10 @@ class JobSpec(_Strict):
     )
     constraints: Constraints = Field(default_factory=Constraints)
     budget: Budget = Field(default_factory=Budget)
+    resources: TrialResources = Field(
+        default_factory=TrialResources,
+        description="CPUs and GPUs one trial takes on the Ray cluster; refused when no node of the cluster has them",
+    )
     early_stopping: EarlyStoppingRef | None = Field(None, description="a rule that stops unpromising trials early; null runs every trial to its last epoch")
     seed: int = Field(0, ge=0, lt=2**31)
 
@@ -255,6 +296,14 @@ class JobSpec(_Strict):
             self.target_runtime = offered[0]
         return self
 
+    @model_validator(mode="after")
+    def _mixed_precision_on_gpu(self) -> JobSpec:
+        if self.training.mixed_precision and self.resources.gpus == 0:
+            raise self._invalid([("mixed_precision_incompatible", ("training", "mixed_precision"),
+                                  "mixed_precision trains in float16 on a GPU: set resources.gpus (a trial on the "
+                                  "CPU would only train slower)")])  # fmt: skip
+        return self
+
     @field_validator("objectives")
     @classmethod
     def _distinct_objectives(cls, objectives: list[Objective]) -> list[Objective]:
@@ -274,9 +323,11 @@ class JobSpec(_Strict):
         problems: list[tuple[str, tuple[str | int, ...], str]] = []  # (error type, location, message)
         space = registry.search_spaces.create(self.search_space.name, self.search_space.params)
         try:
-            shape = registry.datasets.create(self.dataset.name, self.dataset.params).shape()
+            dataset = registry.datasets.create(self.dataset.name, self.dataset.params)
+            shape = dataset.shape()
         except UnknownDataset as exc:  # the same answer for an id never stored and another owner's
             raise self._invalid([("dataset_unknown", ("dataset", "params", "id"), str(exc))]) from None
+        problems += [("dataset_incompatible", loc, text) for loc, text in dataset.check_spec(self)]
         unfit = space.fit_problems(*shape)
         problems += [("search_space_incompatible", ("search_space", "params", *loc), text) for loc, text in unfit]
         try:

@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 from nas import registry
 from nas.arch import fingerprint
 from nas.data import DataSplits, validation_split
+from nas.data.tabular import TabularDataset
 from nas.export import export_onnx
 from nas.latency import UnsupportedLayer, measure, observe
 from nas.sparse.base import Sparsifier
@@ -59,7 +60,7 @@ class TrialOutcome:
 
     metrics: dict[str, float]
     layers: list[dict[str, Any]]
-    model_bytes: bytes
+    model_bytes: bytes | None  # None: no model was trained (a trial looked up in a tabular benchmark)
     outputs: dict[str, Any] = field(default_factory=dict)  # strategy-specific, stored as Trial.outputs
     latency_observation: dict[str, Any] | None = None  # nas.latency.observe's record; None if it failed
     onnx_bytes: bytes | None = None  # the inference model as ONNX, for an agent target's agents to time
@@ -83,6 +84,9 @@ def run_trial(
     stopping, cancellation) stops the trial. Torch's thread count is left to the caller, and the
     result is deterministic for a given spec seed and architecture when torch runs single-threaded.
     """
+    dataset = registry.datasets.create(spec.dataset.name, spec.dataset.params)
+    if isinstance(dataset, TabularDataset):
+        return look_up_trial(dataset, spec, arch, report)
     data = load_data(spec, data_dir)
     space = registry.search_spaces.create(spec.search_space.name, spec.search_space.params)
     sparsifier = registry.sparsifiers.create(spec.sparsifier.name, spec.sparsifier.params)
@@ -123,6 +127,20 @@ def run_trial(
         train_time += epoch_time
         last(epoch, {**metrics, **sparsifier.epoch_metrics(model)})
     return end_trial(model, spec, data, arch, train_time, sparsifier=sparsifier, last_epoch=last)
+
+
+def look_up_trial(dataset: TabularDataset, spec: JobSpec, arch: dict[str, Any], report: Report) -> TrialOutcome:
+    """The trial of ``arch`` as the tabular ``dataset`` recorded it: its per-epoch curve (or, where the
+    table has none, its last epoch) reported as a trained trial's epochs are, and its final metrics.
+
+    No model is trained, so none is saved; the latency is the table's, not measured on the job's target.
+    """
+    entry = dataset.lookup(arch, trial_seed(spec, arch))
+    curve = entry.curve or ({name: entry.metrics[name] for name in ("val_accuracy", "val_acc") if name in entry.metrics},)
+    first = entry.epochs - len(curve) + 1
+    for epoch, metrics in enumerate(curve, start=first):
+        report(epoch, {**metrics, "epoch_time_s": entry.train_time_s / entry.epochs})
+    return TrialOutcome(metrics=entry.metrics, layers=[], model_bytes=None, outputs={"looked_up": entry.outputs})
 
 
 class LastEpoch:

@@ -12,6 +12,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from nas import registry
+from nas.data.tabular import TabularDataset
 from nas.search_space import SearchSpace
 from nas.specs import JobSpec
 from nas.strategies import Strategy
@@ -52,7 +53,12 @@ def planned_metrics(
     agent target, predicted by ``target_predictor`` (the target's, from the store), if it has one."""
     from nas.latency import NoPredictor, UnsupportedLayer, predict
     from nas.latency.api import predict_on
+    from nas.training import trial_seed
 
+    dataset = registry.datasets.create(spec.dataset.name, spec.dataset.params)
+    if isinstance(dataset, TabularDataset):  # the table knows both: nothing to build or predict
+        entry = dataset.lookup(arch, trial_seed(spec, arch)).metrics
+        return {"params": entry["params"], "predicted_latency_ms": entry["latency_ms"]}
     model, input_shape, densities = _candidate(spec, space, strategy, arch)
     params = sum(p.numel() for p in model.parameters())
     if spec.target not in all_targets() and target_predictor is None:

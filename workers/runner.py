@@ -192,6 +192,7 @@ class JobRunner:
         self._strategy_done = False
         self._waiting = False  # the strategy's last answer was WAIT
         self._started = time.time()  # the job's start (epoch seconds), from which budget.timeout_s counts
+        self._simulated_s = 0.0  # the finished trials' train_time_s, which budget.max_simulated_s caps
         # Metrics known before training (params, predicted latency) and the last epoch's report,
         # per live trial: a complete trial keeps the former, a pruned one ends with the latter.
         self._planned: dict[str, dict[str, float]] = {}
@@ -268,6 +269,7 @@ class JobRunner:
         self.spec = spec
         self._stall_s = spec.budget.trial_stall_s
         self._best = best_trial(trials, spec.objectives)
+        self._simulated_s = sum(t.metrics.get("train_time_s", 0.0) for t in trials if t.state.finished)
         # measured by an earlier runner of the job: every trial it created carries it
         recorded = (t.metrics for t in trials if all(name in t.metrics for name in BASELINE))
         self._baseline = {name: metrics[name] for metrics in recorded for name in BASELINE}
@@ -305,7 +307,7 @@ class JobRunner:
             self._follow_budget()
             with self._lock:
                 more = self._n_trials < self.spec.budget.max_trials and not self._strategy_done
-            if self.stop_reason is not None or self.out_of_time() or self._waiting or not more:
+            if self.stop_reason is not None or self.out_of_time() or self.simulated_spent() or self._waiting or not more:
                 return
 
     def _await_measurements(self) -> None:
@@ -413,6 +415,12 @@ class JobRunner:
         budget is now, so a raised timeout lets a running job go on."""
         timeout = self.spec.budget.timeout_s
         return timeout is not None and time.time() - self._started >= timeout
+
+    def simulated_spent(self) -> bool:
+        """Whether the finished trials' ``train_time_s`` reached ``budget.max_simulated_s``: trials running
+        then finish, no new one starts (papers report a search's anytime performance this way)."""
+        limit = self.spec.budget.max_simulated_s
+        return limit is not None and self._simulated_s >= limit
 
     def _follow_budget(self) -> None:
         """Take up a budget the owner raised (``PATCH /jobs/{id}``) since the runner last looked."""
@@ -543,7 +551,7 @@ class JobRunner:
         training (they count against ``max_trials``) and the strategy is asked again.
         """
         with self._lock:
-            if self.stop_reason is not None or self.out_of_time():
+            if self.stop_reason is not None or self.out_of_time() or self.simulated_spent():
                 return None
             if self._pending:
                 trial = self._pending.popleft()
@@ -628,7 +636,8 @@ class JobRunner:
         """Whether the search is over: no trial left to run, and none to ask for (the trial budget
         spent, the strategy done or waiting with nothing running, or the time budget spent)."""
         with self._lock:
-            budget_used = self._n_trials >= self.spec.budget.max_trials or self._strategy_done or self.out_of_time()
+            budget_used = (self._n_trials >= self.spec.budget.max_trials or self._strategy_done or self.out_of_time()
+                           or self.simulated_spent())
             idle = not self._pending and not self._live and not self._measuring
             if idle and self._waiting and not budget_used:
                 log.warning("job %s: its strategy waits with no trial running; ending the job", self.job_id)
@@ -655,8 +664,9 @@ class JobRunner:
             "model": self._model,  # how a stored model reaches it (workers.models)
         }
 
-    def complete_trial(self, trial_id: str, final: dict[str, Any], model: bytes, onnx: bytes | None = None) -> None:
-        self.store.add_artifact(save_model(self.settings.artifact_dir, self.job_id, trial_id, model))
+    def complete_trial(self, trial_id: str, final: dict[str, Any], model: bytes | None, onnx: bytes | None = None) -> None:
+        if model is not None:  # a trial looked up in a tabular benchmark trained none
+            self.store.add_artifact(save_model(self.settings.artifact_dir, self.job_id, trial_id, model))
         observation = final.get("latency_observation")
         if observation is not None:  # before the trial completes, so the next candidates are planned with it
             self.guard(self.store.add_latency_observation, observation, self.job_id, trial_id)
@@ -743,6 +753,7 @@ class JobRunner:
     def _finished(self, trial: Trial) -> None:
         with self._lock:
             self._live.discard(trial.id)
+            self._simulated_s += trial.metrics.get("train_time_s", 0.0)
             self.strategy.tell(trial)
 
     def guard(self, fn: Any, *args: Any) -> Any:

@@ -16,6 +16,8 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     import numpy as np
 
+    from nas.specs import JobSpec
+
 
 @dataclass(frozen=True)
 class DataSplits:
@@ -93,3 +95,8 @@ class Dataset(ABC):
     @abstractmethod
     def load(self, data_dir: Path) -> DataSplits:
         """The splits, read from ``data_dir``."""
+
+    def check_spec(self, spec: JobSpec) -> list[tuple[tuple[str | int, ...], str]]:
+        """``(location in the spec, why)`` for each part of ``spec`` this dataset cannot serve; each becomes
+        a 422 there. The default: none (a dataset of examples serves every space that takes its shape)."""
+        return []
