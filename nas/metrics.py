@@ -75,10 +75,6 @@ _ALL = (
            objective=False, split="val",
            description="a tabular benchmark's validation accuracy in percent, as its table records it (nasbench201); "
                        "val_accuracy and accuracy hold it as a fraction"),
-    Metric(name="val_acc", label="Val acc (table, %)", unit="%", kind="float", direction="maximize",
-           objective=False, split="val",
-           description="a tabular benchmark's validation accuracy in percent, as its table records it (nasbench201); "
-                       "val_accuracy and accuracy hold it as a fraction"),
     Metric(name="search_val_accuracy", label="Search accuracy (α split)", unit="", kind="fraction",
            direction="maximize", objective=False,
            description="accuracy on the part of the training data that trained the architecture weights α (DASS "
