@@ -435,7 +435,8 @@ class JobRunner:
         # lock here means the jobs' own fits find the name and register nothing concurrently.
         trainable_name = f"nas-job-{self.job_id}"
         with _TUNE_REGISTRY_LOCK:
-            tune.register_trainable(trainable_name, tune.with_resources(self.trainable, {"cpu": 1}))
+            resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+            tune.register_trainable(trainable_name, tune.with_resources(self.trainable, resources))
         scheduler = None
         if spec.early_stopping is not None:
             rule = registry.early_stopping.create(spec.early_stopping.name, spec.early_stopping.params)
