@@ -54,16 +54,15 @@ class TabularDataset(Dataset):
         """The job must search the table's space, with a strategy that trains its trials the default way
         (the one a lookup replaces), and stop trials early only on curves the table has."""
         from nas import registry
-        from nas.strategies.base import Strategy
 
         problems: list[Problem] = []
         if spec.search_space.name != self.space:
             problems.append((("search_space", "name"), f"the {self.space} dataset holds results of the {self.space} "
                              f"search space only, not {spec.search_space.name!r}"))  # fmt: skip
         strategy = registry.strategies.get(spec.strategy.name)
-        if strategy.run_trial.__func__ is not Strategy.run_trial.__func__:  # type: ignore[attr-defined]
-            problems.append((("strategy", "name"), f"strategy {spec.strategy.name!r} trains its trials its own way; "
-                             f"trials of the {self.space} dataset are looked up in its table"))  # fmt: skip
+        if not strategy.trains_each_architecture(strategy.Params.model_validate(spec.strategy.params)):
+            problems.append((("strategy",), f"strategy {spec.strategy.name!r} with these params trains its trials its "
+                             f"own way; trials of the {self.space} dataset are looked up in its table"))  # fmt: skip
         if spec.early_stopping is not None and spec.early_stopping.name != "none" and not self.has_curves:
             problems.append((("early_stopping",), f"the {self.space} table has no per-epoch curves to stop trials on"))
         return problems

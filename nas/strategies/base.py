@@ -96,6 +96,14 @@ class Strategy(ABC):
         return run_trial(spec, arch, data_dir, report)
 
     @classmethod
+    def trains_each_architecture(cls, params: BaseModel) -> bool:
+        """Whether every trial of a job with ``params`` trains its architecture from scratch the default
+        way, so a tabular benchmark (:mod:`nas.data.tabular`) can look the trial up instead. A strategy that
+        overrides :meth:`run_trial` trains some other way (a supernet, a round from its parent's weights)
+        unless it says otherwise here."""
+        return not any("run_trial" in vars(c) for c in cls.__mro__ if c is not Strategy and issubclass(c, Strategy))
+
+    @classmethod
     def from_history(cls, params: BaseModel, space: SearchSpace, spec: JobSpec, trials: Iterable[Trial]) -> Strategy:
         """Rebuild the strategy's state from every trial the job already has."""
         strategy = cls(params, space, spec)
