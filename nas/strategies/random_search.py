@@ -102,6 +102,10 @@ class RandomSearch(Strategy):
         return []
 
     @classmethod
+    def trains_each_architecture(cls, params: Params) -> bool:
+        return not params.random_mask_control  # a control trains under its parent's random mask
+
+    @classmethod
     def run_trial(
         cls,
         spec: JobSpec,
