@@ -14,7 +14,9 @@ from fastapi import HTTPException, status
 
 from nas import registry
 from nas.settings import Settings
+from nas.cluster import this_machine, unmet
 from nas.specs import JobSpec
+from nas.store import Store
 
 
 def _error(loc: tuple[str, ...], msg: str, value: Any) -> dict[str, Any]:
@@ -53,6 +55,26 @@ def spec_problems(spec: JobSpec, settings: Settings) -> list[dict[str, Any]]:
                                f"the largest architecture of this space has {largest} parameters; "
                                f"this server allows {limit}", spec.search_space.params))
     return problems
+
+
+def check_resources(spec: JobSpec, store: Store) -> None:
+    """422 at ``resources.gpus`` (or ``cpus``) when no node of the Ray cluster could start one of the job's trials.
+
+    The cluster is what the live dispatchers reported (:mod:`nas.cluster`); before any has, this
+    machine stands in for it, as the one ``nas serve``'s local Ray runs on.
+    """
+    nodes = store.cluster_nodes()
+    stand_in = nodes is None
+    problem = unmet(spec.resources, [this_machine()] if nodes is None else nodes)
+    if problem is None:
+        return
+    field, message = problem
+    if stand_in:
+        message += " (no dispatcher has reported its Ray cluster yet: this machine stands in for it)"
+    raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [{
+        "loc": ["body", "resources", field], "msg": message, "type": "resources_incompatible",
+        "input": getattr(spec.resources, field),
+    }])  # fmt: skip
 
 
 def check_spec(spec: JobSpec, settings: Settings) -> None:

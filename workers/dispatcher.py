@@ -8,6 +8,7 @@ import threading
 from nas.settings import Settings
 from nas.store import Store
 from nas.store.store import DISPATCHER_HEARTBEAT_S
+from workers.cluster import ray_nodes
 from workers.ray_loopback import keep_local_ray_on_loopback
 from workers.runner import JobRunner
 
@@ -35,21 +36,12 @@ def connect_ray(settings: Settings, dashboard: bool = False) -> None:
         log.info("Ray dashboard at http://%s", context.dashboard_url)
 
 
-def ray_is_up() -> bool:
-    """Whether this driver's Ray cluster answers and has a live node to run trials on."""
-    import ray
-
-    try:
-        return ray.is_initialized() and any(node["Alive"] for node in ray.nodes())
-    except Exception:  # noqa: BLE001 - any failure to reach the cluster means "down"
-        return False
-
-
 class Dispatcher:
     """A polling loop in a thread; one runner thread per job, at most ``max_jobs`` at once.
 
-    A second thread records a heartbeat with Ray's state in the store every ``beat_s`` seconds:
-    the API's readiness answer reads it, since API processes never talk to Ray.
+    A second thread records a heartbeat with Ray's state and its nodes' CPUs and GPUs in the store
+    every ``beat_s`` seconds: the API's readiness answer and its check of a job's resources read it,
+    since API processes never talk to Ray.
     """
 
     def __init__(
@@ -95,11 +87,11 @@ class Dispatcher:
 
     def _beat(self) -> None:
         while True:
-            ray_up = ray_is_up()
+            nodes = ray_nodes()  # a live node is one to run trials on
             if self._stop.is_set():
                 return
             try:
-                self.store.dispatcher_heartbeat(self.runner_id, ray_up=ray_up)
+                self.store.dispatcher_heartbeat(self.runner_id, ray_up=bool(nodes), nodes=nodes or None)
             except Exception:
                 log.warning("recording the dispatcher's heartbeat failed; retrying", exc_info=True)
             if self._stop.wait(self.beat_s):

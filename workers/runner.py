@@ -29,6 +29,7 @@ from ray import tune  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from nas import registry  # noqa: E402
+from nas.cluster import unmet  # noqa: E402
 from nas.errors import IllegalTransition, NotFound  # noqa: E402
 from nas.data.stored import scoped_catalog  # noqa: E402
 from nas.metrics import BASELINE, beside_baseline  # noqa: E402
@@ -38,7 +39,7 @@ PLANNED = ("params", "predicted_latency_ms", "probed_latency_ms", *BASELINE)
 from nas.models.stored import scoped_model_catalog  # noqa: E402
 from nas.pareto import best_trial  # noqa: E402
 from nas.settings import Settings  # noqa: E402
-from nas.specs import Budget, Job, JobSpec, JobStatus, LayerInfo, Trial, TrialState  # noqa: E402
+from nas.specs import Budget, Job, JobSpec, JobStatus, LayerInfo, Trial, TrialResources, TrialState  # noqa: E402
 from nas.store import Store  # noqa: E402
 from nas.store.artifacts import save_model, tune_folder  # noqa: E402
 from nas.store.dataset_catalog import StoreDatasetCatalog  # noqa: E402
@@ -59,6 +60,7 @@ from workers.agent_tasks import (  # noqa: E402
     queue_measurement,
 )
 from workers.baseline import measure_baseline  # noqa: E402
+from workers.cluster import ray_nodes  # noqa: E402
 from workers.datasets import deliver  # noqa: E402
 from workers.models import deliver as deliver_model  # noqa: E402
 from workers.feasibility import planned_metrics, probe_onnx, uncertain, violation  # noqa: E402
@@ -217,6 +219,8 @@ class JobRunner:
             job = self.store.get_job(self.job_id)
             if self.store.cancel_requested(self.job_id):
                 self.stop_reason = "cancel"
+            elif self._unrunnable(job):
+                return
             else:
                 # Planning (the spec's checks, each candidate's cost) reads stored datasets' shapes
                 # and stored models from the store (and builds candidates from the model's file here); the
@@ -244,6 +248,18 @@ class JobRunner:
         """Server shutdown: stop the trials and give the job back for another runner."""
         if self.stop_reason is None:
             self.stop_reason = "shutdown"
+
+    def _unrunnable(self, job: Job) -> bool:
+        """Fail the job if no node of the cluster has the CPUs and GPUs one of its trials asks for
+        (nodes may have left since it was submitted): Tune would keep its trials pending for ever."""
+        nodes = ray_nodes()
+        problem = unmet(TrialResources.model_validate(job.spec.get("resources", {})), nodes) if nodes else None
+        if problem is None:
+            return False
+        reason = f"its trials cannot start: {problem[1]}"
+        self._fail_unfinished(reason)
+        self.store.finish_job(self.job_id, JobStatus.failed, reason)
+        return True
 
     def _prepare(self, job: Job) -> None:
         spec = JobSpec.model_validate(job.spec)

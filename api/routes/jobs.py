@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, SettingsDep, StoreDep
-from api.limits import check_spec, spec_problems
+from api.limits import check_resources, check_spec, spec_problems
 from api.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from api.responses import errors
 from api.routes.dashboard_api import get_queries
@@ -76,9 +76,11 @@ def _too_many(exc: TooManyJobs) -> HTTPException:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Job, responses=errors(413, 422))
 def submit_job(spec: JobSpec, store: StoreDep, settings: SettingsDep, principal: PrincipalDep) -> Job:
-    """Queue a job; 422 if it exceeds a per-job limit, 429 (with ``Retry-After``) if the owner is at a
+    """Queue a job; 422 if it exceeds a per-job limit or no node of the Ray cluster has the CPUs and GPUs
+    one of its trials asks for (``resources``), 429 (with ``Retry-After``) if the owner is at a
     quota: active jobs, jobs created in the last hour, or stored spec bytes."""
     check_spec(spec, settings)
+    check_resources(spec, store)
     dataset = registry.datasets.create(spec.dataset.name, spec.dataset.params)
     try:
         dataset.check_available(settings.data_dir)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from nas.arch import fingerprint
+from nas.cluster import Node
 from nas.metrics import BASELINE
 from nas.data.stored import UnknownDataset
 from nas.models.stored import UnknownModel
@@ -598,17 +599,21 @@ class Store:
             )
 
     @retrying(idempotent=True)
-    def dispatcher_heartbeat(self, runner_id: str, ray_up: bool) -> None:
-        """Record that a dispatcher is alive and whether its Ray answers. Its first heartbeat also
-        forgets dispatchers silent for a day: crashed ones, which could not remove their rows."""
+    def dispatcher_heartbeat(self, runner_id: str, ray_up: bool, nodes: Sequence[Node] | None = None) -> None:
+        """Record that a dispatcher is alive, whether its Ray answers and, when it did, the cluster's
+        live ``nodes`` (``None`` keeps those it reported last). Its first heartbeat also forgets
+        dispatchers silent for a day: crashed ones, which could not remove their rows."""
+        reported = None if nodes is None else [node.as_json() for node in nodes]
         with self._write() as s:
             row = s.get(DispatcherRow, runner_id)
             if row is None:
                 s.execute(delete(DispatcherRow).where(DispatcherRow.heartbeat_at < utcnow() - timedelta(days=1)))
-                s.add(DispatcherRow(id=runner_id, ray_up=ray_up))
+                s.add(DispatcherRow(id=runner_id, ray_up=ray_up, nodes=reported))
             else:
                 row.ray_up = ray_up
                 row.heartbeat_at = utcnow()
+                if reported is not None and reported != row.nodes:
+                    row.nodes = reported
 
     @retrying(idempotent=True)
     def remove_dispatcher(self, runner_id: str) -> None:
@@ -625,6 +630,15 @@ class Store:
         with self._read() as s:
             rows = s.execute(select(DispatcherRow.id, DispatcherRow.ray_up).where(DispatcherRow.heartbeat_at >= since))
             return {runner_id: ray_up for runner_id, ray_up in rows}
+
+    def cluster_nodes(self, max_age_s: float = DISPATCHER_STALE_S) -> list[Node] | None:
+        """The nodes of the Ray clusters that the dispatchers heard from within ``max_age_s`` reported
+        (a node several dispatchers share counted once); ``None`` when none of them has reported any."""
+        since = utcnow() - timedelta(seconds=max_age_s)
+        with self._read() as s:
+            reports = s.scalars(select(DispatcherRow.nodes).where(DispatcherRow.heartbeat_at >= since)).all()
+        nodes = {node["id"]: Node.from_json(node) for report in reports if report for node in report}
+        return list(nodes.values()) or None
 
     @retrying(idempotent=True)
     def cancel_requested(self, job_id: str) -> bool:

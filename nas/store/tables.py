@@ -91,9 +91,10 @@ class JobRow(Base):
 
 
 class DispatcherRow(Base):
-    """A running dispatcher's last heartbeat and whether its Ray answered then.
+    """A running dispatcher's last heartbeat, whether its Ray answered then, and that cluster's nodes.
 
-    API processes never talk to Ray; their readiness answer reads these rows instead.
+    API processes never talk to Ray; their readiness answer and their check of a job's resources
+    read these rows instead.
     """
 
     __tablename__ = "dispatchers"
@@ -102,6 +103,8 @@ class DispatcherRow(Base):
     ray_up: Mapped[bool] = mapped_column(Boolean)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Its Ray cluster's live nodes when Ray last answered ([nas.cluster.Node as JSON]); None before then.
+    nodes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 
 class TrialRow(Base):
