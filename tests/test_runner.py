@@ -19,10 +19,12 @@ from pydantic import BaseModel
 from ray import tune
 
 from nas import registry
+from nas.cluster import Node
 from nas.settings import Settings
 from nas.strategies import WAIT, Strategy, TrialPlan
 from nas.specs import JobSpec, JobStatus, Trial, TrialState
 from nas.store import Store, make_engine, upgrade
+from workers.dispatcher import Dispatcher
 from workers.runner import JobRunner
 from workers.trainable import EPOCH_METRICS, FINAL
 
@@ -221,3 +223,42 @@ def test_candidates_over_a_constraint_are_infeasible_and_never_trained(store: St
     for trial in by_width[16]:
         assert trial.state is TrialState.complete and trial.metrics["params"] == 1210
         assert trial.metrics["predicted_latency_ms"] > 0 and trial.attempts == 1
+
+
+def reports_its_resources(config: dict[str, Any]) -> None:
+    """A trial that reports the CPUs and GPUs Ray gave its worker, and what the trainer would train on."""
+    from nas.training import trial_device
+
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    metrics = {"accuracy": 0.5, "assigned_cpus": assigned.get("CPU", 0.0), "assigned_gpus": assigned.get("GPU", 0.0),
+               "on_cuda": float(trial_device().type == "cuda")}  # fmt: skip
+    tune.report({**metrics, FINAL: {"metrics": metrics, "layers": []}, "model": b"weights"})
+
+
+def test_a_trial_runs_with_the_cpus_and_gpus_its_spec_names(store: Store, settings: Settings) -> None:
+    job_id = run_job(store, settings, reports_its_resources, {"resources": {"cpus": 0.5}}, max_trials=1)
+    (trial,), _ = store.list_trials(job_id)
+    assert trial.state is TrialState.complete
+    assert (trial.metrics["assigned_cpus"], trial.metrics["assigned_gpus"], trial.metrics["on_cuda"]) == (0.5, 0, 0)
+
+
+def test_a_job_whose_trials_no_node_can_start_fails_when_claimed(store: Store, settings: Settings) -> None:
+    """The local Ray has no GPU: the job fails at once with the reason, its trials never pending."""
+    job_id = run_job(store, settings, succeeds, {"resources": {"gpus": 1}})
+    job = store.get_job(job_id)
+    assert job.status is JobStatus.failed and job.n_trials == 0
+    assert job.error == ("its trials cannot start: no node of the cluster has a GPU (resources.gpus=1); "
+                         "the cluster has: 1 node of 2 CPUs and no GPU")  # fmt: skip
+
+
+def test_the_dispatcher_records_its_clusters_nodes(store: Store, settings: Settings) -> None:
+    dispatcher = Dispatcher(store, settings, "resources-test", beat_s=0.2)
+    dispatcher.start()
+    try:
+        deadline = time.monotonic() + 30
+        while store.cluster_nodes() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        nodes = store.cluster_nodes()
+    finally:
+        dispatcher.stop()
+    assert nodes == [Node(ray.get_runtime_context().get_node_id(), 2.0, 0.0)]

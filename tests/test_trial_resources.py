@@ -102,3 +102,18 @@ def test_before_any_dispatcher_reports_this_machine_stands_in(store: Store, clie
     assert _submit(client, gpus=too_many)[0] == 201
     _silence(store, "d1")  # a dispatcher silent past the staleness bound no longer speaks for the cluster
     assert _refusal(_submit(client, gpus=too_many))[1].endswith("this machine stands in for it)")
+
+
+def test_a_cpu_trial_trains_on_its_data_and_model_in_place(tmp_path: Path) -> None:
+    """The CPU path copies nothing: the cached dataset itself, the model where it was built, float32 passes."""
+    from nas.training import Precision, load_data, model_device, on_device, trial_device
+
+    spec = JobSpec.model_validate({**SPEC, "dataset": {"name": "digits"}})
+    assert trial_device() == torch.device("cpu")  # outside a Ray worker given a GPU
+    data = load_data(spec, tmp_path)  # digits ships with scikit-learn
+    assert on_device(data, torch.device("cpu")) is data
+    model = torch.nn.Linear(4, 2)
+    assert model.to(trial_device()) is model and model_device(model) == torch.device("cpu")
+    precision = Precision(True, torch.device("cpu"))  # mixed precision is for a GPU: a CPU trial stays float32
+    with precision.autocast():
+        assert model(torch.ones(1, 4)).dtype == torch.float32

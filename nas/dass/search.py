@@ -43,7 +43,9 @@ from nas.training import (
     end_trial,
     evaluate,
     load_data,
+    on_device,
     recalibrate_batchnorm,
+    trial_device,
     trial_seed,
     weight_optimizer,
 )
@@ -259,11 +261,12 @@ def run_search_trial(
     ``nas.training.load_trained_model`` rebuilds, and it is measured as its sparse inference model,
     like every trial (:func:`nas.training.end_trial`).
     """
-    tensors = load_data(spec, data_dir)
+    device = trial_device()
+    tensors = on_device(load_data(spec, data_dir), device)
     space = registry.search_spaces.create(spec.search_space.name, spec.search_space.params)
     seed = trial_seed(spec, arch)
     torch.manual_seed(seed)
-    model = space.build(arch, tensors.input_shape, tensors.num_classes)
+    model = space.build(arch, tensors.input_shape, tensors.num_classes).to(device)
     if not isinstance(model, Supernet):
         raise ValueError(f"a DASS search trial needs a supernet arch (kind: supernet), got kind {arch.get('kind')!r}")
     data = Data.split(tensors.x_train, tensors.y_train, tensors.x_val, tensors.y_val, val_fraction, seed)

@@ -107,7 +107,7 @@ class DynamicMasks:
                     raise RuntimeError("RigL needs the dense gradient: the trainer must call on_after_backward")
                 grow_score = self._grads[name].abs().flatten()
             else:
-                grow_score = torch.rand(flat_active.numel(), generator=self._generator)
+                grow_score = torch.rand(flat_active.numel(), generator=self._generator).to(flat_active.device)
             new = kept.clone()
             new[torch.topk(grow_score.masked_fill(kept, -math.inf), n).indices] = True
             fresh = (new & ~flat_active).view(active.shape)

@@ -25,7 +25,16 @@ from nas.sparse.serialization import load_model, read_metadata
 from nas.sparse.stats import weight_sparsity
 from nas.specs import JobSpec
 from nas.supertickets.train import Report, build_space, decode_tensors, encode_tensors, train
-from nas.training import LastEpoch, TrialOutcome, end_trial, load_data, trial_seed, weight_optimizer
+from nas.training import (
+    LastEpoch,
+    TrialOutcome,
+    end_trial,
+    load_data,
+    on_device,
+    trial_device,
+    trial_seed,
+    weight_optimizer,
+)
 
 REWIND_KEY = "lottery_rewind"
 ROUND_KEY = "lottery"
@@ -56,11 +65,12 @@ def run_round(
     spec: JobSpec, plan: RoundPlan, space_arch: dict[str, Any], data_dir: Path, report: Report, parent_model: bytes | None
 ) -> TrialOutcome:
     """Train round ``plan.round`` of a chain; returns its ``TrialOutcome`` (outputs say chain, round, sparsity)."""
-    data = load_data(spec, data_dir)
+    device = trial_device()
+    data = on_device(load_data(spec, data_dir), device)
     space = build_space(spec)
     seed = trial_seed(spec, {"lottery_seed": plan.seed, "arch": space_arch})
     torch.manual_seed(seed)
-    model = space.build(space_arch, data.input_shape, data.num_classes)  # θ0: the same in every round of the chain
+    model = space.build(space_arch, data.input_shape, data.num_classes).to(device)  # θ0: the same in every round
     total_steps = spec.training.epochs * data.steps_per_epoch(spec.training.batch_size)
     if not 0 <= plan.rewind_step < total_steps:
         raise ValueError(

@@ -20,7 +20,7 @@ from torch import nn
 
 from nas import registry
 from nas.specs import JobSpec
-from nas.training import Data, epoch_metrics
+from nas.training import Data, epoch_metrics, model_device
 
 Report = Callable[[int, dict[str, float]], None]
 
@@ -57,6 +57,7 @@ def train(
     the training wall time and the last epoch's metrics.
     """
     step_fn = step_fn or cross_entropy_step(model)
+    device = model_device(model)  # batches of data left in host memory go over one at a time
     batch_size = spec.training.batch_size
     shuffle = torch.Generator().manual_seed(seed)
     step, train_time, last = 0, 0.0, {}
@@ -69,7 +70,7 @@ def train(
                 break
             step += 1
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += step_fn(data.x_train[batch], data.y_train[batch]) * len(batch)
+            loss_sum += step_fn(data.x_train[batch].to(device), data.y_train[batch].to(device)) * len(batch)
             seen += len(batch)
             optimizer.step()
             if after_step is not None:

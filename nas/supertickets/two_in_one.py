@@ -50,7 +50,9 @@ from nas.training import (
     TrialOutcome,
     end_trial,
     load_data,
+    on_device,
     recalibrate_batchnorm,
+    trial_device,
     trial_seed,
     weight_optimizer,
 )
@@ -211,10 +213,14 @@ class TwoInOne:
     schedule: list[dict[str, float]]  # step -> sparsity of every pruning step
 
 
-def two_in_one(space: Any, data: Data, spec: JobSpec, settings: Settings, report: Report, seed: int) -> TwoInOne:
-    """Train the space's supernet two-in-one on ``data`` (``spec.training``'s optimizer, epochs and batch size)."""
+def two_in_one(
+    space: Any, data: Data, spec: JobSpec, settings: Settings, report: Report, seed: int,
+    device: torch.device = torch.device("cpu"),
+) -> TwoInOne:
+    """Train the space's supernet two-in-one on ``data`` (``spec.training``'s optimizer, epochs and batch size),
+    on ``device``; the tickets are cut out onto the CPU."""
     torch.manual_seed(seed)
-    supernet = space.build_supernet(data.input_shape, data.num_classes)
+    supernet = space.build_supernet(data.input_shape, data.num_classes).to(device)
     optimizer = weight_optimizer(supernet.parameters(), spec.training)
 
     steps_per_epoch = data.steps_per_epoch(spec.training.batch_size)
@@ -295,10 +301,11 @@ def two_in_one(space: Any, data: Data, spec: JobSpec, settings: Settings, report
 
 def train_supernet(spec: JobSpec, settings: Settings, data_dir: Path, report: Report) -> TrialOutcome:
     """The supernet trial: two-in-one training, then the tickets; returns its ``TrialOutcome``."""
-    data = load_data(spec, data_dir)
+    device = trial_device()
+    data = on_device(load_data(spec, data_dir), device)
     space = build_space(spec)
     last = LastEpoch(report, spec.training.epochs)
-    result = two_in_one(space, data, spec, settings, last, trial_seed(spec, {"supertickets": "supernet"}))
+    result = two_in_one(space, data, spec, settings, last, trial_seed(spec, {"supertickets": "supernet"}), device)
     blobs = {ticket_key(level): encode_bytes(save_model(model, {})) for level, model in result.ticket_models.items()}
     outputs = {"tickets": result.tickets, "schedule": result.schedule, "supernet_arch": space.largest()}
     return end_trial(
@@ -343,10 +350,12 @@ def evaluate_ticket(
     key = ticket_key(sparsity)
     if key not in meta:
         raise ValueError(f"the supernet trial has no ticket at sparsity {sparsity:g} (it has {_ticket_keys(meta)})")
-    data = load_data(spec, data_dir)
+    device = trial_device()
+    data = on_device(load_data(spec, data_dir), device)
     space = build_space(spec)
     ticket = space.build(space_arch, data.input_shape, data.num_classes)
     load_model(ticket, decode_bytes(meta[key]))
+    ticket.to(device)
     seed = trial_seed(spec, {"ticket": sparsity, "retrain": retrain_epochs})
     last = LastEpoch(report, max(retrain_epochs, 1))
     train_time = use_ticket(ticket, data, spec, retrain_epochs, last, seed)
