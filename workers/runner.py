@@ -23,6 +23,9 @@ from typing import Any
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # results live in our database
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Tune's own experiment state is saved at the end and every 5 min, not as often as 5% of the run
+# allows: a job resumes from the database, and the saves rewrite every trial's state each time.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "300")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -64,7 +67,7 @@ from workers.cluster import ray_nodes  # noqa: E402
 from workers.datasets import deliver  # noqa: E402
 from workers.models import deliver as deliver_model  # noqa: E402
 from workers.feasibility import planned_metrics, probe_onnx, uncertain, violation  # noqa: E402
-from workers.schedulers import tune_scheduler  # noqa: E402
+from workers.schedulers import Fifo, tune_scheduler  # noqa: E402
 from workers.trainable import EPOCH_METRICS, FINAL, LOG, train_trial  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -453,7 +456,7 @@ class JobRunner:
         with _TUNE_REGISTRY_LOCK:
             resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
             tune.register_trainable(trainable_name, tune.with_resources(self.trainable, resources))
-        scheduler = None
+        scheduler: Any = Fifo()
         if spec.early_stopping is not None:
             rule = registry.early_stopping.create(spec.early_stopping.name, spec.early_stopping.params)
             scheduler = tune_scheduler(rule, spec)
@@ -693,6 +696,7 @@ class JobRunner:
         if self._target is not None:
             self._queue_measurement(trial_id, final, {**planned, **final["metrics"]}, onnx)
             return
+        last_epoch = final.get("last_epoch")
         trial = self._finish(
             trial_id,
             TrialState.complete,
@@ -700,6 +704,7 @@ class JobRunner:
             layers=[LayerInfo.model_validate(layer) for layer in final["layers"]],
             node_id=final.get("node_id"),
             outputs=final.get("outputs") or {},
+            epoch=None if last_epoch is None else (int(last_epoch[0]), last_epoch[1]),
         )
         self._completed(trial)
 

@@ -7,8 +7,10 @@ level, so pickle finds them by name, as Tune's experiment checkpoints need.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
 from nas.early_stopping import ASHA, PLANNED, Dominance, EarlyStoppingRule, Median, NoEarlyStopping, dominates, mode_of
@@ -50,7 +52,7 @@ def tune_scheduler(rule: EarlyStoppingRule, spec: JobSpec) -> TrialScheduler:
             min_complete=rule.params.min_complete,
         )
     if isinstance(rule, NoEarlyStopping):
-        return FIFOScheduler()
+        return Fifo()
     scheduler = rule.scheduler(spec)
     if not isinstance(scheduler, TrialScheduler):
         raise TypeError(f"{type(rule).__name__}.scheduler returned {scheduler!r}, not a Ray Tune TrialScheduler")
@@ -153,3 +155,24 @@ class DominanceScheduler(FIFOScheduler):
                 return None
             values.append(float(value))
         return values
+
+
+class Fifo(FIFOScheduler):
+    """Tune's first-in-first-out scheduling, choosing the next trial in constant time.
+
+    ``FIFOScheduler`` scans every trial of the experiment, finished ones first, at every controller
+    step: a job of 10,000 trials spent most of its controller time there. This keeps the trials
+    added and not yet started in order instead (the runner never pauses a trial).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting: deque[Trial] = deque()
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        self._waiting.append(trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        while self._waiting and self._waiting[0].status != Trial.PENDING:
+            self._waiting.popleft()  # started, or ended before it started
+        return self._waiting[0] if self._waiting else None

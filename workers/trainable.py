@@ -35,6 +35,7 @@ def train_trial(config: dict[str, Any]) -> None:
 
     from nas import registry
     from nas.specs import JobSpec
+    from nas.training import trial_device
     from nas.trial_log import capture
     from workers.datasets import receive
     from workers.models import receive as receive_model
@@ -42,8 +43,8 @@ def train_trial(config: dict[str, Any]) -> None:
     with capture() as captured:
         receive(config.get("dataset"))  # before the spec's checks, which read a stored dataset's shape
         receive_model(config.get("model"))  # and a stored model's description
-        log.info("trial %d (attempt %d) on node %s: %s", config["number"], config["attempt"],
-                 ray.get_runtime_context().get_node_id(), config["arch"])  # fmt: skip
+        log.info("trial %d (attempt %d) on node %s, training on %s: %s", config["number"], config["attempt"],
+                 ray.get_runtime_context().get_node_id(), trial_device(), config["arch"])  # fmt: skip
         spec = JobSpec.model_validate(config["spec"])
         # A worker node may keep its data elsewhere than the server that planned the trial.
         data_dir = Path(os.environ.get("NAS_DATA_DIR") or config["data_dir"])
@@ -63,6 +64,7 @@ def train_trial(config: dict[str, Any]) -> None:
                 "layers": outcome.layers,
                 "outputs": outcome.outputs,
                 "latency_observation": outcome.latency_observation,
+                "last_epoch": outcome.last_epoch,
                 "node_id": ray.get_runtime_context().get_node_id(),
             },
             LOG: captured.take(),

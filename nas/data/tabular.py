@@ -63,6 +63,11 @@ class TabularDataset(Dataset):
         if not strategy.trains_each_architecture(strategy.Params.model_validate(spec.strategy.params)):
             problems.append((("strategy",), f"strategy {spec.strategy.name!r} with these params trains its trials its "
                              f"own way; trials of the {self.space} dataset are looked up in its table"))  # fmt: skip
+        from nas.timing.targets import all_targets
+
+        if spec.target not in all_targets():
+            problems.append((("target",), f"a {self.space} trial's latency is the table's; it is not measured on an "
+                             "agent target"))  # fmt: skip
         if spec.early_stopping is not None and spec.early_stopping.name != "none" and not self.has_curves:
             problems.append((("early_stopping",), f"the {self.space} table has no per-epoch curves to stop trials on"))
         return problems

@@ -792,9 +792,11 @@ class Store:
         node_id: str | None = None,
         outputs: dict[str, Any] | None = None,
         log: str | None = None,
+        epoch: tuple[int, dict[str, float]] | None = None,
     ) -> Trial:
         """End a trial in ``state``; ``log`` (its worker's log and traceback) is kept to its last
-        :data:`~nas.trial_log.LOG_TAIL_BYTES`."""
+        :data:`~nas.trial_log.LOG_TAIL_BYTES`. ``epoch`` (number, metrics) is a last epoch the worker
+        sent with the outcome rather than on its own, recorded in the same transaction."""
         if not state.finished:
             raise ValueError(f"{state.value} is not a final trial state")
         metrics = None if metrics is None else _finite(metrics)
@@ -802,6 +804,8 @@ class Store:
             row = self._trial_row(s, trial_id)
             if row.state == state.value and row.error == error and metrics in (None, row.metrics):
                 return self._trial(row)  # the same outcome again (a retried write): nothing to do
+            if epoch is not None:
+                s.add(TrialEpochRow(trial_id=trial_id, epoch=epoch[0], metrics=_finite(epoch[1])))
             row = self._transition(s, trial_id, state)
             row.finished_at = utcnow()
             row.error = error
