@@ -7,12 +7,15 @@ model to the sparse inference model, measures both, and returns the :class:`Tria
 as :mod:`nas.metrics` defines them, layer report, saved model). Epochs are evaluated on the
 validation split only: the test split is seen once, by the final model, so nothing is ever chosen
 on it. The helpers every trainer shares live here too: the dataset as tensors with its validation
-split held out (:func:`load_data`), the trial seed, the weight optimizer and the BatchNorm
-recalibration.
+split held out (:func:`load_data`), the device a trial trains on and its data there
+(:func:`trial_device`, :func:`on_device`), mixed precision (:class:`Precision`), the trial seed,
+the weight optimizer and the BatchNorm recalibration.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -86,18 +89,21 @@ def run_trial(
     final evaluation (BatchNorm recalibrated). An exception raised by ``report`` (early
     stopping, cancellation) stops the trial. Torch's thread count is left to the caller, and the
     result is deterministic for a given spec seed and architecture when torch runs single-threaded.
+    The trial trains on :func:`trial_device`, under :class:`Precision` (``training.mixed_precision``).
     """
     dataset = registry.datasets.create(spec.dataset.name, spec.dataset.params)
     if isinstance(dataset, TabularDataset):
         return look_up_trial(dataset, spec, arch, report)
-    data = load_data(spec, data_dir)
+    device = trial_device()
+    data = on_device(load_data(spec, data_dir), device)
     space = registry.search_spaces.create(spec.search_space.name, spec.search_space.params)
     sparsifier = registry.sparsifiers.create(spec.sparsifier.name, spec.sparsifier.params)
 
     seed = trial_seed(spec, arch)
     torch.manual_seed(seed)
-    model = space.build(arch, data.input_shape, data.num_classes)
+    model = space.build(arch, data.input_shape, data.num_classes).to(device)  # on the CPU: the model itself
     optimizer = weight_optimizer(model.parameters(), spec.training)  # before attach: sparsifiers may reset its state
+    precision = Precision(spec.training.mixed_precision, device)
     x_train, y_train = data.x_train, data.y_train
     batch_size, epochs = spec.training.batch_size, spec.training.epochs
     total_steps = epochs * data.steps_per_epoch(batch_size)
@@ -114,10 +120,11 @@ def run_trial(
         for batch in torch.randperm(len(x_train), generator=shuffle).split(batch_size):
             step += 1
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
-            loss.backward()
+            with precision.autocast():
+                loss = F.cross_entropy(model(x_train[batch].to(device)), y_train[batch].to(device))
+            precision.backward(loss, optimizer)
             sparsifier.on_after_backward(model, step)
-            optimizer.step()
+            precision.step(optimizer)
             sparsifier.on_step(model, step)
             loss_sum += loss.item() * len(batch)
         sparsifier.on_epoch_end(model, epoch)
@@ -201,8 +208,9 @@ def end_trial(
     ``val_loss``: what selection ranks on) and on ``search_split`` (``search_val_accuracy``, where the
     strategy trained its architecture on a part of the training data, as DASS trains α);
     ``last_epoch`` reports the held last epoch with that evaluation. Then, once, on the test split
-    (``accuracy`` and ``loss``, also recorded as ``test_accuracy`` and ``test_loss``). The model is
-    then converted to the sparse inference model (CSR or shrunk layers where they measure faster;
+    (``accuracy`` and ``loss``, also recorded as ``test_accuracy`` and ``test_loss``). These run on
+    the device the model is on (a GPU trial's); the model then moves to the CPU (in place), is
+    converted to the sparse inference model (CSR or shrunk layers where they measure faster;
     the same function), and both are measured: the latency
     metrics are those :mod:`nas.metrics` defines (``latency_ms`` is the per-call 10th percentile of
     the inference model). ``arch`` is the search-space architecture the saved model rebuilds from
@@ -222,6 +230,7 @@ def end_trial(
     if last_epoch is not None:
         last_epoch.release(evaluation, seconds)
     test_loss, accuracy = evaluate(model, data.x_test, data.y_test)  # after the last report: never selected on
+    model.cpu()  # a GPU trial's too: conversion, latency on the job's target and the saved model start from the CPU
     on_agent = spec.target not in all_targets()  # timed on the user's device by its agents, not here
     if on_agent:  # CSR or not is the agent's choice, on its own device: here only shrinking
         inference, decisions = to_inference(model, data.input_shape, kernels=dict.fromkeys(prunable_weights(model), "dense"))
@@ -299,9 +308,11 @@ def load_dataset(name: str, params: dict[str, Any], data_dir: Path) -> DataSplit
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
     model.eval()
+    device = model_device(model)  # batches of data left in host memory go over one at a time
     loss_sum, correct = 0.0, 0
     with torch.no_grad(), parametrize.cached():
         for xb, yb in zip(x.split(_EVAL_BATCH), y.split(_EVAL_BATCH)):
+            xb, yb = xb.to(device), yb.to(device)
             logits = model(xb)
             loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
             correct += int((logits.argmax(dim=1) == yb).sum())
@@ -395,6 +406,84 @@ def weight_optimizer(params: Iterable[nn.Parameter], training: TrainingSpec) -> 
     return torch.optim.Adam(params, lr=lr, weight_decay=wd)
 
 
+def trial_device() -> torch.device:
+    """The device this trial trains on: ``cuda`` where Ray gave its worker a GPU (``resources.gpus``), else the CPU.
+
+    Ray shows a worker only the GPUs it assigned (``CUDA_VISIBLE_DEVICES``), so ``cuda`` is the
+    trial's own, or its share of one. Outside a Ray worker (tests, benchmarks) trials train on the CPU.
+    """
+    try:
+        import ray
+    except ImportError:  # installs without Ray (measurement agents) never train trials
+        return torch.device("cpu")
+    if not ray.is_initialized():
+        return torch.device("cpu")
+    gpus = ray.get_gpu_ids()
+    if not gpus:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"Ray gave this trial GPU {gpus}, but torch {torch.__version__} on this node has no CUDA: "
+                           "install a CUDA build of torch on the GPU nodes")  # fmt: skip
+    return torch.device("cuda")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for one without any)."""
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+DATA_ON_GPU_SHARE = 0.5
+"""The largest share of a GPU's free memory a trial's dataset may take to be moved there whole, once,
+leaving the rest to the model, its activations and the trials that share the GPU. A larger dataset
+stays in host memory and goes over batch by batch."""
+
+
+def on_device(data: Data, device: torch.device) -> Data:
+    """``data`` with its splits on ``device`` where they fit (:data:`DATA_ON_GPU_SHARE`); else ``data`` itself,
+    whose batches the trainer moves as it uses them. On the CPU: ``data`` itself, no copy."""
+    if device.type == "cpu":
+        return data
+    names = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+    size = sum(getattr(data, name).nbytes for name in names)
+    free, _ = torch.cuda.mem_get_info(device)
+    if size > DATA_ON_GPU_SHARE * free:
+        log.info("the dataset (%.0f MB) stays in host memory: %.0f MB of the GPU are free", size / 1e6, free / 1e6)
+        return data
+    return dataclasses.replace(data, **{name: getattr(data, name).to(device) for name in names})
+
+
+class Precision:
+    """A training step's passes: float16 under autocast with loss scaling where ``mixed_precision`` asks for
+    it on a GPU; otherwise plain float32 calls, the same as without this class.
+
+    Gradients are unscaled before anyone reads them (a sparsifier's ``on_after_backward``); a step
+    whose gradients overflowed is skipped and the scale lowered, as ``torch.amp.GradScaler`` does.
+    """
+
+    def __init__(self, mixed_precision: bool, device: torch.device) -> None:
+        self._scaler = torch.amp.GradScaler("cuda") if mixed_precision and device.type == "cuda" else None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The context of a forward pass and its loss."""
+        return contextlib.nullcontext() if self._scaler is None else torch.autocast("cuda", dtype=torch.float16)
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if self._scaler is None:
+            loss.backward()
+            return
+        self._scaler.scale(loss).backward()
+        self._scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._scaler is None:
+            optimizer.step()
+            return
+        self._scaler.step(optimizer)
+        self._scaler.update()
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(
     model: nn.Module, x: torch.Tensor, batch_size: int, batches: int | None = None, seed: int = 0
@@ -423,10 +512,11 @@ def recalibrate_batchnorm(
     else:
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         chunks = tuple(x[batch] for batch in order.split(batch_size)[:batches])
+    device = model_device(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for xb in chunks:
-            model(xb)
+            model(xb.to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
