@@ -63,8 +63,9 @@ if TYPE_CHECKING:
 class RegularizedEvolution(Strategy):
     """Regularized (aging) evolution with tournament selection; single- or multi-objective.
 
-    Defaults are NAS-Bench-201's REA runs (``scripts-search/NAS-Bench-201-algos/R-EA.sh``:
-    ``--ea_population 10 --ea_sample_size 3``, the sample size its usage line passes).
+    Defaults are NAS-Bench-201's REA runs (D-X-Y/AutoDL-Projects,
+    ``scripts-search/NAS-Bench-201-algos/R-EA.sh``: ``--ea_population 10``, and
+    ``--ea_sample_size 3`` as its usage line passes it).
     """
 
     class Params(BaseModel):
@@ -132,7 +133,7 @@ class RegularizedEvolution(Strategy):
         """``parent`` with one key changed, rebuilt by the space; an unseen one within ``max_resample`` tries."""
         mutable = [key for key in self._dims if key in parent and _has_other(self._dims[key], parent[key])]
         if not mutable:
-            return self._fresh(rng)  # a space of one architecture per parent: nothing to mutate
+            return self._fresh(rng)  # every key the parent has holds one value only: nothing to mutate
         child = parent
         for _ in range(self.params.max_resample + 1):
             key = rng.choice(mutable)
