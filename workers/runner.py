@@ -198,6 +198,7 @@ class JobRunner:
         self._waiting = False  # the strategy's last answer was WAIT
         self._started = time.time()  # the job's start (epoch seconds), from which budget.timeout_s counts
         self._simulated_s = 0.0  # the finished trials' train_time_s, which budget.max_simulated_s caps
+        self._started_on_creation: set[str] = set()  # new trials, created running, that Tune has not started yet
         # Metrics known before training (params, predicted latency) and the last epoch's report,
         # per live trial: a complete trial keeps the former, a pruned one ends with the latter.
         self._planned: dict[str, dict[str, float]] = {}
@@ -613,7 +614,10 @@ class JobRunner:
             reason = violation(self.spec, planned)
             self._n_trials += 1
             if reason is None:
-                return self.store.create_trial(self.job_id, plan.arch, parent_id=plan.parent_id, metrics=planned)
+                trial = self.store.create_trial(self.job_id, plan.arch, plan.parent_id, TrialState.running,
+                                                metrics=planned)  # started as Tune takes it: one write, not two
+                self._started_on_creation.add(trial.id)
+                return trial
             refused = self.store.create_trial(
                 self.job_id, plan.arch, plan.parent_id, TrialState.infeasible, reason, planned
             )
@@ -622,7 +626,12 @@ class JobRunner:
 
     def trial_started(self, trial_id: str, attempt: int) -> None:
         """Tune started the trial's worker: mark it running, unless its job's cancel request came
-        first (the store then ended it ``cancelled``), which stops the job's run here too."""
+        first (the store then ended it ``cancelled``), which stops the job's run here too. A new
+        trial was created running; a cancel request after that reaches it through the heartbeat."""
+        with self._lock:
+            if trial_id in self._started_on_creation:
+                self._started_on_creation.discard(trial_id)
+                return
         trial = self.store.start_trial(trial_id, None, attempt)
         if trial.state is TrialState.cancelled and self.stop_reason is None:
             self.stop_reason = "cancel"
@@ -676,7 +685,8 @@ class JobRunner:
             "planned": self._planned.get(trial.id, {}),  # params, predicted latency: for early stopping
             "trial_id": trial.id,
             "number": trial.number,
-            "attempt": trial.attempts + 1,  # makes a retried start_trial write a no-op
+            # makes a retried start_trial write a no-op; a new trial was created running, in its first attempt
+            "attempt": trial.attempts if trial.state is TrialState.running else trial.attempts + 1,
             "arch": trial.arch,
             "spec": self.spec.model_dump(mode="json"),
             "data_dir": str(self.settings.data_dir),

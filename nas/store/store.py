@@ -678,7 +678,10 @@ class Store:
         error: str | None = None,
         metrics: dict[str, float] | None = None,
     ) -> Trial:
-        """Add a trial with the job's next number; numbers never repeat within a job."""
+        """Add a trial with the job's next number; numbers never repeat within a job.
+
+        A trial created ``running`` is started by the same write (its first attempt): a runner that
+        hands the trial to its workers at once spares a transaction per trial."""
         return self._create_trial(_new_id(), job_id, arch, parent_id, state, error, metrics)
 
     @retrying(idempotent=True)
@@ -712,9 +715,11 @@ class Store:
                 parent_id=parent_id,
                 metrics=_finite(metrics or {}),
                 error=error,
-                attempts=0,
+                attempts=1 if state is TrialState.running else 0,
                 created_at=now,
                 updated_at=now,
+                started_at=now if state is TrialState.running else None,
+                heartbeat_at=now if state is TrialState.running else None,
                 finished_at=now if state.finished else None,
             )
             s.add(row)
