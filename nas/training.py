@@ -15,13 +15,14 @@ the weight optimizer and the BatchNorm recalibration.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -406,25 +407,26 @@ def weight_optimizer(params: Iterable[nn.Parameter], training: TrainingSpec) -> 
     return torch.optim.Adam(params, lr=lr, weight_decay=wd)
 
 
-def trial_device() -> torch.device:
-    """The device this trial trains on: ``cuda`` where Ray gave its worker a GPU (``resources.gpus``), else the CPU.
+_DEVICE: contextvars.ContextVar[torch.device] = contextvars.ContextVar("trial_device", default=torch.device("cpu"))
 
-    Ray shows a worker only the GPUs it assigned (``CUDA_VISIBLE_DEVICES``), so ``cuda`` is the
-    trial's own, or its share of one. Outside a Ray worker (tests, benchmarks) trials train on the CPU.
+
+def trial_device() -> torch.device:
+    """The device the current trial trains on: the one its worker chose (:func:`training_on`), else the CPU.
+
+    A Ray worker given a GPU (``resources.gpus``) trains its trial on it (:mod:`workers.trainable`);
+    trials run anywhere else (tests, benchmarks, a worker without a GPU) train on the CPU.
     """
+    return _DEVICE.get()
+
+
+@contextlib.contextmanager
+def training_on(device: torch.device) -> Iterator[None]:
+    """Train the trials run inside this block on ``device``."""
+    token = _DEVICE.set(device)
     try:
-        import ray
-    except ImportError:  # installs without Ray (measurement agents) never train trials
-        return torch.device("cpu")
-    if not ray.is_initialized():
-        return torch.device("cpu")
-    gpus = ray.get_gpu_ids()
-    if not gpus:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"Ray gave this trial GPU {gpus}, but torch {torch.__version__} on this node has no CUDA: "
-                           "install a CUDA build of torch on the GPU nodes")  # fmt: skip
-    return torch.device("cuda")
+        yield
+    finally:
+        _DEVICE.reset(token)
 
 
 def model_device(model: nn.Module) -> torch.device:

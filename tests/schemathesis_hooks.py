@@ -59,7 +59,8 @@ EXPLAINED: dict[tuple[str, str], tuple[str, Callable[[Detail], bool]]] = {
         "(max_trials x epochs, the space's largest network), dataset files the server lacks, objectives that "
         "repeat a metric (uniqueItems compares whole items, not their metric), an agent target the caller has not "
         "registered (each owner's are listed by GET /targets, not the document), target_runtime with a target that "
-        "takes none",
+        "takes none, resources no node of the cluster has (the dispatchers report the nodes, not the document), "
+        "mixed_precision without resources.gpus",
         _each(_spec_problem),
     ),
     ("POST", "/api/v1/latency/predict"): (

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from safetensors.numpy import load_file
@@ -125,6 +126,14 @@ def test_digits_job_on_sqlite_via_cli(server_factory: Callable[..., ServerProces
 
     listing = server.cli("trials", job_id, api_key=key)
     assert listing.returncode == 0 and "complete" in listing.stdout
+
+    # the dispatcher reported its local Ray's nodes: a job whose trials none could start is refused
+    refused = httpx.post(f"{server.url}/api/v1/jobs", json=digits_spec(resources={"gpus": 16}),
+                         headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    assert refused.status_code == 422, refused.text
+    (error,) = refused.json()["detail"]
+    assert error["loc"] == ["body", "resources", "gpus"] and error["msg"].startswith("no node of the cluster has")
+    assert "stands in" not in error["msg"], error["msg"]
 
 
 def test_mnist_job_and_cancel_on_postgresql(

@@ -226,12 +226,12 @@ def test_candidates_over_a_constraint_are_infeasible_and_never_trained(store: St
 
 
 def reports_its_resources(config: dict[str, Any]) -> None:
-    """A trial that reports the CPUs and GPUs Ray gave its worker, and what the trainer would train on."""
-    from nas.training import trial_device
+    """A trial that reports the CPUs and GPUs Ray gave its worker, and the device the trainer would train on."""
+    from workers.trainable import allotted_device
 
     assigned = ray.get_runtime_context().get_assigned_resources()
     metrics = {"accuracy": 0.5, "assigned_cpus": assigned.get("CPU", 0.0), "assigned_gpus": assigned.get("GPU", 0.0),
-               "on_cuda": float(trial_device().type == "cuda")}  # fmt: skip
+               "on_cuda": float(allotted_device().type == "cuda")}  # fmt: skip
     tune.report({**metrics, FINAL: {"metrics": metrics, "layers": []}, "model": b"weights"})
 
 

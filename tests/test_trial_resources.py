@@ -109,7 +109,7 @@ def test_a_cpu_trial_trains_on_its_data_and_model_in_place(tmp_path: Path) -> No
     from nas.training import Precision, load_data, model_device, on_device, trial_device
 
     spec = JobSpec.model_validate({**SPEC, "dataset": {"name": "digits"}})
-    assert trial_device() == torch.device("cpu")  # outside a Ray worker given a GPU
+    assert trial_device() == torch.device("cpu")  # no worker chose a GPU for it (workers.trainable.allotted_device)
     data = load_data(spec, tmp_path)  # digits ships with scikit-learn
     assert on_device(data, torch.device("cpu")) is data
     model = torch.nn.Linear(4, 2)
