@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -140,9 +141,7 @@ class _Persist(_RunnerRef, tune.Callback):
         self._runner.logged(trial_id, result.pop(LOG, ""))
         if FINAL in result:
             # Drop the model bytes from the result Tune keeps in memory for every trial.
-            self._runner.guard(
-                self._runner.complete_trial, trial_id, result[FINAL], result.pop("model"), result.pop("onnx", None)
-            )
+            self._runner.end_reported(trial_id, result[FINAL], result.pop("model"), result.pop("onnx", None))
         elif EPOCH_METRICS in result:
             self._runner.epoch_reported(trial_id, result["epoch"], result[EPOCH_METRICS])
 
@@ -199,6 +198,10 @@ class JobRunner:
         self._started = time.time()  # the job's start (epoch seconds), from which budget.timeout_s counts
         self._simulated_s = 0.0  # the finished trials' train_time_s, which budget.max_simulated_s caps
         self._started_on_creation: set[str] = set()  # new trials, created running, that Tune has not started yet
+        # Trial endings are written by one thread of their own, in the order they arrived, so Tune's
+        # controller starts the next trials while the database commits; these are still being written.
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ends-{job_id[:8]}")
+        self._ending: set[str] = set()
         # Metrics known before training (params, predicted latency) and the last epoch's report,
         # per live trial: a complete trial keeps the former, a pruned one ends with the latter.
         self._planned: dict[str, dict[str, float]] = {}
@@ -245,6 +248,7 @@ class JobRunner:
             self._fail_unfinished(f"runner error: {exc}")
             self.guard(self.store.finish_job, self.job_id, JobStatus.failed, f"runner error: {exc!r}")
         finally:
+            self._writes.shutdown(wait=True)
             self._stopped.set()
             heartbeat.join()
 
@@ -485,6 +489,7 @@ class JobRunner:
             tuner.fit()
         finally:
             del _RUNNERS[self.job_id]
+            self._writes.submit(lambda: None).result()  # every ending written (an agent target's queued)
 
     def _conclude(self) -> None:
         if self.stop_reason == "lease_lost":
@@ -667,7 +672,7 @@ class JobRunner:
         with self._lock:
             budget_used = (self._n_trials >= self.spec.budget.max_trials or self._strategy_done or self.out_of_time()
                            or self.simulated_spent())
-            idle = not self._pending and not self._live and not self._measuring
+            idle = not self._pending and not self._live and not self._measuring and not self._ending
             if idle and self._waiting and not budget_used:
                 log.warning("job %s: its strategy waits with no trial running; ending the job", self.job_id)
             return idle and (budget_used or self._waiting)
@@ -694,15 +699,32 @@ class JobRunner:
             "model": self._model,  # how a stored model reaches it (workers.models)
         }
 
-    def complete_trial(self, trial_id: str, final: dict[str, Any], model: bytes | None, onnx: bytes | None = None) -> None:
+    def end_reported(self, trial_id: str, final: dict[str, Any], model: bytes | None, onnx: bytes | None) -> None:
+        """A trial's final report arrived: hand it to the writing thread; until it is written the trial
+        counts as running (its job does not end) but not as unreported."""
+        with self._lock:
+            self._ending.add(trial_id)
+            planned = self._planned.pop(trial_id, {})
+            self._last_epoch.pop(trial_id, None)
+        self._writes.submit(self._write_end, trial_id, final, model, onnx, planned)
+
+    def _write_end(self, trial_id: str, final: dict[str, Any], model: bytes | None, onnx: bytes | None,
+                   planned: dict[str, float]) -> None:  # fmt: skip
+        try:
+            self.guard(self.complete_trial, trial_id, final, model, onnx, planned)
+        finally:
+            with self._lock:
+                self._ending.discard(trial_id)
+
+    def complete_trial(self, trial_id: str, final: dict[str, Any], model: bytes | None, onnx: bytes | None,
+                       planned: dict[str, float]) -> None:  # fmt: skip
+        """Keep a trained trial's model and end it complete with ``planned`` (what was known before it
+        trained) and its final metrics; on an agent target, queue its measurement instead."""
         if model is not None:  # a trial looked up in a tabular benchmark trained none
             self.store.add_artifact(save_model(self.settings.artifact_dir, self.job_id, trial_id, model))
         observation = final.get("latency_observation")
         if observation is not None:  # before the trial completes, so the next candidates are planned with it
             self.guard(self.store.add_latency_observation, observation, self.job_id, trial_id)
-        with self._lock:
-            planned = self._planned.pop(trial_id, {})
-            self._last_epoch.pop(trial_id, None)
         if self._target is not None:
             self._queue_measurement(trial_id, final, {**planned, **final["metrics"]}, onnx)
             return
@@ -746,7 +768,7 @@ class JobRunner:
         """Tune ended a trial. One still live never sent its final report: the early-stopping
         rule stopped it after an epoch (``pruned``, with that epoch's metrics), or it failed."""
         with self._lock:
-            unreported = trial_id in self._live
+            unreported = trial_id in self._live and trial_id not in self._ending
             last_epoch = self._last_epoch.pop(trial_id, None)
             planned = self._planned.pop(trial_id, {})
         try:
