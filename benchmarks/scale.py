@@ -9,7 +9,10 @@ on a fresh PostgreSQL database (127.0.0.1:5432, trust auth; ``NAS_SCALE_PG``) an
 serve`` with its own NAS_HOME:
 
 1. **single**: one job of ``--trials`` random-search trials;
-2. **many**: ``--jobs`` jobs of ``--job-trials`` trials each, submitted at once, run side by side.
+2. **many**: ``--jobs`` jobs of ``--job-trials`` trials each, submitted at once, run side by side;
+3. **resume**: the single job again, with ``nas serve`` killed (SIGKILL) when ``--kill-at`` of its
+   trials have finished and started again: afterwards the job has exactly its trials, numbered
+   once each, all complete, and every trial that had finished before the kill is as it was.
 
 Reported per run: trials per second and per-trial overhead (from the first job's start to the last
 one's end, divided by the trials), the API's read latency while the jobs run (a client reading the
@@ -43,7 +46,7 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 import psycopg  # noqa: E402
 
-from tests.server_process import ServerProcess  # noqa: E402
+from benchmarks.server_process import ServerProcess  # noqa: E402
 
 PG = os.environ.get("NAS_SCALE_PG", "postgresql://postgres@127.0.0.1:5432")
 OVERHEAD_TARGET_MS = 20.0
@@ -100,12 +103,22 @@ class Reader(threading.Thread):
         while not self.stopped.is_set():
             for path in paths:
                 start = time.perf_counter()
-                self.client.get(path).raise_for_status()
+                try:
+                    self.client.get(path).raise_for_status()
+                except httpx.TransportError:  # the server is down (the resume run kills it): not a read
+                    time.sleep(0.5)
+                    continue
                 self.latencies_ms.append((time.perf_counter() - start) * 1000)
             time.sleep(0.05)
 
 
-def run(name: str, n_jobs: int, trials: int, concurrent: int) -> dict[str, Any]:
+def finished_trials(db: psycopg.Connection, job_id: str) -> dict[str, tuple[Any, ...]]:
+    rows = db.execute("SELECT id, state, attempts, finished_at FROM trials WHERE job_id = %s AND finished_at IS NOT NULL",
+                      (job_id,)).fetchall()  # fmt: skip
+    return {row[0]: row[1:] for row in rows}
+
+
+def run(name: str, n_jobs: int, trials: int, concurrent: int, kill_at: float | None = None) -> dict[str, Any]:
     database = f"nas_scale_{secrets.token_hex(4)}"
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')
@@ -130,6 +143,19 @@ def run(name: str, n_jobs: int, trials: int, concurrent: int) -> dict[str, Any]:
             ids.append(answer.json()["id"])
         reader = Reader(server.url, key, ids[0])
         reader.start()
+        resume: dict[str, Any] = {}
+        if kill_at is not None:  # SIGKILL once that share of the trials finished, then start again
+            with psycopg.connect(f"{PG}/{database}") as db:
+                while len(before := finished_trials(db, ids[0])) < kill_at * trials:
+                    time.sleep(0.2)
+                server.kill()
+                before = finished_trials(db, ids[0])
+            sampler.stopped.set()
+            server.start("--max-jobs", str(n_jobs), "--limit-trials-per-job", str(trials),
+                         "--limit-trial-epochs", str(trials * 200))  # fmt: skip
+            sampler = Sampler(server.process.pid)
+            sampler.start()
+            resume = {"finished_before_kill": len(before)}
         jobs: list[dict[str, Any]] = []
         while len(jobs) < n_jobs:
             time.sleep(1)
@@ -143,6 +169,10 @@ def run(name: str, n_jobs: int, trials: int, concurrent: int) -> dict[str, Any]:
             size = db.execute("SELECT pg_database_size(current_database())").fetchone()[0]
             counts = dict(db.execute("SELECT state, count(*) FROM trials GROUP BY state").fetchall())
             numbers = db.execute("SELECT count(*), count(DISTINCT (job_id, number)) FROM trials").fetchone()
+            if resume:
+                after = finished_trials(db, ids[0])
+                resume["changed_after_resume"] = sum(after.get(i) != row for i, row in before.items())
+                resume["attempts_above_one"] = db.execute("SELECT count(*) FROM trials WHERE attempts > 1").fetchone()[0]
         started = min(dt.datetime.fromisoformat(job["started_at"]) for job in jobs)
         finished = max(dt.datetime.fromisoformat(job["finished_at"]) for job in jobs)
         span = (finished - started).total_seconds()
@@ -159,7 +189,7 @@ def run(name: str, n_jobs: int, trials: int, concurrent: int) -> dict[str, Any]:
             "api_peak_mb": round(sampler.peak["api_mb"]), "dispatcher_peak_mb": round(sampler.peak["dispatcher_mb"]),
             "dispatcher_cpu_ms_per_trial": round(sampler.cpu_s["dispatcher"] / total * 1000, 2),
             "load_average": os.getloadavg()[0],
-            "db_bytes_per_trial": round((size - empty) / total),
+            "db_bytes_per_trial": round((size - empty) / total), **resume,
         }  # fmt: skip
     finally:
         server.stop()
@@ -173,7 +203,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20, help="jobs of the many-jobs run")
     parser.add_argument("--job-trials", type=int, default=500, help="trials of each of those jobs")
     parser.add_argument("--concurrent", type=int, default=4, help="budget.max_concurrent of the single job")
-    parser.add_argument("--only", choices=["single", "many"], help="run one of the two")
+    parser.add_argument("--only", choices=["single", "many", "resume"], help="run one of the three")
+    parser.add_argument("--kill-at", type=float, default=0.4, help="resume: share of trials finished at the kill")
     args = parser.parse_args()
     results = []
     if args.only in (None, "single"):
@@ -181,6 +212,9 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     if args.only in (None, "many"):
         results.append(run("many", args.jobs, args.job_trials, 1))
+        print(json.dumps(results[-1]), flush=True)
+    if args.only in (None, "resume"):
+        results.append(run("resume", 1, args.trials, args.concurrent, args.kill_at))
         print(json.dumps(results[-1]), flush=True)
     out = ROOT / "benchmarks" / "results" / f"scale-{dt.date.today()}.json"
     out.parent.mkdir(exist_ok=True)

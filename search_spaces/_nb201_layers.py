@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from search_spaces.nasbench201 import CELLS_PER_STAGE, EDGES, STAGE_CHANNELS
+from nas.nasbench201_cell import EDGES
+from search_spaces.nasbench201 import CELLS_PER_STAGE, STAGE_CHANNELS
 
 
 class ReLUConvBN(nn.Sequential):

@@ -1,8 +1,7 @@
 """NAS-Bench-201's cell space (Dong & Yang, ICLR 2020): one cell of 4 nodes, an operation per edge.
 
-Every architecture names the operation on each of the cell's six edges, ``op0`` .. ``op5``, in
-NAS-Bench-201's order (node 1 <- 0; 2 <- 0, 2 <- 1; 3 <- 0, 3 <- 1, 3 <- 2), each one of
-:data:`OPERATIONS`: 5^6 = 15,625 architectures. :meth:`NASBench201Space.build` builds the
+Every architecture names the operation on each of the cell's six edges, ``op0`` .. ``op5``
+(:mod:`nas.nasbench201_cell`): 5^6 = 15,625 architectures. :meth:`NASBench201Space.build` builds the
 benchmark's own macro network (a 3x3 stem, three stages of five cells at 16, 32 and 64 channels
 joined by residual reduction blocks, global pooling, a linear classifier), so a found architecture
 trains on any image dataset; on the ``nasbench201`` dataset the trials look their results up in
@@ -17,16 +16,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nas.nasbench201_cell import KEYS, OPERATIONS, operations
 from nas.search_space import SearchSpace
 
 if TYPE_CHECKING:
     import optuna
     from torch import nn
 
-OPERATIONS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to node, from node), the order of op0..op5
-KEYS = tuple(f"op{i}" for i in range(len(EDGES)))
-TABLES = ("cifar10", "cifar100", "imagenet")
 STAGE_CHANNELS = (16, 32, 64)
 CELLS_PER_STAGE = 5
 _CONV_KERNEL = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}
@@ -73,16 +69,6 @@ class NASBench201Space(SearchSpace):
 
     def min_params(self, input_shape: tuple[int, ...], num_classes: int) -> int:
         return arch_params(("none",) * len(KEYS), input_shape[0], num_classes)
-
-
-def operations(arch: dict[str, Any]) -> tuple[str, ...]:
-    """The six operations of ``arch``; ``ValueError`` naming the key when it is not a cell of the space."""
-    if set(arch) != set(KEYS):
-        raise ValueError(f"a nasbench201 architecture has exactly the keys {', '.join(KEYS)}; got {sorted(arch)}")
-    for key in KEYS:
-        if arch[key] not in OPERATIONS:
-            raise ValueError(f"{key}: {arch[key]!r} is not one of {', '.join(OPERATIONS)}")
-    return tuple(arch[key] for key in KEYS)
 
 
 def arch_params(ops: tuple[str, ...], in_channels: int, num_classes: int) -> int:

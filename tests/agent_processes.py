@@ -20,7 +20,7 @@ from nas.settings import Settings
 from nas.store import Store, make_engine
 from nas.store.artifacts import save_measurement_model
 from nas.store.measurements import TaskRecord
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 
 def agent_env(**extra: str) -> dict[str, str]:

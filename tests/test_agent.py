@@ -31,7 +31,7 @@ from nas.net import free_port
 from nas.store import Store
 from tests.model_files import cnn, graph_model, onnx_bytes
 from tests.agent_processes import AgentProcess, agent_env, agents_of, finished, queue_task, start_server, wait_for
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 PROTOCOL_STATS = {"p10_ms", "median_ms", "iqr_ms", "p25_ms", "p75_ms", "p90_ms", "min_ms", "runs", "rounds", "noisy"}
 CUDA = torch.cuda.is_available()

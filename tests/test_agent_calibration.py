@@ -15,7 +15,7 @@ import pytest
 from nas.latency.predictor import Predictor
 from nas.store import Store
 from tests.agent_processes import AgentProcess, agent_key, agents_of, start_server, wait_for
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 pytestmark = pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
 

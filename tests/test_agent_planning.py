@@ -25,7 +25,7 @@ from nas.latency.store import bundled_predictors
 from nas.specs import JobStatus, TrialState
 from nas.store import Store
 from nas.store.tables import LatencyObservationRow, MeasurementTaskRow
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 from tests.agent_processes import AgentProcess, agent_key, agents_of, start_server, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])]

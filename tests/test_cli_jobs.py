@@ -19,7 +19,7 @@ from nas.client import AsyncClient, Client, NotFoundError
 from nas.specs import JobStatus
 from nas.store import Principal
 from tests.sdk_server import SPEC, Server
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 # the fixtures `server`, `owner` and `key`
 

@@ -20,7 +20,7 @@ import pytest
 
 from nas.client import Client
 from nas.specs import JobStatus, TrialState
-from tests.server_process import ServerProcess, free_port
+from benchmarks.server_process import ServerProcess, free_port
 from tests.test_e2e_server import digits_spec, server_factory  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.ray

@@ -24,7 +24,7 @@ import pytest
 from nas.client import Client
 from nas.data.stored import read_meta
 from nas.specs import JobStatus, TrialState
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 from tests.test_cluster import RayCluster
 from tests.test_cluster_state import _remote_environment
 from tests.test_e2e_server import server_factory  # noqa: F401 (fixture)

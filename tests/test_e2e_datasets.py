@@ -27,7 +27,7 @@ from nas.client import Client, ValidationError
 from nas.settings import Settings
 from nas.specs import JobStatus
 from nas.store.artifacts import datasets_dir
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 pytestmark = pytest.mark.ray
 

@@ -32,7 +32,7 @@ from nas.data.ingest import detect_format, ingest
 from nas.data.ingest.base import IngestLimits, IngestOptions
 from nas.settings import Settings
 from nas.specs import JobStatus, TrialState
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 from tests.test_e2e_datasets import breast_cancer_parquet, digit_images_tar
 
 pytestmark = pytest.mark.ray

@@ -21,7 +21,7 @@ from safetensors.numpy import load_file
 
 from nas.client import Client, ConflictError
 from nas.specs import JobStatus, TrialState
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 pytestmark = pytest.mark.ray
 

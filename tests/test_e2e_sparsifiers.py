@@ -10,7 +10,7 @@ import pytest
 from nas import registry
 from nas.client import Client
 from nas.specs import JobStatus, TrialState
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 from tests.sparsity_targets import expected_sparsity
 
 pytestmark = pytest.mark.ray

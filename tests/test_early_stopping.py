@@ -219,7 +219,7 @@ def asha_job(name: str, early: dict[str, Any] | None) -> dict[str, Any]:
 
 @pytest.fixture
 def server(tmp_path: Path, data_dir: Path) -> Iterator[Any]:
-    from tests.server_process import ServerProcess
+    from benchmarks.server_process import ServerProcess
 
     home = tmp_path / "home"
     home.mkdir()

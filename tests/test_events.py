@@ -28,7 +28,7 @@ from nas.settings import Settings
 from nas.signing import ServerSecret
 from nas.specs import JobStatus, LayerInfo, TrialState
 from nas.store import Store
-from tests.server_process import free_port
+from benchmarks.server_process import free_port
 
 
 @pytest.fixture

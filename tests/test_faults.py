@@ -18,7 +18,7 @@ import pytest
 from nas.client import Client
 from nas.specs import JobStatus, Trial, TrialState
 from tests.fixtures_store import PG_ADMIN_URL, _admin_connect
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 from tests.test_e2e_server import digits_spec, server_factory, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.ray

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 
 from nas.settings import Settings
 from nas.signing import ServerSecret
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 API = "/api/v1"
 SPEC: dict[str, Any] = {

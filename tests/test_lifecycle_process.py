@@ -21,7 +21,7 @@ import pytest
 
 from nas.client import Client
 from nas.specs import JobStatus
-from tests.server_process import ServerProcess, free_port
+from benchmarks.server_process import ServerProcess, free_port
 from tests.test_e2e_server import server_factory, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.ray

@@ -24,7 +24,7 @@ from nas.specs import JobSpec
 from nas.store import Store, make_engine
 from nas.store.artifacts import save_model
 from tests.sdk_server import complete_trial, model_bytes
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 API = "/api/v1"
 SPEC: dict[str, Any] = {

@@ -20,7 +20,7 @@ from nas.data.nasbench201 import NASBench201
 from nas.specs import JobSpec, JobStatus, TrialState
 from nas.training import trial_seed
 from search_spaces.nasbench201 import KEYS, NASBench201Space, arch_params
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 # NAS-Bench-201's best CIFAR-10 cell (validation accuracy 91.61 % averaged over its runs)
 BEST_CIFAR10 = dict(zip(KEYS, ["nor_conv_3x3", "nor_conv_3x3", "nor_conv_3x3", "skip_connect", "nor_conv_3x3",

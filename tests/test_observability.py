@@ -22,7 +22,7 @@ from nas.logging_setup import json_formatter
 from nas.settings import Settings
 from nas.specs import JobStatus, TrialState
 from nas.store import Store
-from tests.server_process import free_port
+from benchmarks.server_process import free_port
 
 API = "/api/v1"
 

@@ -18,7 +18,7 @@ import pytest
 from nas.arch import fingerprint
 from nas.client import Client
 from nas.specs import JobStatus, Trial, TrialState
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 pytestmark = pytest.mark.ray
 

@@ -21,7 +21,7 @@ import pytest
 
 from nas.client import Client
 from nas.specs import JobStatus
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 pytestmark = pytest.mark.ray
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 pytestmark = pytest.mark.ray
 

@@ -17,7 +17,7 @@ from nas.settings import Settings
 from nas.specs import JobSpec
 from nas.store import Store
 from search_spaces.sparse_mlp import SparseMLP
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 SPEC: dict[str, Any] = {
     "name": "limits",

@@ -48,7 +48,7 @@ class NASBench201(TabularDataset):
         return SHAPES[self.params.table]
 
     def lookup(self, arch: dict[str, Any], seed: int) -> TableEntry:
-        from search_spaces.nasbench201 import KEYS, operations
+        from nas.nasbench201_cell import KEYS, operations
 
         operations(arch)
         table = _table(self.params.table)

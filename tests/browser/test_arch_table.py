@@ -19,7 +19,7 @@ from nas.settings import Settings
 from nas.specs import TrialState
 from nas.store import Store, make_engine
 from tests.sdk_server import SPEC
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 if TYPE_CHECKING:
     from tests.browser.conftest import Console

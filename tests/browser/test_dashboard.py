@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from safetensors.numpy import load_file
 
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 if TYPE_CHECKING:
     from tests.browser.conftest import Console

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits, load_wine
 
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 if TYPE_CHECKING:
     from tests.browser.conftest import Console

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.server_process import ServerProcess
+from benchmarks.server_process import ServerProcess
 
 if TYPE_CHECKING:
     from tests.browser.conftest import Console

@@ -1,4 +1,4 @@
-"""Runs the real ``nas serve`` in a subprocess, as a user would, for end-to-end tests."""
+"""Runs the real ``nas serve`` in a subprocess, as a user would: for end-to-end tests and benchmarks."""
 
 from __future__ import annotations
 
