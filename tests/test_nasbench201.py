@@ -8,6 +8,7 @@ simulated budget.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,40 @@ def test_a_job_per_strategy_through_nas_serve_reports_the_tables_entries(server:
         assert final.status is JobStatus.succeeded, final.error
         times = [client.trial(t.id).metrics["train_time_s"] for t in client.trials(budgeted_id)]
         assert sum(times[:-1]) < 6000 <= sum(times), times  # stopped at the first trial past the budget
+
+
+@pytest.mark.ray
+@pytest.mark.postgres
+def test_a_tabular_job_killed_midway_resumes_without_losing_or_repeating_a_trial(
+    tmp_path: Path, data_dir: Path, pg_database_url: str
+) -> None:
+    """SIGKILL of ``nas serve`` while a job of cheap trials runs fast: every trial that had finished stays as
+    it was, the rest run again, and the job ends with exactly its trials, each number once, all complete."""
+    server = ServerProcess(tmp_path / "home", {"NAS_DATA_DIR": str(data_dir), "NAS_DATABASE_URL": pg_database_url})
+    server.home.mkdir()
+    try:
+        key = server.create_key("resumer")
+        server.start()
+        with Client(server.url, key) as client:
+            job_id = client.submit(spec(name="resumed", budget={"max_trials": 300, "max_concurrent": 4},
+                                        resources={"cpus": 0.25})).id  # fmt: skip
+
+            def finished() -> dict[str, Any]:
+                return {t.id: (t.state, t.attempts, t.finished_at) for t in client.trials(job_id) if t.state.finished}
+
+            deadline = time.monotonic() + 300
+            while len(before := finished()) < 100 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(before) >= 100, "the job did not get going"
+            server.kill()
+        server.start()
+        with Client(server.url, key) as client:
+            final = client.wait(job_id, progress=False, poll_s=1, timeout=600)
+            assert final.status is JobStatus.succeeded, final.error
+            trials = list(client.trials(job_id))
+            assert sorted(t.number for t in trials) == list(range(300))
+            assert all(t.state is TrialState.complete for t in trials)
+            after = {t.id: (t.state, t.attempts, t.finished_at) for t in trials}
+            assert {trial_id: after[trial_id] for trial_id in before} == before
+    finally:
+        server.stop()
