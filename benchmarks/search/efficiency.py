@@ -29,6 +29,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ import torch  # noqa: E402
 from nas import registry  # noqa: E402
 from nas.arch import fingerprint  # noqa: E402
 from nas.specs import JobSpec, Trial, TrialState  # noqa: E402
+from nas.strategies.base import WAIT  # noqa: E402
 
 STRATEGIES = ("random", "tpe", "nsga2")
 OBJECTIVES = [{"metric": "accuracy", "direction": "maximize"}, {"metric": "latency_ms", "direction": "minimize"}]
@@ -115,20 +117,40 @@ class Table:
         self.path.write_text(json.dumps(self.rows, indent=0, sort_keys=True))
 
 
+def drive(spec: JobSpec, evaluate: Callable[[dict[str, Any]], dict[str, float]]) -> list[Trial]:
+    """One job's trials, in order: the registered strategy of ``spec`` asked and told in-process, one
+    trial at a time (a job with ``max_concurrent: 1``), each ``complete`` with the metrics ``evaluate``
+    gives its architecture.
+
+    It stops where the runner stops such a job: after ``budget.max_trials`` trials, when the strategy
+    is done, or once the finished trials' ``train_time_s`` reach ``budget.max_simulated_s``.
+    """
+    space = registry.search_spaces.create(spec.search_space.name, spec.search_space.params)
+    cls = registry.strategies.get(spec.strategy.name)
+    agent = cls.from_history(cls.Params.model_validate(spec.strategy.params), space, spec, [])
+    limit = spec.budget.max_simulated_s
+    trials: list[Trial] = []
+    spent = 0.0
+    while len(trials) < spec.budget.max_trials and (limit is None or spent < limit):
+        plan = agent.ask()
+        if plan is None:
+            break
+        if plan is WAIT:
+            raise RuntimeError(f"{spec.strategy.name} waits with no trial running")
+        number = len(trials)
+        trial = Trial(id=f"{spec.strategy.name}-{spec.seed}-{number}", job_id=spec.name, number=number,
+                      state=TrialState.complete, arch=plan.arch, parent_id=plan.parent_id,
+                      metrics=evaluate(plan.arch), created_at=datetime.now(timezone.utc))  # fmt: skip
+        agent.tell(trial)
+        trials.append(trial)
+        spent += trial.metrics.get("train_time_s", 0.0)
+    return trials
+
+
 def search(space_name: str, strategy: str, seed: int, args: argparse.Namespace, table: Table) -> list[dict[str, float]]:
     """One job's trials, in order, each as its (accuracy, latency_ms) metrics."""
     spec = job_spec(space_name, strategy, seed, args)
-    space = registry.search_spaces.create(spec.search_space.name, spec.search_space.params)
-    cls = registry.strategies.get(strategy)
-    agent = cls.from_history(cls.Params.model_validate(spec.strategy.params), space, spec, [])
-    out = []
-    for number in range(args.trials):
-        plan = agent.ask()
-        metrics = table.metrics(spec, plan.arch)
-        agent.tell(Trial(id=f"{strategy}-{seed}-{number}", job_id="bench", number=number, state=TrialState.complete,
-                         arch=plan.arch, metrics=metrics, created_at=datetime.now(timezone.utc)))
-        out.append(metrics)
-    return out
+    return [trial.metrics for trial in drive(spec, lambda arch: table.metrics(spec, arch))]
 
 
 def hypervolume(points: list[tuple[float, float]]) -> float:
