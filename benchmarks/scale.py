@@ -52,14 +52,14 @@ PG = os.environ.get("NAS_SCALE_PG", "postgresql://postgres@127.0.0.1:5432")
 OVERHEAD_TARGET_MS = 20.0
 
 
-def job_spec(name: str, trials: int, concurrent: int, seed: int) -> dict[str, Any]:
+def job_spec(name: str, trials: int, concurrent: int, seed: int, cpus: float) -> dict[str, Any]:
     return {
         "name": name,
         "search_space": {"name": "nasbench201", "params": {"table": "cifar10"}},
         "dataset": {"name": "nasbench201", "params": {"table": "cifar10"}},
         "strategy": {"name": "random"},
         "budget": {"max_trials": trials, "max_concurrent": concurrent},
-        "resources": {"cpus": 0.25},
+        "resources": {"cpus": cpus},
         "seed": seed,
     }
 
@@ -137,7 +137,9 @@ def run(name: str, n_jobs: int, trials: int, concurrent: int, kill_at: float | N
         submitted = time.time()
         ids = []
         for i in range(n_jobs):
-            answer = api.post("/api/v1/jobs", json=job_spec(f"{name}-{i}", trials, concurrent, i))
+            # every job's trials fit on the machine's CPUs at once, so no job waits for another's workers
+            cpus = min(0.25, (os.cpu_count() or 2) / (n_jobs * concurrent))
+            answer = api.post("/api/v1/jobs", json=job_spec(f"{name}-{i}", trials, concurrent, i, cpus))
             if answer.status_code != 201:
                 raise RuntimeError(f"the job was refused: {answer.status_code} {answer.text}")
             ids.append(answer.json()["id"])

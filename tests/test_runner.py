@@ -262,3 +262,18 @@ def test_the_dispatcher_records_its_clusters_nodes(store: Store, settings: Setti
     finally:
         dispatcher.stop()
     assert nodes == [Node(ray.get_runtime_context().get_node_id(), 2.0, 0.0)]
+
+
+def test_a_job_longer_than_one_tune_experiment_runs_as_several(
+    store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job of more trials than one Tune experiment starts (TRIALS_PER_FIT) goes on in the next one,
+    from the store: every trial once, numbered in order, all complete."""
+    import workers.runner
+
+    monkeypatch.setattr(workers.runner, "TRIALS_PER_FIT", 3)
+    job_id = run_job(store, settings, succeeds, max_trials=8)
+    assert store.get_job(job_id).status is JobStatus.succeeded
+    trials, _ = store.list_trials(job_id)
+    assert [t.number for t in trials] == list(range(8))
+    assert all(t.state is TrialState.complete and t.attempts == 1 for t in trials)

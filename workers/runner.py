@@ -75,6 +75,14 @@ log = logging.getLogger(__name__)
 # Tune's result grid looks for per-trial result files, which we do not write (see above).
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
+TRIALS_PER_FIT = 2000
+"""The most trials one Tune experiment starts; a longer job runs as several, one after the other.
+
+Tune keeps every trial of an experiment in memory (about 160 kB each with their results) and some
+of its bookkeeping grows with them, so a 10,000-trial job in one experiment slowed as it went and
+held 1.6 GB. The next experiment continues from the store, as a resumed job does, and costs a few
+seconds to start its trial workers: about a millisecond a trial at this size."""
+
 # Tune pickles its searcher, stopper and callbacks into its own experiment checkpoints. Ours
 # carry only the job id and find their runner here, so nothing unpicklable travels with them.
 _RUNNERS: dict[str, JobRunner] = {}
@@ -98,6 +106,8 @@ class _StrategySearcher(_RunnerRef, Searcher):
         _RunnerRef.__init__(self, job_id)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self._runner.fit_full():
+            return Searcher.FINISHED  # the next fit takes over (TRIALS_PER_FIT)
         trial = self._runner.next_trial()
         if trial is None:
             return Searcher.FINISHED if self._runner.exhausted() else None
@@ -198,6 +208,7 @@ class JobRunner:
         self._started = time.time()  # the job's start (epoch seconds), from which budget.timeout_s counts
         self._simulated_s = 0.0  # the finished trials' train_time_s, which budget.max_simulated_s caps
         self._started_on_creation: set[str] = set()  # new trials, created running, that Tune has not started yet
+        self._fit_started = 0  # trials the current Tune experiment started (TRIALS_PER_FIT)
         # Trial endings are written by one thread of their own, in the order they arrived, so Tune's
         # controller starts the next trials while the database commits; these are still being written.
         self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ends-{job_id[:8]}")
@@ -458,6 +469,7 @@ class JobRunner:
         # Tune's trainable registry is process-global and not thread-safe; registering under a
         # lock here means the jobs' own fits find the name and register nothing concurrently.
         trainable_name = f"nas-job-{self.job_id}"
+        self._fit_started = 0
         with _TUNE_REGISTRY_LOCK:
             resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
             tune.register_trainable(trainable_name, tune.with_resources(self.trainable, resources))
@@ -590,6 +602,7 @@ class JobRunner:
                 if trial is None:
                     return None
             self._live.add(trial.id)
+            self._fit_started += 1
             self._planned[trial.id] = {
                 k: v for k, v in trial.metrics.items() if k in PLANNED
             }
@@ -665,6 +678,10 @@ class JobRunner:
             self._last_epoch[trial_id] = {**metrics, "epoch": float(epoch)}
             kept = self._logs.get(trial_id)
         self.guard(self.store.report_epoch, trial_id, epoch, metrics, None if kept is None else kept.text)
+
+    def fit_full(self) -> bool:
+        """Whether this Tune experiment has started its :data:`TRIALS_PER_FIT` trials."""
+        return self._fit_started >= TRIALS_PER_FIT
 
     def exhausted(self) -> bool:
         """Whether the search is over: no trial left to run, and none to ask for (the trial budget
