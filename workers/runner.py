@@ -150,10 +150,13 @@ class _Persist(_RunnerRef, tune.Callback):
         self._runner.progressed(trial)
         self._runner.logged(trial_id, result.pop(LOG, ""))
         if FINAL in result:
-            # Drop the model bytes from the result Tune keeps in memory for every trial.
-            self._runner.end_reported(trial_id, result[FINAL], result.pop("model"), result.pop("onnx", None))
+            self._runner.end_reported(trial_id, result.pop(FINAL), result.pop("model"), result.pop("onnx", None))
         elif EPOCH_METRICS in result:
-            self._runner.epoch_reported(trial_id, result["epoch"], result[EPOCH_METRICS])
+            self._runner.epoch_reported(trial_id, result["epoch"], result.pop(EPOCH_METRICS))
+        # Tune keeps the result as the trial's last and writes it into its experiment state; what the
+        # store has now (the final report, the model, the trial's config copied into every result)
+        # would only cost memory and encoding there, per trial.
+        result.pop("config", None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error, log_text = _error_text(trial)
