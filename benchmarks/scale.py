@@ -218,7 +218,8 @@ def main() -> None:
     if args.only in (None, "resume"):
         results.append(run("resume", 1, args.trials, args.concurrent, args.kill_at))
         print(json.dumps(results[-1]), flush=True)
-    out = ROOT / "benchmarks" / "results" / f"scale-{dt.date.today()}.json"
+    runs = args.only or "all"
+    out = ROOT / "benchmarks" / "results" / f"scale-{dt.date.today()}-{runs}-{args.trials}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                                "python": platform.python_version(), "results": results}, indent=2))  # fmt: skip

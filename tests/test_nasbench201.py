@@ -20,8 +20,10 @@ from nas.client import Client
 from nas.data.nasbench201 import NASBench201
 from nas.specs import JobSpec, JobStatus, TrialState
 from nas.training import trial_seed
-from search_spaces.nasbench201 import KEYS, NASBench201Space, arch_params
+from nas.nasbench201_cell import KEYS
+from search_spaces.nasbench201 import NASBench201Space, arch_params
 from benchmarks.server_process import ServerProcess
+from tests.test_e2e_strategies import server  # noqa: F401 (fixture)
 
 # NAS-Bench-201's best CIFAR-10 cell (validation accuracy 91.61 % averaged over its runs)
 BEST_CIFAR10 = dict(zip(KEYS, ["nor_conv_3x3", "nor_conv_3x3", "nor_conv_3x3", "skip_connect", "nor_conv_3x3",
@@ -107,14 +109,6 @@ JOBS: dict[str, dict[str, Any]] = {
     ),
     "rea": spec(strategy={"name": "rea", "params": {"population_size": 4, "sample_size": 2}}),
 }
-
-
-@pytest.fixture
-def server(tmp_path: Path, data_dir: Path) -> Any:
-    server = ServerProcess(tmp_path / "home", {"NAS_DATA_DIR": str(data_dir)})
-    server.home.mkdir()
-    yield server
-    server.stop()
 
 
 @pytest.mark.ray
