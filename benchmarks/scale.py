@@ -124,7 +124,7 @@ def run(name: str, n_jobs: int, trials: int, concurrent: int, kill_at: float | N
         admin.execute(f'CREATE DATABASE "{database}"')
     url = f"postgresql+psycopg://{PG.split('://', 1)[1]}/{database}"
     home = Path(tempfile.mkdtemp(prefix="nas-scale-"))
-    server = ServerProcess(home, {"NAS_DATABASE_URL": url})
+    server = ServerProcess(home, {"NAS_DATABASE_URL": url, "NAS_LIMIT_ACTIVE_JOBS": str(max(10, n_jobs))})
     try:
         key = server.create_key("scale")
         server.start("--max-jobs", str(n_jobs), "--limit-trials-per-job", str(trials),
@@ -218,8 +218,8 @@ def main() -> None:
     if args.only in (None, "resume"):
         results.append(run("resume", 1, args.trials, args.concurrent, args.kill_at))
         print(json.dumps(results[-1]), flush=True)
-    runs = args.only or "all"
-    out = ROOT / "benchmarks" / "results" / f"scale-{dt.date.today()}-{runs}-{args.trials}.json"
+    size = f"{args.jobs}x{args.job_trials}" if args.only == "many" else str(args.trials)
+    out = ROOT / "benchmarks" / "results" / f"scale-{dt.date.today()}-{args.only or 'all'}-{size}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                                "python": platform.python_version(), "results": results}, indent=2))  # fmt: skip

@@ -40,9 +40,9 @@ Why in-process: the strategies run through the same plug-ins as the service (``r
 validated :class:`~nas.specs.JobSpec`, ``from_history``/``ask``/``tell`` with :class:`~nas.specs.Trial`
 records as the runner creates them, the runner's stopping rules, metrics from the runner's
 ``planned_metrics`` and ``nas.training.look_up_trial``), so the numbers are the ones a job reports; but
-the default run is 360 jobs and some 60,000 trials, which through ``nas serve`` would take well over an
-hour on a 2-core machine (the runner's ~55 ms a trial and ~4 s a job start-up, BENCHMARKS.md "Dispatch
-overhead") against about 9 minutes here. That jobs through ``nas serve`` report exactly
+the default run is 360 jobs and some 60,000 trials, which through ``nas serve`` would take about 50
+minutes on a 2-core machine (~25 ms a trial and ~4 s a job start-up, BENCHMARKS.md "The service at
+scale") against about 5 minutes here. That jobs through ``nas serve`` report exactly
 the table's entries is what ``tests/test_nasbench201.py`` checks.
 """
 
