@@ -231,7 +231,8 @@ def end_trial(
     if last_epoch is not None:
         last_epoch.release(evaluation, seconds)
     test_loss, accuracy = evaluate(model, data.x_test, data.y_test)  # after the last report: never selected on
-    model.cpu()  # a GPU trial's too: conversion, latency on the job's target and the saved model start from the CPU
+    if model_device(model).type != "cpu":  # conversion, latency on the job's target and the saved model start there
+        model.cpu()  # (a no-op move is not free: an LSTM re-reads its parametrized weights into plain attributes)
     on_agent = spec.target not in all_targets()  # timed on the user's device by its agents, not here
     if on_agent:  # CSR or not is the agent's choice, on its own device: here only shrinking
         inference, decisions = to_inference(model, data.input_shape, kernels=dict.fromkeys(prunable_weights(model), "dense"))

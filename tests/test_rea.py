@@ -279,7 +279,7 @@ def test_the_api_refuses_a_sample_larger_than_the_population_and_a_space_without
 ) -> None:
     from tests.test_contracts import _MinimalSpace
 
-    registry.search_spaces.register("test_minimal_space", _MinimalSpace)
+    registry.search_spaces.register("test_rea_dimensionless_space", _MinimalSpace)
     headers = {"Authorization": f"Bearer {store.create_api_key('alice')}"}
     job = {"search_space": SPACE, "dataset": {"name": "digits"}, "budget": {"max_trials": 4}}
     settings = Settings(home=tmp_path / "home", data_dir=tmp_path)
@@ -291,7 +291,7 @@ def test_the_api_refuses_a_sample_larger_than_the_population_and_a_space_without
         assert error["loc"] == ["body", "strategy", "params", "sample_size"] and "population_size" in error["msg"]
 
         response = client.post("/api/v1/jobs", headers=headers, json={
-            **job, "search_space": {"name": "test_minimal_space"}, "strategy": {"name": "rea"}})
+            **job, "search_space": {"name": "test_rea_dimensionless_space"}, "strategy": {"name": "rea"}})
         assert response.status_code == 422, response.text
         (error,) = response.json()["detail"]
         assert error["loc"] == ["body", "search_space", "name"] and "dimensions()" in error["msg"]
